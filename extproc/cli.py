@@ -1,0 +1,180 @@
+"""The `extproc` command: check, render, serve, up, mock."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+
+from . import __version__
+from .config import Config, ConfigError, ConfigStore, load_config
+from .mock import MockProvider, serve_forever
+from .render import RenderOptions, render_yaml
+from .server.app import start_server
+from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
+
+log = logging.getLogger("extproc")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extproc", description="Envoy LLM gateway sidecar: route by model, fail over on 429.")
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="validate a config file; exit 2 with every problem listed")
+    check.add_argument("config")
+    check.set_defaults(run=_check)
+
+    render = commands.add_parser("render", help="write the Envoy bootstrap for a config")
+    render.add_argument("config")
+    render.add_argument("-o", "--output", help="file to write (default: stdout)")
+    render.add_argument("--sidecar", default="127.0.0.1:9090", help="where Envoy reaches the sidecar: host:port or unix:/path")
+    render.add_argument("--admin-port", type=int, default=9901)
+    render.add_argument("--admin-address", default="127.0.0.1")
+    render.set_defaults(run=_render)
+
+    serve = commands.add_parser("serve", help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
+    serve.add_argument("config")
+    serve.add_argument("--listen", default="127.0.0.1:9090", help="host:port or unix:/path")
+    serve.set_defaults(run=_serve)
+
+    up = commands.add_parser("up", help="run Envoy and the sidecar together in the foreground")
+    up.add_argument("config")
+    up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: one per core)")
+    up.add_argument("--envoy-log-level", default="warning")
+    up.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let in-flight requests finish on stop")
+    up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
+    up.set_defaults(run=_up)
+
+    mock = commands.add_parser("mock", help="a mock OpenAI-compatible provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, required=True)
+    mock.add_argument("--name", default="mock")
+    mock.add_argument("--status", type=int, default=200, help="200 echoes the request as a chat.completion; any other status answers an error")
+    mock.add_argument("--retry-after", help="Retry-After header value on error answers")
+    mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
+    mock.set_defaults(run=_mock)
+    return parser
+
+
+def _check(args) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: ok")
+    for listener in config.listeners:
+        print(f"  listener {listener.name}: {listener.address}:{listener.port}")
+    for model, names in config.models.items():
+        chain = config.chain_for_model(model)
+        print(f"  model {model}: {' -> '.join(chain.providers)}")
+    return 0
+
+
+def _render(args) -> int:
+    config = load_config(args.config)
+    options = RenderOptions(sidecar=args.sidecar, admin_port=args.admin_port, admin_address=args.admin_address)
+    text = render_yaml(config, options)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _serve(args) -> int:
+    config = load_config(args.config)
+
+    async def run() -> None:
+        server, port = await start_server(ConfigStore(config), args.listen)
+        where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{port}"
+        print_line(f"extproc sidecar serving ext_proc on {where}")
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await stop.wait()
+        await server.stop(grace=5)
+
+    _run(run())
+    return 0
+
+
+def _up(args) -> int:
+    config = load_config(args.config)
+
+    async def run() -> None:
+        mocks = await _start_mocks(config) if args.mock_providers else []
+        gateway = Gateway(config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout)
+        try:
+            await gateway.start()
+            for name, port in gateway.listener_ports.items():
+                print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
+            print_line("press Ctrl-C to stop")
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            await stop.wait()
+            print_line("stopping: draining in-flight requests")
+        finally:
+            await gateway.stop()
+            for mock in mocks:
+                await mock.stop()
+
+    _run(run())
+    return 0
+
+
+async def _start_mocks(config: Config) -> list[MockProvider]:
+    """A mock per loopback provider; the first of a multi-provider model answers 429 to show failover."""
+    mocks = []
+    for model, names in config.models.items():
+        for index, name in enumerate(names):
+            provider = config.providers[name]
+            if provider.tls or not _is_loopback(provider.host):
+                continue
+            failing = index == 0 and len(names) > 1
+            mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None)
+            await mock.start(provider.host, provider.port)
+            behaviour = "429 with Retry-After: 7" if failing else "200, echoing the request"
+            print_line(f"mock provider {name} ({model}) on http://{provider.host}:{provider.port}: answers {behaviour}")
+            mocks.append(mock)
+    return mocks
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _mock(args) -> int:
+    mock = MockProvider(name=args.name, status=args.status, retry_after=args.retry_after, chunk_interval_s=args.chunk_interval)
+    _run(serve_forever(mock, args.host, args.port))
+    return 0
+
+
+def _run(coroutine) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)

@@ -1,0 +1,426 @@
+"""Load, validate and resolve the YAML config into a frozen `Config`.
+
+Every problem is reported with the file, the key path and the reason, and all
+problems of a file are reported at once, so one `extproc check` run shows
+everything to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .envsubst import UnsetVariable, expand
+from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Listener, Provider, RetryPolicy, frozen_mapping
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+#: base_url used when a provider of a well-known kind gives none.
+KNOWN_BASE_URLS = {
+    "openai": "https://api.openai.com",
+    "mistral": "https://api.mistral.ai",
+    "groq": "https://api.groq.com/openai",
+    "deepseek": "https://api.deepseek.com",
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` says where and why."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(f"{source}: invalid configuration:\n{lines}")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and resolve a config file; raise `ConfigError` on any problem."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(source, [Problem("", f"cannot read the file: {exc.strerror or exc}")]) from exc
+    return parse_config(text, source, os.environ if environ is None else environ)
+
+
+def parse_config(text: str, source: str, environ: Mapping[str, str]) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [Problem("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from exc
+    reader = _Reader(environ)
+    config = reader.config(data, source)
+    if reader.problems or config is None:
+        raise ConfigError(source, reader.problems)
+    return config
+
+
+class _Reader:
+    """Walks the parsed YAML, collecting problems instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # -- scalars -----------------------------------------------------------------
+
+    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict | None:
+        if not isinstance(value, dict):
+            self.problem(path or "(top level)", f"expected a mapping, got {_kind(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                self.problem(_join(path, str(key)), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in sorted(required - value.keys()):
+            self.problem(_join(path, key), "required key is missing")
+        return value
+
+    def text(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str):
+            self.problem(path, f"expected a string, got {_kind(value)}")
+            return None
+        try:
+            return expand(value, self.environ)
+        except UnsetVariable as exc:
+            self.problem(path, f"environment variable {exc.name} is not set (give a default with ${{{exc.name}:-value}})")
+            return None
+
+    def integer(self, value: Any, path: str, low: int, high: int | None = None) -> int | None:
+        if isinstance(value, str):
+            value = self.text(value, path)
+            if value is None:
+                return None
+            try:
+                value = int(value.strip())
+            except ValueError:
+                self.problem(path, f"expected an integer, got {value!r}")
+                return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(path, f"expected an integer, got {_kind(value)}")
+            return None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.problem(path, f"{value} is out of range: must be {bound}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.problem(path, f"expected true or false, got {_kind(value)}")
+            return None
+        return value
+
+    def duration(self, value: Any, path: str) -> float | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            raw = self.text(value, path)
+            if raw is None:
+                return None
+            match = _DURATION.match(raw)
+            if not match:
+                self.problem(path, f"expected a duration like 30s, 500ms or 5m, got {raw!r}")
+                return None
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if seconds <= 0:
+            self.problem(path, "must be greater than zero")
+            return None
+        return seconds
+
+    def size(self, value: Any, path: str) -> int | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        else:
+            raw = self.text(value, path)
+            if raw is None:
+                return None
+            match = _SIZE.match(raw)
+            if not match:
+                self.problem(path, f"expected a size like 10MiB or 1048576, got {raw!r}")
+                return None
+            size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        if size < 1024:
+            self.problem(path, f"{size} bytes is too small: must be at least 1KiB")
+            return None
+        return size
+
+    def sequence(self, value: Any, path: str) -> list:
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list, got {_kind(value)}")
+            return []
+        return value
+
+    # -- sections ----------------------------------------------------------------
+
+    def config(self, data: Any, source: str) -> Config | None:
+        if data is None:
+            self.problem("", "the file is empty")
+            return None
+        top = self.mapping(data, "", {"version", "listeners", "model_providers"}, {"listeners", "model_providers"})
+        if top is None:
+            return None
+        listeners = [self.listener(item, f"listeners[{i}]", i) for i, item in enumerate(self.sequence(top.get("listeners", []), "listeners"))]
+        raw_providers = self.sequence(top.get("model_providers", []), "model_providers")
+        providers = [self.provider(item, f"model_providers[{i}]") for i, item in enumerate(raw_providers)]
+        valid_listeners = [listener for listener in listeners if listener is not None]
+        self.check_listeners(valid_listeners)
+        valid = [provider for provider in providers if provider is not None]
+        by_name = self.check_providers(valid, providers)
+        models: dict[str, list[str]] = {}
+        for provider in by_name.values():
+            models.setdefault(provider.model, []).append(provider.name)
+        policies = self.model_policies(by_name, models, providers)
+        if self.problems:
+            return None
+        chains = {}
+        for model, names in models.items():
+            policy = policies.get(model, RetryPolicy())
+            tail = [name for fallback in policy.fallback_models for name in models[fallback]]
+            for index, name in enumerate(names):
+                ordered = list(dict.fromkeys(names[index:] + tail))
+                chains[name] = Chain(tuple(ordered), policy)
+        defaults = [provider.name for provider in by_name.values() if provider.default]
+        owned = set(CREDENTIAL_HEADERS)
+        for provider in by_name.values():
+            owned.update(name for name, _ in provider.headers)
+        return Config(
+            source=source,
+            listeners=tuple(valid_listeners),
+            providers=frozen_mapping(by_name),
+            models=frozen_mapping((model, tuple(names)) for model, names in models.items()),
+            chains=frozen_mapping(chains),
+            default_provider=defaults[0] if defaults else None,
+            owned_headers=frozenset(owned),
+        )
+
+    def listener(self, item: Any, path: str, index: int) -> Listener | None:
+        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes"}
+        raw = self.mapping(item, path, allowed, {"type", "port"})
+        if raw is None:
+            return None
+        before = len(self.problems)
+        kind = self.text(raw.get("type"), f"{path}.type") if "type" in raw else None
+        if kind is not None and kind != "model":
+            self.problem(f"{path}.type", f"listener type {kind!r} is not supported: only 'model' listeners are")
+        name = self.text(raw["name"], f"{path}.name") if "name" in raw else f"listener_{index}"
+        address = self.text(raw["address"], f"{path}.address") if "address" in raw else "0.0.0.0"
+        port = self.integer(raw["port"], f"{path}.port", 0, 65535) if "port" in raw else None
+        timeout = self.duration(raw["timeout"], f"{path}.timeout") if "timeout" in raw else DEFAULT_TIMEOUT_S
+        max_body = self.size(raw["max_body_bytes"], f"{path}.max_body_bytes") if "max_body_bytes" in raw else DEFAULT_MAX_BODY_BYTES
+        if len(self.problems) > before:
+            return None
+        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body)
+
+    def check_listeners(self, listeners: list[Listener]) -> None:
+        seen_names: set[str] = set()
+        seen_ports: set[int] = set()
+        for index, listener in enumerate(listeners):
+            if listener.name in seen_names:
+                self.problem(f"listeners[{index}].name", f"duplicate listener name {listener.name!r}")
+            if listener.port and listener.port in seen_ports:
+                self.problem(f"listeners[{index}].port", f"port {listener.port} is used by another listener")
+            seen_names.add(listener.name)
+            seen_ports.add(listener.port)
+        if not listeners and not self.problems:
+            self.problem("listeners", "at least one listener is required")
+
+    def provider(self, item: Any, path: str) -> Provider | None:
+        allowed = {"name", "model", "base_url", "access_key", "default", "retry_policy", "passthrough_auth", "headers"}
+        raw = self.mapping(item, path, allowed, {"model"})
+        if raw is None:
+            return None
+        before = len(self.problems)
+        model = self.text(raw["model"], f"{path}.model") if "model" in raw else None
+        kind = model_name = None
+        if model is not None:
+            kind, _, model_name = model.partition("/")
+            if not kind or not model_name:
+                self.problem(f"{path}.model", f"{model!r} must be provider/model, like openai/gpt-4")
+        if "base_url" in raw:
+            base_url = self.text(raw["base_url"], f"{path}.base_url")
+        elif kind in KNOWN_BASE_URLS:
+            base_url = KNOWN_BASE_URLS[kind]
+        else:
+            base_url = None
+            if kind:
+                self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(sorted(KNOWN_BASE_URLS))})")
+        url = self.base_url(base_url, f"{path}.base_url") if base_url is not None else None
+        access_key = self.text(raw["access_key"], f"{path}.access_key") if "access_key" in raw else None
+        if access_key == "":
+            self.problem(f"{path}.access_key", "is empty (is its environment variable set to an empty value?)")
+        default = self.boolean(raw["default"], f"{path}.default") if "default" in raw else False
+        passthrough = self.boolean(raw["passthrough_auth"], f"{path}.passthrough_auth") if "passthrough_auth" in raw else False
+        if passthrough and access_key:
+            self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
+        headers = self.headers(raw["headers"], f"{path}.headers") if "headers" in raw else ()
+        policy = self.retry_policy(raw["retry_policy"], f"{path}.retry_policy") if "retry_policy" in raw else None
+        if url is not None and model is not None and "name" not in raw:
+            name = f"{model}@{url[1]}:{url[2]}"
+        else:
+            name = self.text(raw.get("name"), f"{path}.name") if "name" in raw else None
+        if name is not None and not _NAME.match(name):
+            self.problem(f"{path}.name", f"{name!r} may only hold letters, digits and . _ : / @ - (and not start with a symbol)")
+        if len(self.problems) > before or url is None or model is None or name is None:
+            return None
+        scheme, host, port, prefix = url
+        return Provider(
+            name=name,
+            model=model,
+            model_name=model_name,
+            scheme=scheme,
+            host=host,
+            port=port,
+            path_prefix=prefix,
+            access_key=access_key,
+            passthrough_auth=bool(passthrough),
+            headers=headers,
+            default=bool(default),
+            retry_policy=policy,
+        )
+
+    def base_url(self, value: str, path: str) -> tuple[str, str, int, str] | None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(path, f"{value!r} is not an http:// or https:// URL with a host")
+            return None
+        if parts.query or parts.fragment or parts.username:
+            self.problem(path, f"{value!r} must not hold a query, fragment or credentials (use access_key)")
+            return None
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            self.problem(path, f"{value!r} has an invalid port")
+            return None
+        return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+    def headers(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping of header name to value, got {_kind(value)}")
+            return ()
+        result = []
+        for key, raw in value.items():
+            name = str(key).lower()
+            where = _join(path, str(key))
+            if not _HEADER_NAME.match(name) or name in _RESERVED_HEADERS or name.startswith("x-arch-"):
+                self.problem(where, f"{key!r} cannot be set per provider (reserved or not a valid header name)")
+                continue
+            if name == "authorization":
+                self.problem(where, "set the provider's credential with access_key, not headers")
+                continue
+            text = self.text(raw, where)
+            if text is not None:
+                result.append((name, text))
+        return tuple(result)
+
+    def retry_policy(self, value: Any, path: str) -> RetryPolicy | None:
+        allowed = {"retry_on", "max_attempts", "per_try_timeout", "fallback_models"}
+        raw = self.mapping(value, path, allowed)
+        if raw is None:
+            return None
+        codes: list[int] = []
+        conditions: list[str] = []
+        for index, item in enumerate(self.sequence(raw.get("retry_on", [429]), f"{path}.retry_on")):
+            where = f"{path}.retry_on[{index}]"
+            if isinstance(item, int) and not isinstance(item, bool):
+                if 400 <= item <= 599:
+                    codes.append(item)
+                else:
+                    self.problem(where, f"status {item} is not an HTTP error status (400-599)")
+            elif isinstance(item, str) and item in RETRY_CONDITIONS:
+                conditions.append(item)
+            else:
+                self.problem(where, f"{item!r} is neither a status code nor one of: {', '.join(sorted(RETRY_CONDITIONS))}")
+        max_attempts = self.integer(raw["max_attempts"], f"{path}.max_attempts", 1, 10) if "max_attempts" in raw else None
+        per_try = self.duration(raw["per_try_timeout"], f"{path}.per_try_timeout") if "per_try_timeout" in raw else None
+        fallbacks = []
+        for index, item in enumerate(self.sequence(raw.get("fallback_models", []), f"{path}.fallback_models")):
+            model = self.text(item, f"{path}.fallback_models[{index}]")
+            if model is not None:
+                fallbacks.append(model)
+        return RetryPolicy(
+            status_codes=tuple(dict.fromkeys(codes)),
+            conditions=tuple(dict.fromkeys(conditions)),
+            max_attempts=max_attempts,
+            per_try_timeout_s=per_try,
+            fallback_models=tuple(dict.fromkeys(fallbacks)),
+        )
+
+    def check_providers(self, valid: list[Provider], raw: list[Provider | None]) -> dict[str, Provider]:
+        by_name: dict[str, Provider] = {}
+        indexes = {id(provider): index for index, provider in enumerate(raw) if provider is not None}
+        defaults = []
+        for provider in valid:
+            path = f"model_providers[{indexes[id(provider)]}]"
+            if provider.name in by_name:
+                self.problem(f"{path}.name", f"duplicate provider name {provider.name!r} (names must be unique; set name: on each)")
+                continue
+            by_name[provider.name] = provider
+            if provider.default:
+                defaults.append(path)
+        if len(defaults) > 1:
+            self.problem(f"{defaults[1]}.default", f"only one provider can be the default; {defaults[0]} already is")
+        if not raw and not self.problems:
+            self.problem("model_providers", "at least one provider is required")
+        return by_name
+
+    def model_policies(self, by_name: dict[str, Provider], models: dict[str, list[str]], raw: list[Provider | None]) -> dict[str, RetryPolicy]:
+        """One retry policy per model: the first of its providers that declares one."""
+        indexes = {provider.name: index for index, provider in enumerate(raw) if provider is not None}
+        policies: dict[str, tuple[str, RetryPolicy]] = {}
+        for provider in by_name.values():
+            if provider.retry_policy is None:
+                continue
+            path = f"model_providers[{indexes[provider.name]}].retry_policy"
+            if provider.model in policies:
+                owner, policy = policies[provider.model]
+                if policy != provider.retry_policy:
+                    self.problem(path, f"model {provider.model!r} already has a different retry_policy on provider {owner!r}; declare it once per model")
+                continue
+            for index, fallback in enumerate(provider.retry_policy.fallback_models):
+                if fallback == provider.model:
+                    self.problem(f"{path}.fallback_models[{index}]", "a model cannot fall back to itself")
+                elif fallback not in models:
+                    self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
+            policies[provider.model] = (provider.name, provider.retry_policy)
+        return {model: policy for model, (_, policy) in policies.items()}
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)

@@ -1,0 +1,101 @@
+"""The running configuration: frozen, typed, resolved once from the YAML.
+
+Everything the data path needs is precomputed here (chains, lookups), so a
+request only does dictionary look-ups. A reload builds a new `Config` and
+swaps it in whole; nothing in here is ever mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+#: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
+#: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.
+RETRY_CONDITIONS = frozenset(
+    {"connect-failure", "reset", "reset-before-request", "refused-stream", "5xx", "gateway-error", "retriable-4xx"}
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a chain moves on to its next provider."""
+
+    status_codes: tuple[int, ...] = (429,)
+    conditions: tuple[str, ...] = ()
+    max_attempts: int | None = None  # None: one attempt per provider of the chain
+    per_try_timeout_s: float | None = None
+    fallback_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One `model_providers` entry: where a model is served and how to call it."""
+
+    name: str
+    model: str  # as clients ask for it: "openai/gpt-4"
+    model_name: str  # as the provider is sent it: "gpt-4"
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str  # base_url's path without a trailing slash, "" if none
+    access_key: str | None = field(default=None, repr=False)
+    passthrough_auth: bool = False
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
+    default: bool = False
+    retry_policy: RetryPolicy | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        """Host header value: the port only when it is not the scheme's default."""
+        default_port = 443 if self.tls else 80
+        return self.host if self.port == default_port else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The ordered providers a request tries when it starts at `providers[0]`."""
+
+    providers: tuple[str, ...]
+    policy: RetryPolicy
+
+    @property
+    def num_retries(self) -> int:
+        attempts = self.policy.max_attempts or len(self.providers)
+        return max(attempts - 1, 0)
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    timeout_s: float
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    listeners: tuple[Listener, ...]
+    providers: Mapping[str, Provider]  # by name, in file order
+    models: Mapping[str, tuple[str, ...]]  # model -> its own providers, in file order
+    chains: Mapping[str, Chain]  # start provider name -> chain
+    default_provider: str | None
+    #: Headers some provider sets: every attempt restores or drops them.
+    owned_headers: frozenset[str]
+
+    def chain_for_model(self, model: str) -> Chain | None:
+        names = self.models.get(model)
+        return self.chains[names[0]] if names else None
+
+
+def frozen_mapping(items) -> Mapping:
+    return MappingProxyType(dict(items))

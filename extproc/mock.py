@@ -1,0 +1,191 @@
+"""A mock OpenAI-compatible provider, for demos, tests and benchmarks.
+
+In its default mode it answers a chat.completion that echoes what it received
+(path, headers with credentials masked, model), or an SSE stream when the
+request asks for `stream: true`. With another status it answers an
+OpenAI-style error (429 with Retry-After, say). Every request is recorded so a
+test can assert exactly what a provider saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_ERROR_TYPES = {429: "rate_limit_error", 401: "authentication_error", 404: "not_found_error"}
+_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]  # names lowercased, in arrival order
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key == name), None)
+
+    def header_values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class MockProvider:
+    name: str = "mock"
+    status: int = 200
+    retry_after: str | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    delay_s: float = 0.0  # before answering
+    chunks: int = 5  # SSE chunks in a streamed answer
+    chunk_interval_s: float = 0.05
+    received: list[ReceivedRequest] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                self.received.append(request)
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                await self._answer(request, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, request: ReceivedRequest, writer: asyncio.StreamWriter) -> None:
+        headers = [("x-mock-provider", self.name), *self.extra_headers]
+        if self.status != 200:
+            if self.retry_after is not None:
+                headers.append(("retry-after", self.retry_after))
+            error_type = _ERROR_TYPES.get(self.status, "api_error")
+            body = {"error": {"message": f"{self.name}: mock status {self.status}", "type": error_type, "param": None, "code": error_type}}
+            _write_response(writer, self.status, headers, json.dumps(body).encode())
+            await writer.drain()
+            return
+        try:
+            payload = json.loads(request.body) if request.body else {}
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if payload.get("stream") is True:
+            await self._stream(payload, headers, writer)
+            return
+        _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
+        await writer.drain()
+
+    def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
+        return {
+            "id": f"chatcmpl-{self.name}-{len(self.received)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": payload.get("model", "unknown"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": _reply_text(self.name, payload)}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "echo": {
+                "provider": self.name,
+                "method": request.method,
+                "path": request.path,
+                "headers": {key: _mask(key, value) for key, value in request.headers},
+            },
+        }
+
+    async def _stream(self, payload: dict, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+        head = [f"HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
+        head += [f"{key}: {value}\r\n" for key, value in headers]
+        writer.write(("".join(head) + "\r\n").encode())
+        words = _reply_text(self.name, payload).split(" ")
+        for index in range(self.chunks):
+            delta = {"content": f"{words[index % len(words)]} "}
+            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
+            await writer.drain()
+            await asyncio.sleep(self.chunk_interval_s)
+        _write_chunk(writer, b"data: [DONE]\n\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def _reply_text(name: str, payload: dict) -> str:
+    messages = payload.get("messages")
+    last = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
+    return f"[{name}] you said: {last}" if isinstance(last, str) else f"[{name}] hello"
+
+
+def _mask(name: str, value: str) -> str:
+    """Echo credentials recognisably but not whole."""
+    if name in ("authorization", "x-api-key", "api-key") and len(value) > 12:
+        return value[:12] + "..."
+    return value
+
+
+async def _read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    method, path, _ = line.decode("latin-1").split(" ", 2)
+    headers = []
+    while True:
+        raw = await reader.readline()
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        key, _, value = raw.decode("latin-1").partition(":")
+        headers.append((key.strip().lower(), value.strip()))
+    names = dict(headers)
+    if names.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                await reader.readline()
+                break
+            body += await reader.readexactly(size)
+            await reader.readline()
+    else:
+        length = int(names.get("content-length", "0"))
+        if length > _MAX_BODY:
+            raise ValueError("body too large")
+        body = await reader.readexactly(length) if length else b""
+    return ReceivedRequest(method, path, tuple(headers), body)
+
+
+def _write_response(writer: asyncio.StreamWriter, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n", "content-type: application/json\r\n", f"content-length: {len(body)}\r\n"]
+    head += [f"{key}: {value}\r\n" for key, value in headers]
+    writer.write(("".join(head) + "\r\n").encode() + body)
+
+
+def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+async def serve_forever(mock: MockProvider, host: str, port: int) -> None:
+    await mock.start(host, port)
+    print(f"mock provider {mock.name!r} answering {mock.status} on http://{host}:{mock.port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await mock.stop()

@@ -1,0 +1,22 @@
+"""The credential headers one attempt carries, by the provider's credential kind.
+
+A provider's key goes to that provider only; the client's own credentials go
+on only to a provider with `passthrough_auth: true`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..config import Provider
+from ..config.model import CREDENTIAL_HEADERS
+
+
+def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> dict[str, str | None]:
+    """Value per credential header for this provider's attempt; None removes the header."""
+    if provider.passthrough_auth:
+        return {name: client_values.get(name) for name in CREDENTIAL_HEADERS}
+    values: dict[str, str | None] = dict.fromkeys(CREDENTIAL_HEADERS)
+    if provider.access_key:
+        values["authorization"] = f"Bearer {provider.access_key}"
+    return values

@@ -1,0 +1,40 @@
+"""What the router level hands to every attempt of the same request.
+
+It travels in Envoy's dynamic metadata (namespace `extproc`), which Envoy
+forwards to each upstream-level stream untouched by earlier attempts, so any
+sidecar process can serve any attempt: nothing is kept in one process's memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .jsonbody import ModelSpan
+
+METADATA_NAMESPACE = "extproc"
+METADATA_KEY = "ctx"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    path: str  # the client's :path, query included
+    originals: Mapping[str, str] = field(default_factory=dict, repr=False)  # client values of owned headers
+    span: ModelSpan | None = None  # where the body's model is; None when there is no body
+
+    def encode(self) -> str:
+        data: dict = {"p": self.path, "h": dict(self.originals)}
+        if self.span is not None:
+            data["s"] = [self.span.start, self.span.end, int(self.span.insert), int(self.span.needs_comma)]
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> RequestContext:
+        data = json.loads(text)
+        span = data.get("s")
+        return cls(
+            path=data["p"],
+            originals=data.get("h", {}),
+            span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
+        )

@@ -1,0 +1,39 @@
+"""OpenAI-style error replies: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer the gateway gives itself instead of calling a provider."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+
+def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    return Reply(status, body, (("content-type", "application/json"), *headers))
+
+
+def json_reply(status: int, payload: object) -> Reply:
+    return Reply(status, json.dumps(payload).encode())
+
+
+def invalid_request(message: str, code: str | None = None) -> Reply:
+    return error_reply(400, message, "invalid_request_error", code)
+
+
+def model_not_found(model: str, known: list[str]) -> Reply:
+    listing = ", ".join(known) if known else "none are configured"
+    message = f"The model '{model}' does not exist or is not served by this gateway (available: {listing})."
+    return error_reply(404, message, "invalid_request_error", "model_not_found")
+
+
+def too_large(size: int, limit: int) -> Reply:
+    message = f"The request body is {size} bytes, over this gateway's limit of {limit} bytes."
+    return error_reply(413, message, "invalid_request_error", "request_too_large")

@@ -1,0 +1,44 @@
+"""Per-attempt headers: restore the client's originals, drop what earlier attempts added.
+
+Envoy reuses one header map across the attempts of a request, so a header set
+for provider A is still there when the retry to provider B runs its filter.
+Every attempt therefore rebuilds every header the gateway owns from the
+originals the router level captured, never from what it currently sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..config import Config, Provider
+from .backendauth import credential_headers
+
+INTERNAL_PREFIX = "x-arch-"
+ROUTE_HEADER = "x-arch-llm-provider"
+
+
+def capture(config: Config, headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's values of the owned headers, to be restored on every attempt."""
+    return {name: headers[name] for name in config.owned_headers if name in headers}
+
+
+@dataclass(frozen=True)
+class HeaderPlan:
+    set: tuple[tuple[str, str], ...]
+    remove: tuple[str, ...]
+
+
+def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str]) -> HeaderPlan:
+    """The header mutations that make this attempt's request exactly right for `provider`."""
+    values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
+    values.update(credential_headers(provider, originals))
+    values.update(provider.headers)
+    values[ROUTE_HEADER] = provider.name
+    values[":path"] = provider.path_prefix + path
+    for name in present:
+        if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER:
+            values[name] = None
+    to_set = tuple((name, value) for name, value in values.items() if value is not None)
+    to_remove = tuple(name for name, value in values.items() if value is None)
+    return HeaderPlan(to_set, to_remove)

@@ -1,0 +1,88 @@
+"""Router-level decisions: which chain a request starts on, or why it is refused.
+
+Runs once per request, before Envoy picks a route. Pure functions of the
+config snapshot and the request; the gRPC layer translates their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import Config
+from . import errors
+from .context import RequestContext
+from .headermutator import capture
+from .jsonbody import BodyError, ParsedBody, parse
+
+MODELS_PATH = "/v1/models"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the request to the chain that starts at `provider`."""
+
+    provider: str
+    context: RequestContext
+    model: str
+
+
+def on_headers(config: Config, headers: Mapping[str, str], end_of_stream: bool, max_body_bytes: int) -> errors.Reply | Forward | None:
+    """Decide from the headers alone when possible; None means: wait for the body."""
+    path = headers.get(":path", "/")
+    route = path.split("?", 1)[0]
+    if headers.get(":method") == "GET" and (route == MODELS_PATH or route.startswith(MODELS_PATH + "/")):
+        return models_reply(config, route[len(MODELS_PATH) + 1 :])
+    length = headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_body_bytes:
+        return errors.too_large(int(length), max_body_bytes)
+    if end_of_stream:
+        return resolve(config, headers, None)
+    return None
+
+
+def on_body(config: Config, headers: Mapping[str, str], body: bytes, max_body_bytes: int) -> errors.Reply | Forward:
+    if len(body) > max_body_bytes:
+        return errors.too_large(len(body), max_body_bytes)
+    if not body.strip():
+        return resolve(config, headers, None)
+    try:
+        parsed = parse(body)
+    except BodyError as exc:
+        return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
+    return resolve(config, headers, parsed)
+
+
+def resolve(config: Config, headers: Mapping[str, str], body: ParsedBody | None) -> errors.Reply | Forward:
+    """model -> chain: the exact model first, then the default provider when none is given."""
+    model = body.model if body is not None else None
+    if model is None:
+        if config.default_provider is None:
+            return errors.invalid_request("You must provide a model parameter (this gateway has no default provider).", "missing_model")
+        chain = config.chains[config.default_provider]
+        model = config.providers[config.default_provider].model
+    elif not isinstance(model, str):
+        return errors.invalid_request("The 'model' parameter must be a string.", "invalid_model")
+    else:
+        chain = config.chain_for_model(model)
+        if chain is None:
+            return errors.model_not_found(model, list(config.models))
+    context = RequestContext(
+        path=headers.get(":path", "/"),
+        originals=capture(config, headers),
+        span=body.span if body is not None else None,
+    )
+    return Forward(provider=chain.providers[0], context=context, model=model)
+
+
+def models_reply(config: Config, model_id: str) -> errors.Reply:
+    """OpenAI's `GET /v1/models` (and `/v1/models/{id}`), answered from the config."""
+    entries = {
+        model: {"id": model, "object": "model", "created": 0, "owned_by": model.split("/", 1)[0]}
+        for model in config.models
+    }
+    if not model_id:
+        return errors.json_reply(200, {"object": "list", "data": list(entries.values())})
+    if model_id in entries:
+        return errors.json_reply(200, entries[model_id])
+    return errors.model_not_found(model_id, list(entries))

@@ -1,0 +1,41 @@
+"""Upstream-level decisions: rebuild one attempt's request for the provider it goes to.
+
+Runs once per attempt, after Envoy chose the attempt's host. Everything is
+derived from the router level's `RequestContext` and the config, never from
+the headers the previous attempt left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..config import Config, Provider
+from . import errors
+from .context import RequestContext
+from .headermutator import HeaderPlan, plan
+from .jsonbody import replace_model
+
+
+@dataclass(frozen=True)
+class Attempt:
+    provider: Provider
+    headers: HeaderPlan
+    context: RequestContext
+
+    def body(self, original: bytes) -> bytes:
+        """The attempt's body: the client's bytes with this provider's model name."""
+        if self.context.span is None:
+            return original
+        return replace_model(original, self.context.span, self.provider.model_name)
+
+
+def plan_attempt(config: Config, provider_name: str | None, context: RequestContext | None, present: Iterable[str]) -> Attempt | errors.Reply:
+    if context is None:
+        return errors.error_reply(500, "The gateway lost this request's routing context.", "api_error", "missing_context")
+    provider = config.providers.get(provider_name) if provider_name else None
+    if provider is None:
+        message = f"Provider {provider_name!r} is not in the gateway's current configuration."
+        return errors.error_reply(503, message, "api_error", "provider_unavailable")
+    headers = plan(config, provider, context.path, context.originals, present)
+    return Attempt(provider=provider, headers=headers, context=context)

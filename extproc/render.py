@@ -1,0 +1,329 @@
+"""Render the Envoy bootstrap for a config: listeners, routes, chain and provider clusters.
+
+The shape (see DESIGN.md in the shared notes for why each piece is there):
+
+- per listener, an HCM whose router-level ext_proc picks the chain and sets
+  `x-arch-llm-provider`; one route per chain start matches that header
+  exactly; a catch-all answers 400 so an unrouted request fails loudly;
+- per provider, a cluster `provider.<name>` whose one endpoint carries the
+  provider's name in its metadata (so the upstream level and the response
+  header can tell which provider an attempt went to);
+- per chain start, an aggregate cluster `chain.<name>` over those providers in
+  order, retried with `previous_priorities` so each retry moves to the next
+  provider; the upstream-level ext_proc runs on it once per attempt.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from .config import Chain, Config, Listener, Provider
+from .processor.context import METADATA_NAMESPACE
+from .processor.headermutator import ROUTE_HEADER
+from .server.servicer import LISTENER_METADATA, PHASE_METADATA
+from .server.streams import PROVIDER_METADATA_KEY
+
+SIDECAR_CLUSTER = "extproc_sidecar"
+MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
+CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
+_PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+#: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
+#: silently turn failovers into errors under load.
+_CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}]}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    sidecar: str = "127.0.0.1:9090"  # `host:port` or `unix:/path`
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    message_timeout_s: float = 5.0
+    ca_file: str | None = None  # None: the first system CA bundle found
+
+
+def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
+    """The Envoy bootstrap, as a dict ready for YAML or JSON."""
+    body_limit = max(listener.max_body_bytes for listener in config.listeners)
+    clusters = [_sidecar_cluster(options.sidecar)]
+    clusters += [_provider_cluster(provider, body_limit, options) for provider in config.providers.values()]
+    clusters += [_chain_cluster(start, chain, body_limit, options) for start, chain in config.chains.items()]
+    return {
+        "admin": {"address": _socket_address(options.admin_address, options.admin_port)},
+        "static_resources": {
+            "listeners": [_listener(listener, config, options) for listener in config.listeners],
+            "clusters": clusters,
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {"@type": _DOWNSTREAM_CONNECTIONS, "max_active_downstream_connections": 50000},
+                }
+            ]
+        },
+    }
+
+
+def render_yaml(config: Config, options: RenderOptions = RenderOptions()) -> str:
+    header = f"# Rendered by `extproc render {config.source}`. Do not edit: edit the YAML and render again.\n"
+    return header + yaml.safe_dump(render(config, options), sort_keys=False, width=120)
+
+
+def chain_cluster_name(start: str) -> str:
+    return f"chain.{start}"
+
+
+def provider_cluster_name(name: str) -> str:
+    return f"provider.{name}"
+
+
+def _socket_address(address: str, port: int) -> dict:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _sidecar_cluster(sidecar: str) -> dict:
+    if sidecar.startswith("unix:"):
+        address = {"pipe": {"path": sidecar.removeprefix("unix:").removeprefix("//")}}
+    else:
+        host, _, port = sidecar.rpartition(":")
+        address = _socket_address(host.strip("[]") or "127.0.0.1", int(port))
+    return {
+        "name": SIDECAR_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
+        },
+        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "load_assignment": {"cluster_name": SIDECAR_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
+    }
+
+
+def _ext_proc(phase: str, options: RenderOptions, listener: str | None = None) -> dict:
+    metadata = [{"key": PHASE_METADATA, "value": phase}]
+    if listener is not None:
+        metadata.append({"key": LISTENER_METADATA, "value": listener})
+    config = {
+        "@type": _EXT_PROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": metadata},
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "message_timeout": _duration(options.message_timeout_s),
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "request_trailer_mode": "SKIP",
+            "response_header_mode": "SKIP",
+            "response_body_mode": "NONE",
+            "response_trailer_mode": "SKIP",
+        },
+    }
+    if phase == "router":
+        config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+    else:
+        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        config["request_attributes"] = ["xds.upstream_host_metadata"]
+    return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
+
+
+def _listener(listener: Listener, config: Config, options: RenderOptions) -> dict:
+    routes = [_chain_route(start, chain, listener) for start, chain in config.chains.items()]
+    routes.append(
+        {
+            "name": "missing_provider_header",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 400, "body": {"inline_string": _error_json(MISSING_ROUTE_MESSAGE, "invalid_request_error", "missing_provider_header")}},
+            "response_headers_to_add": [_set_header("content-type", "application/json")],
+        }
+    )
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": listener.name,
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": f"{listener.name}_routes",
+            "virtual_hosts": [
+                {
+                    "name": listener.name,
+                    "domains": ["*"],
+                    "include_request_attempt_count": True,
+                    "request_body_buffer_limit": listener.max_body_bytes,
+                    "routes": routes,
+                }
+            ],
+        },
+        "http_filters": [
+            _ext_proc("router", options, listener.name),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True}},
+        ],
+        "local_reply_config": _local_replies(),
+    }
+    return {
+        "name": listener.name,
+        "address": _socket_address(listener.address, listener.port),
+        "per_connection_buffer_limit_bytes": listener.max_body_bytes + 65536,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
+
+
+def _chain_route(start: str, chain: Chain, listener: Listener) -> dict:
+    action: dict = {
+        "cluster": chain_cluster_name(start),
+        "timeout": _duration(listener.timeout_s),
+        "auto_host_rewrite": True,
+    }
+    retry = _retry_policy(chain)
+    if retry is not None:
+        action["retry_policy"] = retry
+    return {
+        "name": f"chain.{start}",
+        "match": {"prefix": "/", "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}]},
+        "route": action,
+        "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
+    }
+
+
+def _retry_policy(chain: Chain) -> dict | None:
+    policy = chain.policy
+    conditions = list(policy.conditions)
+    if policy.status_codes:
+        conditions.append("retriable-status-codes")
+    if not conditions or chain.num_retries == 0:
+        return None
+    retry: dict = {
+        "retry_on": ",".join(conditions),
+        "num_retries": chain.num_retries,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": _PREVIOUS_PRIORITIES, "update_frequency": 1},
+        },
+        # Failing over goes to another provider: no reason to wait between attempts.
+        "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.005s"},
+    }
+    if policy.status_codes:
+        retry["retriable_status_codes"] = list(policy.status_codes)
+    if policy.per_try_timeout_s:
+        retry["per_try_timeout"] = _duration(policy.per_try_timeout_s)
+    return retry
+
+
+def _local_replies() -> dict:
+    """Envoy's own error replies (body too large, sidecar or providers unreachable) as OpenAI JSON."""
+
+    def mapper(status_filter: dict, type_: str, code: str) -> dict:
+        return {
+            "filter": {"status_code_filter": {"comparison": status_filter}},
+            "body_format_override": {
+                "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": type_, "param": None, "code": code}},
+                "content_type": "application/json",
+            },
+        }
+
+    too_large = {"op": "EQ", "value": {"default_value": 413, "runtime_key": "extproc.local_reply.too_large"}}
+    server_error = {"op": "GE", "value": {"default_value": 500, "runtime_key": "extproc.local_reply.server_error"}}
+    return {
+        "mappers": [
+            mapper(too_large, "invalid_request_error", "request_too_large"),
+            mapper(server_error, "api_error", "gateway_error"),
+        ]
+    }
+
+
+def _error_json(message: str, type_: str, code: str) -> str:
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+def _set_header(name: str, value: str) -> dict:
+    return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _provider_cluster(provider: Provider, body_limit: int, options: RenderOptions) -> dict:
+    name = provider_cluster_name(provider.name)
+    endpoint = {
+        "endpoint": {"address": _socket_address(provider.host, provider.port), "hostname": provider.authority},
+        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {PROVIDER_METADATA_KEY: provider.name}}},
+    }
+    cluster: dict = {
+        "name": name,
+        "connect_timeout": "5s",
+        "per_connection_buffer_limit_bytes": body_limit + 65536,
+        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+    if _is_ip(provider.host):
+        cluster["type"] = "STATIC"
+    else:
+        cluster["type"] = "LOGICAL_DNS"
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if provider.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TLS,
+                "sni": provider.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": options.ca_file or _system_ca_bundle()},
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
+                    }
+                },
+            },
+        }
+    return cluster
+
+
+def _chain_cluster(start: str, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
+    return {
+        "name": chain_cluster_name(start),
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "per_connection_buffer_limit_bytes": body_limit + 65536,
+        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {"@type": _AGGREGATE, "clusters": [provider_cluster_name(name) for name in chain.providers]},
+        },
+        # Upstream filters run from the route's cluster, i.e. here, once per attempt.
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    _ext_proc("upstream", options),
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
+                ],
+            }
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _system_ca_bundle() -> str:
+    return next((path for path in CA_BUNDLES if os.path.exists(path)), CA_BUNDLES[0])

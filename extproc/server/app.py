@@ -1,0 +1,27 @@
+"""Start the sidecar's gRPC server (ext_proc + gRPC health) on TCP or a Unix socket."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..config import ConfigStore
+from .servicer import ExternalProcessor
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+async def start_server(store: ConfigStore, listen: str) -> tuple[grpc.aio.Server, int]:
+    """Bind `unix:/path` or `host:port` and start; returns the server and the bound TCP port (0 for a Unix socket)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0 and not listen.startswith("unix:"):
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for service in ("", EXT_PROC_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port

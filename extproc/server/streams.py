@@ -1,0 +1,147 @@
+"""Translate ext_proc protobuf messages to the processor's plain data and back.
+
+One object per gRPC stream. A router-level stream sees one request; an
+upstream-level stream sees one attempt. No decision is made here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ..config import Config, ConfigStore
+from ..processor import errors, router, upstream
+from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
+from ..processor.headermutator import INTERNAL_PREFIX, ROUTE_HEADER
+
+EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
+HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+#: Endpoint metadata key (namespace `extproc`) naming the provider of an Envoy host.
+PROVIDER_METADATA_KEY = "provider"
+_PROVIDER_IN_TEXT = re.compile(r'key: "provider"\s+value \{\s*string_value: "([^"]*)"')
+
+
+def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
+    """Header map of an ext_proc message (Envoy sends values as raw bytes)."""
+    result: dict[str, str] = {}
+    for header in message.headers.headers:
+        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        result[header.key] = f"{result[header.key]},{value}" if header.key in result else value
+    return result
+
+
+def header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, raw_value=value.encode()))
+
+
+def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    answer = response.immediate_response
+    answer.status.code = reply.status
+    answer.body = reply.body
+    answer.details = "extproc_local_reply"
+    answer.headers.set_headers.extend(header_option(name, value) for name, value in reply.headers)
+    return response
+
+
+class RouterStream:
+    """One request at the router level: pick its chain before Envoy routes."""
+
+    def __init__(self, store: ConfigStore, listener: str):
+        self.config: Config = store.current
+        self.max_body_bytes = next(
+            (item.max_body_bytes for item in self.config.listeners if item.name == listener),
+            max(item.max_body_bytes for item in self.config.listeners),
+        )
+        self.headers: dict[str, str] = {}
+
+    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            self.headers = headers_of(request.request_headers)
+            decision = router.on_headers(self.config, self.headers, request.request_headers.end_of_stream, self.max_body_bytes)
+            return self._respond("request_headers", decision)
+        if kind == "request_body":
+            decision = router.on_body(self.config, self.headers, request.request_body.body, self.max_body_bytes)
+            return self._respond("request_body", decision)
+        return _continue(kind)
+
+    def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
+        if isinstance(decision, errors.Reply):
+            return immediate(decision)
+        response = pb.ProcessingResponse()
+        common = getattr(response, kind).response
+        common.SetInParent()
+        if decision is None:
+            return response
+        mutation = common.header_mutation
+        mutation.remove_headers.extend(name for name in self.headers if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER)
+        mutation.set_headers.append(header_option(ROUTE_HEADER, decision.provider))
+        common.clear_route_cache = True
+        namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
+        namespace.fields[METADATA_KEY].string_value = decision.context.encode()
+        return response
+
+
+class UpstreamStream:
+    """One attempt at the upstream level: rewrite it for the provider Envoy picked."""
+
+    _provider_cache: dict[str, str | None] = {}
+
+    def __init__(self, store: ConfigStore):
+        self.config: Config = store.current
+        self.attempt: upstream.Attempt | None = None
+
+    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            headers = headers_of(request.request_headers)
+            decision = upstream.plan_attempt(self.config, self._provider(request), self._context(request), headers)
+            if isinstance(decision, errors.Reply):
+                return immediate(decision)
+            self.attempt = decision
+            response = pb.ProcessingResponse()
+            mutation = response.request_headers.response.header_mutation
+            mutation.set_headers.extend(header_option(name, value) for name, value in decision.headers.set)
+            mutation.remove_headers.extend(decision.headers.remove)
+            return response
+        if kind == "request_body" and self.attempt is not None:
+            body = self.attempt.body(request.request_body.body)
+            response = pb.ProcessingResponse()
+            common = response.request_body.response
+            common.body_mutation.body = body
+            common.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
+            return response
+        return _continue(kind)
+
+    def _provider(self, request: pb.ProcessingRequest) -> str | None:
+        attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
+        if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
+            return None
+        text = attributes.fields[HOST_METADATA_ATTRIBUTE].string_value
+        cache = UpstreamStream._provider_cache
+        if text not in cache:
+            match = _PROVIDER_IN_TEXT.search(text)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[text] = match.group(1) if match else None
+        return cache[text]
+
+    @staticmethod
+    def _context(request: pb.ProcessingRequest) -> RequestContext | None:
+        namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+        if namespace is None or METADATA_KEY not in namespace.fields:
+            return None
+        return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+
+
+def _continue(kind: str | None) -> pb.ProcessingResponse:
+    """An empty answer of the right kind: let the message through unchanged."""
+    response = pb.ProcessingResponse()
+    if kind in ("request_headers", "response_headers", "request_body", "response_body"):
+        getattr(response, kind).response.SetInParent()
+    elif kind in ("request_trailers", "response_trailers"):
+        getattr(response, kind).SetInParent()
+    return response

