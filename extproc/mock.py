@@ -48,6 +48,7 @@ class MockProvider:
     received: list[ReceivedRequest] = field(default_factory=list)
     port: int = 0
     _server: asyncio.AbstractServer | None = None
+    _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, host, port)
@@ -57,10 +58,13 @@ class MockProvider:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._connections):
+                writer.close()
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
         try:
             while True:
                 request = await _read_request(reader)
@@ -73,6 +77,7 @@ class MockProvider:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            self._connections.discard(writer)
             writer.close()
 
     async def _answer(self, request: ReceivedRequest, writer: asyncio.StreamWriter) -> None:

@@ -230,11 +230,11 @@ def _retry_policy(chain: Chain) -> dict | None:
 def _local_replies() -> dict:
     """Envoy's own error replies (body too large, sidecar or providers unreachable) as OpenAI JSON."""
 
-    def mapper(status_filter: dict, type_: str, code: str) -> dict:
+    def mapper(status_filter: dict, type_: str, code: str, message: str) -> dict:
         return {
             "filter": {"status_code_filter": {"comparison": status_filter}},
             "body_format_override": {
-                "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": type_, "param": None, "code": code}},
+                "json_format": {"error": {"message": message, "type": type_, "param": None, "code": code, "details": "%RESPONSE_CODE_DETAILS%"}},
                 "content_type": "application/json",
             },
         }
@@ -243,8 +243,8 @@ def _local_replies() -> dict:
     server_error = {"op": "GE", "value": {"default_value": 500, "runtime_key": "extproc.local_reply.server_error"}}
     return {
         "mappers": [
-            mapper(too_large, "invalid_request_error", "request_too_large"),
-            mapper(server_error, "api_error", "gateway_error"),
+            mapper(too_large, "invalid_request_error", "request_too_large", "The request body is over this gateway's size limit."),
+            mapper(server_error, "api_error", "gateway_error", "The gateway could not complete the request. %LOCAL_REPLY_BODY%"),
         ]
     }
 

@@ -112,7 +112,7 @@ class Gateway:
                 stats = json.load(response).get("stats", [])
         except OSError:
             return 0
-        return sum(int(item.get("value", 0)) for item in stats if item.get("name", "").startswith("http."))
+        return sum(int(item.get("value", 0)) for item in stats if item.get("name", "").startswith("http.") and not item["name"].startswith("http.admin."))
 
     async def stop(self) -> None:
         """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""

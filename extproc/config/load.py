@@ -200,7 +200,10 @@ class _Reader:
         models: dict[str, list[str]] = {}
         for provider in by_name.values():
             models.setdefault(provider.model, []).append(provider.name)
-        policies = self.model_policies(by_name, models, providers)
+        # Models of entries that failed validation still count as declared, so a
+        # fallback to them is not reported as a second, misleading problem.
+        declared = set(models) | {item.get("model") for item in raw_providers if isinstance(item, dict) and isinstance(item.get("model"), str)}
+        policies = self.model_policies(by_name, models, declared, providers)
         if self.problems:
             return None
         chains = {}
@@ -394,7 +397,7 @@ class _Reader:
             self.problem("model_providers", "at least one provider is required")
         return by_name
 
-    def model_policies(self, by_name: dict[str, Provider], models: dict[str, list[str]], raw: list[Provider | None]) -> dict[str, RetryPolicy]:
+    def model_policies(self, by_name: dict[str, Provider], models: dict[str, list[str]], declared: set, raw: list[Provider | None]) -> dict[str, RetryPolicy]:
         """One retry policy per model: the first of its providers that declares one."""
         indexes = {provider.name: index for index, provider in enumerate(raw) if provider is not None}
         policies: dict[str, tuple[str, RetryPolicy]] = {}
@@ -410,7 +413,7 @@ class _Reader:
             for index, fallback in enumerate(provider.retry_policy.fallback_models):
                 if fallback == provider.model:
                     self.problem(f"{path}.fallback_models[{index}]", "a model cannot fall back to itself")
-                elif fallback not in models:
+                elif fallback not in declared:
                     self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
             policies[provider.model] = (provider.name, provider.retry_policy)
         return {model: policy for model, (_, policy) in policies.items()}

@@ -1,0 +1,44 @@
+# Everything installs itself into .venv on first use: a fresh machine needs only Python 3.11, pip and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= config_failover.yaml
+
+.PHONY: install run test unit e2e bench envoy-config check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The gateway on config_failover.yaml, with mock providers (primary answers 429, secondary echoes).
+run: $(STAMP)
+	$(BIN)/extproc up $(CONFIG) --mock-providers
+
+## The whole hermetic suite: unit tests, then end-to-end tests through real Envoy.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e
+
+## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+check: $(STAMP)
+	$(BIN)/extproc check $(CONFIG)
+
+## envoy/envoy.yaml: the bootstrap for running Envoy beside `extproc serve` on 127.0.0.1:9090.
+envoy-config: $(STAMP)
+	$(BIN)/extproc render $(CONFIG) --sidecar 127.0.0.1:9090 -o envoy/envoy.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

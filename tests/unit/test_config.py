@@ -1,0 +1,134 @@
+"""Config validation: every problem names the file, the key path and the reason."""
+
+import pytest
+
+from extproc.config import ConfigError, load_config, parse_config
+
+BASE = """
+listeners:
+  - type: model
+    name: llm
+    port: 12000
+model_providers:
+  - name: primary
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:8082
+    access_key: $PRIMARY_KEY
+    default: true
+    retry_policy:
+      retry_on: [429, 503, connect-failure]
+      max_attempts: 3
+      per_try_timeout: 30s
+      fallback_models: [openai/gpt-4o-mini]
+  - name: secondary
+    model: openai/gpt-4
+    base_url: https://api.example.com/proxy/
+  - model: openai/gpt-4o-mini
+    base_url: http://127.0.0.1:8084
+"""
+
+
+def problems(text: str, environ=None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "gw.yaml", environ or {})
+    assert str(caught.value).startswith("gw.yaml: invalid configuration:")
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_a_valid_config_resolves_chains_and_providers():
+    config = parse_config(BASE, "gw.yaml", {"PRIMARY_KEY": "sk-1"})
+    assert config.models["openai/gpt-4"] == ("primary", "secondary")
+    assert config.chain_for_model("openai/gpt-4").providers == ("primary", "secondary", "openai/gpt-4o-mini@127.0.0.1:8084")
+    assert config.chains["secondary"].providers == ("secondary", "openai/gpt-4o-mini@127.0.0.1:8084")
+    assert config.chain_for_model("openai/gpt-4").num_retries == 2
+    primary, secondary = config.providers["primary"], config.providers["secondary"]
+    assert (primary.model_name, primary.access_key, primary.authority) == ("gpt-4", "sk-1", "127.0.0.1:8082")
+    assert (secondary.tls, secondary.host, secondary.port, secondary.path_prefix, secondary.authority) == (True, "api.example.com", 443, "/proxy", "api.example.com")
+    assert config.default_provider == "primary"
+    policy = config.chains["primary"].policy
+    assert policy.status_codes == (429, 503) and policy.conditions == ("connect-failure",)
+    assert policy.per_try_timeout_s == 30.0
+
+
+def test_the_key_never_shows_in_repr():
+    config = parse_config(BASE, "gw.yaml", {"PRIMARY_KEY": "sk-very-secret"})
+    assert "sk-very-secret" not in repr(config)
+
+
+def test_env_defaults_and_escapes():
+    text = BASE.replace("$PRIMARY_KEY", "${PRIMARY_KEY:-fallback-key}").replace("http://127.0.0.1:8082", "${PRIMARY_URL:-http://127.0.0.1:9999}")
+    config = parse_config(text, "gw.yaml", {"PRIMARY_URL": ""})
+    assert config.providers["primary"].access_key == "fallback-key"
+    assert config.providers["primary"].port == 9999
+
+
+def test_unset_env_var_names_the_key_and_the_variable():
+    assert problems(BASE) == ["model_providers[0].access_key: environment variable PRIMARY_KEY is not set (give a default with ${PRIMARY_KEY:-value})"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("port: 12000", "port: 70000"), "listeners[0].port: 70000 is out of range"),
+        (("type: model", "type: prompt"), "listeners[0].type: listener type 'prompt' is not supported"),
+        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key"),
+        (("base_url: http://127.0.0.1:8082", "base_url: ftp://example.com"), "model_providers[0].base_url: 'ftp://example.com' is not an http:// or https:// URL"),
+        (("base_url: http://127.0.0.1:8082", "base_url: ''"), "model_providers[0].base_url: '' is not an http:// or https:// URL"),
+        (("name: secondary", "name: primary"), "model_providers[1].name: duplicate provider name 'primary'"),
+        (("fallback_models: [openai/gpt-4o-mini]", "fallback_models: [openai/gpt-9]"), "model_providers[0].retry_policy.fallback_models[0]: model 'openai/gpt-9' is not served"),
+        (("retry_on: [429, 503, connect-failure]", "retry_on: [429, sometimes]"), "model_providers[0].retry_policy.retry_on[1]: 'sometimes' is neither a status code"),
+        (("retry_on: [429, 503, connect-failure]", "retry_on: [200]"), "model_providers[0].retry_policy.retry_on[0]: status 200 is not an HTTP error status"),
+        (("max_attempts: 3", "max_attempts: three"), "model_providers[0].retry_policy.max_attempts: expected an integer, got 'three'"),
+        (("per_try_timeout: 30s", "per_try_timeout: soon"), "model_providers[0].retry_policy.per_try_timeout: expected a duration"),
+        (("model: openai/gpt-4o-mini", "model: gpt-4o-mini"), "model_providers[2].model: 'gpt-4o-mini' must be provider/model"),
+        (("default: true", "default: yes please"), "model_providers[0].default: expected true or false"),
+        (("  - name: secondary\n", "  - name: secondary\n    default: true\n"), "model_providers[1].default: only one provider can be the default"),
+    ],
+)
+def test_each_error_names_its_key(change, expected):
+    old, new = change
+    assert old in BASE
+    found = problems(BASE.replace(old, new, 1), {"PRIMARY_KEY": "k"})
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_all_problems_are_reported_at_once():
+    text = BASE.replace("port: 12000", "port: -1").replace("base_url: http://127.0.0.1:8084", "base_url: nope")
+    found = problems(text, {"PRIMARY_KEY": "k"})
+    assert len(found) == 2
+    assert found[0].startswith("listeners[0].port") and found[1].startswith("model_providers[2].base_url")
+
+
+def test_a_model_with_two_different_retry_policies_is_refused():
+    text = BASE.replace("    base_url: https://api.example.com/proxy/\n", "    base_url: https://api.example.com/proxy/\n    retry_policy: {retry_on: [500]}\n")
+    found = problems(text, {"PRIMARY_KEY": "k"})
+    assert found == ["model_providers[1].retry_policy: model 'openai/gpt-4' already has a different retry_policy on provider 'primary'; declare it once per model"]
+
+
+def test_known_provider_kind_gets_a_default_base_url():
+    config = parse_config("listeners: [{type: model, port: 1}]\nmodel_providers: [{model: openai/gpt-4o, access_key: k}]", "gw.yaml", {})
+    provider = next(iter(config.providers.values()))
+    assert (provider.name, provider.host, provider.port, provider.tls) == ("openai/gpt-4o@api.openai.com:443", "api.openai.com", 443, True)
+
+
+def test_reserved_provider_headers_are_refused():
+    text = BASE.replace("    default: true\n", "    default: true\n    headers: {x-arch-llm-provider: x, authorization: y, x-org: ok}\n")
+    found = problems(text, {"PRIMARY_KEY": "k"})
+    assert [problem.split(":")[0] for problem in found] == ["model_providers[0].headers.x-arch-llm-provider", "model_providers[0].headers.authorization"]
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("listeners: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: invalid configuration:\n  not valid YAML: line \d+"):
+        load_config(broken)
+    assert problems("") == ["the file is empty"]
+    assert problems("- a list") == ["(top level): expected a mapping, got a list"]
+
+
+def test_the_shipped_config_is_valid():
+    config = load_config("config_failover.yaml", {})
+    assert config.chain_for_model("openai/gpt-4").providers == ("primary", "secondary")
+    assert config.listeners[0].port == 12000

@@ -1,0 +1,156 @@
+"""The decisions, without gRPC: model -> chain, attempt -> mutations, body rewrite."""
+
+import json
+
+import pytest
+
+from extproc.config import parse_config
+from extproc.processor import router, upstream
+from extproc.processor.context import RequestContext
+from extproc.processor.errors import Reply
+from extproc.processor.jsonbody import BodyError, parse, replace_model
+
+CONFIG = parse_config(
+    """
+listeners: [{type: model, port: 0}]
+model_providers:
+  - name: a
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:1
+    access_key: key-a
+    headers: {x-org: org-a, x-tenant: tenant-a}
+  - name: b
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:2/prefix/
+    access_key: key-b
+    headers: {x-org: org-b}
+  - name: c
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:3
+    passthrough_auth: true
+  - name: mini
+    model: openai/gpt-4o-mini
+    base_url: http://127.0.0.1:4
+    default: true
+""",
+    "test.yaml",
+    {},
+)
+LIMIT = 1 << 20
+CLIENT = {":method": "POST", ":path": "/v1/chat/completions?x=1", "authorization": "Bearer client", "x-tenant": "client-tenant", "x-custom": "c"}
+
+
+def forward(body: bytes, headers=CLIENT) -> router.Forward:
+    decision = router.on_body(CONFIG, headers, body, LIMIT)
+    assert isinstance(decision, router.Forward), decision
+    return decision
+
+
+def apply(headers: dict, attempt: upstream.Attempt) -> dict:
+    """What Envoy does with the mutations: the same map carries over to the next attempt."""
+    result = dict(headers)
+    for name in attempt.headers.remove:
+        result.pop(name, None)
+    result.update(attempt.headers.set)
+    return result
+
+
+def test_model_resolves_to_its_chain():
+    decision = forward(b'{"model": "openai/gpt-4"}')
+    assert decision.provider == "a"
+    assert decision.context.path == "/v1/chat/completions?x=1"
+    assert decision.context.originals == {"authorization": "Bearer client", "x-tenant": "client-tenant"}
+
+
+def test_missing_model_goes_to_the_default_provider():
+    assert forward(b'{"messages": []}').provider == "mini"
+    assert router.on_headers(CONFIG, {":method": "POST", ":path": "/v1/x"}, True, LIMIT).provider == "mini"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b'{"model": "openai/gpt-4"} trailing', 400, "invalid_json"),
+        (b"\xff\xfe", 400, "invalid_json"),
+        (b'{"model": 4}', 400, "invalid_model"),
+        (b'{"model": "a", "model": "b"}', 400, "invalid_json"),
+        (b'{"model": "nope/never"}', 404, "model_not_found"),
+    ],
+)
+def test_bad_bodies_are_refused(body, status, code):
+    decision = router.on_body(CONFIG, CLIENT, body, LIMIT)
+    assert isinstance(decision, Reply) and decision.status == status
+    assert json.loads(decision.body)["error"]["code"] == code
+
+
+def test_declared_length_over_the_limit_is_refused_before_the_body():
+    decision = router.on_headers(CONFIG, {**CLIENT, "content-length": "2000"}, False, 1024)
+    assert isinstance(decision, Reply) and decision.status == 413
+    assert router.on_headers(CONFIG, {**CLIENT, "content-length": "100"}, False, 1024) is None
+
+
+def test_models_endpoint():
+    listing = router.on_headers(CONFIG, {":method": "GET", ":path": "/v1/models"}, True, LIMIT)
+    assert [item["id"] for item in json.loads(listing.body)["data"]] == ["openai/gpt-4", "openai/gpt-4o-mini"]
+    one = router.on_headers(CONFIG, {":method": "GET", ":path": "/v1/models/openai/gpt-4o-mini"}, True, LIMIT)
+    assert json.loads(one.body)["id"] == "openai/gpt-4o-mini"
+
+
+def test_each_attempt_rebuilds_its_headers_from_the_originals():
+    decision = forward(b'{"model": "openai/gpt-4"}')
+    context = RequestContext.decode(decision.context.encode())
+    headers = {**CLIENT, "x-arch-llm-provider": "a"}
+
+    first = upstream.plan_attempt(CONFIG, "a", context, headers)
+    headers = apply(headers, first)
+    assert headers["authorization"] == "Bearer key-a"
+    assert (headers["x-org"], headers["x-tenant"], headers[":path"]) == ("org-a", "tenant-a", "/v1/chat/completions?x=1")
+
+    second = upstream.plan_attempt(CONFIG, "b", context, headers)
+    headers = apply(headers, second)
+    assert headers["authorization"] == "Bearer key-b"
+    assert headers["x-org"] == "org-b"
+    assert headers["x-tenant"] == "client-tenant", "the client's own value comes back once a's is gone"
+    assert headers[":path"] == "/prefix/v1/chat/completions?x=1", "the prefix is applied to the original path, once"
+    assert headers["x-arch-llm-provider"] == "b"
+    assert headers["x-custom"] == "c"
+
+    third = upstream.plan_attempt(CONFIG, "c", context, headers)
+    headers = apply(headers, third)
+    assert headers["authorization"] == "Bearer client", "passthrough gets the client's original, not b's key"
+    assert "x-org" not in headers
+    assert headers[":path"] == "/v1/chat/completions?x=1"
+
+
+def test_client_credentials_are_dropped_unless_passthrough():
+    context = RequestContext(path="/", originals={"authorization": "Bearer client", "x-api-key": "client-key"})
+    plan = upstream.plan_attempt(CONFIG, "mini", context, ["authorization", "x-api-key", "x-arch-forged"])
+    assert "authorization" in plan.headers.remove and "x-api-key" in plan.headers.remove
+    assert "x-arch-forged" in plan.headers.remove
+    passthrough = upstream.plan_attempt(CONFIG, "c", context, [])
+    assert dict(passthrough.headers.set)["x-api-key"] == "client-key"
+
+
+def test_unknown_provider_or_missing_context_is_an_error_not_a_guess():
+    assert upstream.plan_attempt(CONFIG, "gone", RequestContext(path="/"), []).status == 503
+    assert upstream.plan_attempt(CONFIG, "a", None, []).status == 500
+
+
+def test_body_model_is_replaced_in_place():
+    body = '{"messages":[{"content":"héllo","model":"x"}],  "model" :"openai/gpt-4" ,"n":1}'.encode()
+    attempt = upstream.plan_attempt(CONFIG, "mini", forward(body).context, [])
+    assert attempt.body(body) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
+
+
+@pytest.mark.parametrize(("body", "expected"), [(b"{}", b'{"model":"m"}'), (b' { "a": 1 }', b' { "model":"m","a": 1 }')])
+def test_body_without_model_gets_one(body, expected):
+    assert replace_model(body, parse(body).span, "m") == expected
+
+
+def test_parse_reports_where_json_breaks():
+    with pytest.raises(BodyError, match="character"):
+        parse(b'{"a": [1, }')
+    with pytest.raises(BodyError, match="JSON object"):
+        parse(b"[]")
+    assert parse(b'{"model": "m", "stream": true}').stream

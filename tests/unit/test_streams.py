@@ -1,0 +1,76 @@
+"""The protobuf translation layer, driven with real ext_proc messages (no network)."""
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc.config import ConfigStore, parse_config
+from extproc.server.streams import RouterStream, UpstreamStream
+
+CONFIG = parse_config(
+    """
+listeners: [{type: model, name: llm, port: 0, max_body_bytes: 4KiB}]
+model_providers:
+  - {name: a, model: openai/gpt-4, base_url: "http://127.0.0.1:1", access_key: key-a}
+  - {name: b, model: openai/gpt-4, base_url: "http://127.0.0.1:2/p", access_key: key-b}
+""",
+    "test.yaml",
+    {},
+)
+
+
+def headers_message(headers: dict, end_of_stream=False) -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest()
+    request.request_headers.end_of_stream = end_of_stream
+    request.request_headers.headers.headers.extend(base_pb2.HeaderValue(key=key, raw_value=value.encode()) for key, value in headers.items())
+    return request
+
+
+def body_message(body: bytes) -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest()
+    request.request_body.body = body
+    request.request_body.end_of_stream = True
+    return request
+
+
+def route(client: dict, body: bytes) -> pb.ProcessingResponse:
+    stream = RouterStream(ConfigStore(CONFIG), "llm")
+    first = stream.handle(headers_message(client))
+    assert first.WhichOneof("response") == "request_headers"
+    return stream.handle(body_message(body))
+
+
+def test_router_stream_sets_the_route_header_and_carries_the_context():
+    client = {":method": "POST", ":path": "/v1/chat/completions", "x-arch-llm-provider": "b", "x-arch-other": "1"}
+    response = route(client, b'{"model": "openai/gpt-4"}')
+    common = response.request_body.response
+    assert common.clear_route_cache
+    assert [(item.header.key, item.header.raw_value) for item in common.header_mutation.set_headers] == [("x-arch-llm-provider", b"a")]
+    assert list(common.header_mutation.remove_headers) == ["x-arch-other"]
+    assert "ctx" in response.dynamic_metadata.fields["extproc"].struct_value.fields
+
+
+def test_router_stream_answers_bad_input_immediately():
+    stream = RouterStream(ConfigStore(CONFIG), "llm")
+    stream.handle(headers_message({":method": "POST", ":path": "/"}))
+    response = stream.handle(body_message(b"nope"))
+    assert response.immediate_response.status.code == 400
+    assert [(item.header.key, item.header.raw_value) for item in response.immediate_response.headers.set_headers] == [("content-type", b"application/json")]
+
+
+def test_upstream_stream_rewrites_the_attempt_for_the_hosts_provider():
+    metadata = route({":method": "POST", ":path": "/v1/chat/completions"}, b'{"model": "openai/gpt-4"}').dynamic_metadata.fields["extproc"].struct_value
+    request = headers_message({":path": "/v1/chat/completions", "authorization": "Bearer key-a", "x-arch-llm-provider": "a"})
+    request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
+    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = (
+        'filter_metadata { key: "extproc" value { fields { key: "provider" value { string_value: "b" } } } } '
+    )
+    stream = UpstreamStream(ConfigStore(CONFIG))
+    mutation = stream.handle(request).request_headers.response.header_mutation
+    assert {item.header.key: item.header.raw_value for item in mutation.set_headers} == {
+        "authorization": b"Bearer key-b",
+        "x-arch-llm-provider": b"b",
+        ":path": b"/p/v1/chat/completions",
+    }
+    body = stream.handle(body_message(b'{"model": "openai/gpt-4"}')).request_body.response
+    assert body.body_mutation.body == b'{"model": "gpt-4"}'
+    assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"18")]
