@@ -8,6 +8,7 @@ requests keep their processor), then stops Envoy, then the sidecar.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import shutil
@@ -68,7 +69,7 @@ class Gateway:
         ]
         if self.concurrency:
             command += ["--concurrency", str(self.concurrency)]
-        self._envoy = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._envoy = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             await self._wait_ready(admin_path)
         except BaseException:
@@ -140,6 +141,15 @@ class Gateway:
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline and self._active_requests() > 0:
             time.sleep(0.1)
+
+
+def _die_with_parent() -> None:
+    """In the Envoy child: get SIGTERM if this process dies, so no Envoy outlives `up`."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _accepts(host: str, port: int) -> bool:

