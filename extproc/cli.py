@@ -9,9 +9,11 @@ import logging
 import sys
 
 from . import __version__
-from .config import Config, ConfigError, ConfigStore, load_config
+from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
+from .observability.http import MetricsServer
 from .render import RenderOptions, render_yaml
+from .runtime import Runtime
 from .server.app import start_server
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
 
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
     serve.add_argument("config")
     serve.add_argument("--listen", default="127.0.0.1:9090", help="host:port or unix:/path")
+    serve.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     serve.set_defaults(run=_serve)
 
     up = commands.add_parser("up", help="run Envoy and the sidecar together in the foreground")
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: one per core)")
     up.add_argument("--envoy-log-level", default="warning")
     up.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let in-flight requests finish on stop")
+    up.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
@@ -103,13 +107,18 @@ def _serve(args) -> int:
     config = load_config(args.config)
 
     async def run() -> None:
-        server, port = await start_server(ConfigStore(config), args.listen)
+        runtime = Runtime.create(config)
+        server, port = await start_server(runtime, args.listen)
+        metrics = MetricsServer(runtime, config.metrics.address, config.metrics.port if args.metrics_port is None else args.metrics_port).start()
         where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")
+        print_line(f"metrics and health on http://{config.metrics.address}:{metrics.port} (/metrics, /healthz, /readyz)")
         stop = asyncio.Event()
         install_signal_handlers(stop)
         await stop.wait()
+        runtime.serving = False
         await server.stop(grace=5)
+        metrics.stop()
 
     _run(run())
     return 0
@@ -120,11 +129,12 @@ def _up(args) -> int:
 
     async def run() -> None:
         mocks = await _start_mocks(config) if args.mock_providers else []
-        gateway = Gateway(config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout)
+        gateway = Gateway(config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout, metrics_port=args.metrics_port)
         try:
             await gateway.start()
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
+            print_line(f"metrics and health on http://{config.metrics.address}:{gateway.metrics.port} (/metrics, /healthz, /readyz)")
             print_line("press Ctrl-C to stop")
             stop = asyncio.Event()
             install_signal_handlers(stop)

@@ -25,8 +25,9 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import ROUTE_HEADER
+from .server.accesslog import DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
-from .server.streams import PROVIDER_METADATA_KEY
+from .server.streams import MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
 
 SIDECAR_CLUSTER = "extproc_sidecar"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
@@ -41,6 +42,7 @@ _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.Cluster
 _PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+_GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 #: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
@@ -174,8 +176,12 @@ def _listener(listener: Listener, config: Config, options: RenderOptions) -> dic
         },
         "http_filters": [
             _ext_proc("router", options, listener.name),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True}},
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_access_log(UPSTREAM_LOG, listener)]},
+            },
         ],
+        "access_log": [_access_log(DOWNSTREAM_LOG, listener)],
         "local_reply_config": _local_replies(),
     }
     return {
@@ -225,6 +231,34 @@ def _retry_policy(chain: Chain) -> dict | None:
     if policy.per_try_timeout_s:
         retry["per_try_timeout"] = _duration(policy.per_try_timeout_s)
     return retry
+
+
+def _access_log(log_name: str, listener: Listener) -> dict:
+    """Every attempt (upstream) and every request (downstream) reported to the sidecar, off the request path.
+
+    Entries are flushed one by one, so a 429 is known before the client's
+    next request arrives.
+    """
+    tags = [
+        {"tag": PROVIDER_TAG, "metadata": {"kind": {"host": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": PROVIDER_METADATA_KEY}]}}},
+        {"tag": MODEL_TAG, "metadata": {"kind": {"request": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": MODEL_METADATA_KEY}]}}},
+        {"tag": LISTENER_TAG, "literal": {"value": listener.name}},
+    ]
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": _GRPC_ACCESS_LOG,
+            "common_config": {
+                "log_name": log_name,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}},
+                "buffer_size_bytes": 1,
+                "buffer_flush_interval": "0.1s",
+                "custom_tags": tags,
+            },
+            "additional_response_headers_to_log": ["retry-after", "retry-after-ms"],
+        },
+    }
 
 
 def _local_replies() -> dict:

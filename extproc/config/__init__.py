@@ -1,7 +1,7 @@
 """Config: load and validate the YAML (`load`), the frozen snapshot it resolves to (`model`)."""
 
 from .load import ConfigError, Problem, load_config, parse_config
-from .model import Chain, Config, Listener, Provider, RetryPolicy
+from .model import Chain, Config, Cooldown, Listener, Metrics, Provider, RetryPolicy
 from .store import ConfigStore
 
 __all__ = [
@@ -9,7 +9,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigStore",
+    "Cooldown",
     "Listener",
+    "Metrics",
     "Problem",
     "Provider",
     "RetryPolicy",

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .envsubst import UnsetVariable, expand
-from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Listener, Provider, RetryPolicy, frozen_mapping
+from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, RetryPolicy, frozen_mapping
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -187,9 +187,11 @@ class _Reader:
         if data is None:
             self.problem("", "the file is empty")
             return None
-        top = self.mapping(data, "", {"version", "listeners", "model_providers"}, {"listeners", "model_providers"})
+        top = self.mapping(data, "", {"version", "listeners", "model_providers", "cooldown", "metrics"}, {"listeners", "model_providers"})
         if top is None:
             return None
+        cooldown = self.cooldown(top["cooldown"], "cooldown") if "cooldown" in top else Cooldown()
+        metrics = self.metrics(top["metrics"], "metrics") if "metrics" in top else Metrics()
         listeners = [self.listener(item, f"listeners[{i}]", i) for i, item in enumerate(self.sequence(top.get("listeners", []), "listeners"))]
         raw_providers = self.sequence(top.get("model_providers", []), "model_providers")
         providers = [self.provider(item, f"model_providers[{i}]") for i, item in enumerate(raw_providers)]
@@ -225,10 +227,33 @@ class _Reader:
             chains=frozen_mapping(chains),
             default_provider=defaults[0] if defaults else None,
             owned_headers=frozenset(owned),
+            cooldown=cooldown or Cooldown(),
+            metrics=metrics or Metrics(),
+        )
+
+    def cooldown(self, value: Any, path: str) -> Cooldown | None:
+        raw = self.mapping(value, path, {"enabled", "default_cooldown", "max_cooldown", "failure_threshold"})
+        if raw is None:
+            return None
+        base = Cooldown()
+        return Cooldown(
+            enabled=self.boolean(raw["enabled"], f"{path}.enabled") if "enabled" in raw else base.enabled,
+            default_s=self.duration(raw["default_cooldown"], f"{path}.default_cooldown") if "default_cooldown" in raw else base.default_s,
+            max_s=self.duration(raw["max_cooldown"], f"{path}.max_cooldown") if "max_cooldown" in raw else base.max_s,
+            failure_threshold=self.integer(raw["failure_threshold"], f"{path}.failure_threshold", 1, 1000) if "failure_threshold" in raw else base.failure_threshold,
+        )
+
+    def metrics(self, value: Any, path: str) -> Metrics | None:
+        raw = self.mapping(value, path, {"address", "port"})
+        if raw is None:
+            return None
+        return Metrics(
+            address=self.text(raw["address"], f"{path}.address") if "address" in raw else Metrics.address,
+            port=self.integer(raw["port"], f"{path}.port", 0, 65535) if "port" in raw else Metrics.port,
         )
 
     def listener(self, item: Any, path: str, index: int) -> Listener | None:
-        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes"}
+        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling"}
         raw = self.mapping(item, path, allowed, {"type", "port"})
         if raw is None:
             return None
@@ -241,9 +266,12 @@ class _Reader:
         port = self.integer(raw["port"], f"{path}.port", 0, 65535) if "port" in raw else None
         timeout = self.duration(raw["timeout"], f"{path}.timeout") if "timeout" in raw else DEFAULT_TIMEOUT_S
         max_body = self.size(raw["max_body_bytes"], f"{path}.max_body_bytes") if "max_body_bytes" in raw else DEFAULT_MAX_BODY_BYTES
+        on_all_cooling = self.text(raw["on_all_cooling"], f"{path}.on_all_cooling") if "on_all_cooling" in raw else "reject"
+        if on_all_cooling not in (None, "reject", "try_anyway"):
+            self.problem(f"{path}.on_all_cooling", f"{on_all_cooling!r} must be reject or try_anyway")
         if len(self.problems) > before:
             return None
-        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body)
+        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body, on_all_cooling=on_all_cooling)
 
     def check_listeners(self, listeners: list[Listener]) -> None:
         seen_names: set[str] = set()

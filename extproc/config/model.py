@@ -79,6 +79,24 @@ class Listener:
     port: int
     timeout_s: float
     max_body_bytes: int
+    #: When every provider of a chain is cooling down: "reject" (429 at once) or "try_anyway".
+    on_all_cooling: str = "reject"
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """How long a failing provider is skipped when a chain picks where to start."""
+
+    enabled: bool = True
+    default_s: float = 5.0  # a 429 without Retry-After
+    max_s: float = 60.0  # cap on Retry-After
+    failure_threshold: int = 3  # consecutive connect failures, resets or 5xx before cooling
+
+
+@dataclass(frozen=True)
+class Metrics:
+    address: str = "0.0.0.0"
+    port: int = 9092
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,8 @@ class Config:
     default_provider: str | None
     #: Headers some provider sets: every attempt restores or drops them.
     owned_headers: frozenset[str]
+    cooldown: Cooldown = Cooldown()
+    metrics: Metrics = Metrics()
 
     def chain_for_model(self, model: str) -> Chain | None:
         names = self.models.get(model)

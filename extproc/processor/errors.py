@@ -13,11 +13,12 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    reason: str = ""  # the error code, for metrics; "" for a normal answer
 
 
 def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
-    return Reply(status, body, (("content-type", "application/json"), *headers))
+    return Reply(status, body, (("content-type", "application/json"), *headers), code or type_)
 
 
 def json_reply(status: int, payload: object) -> Reply:
@@ -37,3 +38,8 @@ def model_not_found(model: str, known: list[str]) -> Reply:
 def too_large(size: int, limit: int) -> Reply:
     message = f"The request body is {size} bytes, over this gateway's limit of {limit} bytes."
     return error_reply(413, message, "invalid_request_error", "request_too_large")
+
+
+def all_cooling(model: str, retry_after_s: int) -> Reply:
+    message = f"Every provider of model '{model}' is rate limited or failing; retry after {retry_after_s}s."
+    return error_reply(429, message, "rate_limit_error", "all_providers_cooling_down", (("retry-after", str(max(retry_after_s, 1))),))

@@ -11,16 +11,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..config import Config, Provider
+from ..config import Chain, Config, Provider
+from ..config.model import CREDENTIAL_HEADERS
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
 ROUTE_HEADER = "x-arch-llm-provider"
 
 
-def capture(config: Config, headers: Mapping[str, str]) -> dict[str, str]:
-    """The client's values of the owned headers, to be restored on every attempt."""
-    return {name: headers[name] for name in config.owned_headers if name in headers}
+def capture(config: Config, headers: Mapping[str, str], chain: Chain) -> dict[str, str]:
+    """The client's values of the owned headers, to be restored on every attempt.
+
+    The client's credentials are kept only when a provider of the chain will
+    be sent them, so they travel no further than they must.
+    """
+    passthrough = any(config.providers[name].passthrough_auth for name in chain.providers)
+    return {
+        name: headers[name]
+        for name in config.owned_headers
+        if name in headers and (passthrough or name not in CREDENTIAL_HEADERS)
+    }
 
 
 @dataclass(frozen=True)

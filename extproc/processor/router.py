@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import Config
+import math
+
+from ..config import Config, Listener
 from . import errors
 from .context import RequestContext
+from .cooldown import ProviderHealth
 from .headermutator import capture
 from .jsonbody import BodyError, ParsedBody, parse
 
@@ -27,8 +30,9 @@ class Forward:
     model: str
 
 
-def on_headers(config: Config, headers: Mapping[str, str], end_of_stream: bool, max_body_bytes: int) -> errors.Reply | Forward | None:
+def on_headers(config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None) -> errors.Reply | Forward | None:
     """Decide from the headers alone when possible; None means: wait for the body."""
+    max_body_bytes = listener.max_body_bytes
     path = headers.get(":path", "/")
     route = path.split("?", 1)[0]
     if headers.get(":method") == "GET" and (route == MODELS_PATH or route.startswith(MODELS_PATH + "/")):
@@ -37,24 +41,24 @@ def on_headers(config: Config, headers: Mapping[str, str], end_of_stream: bool, 
     if length and length.isdigit() and int(length) > max_body_bytes:
         return errors.too_large(int(length), max_body_bytes)
     if end_of_stream:
-        return resolve(config, headers, None)
+        return resolve(config, listener, headers, None, health)
     return None
 
 
-def on_body(config: Config, headers: Mapping[str, str], body: bytes, max_body_bytes: int) -> errors.Reply | Forward:
-    if len(body) > max_body_bytes:
-        return errors.too_large(len(body), max_body_bytes)
+def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None) -> errors.Reply | Forward:
+    if len(body) > listener.max_body_bytes:
+        return errors.too_large(len(body), listener.max_body_bytes)
     if not body.strip():
-        return resolve(config, headers, None)
+        return resolve(config, listener, headers, None, health)
     try:
         parsed = parse(body)
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
-    return resolve(config, headers, parsed)
+    return resolve(config, listener, headers, parsed, health)
 
 
-def resolve(config: Config, headers: Mapping[str, str], body: ParsedBody | None) -> errors.Reply | Forward:
-    """model -> chain: the exact model first, then the default provider when none is given."""
+def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None) -> errors.Reply | Forward:
+    """model -> chain (exact model, else the default provider), started at its first provider not cooling down."""
     model = body.model if body is not None else None
     if model is None:
         if config.default_provider is None:
@@ -67,12 +71,20 @@ def resolve(config: Config, headers: Mapping[str, str], body: ParsedBody | None)
         chain = config.chain_for_model(model)
         if chain is None:
             return errors.model_not_found(model, list(config.models))
+    start = chain.providers[0]
+    if health is not None:
+        available, soonest = health.pick_start(chain.providers)
+        if available is not None:
+            start = available
+        elif listener.on_all_cooling == "reject":
+            return errors.all_cooling(model, math.ceil(soonest))
+    chain = config.chains[start]
     context = RequestContext(
         path=headers.get(":path", "/"),
-        originals=capture(config, headers),
+        originals=capture(config, headers, chain),
         span=body.span if body is not None else None,
     )
-    return Forward(provider=chain.providers[0], context=context, model=model)
+    return Forward(provider=start, context=context, model=model)
 
 
 def models_reply(config: Config, model_id: str) -> errors.Reply:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..config import ConfigStore
+from ..runtime import Runtime
+from .accesslog import AccessLogReceiver
 from .servicer import ExternalProcessor
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
-async def start_server(store: ConfigStore, listen: str) -> tuple[grpc.aio.Server, int]:
+async def start_server(runtime: Runtime, listen: str) -> tuple[grpc.aio.Server, int]:
     """Bind `unix:/path` or `host:port` and start; returns the server and the bound TCP port (0 for a Unix socket)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(store), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(runtime.observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
@@ -24,4 +27,5 @@ async def start_server(store: ConfigStore, listen: str) -> tuple[grpc.aio.Server
     await server.start()
     for service in ("", EXT_PROC_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    runtime.serving = True
     return server, port

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ..config import ConfigStore
+from ..runtime import Runtime
 from .streams import RouterStream, UpstreamStream
 
 #: gRPC initial metadata the rendered Envoy config sends on each ext_proc stream.
@@ -14,14 +16,35 @@ LISTENER_METADATA = "x-extproc-listener"
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, store: ConfigStore):
-        self.store = store
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        metrics = runtime.metrics
+        self._timers = {
+            (level, kind): metrics.processing.labels(f"{level}_{kind}")
+            for level in ("router", "upstream")
+            for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
+        }
+        self._in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream")}
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
+        config = self.runtime.store.current  # one snapshot for the whole stream
         if metadata.get(PHASE_METADATA) == "upstream":
-            stream = UpstreamStream(self.store)
+            level, stream = "upstream", UpstreamStream(config)
         else:
-            stream = RouterStream(self.store, metadata.get(LISTENER_METADATA, ""))
-        while (request := await context.read()) is not grpc.aio.EOF:
-            await context.write(stream.handle(request))
+            level, stream = "router", RouterStream(config, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
+        in_flight = self._in_flight[level]
+        in_flight.inc()
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                started = time.perf_counter()
+                response = stream.handle(request)
+                timer = self._timers.get((level, request.WhichOneof("request")))
+                if timer is not None:
+                    timer.observe(time.perf_counter() - started)
+                await context.write(response)
+        finally:
+            in_flight.dec()
+            reply = getattr(stream, "reply", None)
+            if reply is not None and reply.reason:
+                self.runtime.metrics.rejected.labels(reply.reason).inc()

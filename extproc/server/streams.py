@@ -11,8 +11,9 @@ import re
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ..config import Config, ConfigStore
+from ..config import Config
 from ..processor import errors, router, upstream
+from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
 from ..processor.headermutator import INTERNAL_PREFIX, ROUTE_HEADER
 
@@ -20,6 +21,8 @@ EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 #: Endpoint metadata key (namespace `extproc`) naming the provider of an Envoy host.
 PROVIDER_METADATA_KEY = "provider"
+#: Dynamic metadata key (namespace `extproc`) with the model a request resolved to, for access logs.
+MODEL_METADATA_KEY = "model"
 _PROVIDER_IN_TEXT = re.compile(r'key: "provider"\s+value \{\s*string_value: "([^"]*)"')
 
 
@@ -49,27 +52,27 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, store: ConfigStore, listener: str):
-        self.config: Config = store.current
-        self.max_body_bytes = next(
-            (item.max_body_bytes for item in self.config.listeners if item.name == listener),
-            max(item.max_body_bytes for item in self.config.listeners),
-        )
+    def __init__(self, config: Config, health: ProviderHealth | None, listener: str):
+        self.config = config
+        self.health = health
+        self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
+        self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             self.headers = headers_of(request.request_headers)
-            decision = router.on_headers(self.config, self.headers, request.request_headers.end_of_stream, self.max_body_bytes)
+            decision = router.on_headers(self.config, self.listener, self.headers, request.request_headers.end_of_stream, self.health)
             return self._respond("request_headers", decision)
         if kind == "request_body":
-            decision = router.on_body(self.config, self.headers, request.request_body.body, self.max_body_bytes)
+            decision = router.on_body(self.config, self.listener, self.headers, request.request_body.body, self.health)
             return self._respond("request_body", decision)
         return _continue(kind)
 
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
         if isinstance(decision, errors.Reply):
+            self.reply = decision
             return immediate(decision)
         response = pb.ProcessingResponse()
         common = getattr(response, kind).response
@@ -82,6 +85,7 @@ class RouterStream:
         common.clear_route_cache = True
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
+        namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
         return response
 
 
@@ -90,8 +94,8 @@ class UpstreamStream:
 
     _provider_cache: dict[str, str | None] = {}
 
-    def __init__(self, store: ConfigStore):
-        self.config: Config = store.current
+    def __init__(self, config: Config):
+        self.config = config
         self.attempt: upstream.Attempt | None = None
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:

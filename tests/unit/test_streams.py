@@ -3,7 +3,7 @@
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from extproc.config import ConfigStore, parse_config
+from extproc.config import parse_config
 from extproc.server.streams import RouterStream, UpstreamStream
 
 CONFIG = parse_config(
@@ -33,7 +33,7 @@ def body_message(body: bytes) -> pb.ProcessingRequest:
 
 
 def route(client: dict, body: bytes) -> pb.ProcessingResponse:
-    stream = RouterStream(ConfigStore(CONFIG), "llm")
+    stream = RouterStream(CONFIG, None, "llm")
     first = stream.handle(headers_message(client))
     assert first.WhichOneof("response") == "request_headers"
     return stream.handle(body_message(body))
@@ -50,7 +50,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
 
 
 def test_router_stream_answers_bad_input_immediately():
-    stream = RouterStream(ConfigStore(CONFIG), "llm")
+    stream = RouterStream(CONFIG, None, "llm")
     stream.handle(headers_message({":method": "POST", ":path": "/"}))
     response = stream.handle(body_message(b"nope"))
     assert response.immediate_response.status.code == 400
@@ -64,7 +64,7 @@ def test_upstream_stream_rewrites_the_attempt_for_the_hosts_provider():
     request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = (
         'filter_metadata { key: "extproc" value { fields { key: "provider" value { string_value: "b" } } } } '
     )
-    stream = UpstreamStream(ConfigStore(CONFIG))
+    stream = UpstreamStream(CONFIG)
     mutation = stream.handle(request).request_headers.response.header_mutation
     assert {item.header.key: item.header.raw_value for item in mutation.set_headers} == {
         "authorization": b"Bearer key-b",

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, what the access logs teach us, health endpoints."""

@@ -1,0 +1,137 @@
+"""Provider cooldowns: remember who is rate limited or failing, and start chains elsewhere.
+
+Fed with every attempt's outcome (from Envoy's per-attempt access logs); read
+by the router level when it picks where a chain starts. State is per sidecar
+process and keyed by provider name, so it survives reloads for providers that
+still exist. The clock is injected so the logic is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from ..config import Cooldown
+
+#: Outcome kinds that count towards `failure_threshold`.
+FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "server_error"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt to one provider came to."""
+
+    provider: str
+    status: int  # 0 when no response arrived
+    kind: str  # "ok", "rate_limited", "server_error", "client_error", "connect_failure", "reset", "timeout"
+    retry_after_s: float | None = None
+
+
+def classify(status: int, response_flags: Iterable[str] = ()) -> str:
+    flags = set(response_flags)
+    if status == 429:
+        return "rate_limited"
+    if "upstream_connection_failure" in flags or "upstream_overflow" in flags:
+        return "connect_failure"
+    if "upstream_request_timeout" in flags:
+        return "timeout"
+    if status == 0 or "upstream_remote_reset" in flags or "upstream_connection_termination" in flags:
+        return "reset"
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "client_error"
+    return "ok"
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """`retry-after-ms`, else `retry-after` as seconds or an HTTP date; None if absent or unreadable."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+@dataclass
+class _State:
+    until: float = 0.0
+    failures: int = 0
+    reason: str = ""
+
+
+class ProviderHealth:
+    def __init__(self, policy: Cooldown, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.clock = clock
+        self._states: dict[str, _State] = {}
+
+    def record(self, outcome: Outcome) -> float:
+        """Update the provider's state; returns the cooldown it starts (0 if none)."""
+        state = self._states.setdefault(outcome.provider, _State())
+        if outcome.kind == "ok":
+            state.failures = 0
+            state.until = 0.0
+            return 0.0
+        if not self.policy.enabled:
+            return 0.0
+        if outcome.kind == "rate_limited":
+            return self._cool(state, outcome.retry_after_s, "rate_limited")
+        if outcome.kind in FAILURE_KINDS:
+            state.failures += 1
+            if state.failures >= self.policy.failure_threshold:
+                state.failures = 0
+                return self._cool(state, outcome.retry_after_s, outcome.kind)
+        return 0.0
+
+    def _cool(self, state: _State, retry_after_s: float | None, reason: str) -> float:
+        seconds = self.policy.default_s if retry_after_s is None else retry_after_s
+        seconds = min(seconds, self.policy.max_s)
+        if seconds <= 0:
+            return 0.0
+        state.until = max(state.until, self.clock() + seconds)
+        state.reason = reason
+        return seconds
+
+    def remaining(self, provider: str) -> float:
+        state = self._states.get(provider)
+        if state is None:
+            return 0.0
+        return max(state.until - self.clock(), 0.0)
+
+    def cooling(self, provider: str) -> bool:
+        return self.remaining(provider) > 0
+
+    def pick_start(self, providers: Iterable[str]) -> tuple[str | None, float]:
+        """The first provider not cooling down, or (None, soonest remaining cooldown)."""
+        soonest = math.inf
+        for name in providers:
+            left = self.remaining(name)
+            if left <= 0:
+                return name, 0.0
+            soonest = min(soonest, left)
+        return None, soonest
+
+    def retain(self, providers: Iterable[str]) -> None:
+        """Forget providers that the new config no longer has."""
+        keep = set(providers)
+        for name in list(self._states):
+            if name not in keep:
+                del self._states[name]

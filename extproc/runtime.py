@@ -1,0 +1,33 @@
+"""What one running sidecar shares between its gRPC services and its HTTP endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import Config, ConfigStore
+from .observability.metrics import GatewayMetrics
+from .observability.observer import Observer
+from .processor.cooldown import ProviderHealth
+
+
+@dataclass
+class Runtime:
+    store: ConfigStore
+    health: ProviderHealth
+    metrics: GatewayMetrics
+    observer: Observer
+    serving: bool = False
+    #: Provider entries left out of the current snapshot, name -> model (status `error`).
+    provider_errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: Config) -> Runtime:
+        health = ProviderHealth(config.cooldown)
+        metrics = GatewayMetrics()
+        runtime = cls(ConfigStore(config), health, metrics, Observer(health, metrics))
+        metrics.watch_providers(lambda: runtime.store.current, health, lambda: runtime.provider_errors)
+        return runtime
+
+    @property
+    def ready(self) -> bool:
+        return self.serving and bool(self.store.current.providers)

@@ -1,0 +1,55 @@
+"""gRPC plumbing for Envoy's access log service: protobuf entries to `LogEntry`."""
+
+from __future__ import annotations
+
+import logging
+
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from ..observability.observer import LogEntry, Observer
+from ..processor.cooldown import retry_after_seconds
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_LOG = "upstream"
+DOWNSTREAM_LOG = "downstream"
+#: Custom tags the rendered config adds to every entry.
+PROVIDER_TAG = "provider"
+MODEL_TAG = "model"
+LISTENER_TAG = "listener"
+
+
+def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
+    common = entry.common_properties
+    response = entry.response
+    tags = common.custom_tags
+    flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
+    return LogEntry(
+        upstream=upstream,
+        request_id=entry.request.request_id,
+        provider=tags.get(PROVIDER_TAG, ""),
+        status=response.response_code.value,
+        flags=flags,
+        retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
+        model=tags.get(MODEL_TAG, ""),
+        listener=tags.get(LISTENER_TAG, ""),
+        details=response.response_code_details,
+    )
+
+
+class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, observer: Observer):
+        self.observer = observer
+
+    async def StreamAccessLogs(self, request_iterator, context):
+        upstream = False
+        async for message in request_iterator:
+            if message.HasField("identifier"):
+                upstream = message.identifier.log_name == UPSTREAM_LOG
+            for entry in message.http_logs.log_entry:
+                try:
+                    self.observer.observe(translate(entry, upstream))
+                except Exception:  # one odd entry must not end the stream
+                    log.exception("could not process an access-log entry")
+        return als_pb2.StreamAccessLogsResponse()

@@ -1,0 +1,143 @@
+"""Rate-limited providers are remembered (Retry-After) and routed around; metrics and health show it."""
+
+import email.utils
+import time
+
+import pytest
+
+from .harness import chat, gateway_config, provider
+
+GPT4 = "openai/gpt-4"
+HELLO = {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def cooling_seconds(gw, name: str) -> float:
+    return gw.metric("extproc_provider_cooldown_remaining_seconds", provider=name) or 0.0
+
+
+def test_a_429_with_retry_after_sends_the_next_requests_straight_to_the_secondary(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="2")
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+
+    assert chat(gw.port, HELLO).status == 200
+    wait_for(lambda: cooling_seconds(gw, "primary") > 0)
+    for _ in range(3):
+        answer = chat(gw.port, HELLO)
+        assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+    assert len(primary.received) == 1, "a cooling provider gets no request"
+    assert len(secondary.received) == 4
+    assert secondary.received[-1].header("x-envoy-attempt-count") == "1", "no wasted attempt on the primary"
+
+    wait_for(lambda: cooling_seconds(gw, "primary") == 0, timeout=5)
+    primary.status = 200
+    answer = chat(gw.port, HELLO)
+    assert answer.headers["x-arch-llm-provider"] == "primary", "after the cooldown the primary is tried first again"
+    assert len(primary.received) == 2
+
+
+def test_all_providers_cooling_answers_429_at_once_without_calling_any(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="30")
+    secondary = mocks.start("secondary", status=429, retry_after="20")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+
+    assert chat(gw.port, HELLO).status == 429
+    wait_for(lambda: cooling_seconds(gw, "primary") > 0 and cooling_seconds(gw, "secondary") > 0)
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 429
+    assert answer.headers["content-type"] == "application/json"
+    error = answer.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "all_providers_cooling_down")
+    assert GPT4 in error["message"]
+    assert 18 <= int(answer.headers["retry-after"]) <= 20, "the soonest provider's remaining cooldown"
+    assert "x-arch-llm-provider" not in answer.headers
+    assert (len(primary.received), len(secondary.received)) == (1, 1)
+    assert gw.metric("extproc_rejected_requests_total", reason="all_providers_cooling_down") == 1
+
+
+def test_try_anyway_listener_still_calls_the_providers(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="30")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), on_all_cooling="try_anyway"))
+
+    assert chat(gw.port, HELLO).status == 429
+    wait_for(lambda: cooling_seconds(gw, "primary") > 0)
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 429 and answer.json()["error"]["message"] == "primary: mock status 429"
+    assert len(primary.received) == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry_after": lambda: email.utils.formatdate(time.time() + 40, usegmt=True)}, 40),
+        ({"extra_headers": (("retry-after-ms", "15000"),)}, 15),
+        ({}, 7),  # no header: the configured default_cooldown
+        ({"retry_after": "600"}, 45),  # capped by max_cooldown
+    ],
+    ids=["http-date", "retry-after-ms", "absent", "capped"],
+)
+def test_retry_after_forms(mocks, gateway, headers, expected):
+    headers = {key: value() if callable(value) else value for key, value in headers.items()}
+    primary = mocks.start("primary", status=429, **headers)
+    secondary = mocks.start("secondary")
+    config = gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary))
+    config["cooldown"] = {"default_cooldown": "7s", "max_cooldown": "45s"}
+    gw = gateway(config)
+
+    assert chat(gw.port, HELLO).status == 200
+    remaining = wait_for(lambda: cooling_seconds(gw, "primary"))
+
+    assert expected - 3 <= remaining <= expected
+
+
+def test_connect_failures_cool_a_provider_down_after_the_threshold(mocks, gateway):
+    from .harness import closed_port
+
+    secondary = mocks.start("secondary")
+    config = gateway_config(
+        provider("primary", GPT4, port=closed_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
+        provider("secondary", GPT4, secondary),
+    )
+    config["cooldown"] = {"failure_threshold": 2, "default_cooldown": "30s"}
+    gw = gateway(config)
+
+    assert chat(gw.port, HELLO).status == 200
+    assert cooling_seconds(gw, "primary") == 0, "one failure is below the threshold"
+    assert chat(gw.port, HELLO).status == 200
+    wait_for(lambda: cooling_seconds(gw, "primary") > 0)
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="connect_failure") == 2
+
+
+def test_metrics_and_health_after_a_failover(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="30")
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary, access_key="sk-secret-primary"), provider("secondary", GPT4, secondary)))
+
+    assert chat(gw.port, HELLO).status == 200
+    wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model=GPT4, provider="secondary", status_class="2xx"))
+
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="429") == 1
+    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="200") == 1
+    assert gw.metric("extproc_failovers_total", from_provider="primary", to_provider="secondary", reason="rate_limited") == 1
+    assert gw.metric("extproc_upstream_rate_limited_total", provider="primary") == 1
+    assert gw.metric("extproc_provider_info", provider="primary", model=GPT4, status="cooling_down") == 1
+    assert gw.metric("extproc_provider_info", provider="secondary", model=GPT4, status="enabled") == 1
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") >= 1
+    assert gw.metric("extproc_processing_seconds_count", phase="upstream_request_headers") >= 2
+    exposition = gw.get("/metrics").body.decode()
+    assert "sk-secret-primary" not in exposition and "hi" not in exposition.replace("histogram", "")
+    assert gw.get("/readyz").status == 200
+    assert gw.get("/healthz").status == 200

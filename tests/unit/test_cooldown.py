@@ -1,0 +1,108 @@
+"""Cooldown decisions with an injected clock: no sleeping."""
+
+import email.utils
+
+import pytest
+
+from extproc.config import Cooldown
+from extproc.processor.cooldown import Outcome, ProviderHealth, classify, retry_after_seconds
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def health(clock, **policy) -> ProviderHealth:
+    return ProviderHealth(Cooldown(**policy), clock)
+
+
+def test_a_429_cools_for_retry_after_and_ends_by_itself(clock):
+    states = health(clock)
+    assert states.record(Outcome("a", 429, "rate_limited", 30)) == 30
+    assert states.pick_start(["a", "b"]) == ("b", 0.0)
+    clock.now += 29.5
+    assert states.cooling("a")
+    clock.now += 1
+    assert not states.cooling("a")
+    assert states.pick_start(["a", "b"]) == ("a", 0.0)
+
+
+def test_default_and_cap(clock):
+    states = health(clock, default_s=5, max_s=60)
+    assert states.record(Outcome("a", 429, "rate_limited", None)) == 5
+    assert states.record(Outcome("b", 429, "rate_limited", 3600)) == 60
+
+
+def test_all_cooling_reports_the_soonest(clock):
+    states = health(clock)
+    states.record(Outcome("a", 429, "rate_limited", 30))
+    states.record(Outcome("b", 429, "rate_limited", 12))
+    name, soonest = states.pick_start(["a", "b"])
+    assert name is None and soonest == pytest.approx(12)
+
+
+def test_failures_cool_only_after_the_threshold_and_success_resets_the_count(clock):
+    states = health(clock, failure_threshold=3, default_s=10)
+    for _ in range(2):
+        assert states.record(Outcome("a", 0, "connect_failure")) == 0
+    states.record(Outcome("a", 200, "ok"))
+    for _ in range(2):
+        states.record(Outcome("a", 503, "server_error"))
+    assert not states.cooling("a")
+    assert states.record(Outcome("a", 0, "reset")) == 10
+    assert states.cooling("a")
+
+
+def test_client_errors_do_not_count(clock):
+    states = health(clock, failure_threshold=1)
+    assert states.record(Outcome("a", 400, "client_error")) == 0
+    assert not states.cooling("a")
+
+
+def test_disabled_never_cools(clock):
+    states = health(clock, enabled=False)
+    assert states.record(Outcome("a", 429, "rate_limited", 30)) == 0
+    assert states.pick_start(["a"]) == ("a", 0.0)
+
+
+def test_retain_forgets_removed_providers(clock):
+    states = health(clock)
+    states.record(Outcome("a", 429, "rate_limited", 30))
+    states.record(Outcome("b", 429, "rate_limited", 30))
+    states.retain(["b"])
+    assert not states.cooling("a") and states.cooling("b")
+
+
+def test_retry_after_forms():
+    now = 1_800_000_000.0
+    assert retry_after_seconds({"retry-after": "7"}) == 7
+    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after_seconds({"retry-after": email.utils.formatdate(now + 20, usegmt=True)}, now) == pytest.approx(20, abs=1)
+    assert retry_after_seconds({"retry-after": email.utils.formatdate(now - 20, usegmt=True)}, now) == 0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "flags", "kind"),
+    [
+        (429, (), "rate_limited"),
+        (200, (), "ok"),
+        (404, (), "client_error"),
+        (503, (), "server_error"),
+        (503, ("upstream_connection_failure",), "connect_failure"),
+        (0, ("upstream_remote_reset",), "reset"),
+        (504, ("upstream_request_timeout",), "timeout"),
+    ],
+)
+def test_classify(status, flags, kind):
+    assert classify(status, flags) == kind
