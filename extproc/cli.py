@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
 from .observability.http import MetricsServer
+from .reload import Reloader
 from .render import RenderOptions, render_yaml
 from .runtime import Runtime
 from .server.app import start_server
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
+from .xds import XdsFiles
 
 log = logging.getLogger("extproc")
 
@@ -52,12 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--sidecar", default="127.0.0.1:9090", help="where Envoy reaches the sidecar: host:port or unix:/path")
     render.add_argument("--admin-port", type=int, default=9901)
     render.add_argument("--admin-address", default="127.0.0.1")
+    render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
     render.set_defaults(run=_render)
 
     serve = commands.add_parser("serve", help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
     serve.add_argument("config")
     serve.add_argument("--listen", default="127.0.0.1:9090", help="host:port or unix:/path")
     serve.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
+    serve.add_argument("--xds-dir", help="write Envoy's routes and clusters here and keep them current (Envoy rendered with the same --xds-dir)")
     serve.set_defaults(run=_serve)
 
     up = commands.add_parser("up", help="run Envoy and the sidecar together in the foreground")
@@ -80,9 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_serving(path: str) -> Config:
+    """A running sidecar starts without provider entries that are invalid on their own (logged)."""
+    config = load_config(path, lenient=True)
+    for error in config.provider_errors:
+        log.error("provider %s left out: %s", error.name, error.message)
+    return config
+
+
 def _check(args) -> int:
     config = load_config(args.config)
     print(f"{args.config}: ok")
+    if not config.providers:
+        print("  warning: no providers: every request will be refused with model_not_found")
     for listener in config.listeners:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model, names in config.models.items():
@@ -94,7 +109,7 @@ def _check(args) -> int:
 def _render(args) -> int:
     config = load_config(args.config)
     options = RenderOptions(sidecar=args.sidecar, admin_port=args.admin_port, admin_address=args.admin_address)
-    text = render_yaml(config, options)
+    text = render_yaml(config, options, args.xds_dir)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -104,18 +119,28 @@ def _render(args) -> int:
 
 
 def _serve(args) -> int:
-    config = load_config(args.config)
+    config = _load_serving(args.config)
 
     async def run() -> None:
         runtime = Runtime.create(config)
+        xds = None
+        if args.xds_dir:
+            xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen))
+            xds.write(config)
+        else:
+            log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
         server, port = await start_server(runtime, args.listen)
         metrics = MetricsServer(runtime, config.metrics.address, config.metrics.port if args.metrics_port is None else args.metrics_port).start()
+        reloader = Reloader(args.config, runtime, xds, asyncio.get_running_loop())
+        metrics.reload = reloader.reload_from_thread
+        watcher = asyncio.create_task(reloader.watch())
         where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")
         print_line(f"metrics and health on http://{config.metrics.address}:{metrics.port} (/metrics, /healthz, /readyz)")
         stop = asyncio.Event()
-        install_signal_handlers(stop)
+        install_signal_handlers(stop, reload=lambda: asyncio.ensure_future(reloader.reload("SIGHUP")))
         await stop.wait()
+        watcher.cancel()
         runtime.serving = False
         await server.stop(grace=5)
         metrics.stop()
@@ -125,19 +150,20 @@ def _serve(args) -> int:
 
 
 def _up(args) -> int:
-    config = load_config(args.config)
+    config = _load_serving(args.config)
 
     async def run() -> None:
         mocks = await _start_mocks(config) if args.mock_providers else []
-        gateway = Gateway(config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout, metrics_port=args.metrics_port)
+        gateway = Gateway(config, config_path=args.config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout, metrics_port=args.metrics_port)
         try:
             await gateway.start()
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
             print_line(f"metrics and health on http://{config.metrics.address}:{gateway.metrics.port} (/metrics, /healthz, /readyz)")
+            print_line(f"watching {args.config} for changes (also: kill -HUP {os.getpid()}, POST /reload)")
             print_line("press Ctrl-C to stop")
             stop = asyncio.Event()
-            install_signal_handlers(stop)
+            install_signal_handlers(stop, reload=lambda: asyncio.ensure_future(gateway.reloader.reload("SIGHUP")))
             await stop.wait()
             print_line("stopping: draining in-flight requests")
         finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import yaml
@@ -60,17 +61,83 @@ class RenderOptions:
 
 
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
-    """The Envoy bootstrap, as a dict ready for YAML or JSON."""
-    body_limit = max(listener.max_body_bytes for listener in config.listeners)
-    clusters = [_sidecar_cluster(options.sidecar)]
-    clusters += [_provider_cluster(provider, body_limit, options) for provider in config.providers.values()]
+    """A self-contained bootstrap: routes and clusters inline (a restart applies changes)."""
+    return _bootstrap(
+        [_listener(listener, options, {"route_config": route_config(listener, config.chains)}) for listener in config.listeners],
+        [_sidecar_cluster(options.sidecar), *upstream_clusters(config, options)],
+        options,
+    )
+
+
+def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = RenderOptions()) -> dict:
+    """A bootstrap whose routes (RDS) and provider clusters (CDS) come from files in `xds_dir`.
+
+    The sidecar rewrites those files on every reload and Envoy applies them
+    without a restart; only listeners (ports) are fixed at start.
+    """
+    listeners = [
+        _listener(listener, options, {"rds": {"route_config_name": route_config_name(listener), "config_source": _file_source(rds_path(xds_dir, listener.name))}})
+        for listener in config.listeners
+    ]
+    bootstrap = _bootstrap(listeners, [_sidecar_cluster(options.sidecar)], options)
+    bootstrap["dynamic_resources"] = {"cds_config": _file_source(cds_path(xds_dir))}
+    return bootstrap
+
+
+def cds_path(xds_dir: str) -> str:
+    return os.path.join(xds_dir, "cds.yaml")
+
+
+def rds_path(xds_dir: str, listener: str) -> str:
+    return os.path.join(xds_dir, f"rds_{listener}.yaml")
+
+
+def route_config_name(listener: Listener) -> str:
+    return f"{listener.name}_routes"
+
+
+def upstream_clusters(config: Config, options: RenderOptions = RenderOptions()) -> list[dict]:
+    """A cluster per provider and an aggregate cluster per chain start."""
+    body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
+    clusters = [_provider_cluster(provider, body_limit, options) for provider in config.providers.values()]
     clusters += [_chain_cluster(start, chain, body_limit, options) for start, chain in config.chains.items()]
+    return clusters
+
+
+def route_config(listener: Listener, chains: Mapping[str, Chain]) -> dict:
+    """A route per chain start, matching x-arch-llm-provider exactly, then the catch-all 400."""
+    routes = [_chain_route(start, chain, listener) for start, chain in chains.items()]
+    routes.append(
+        {
+            "name": "missing_provider_header",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 400, "body": {"inline_string": _error_json(MISSING_ROUTE_MESSAGE, "invalid_request_error", "missing_provider_header")}},
+            "response_headers_to_add": [_set_header("content-type", "application/json")],
+        }
+    )
     return {
+        "name": route_config_name(listener),
+        "virtual_hosts": [
+            {
+                "name": listener.name,
+                "domains": ["*"],
+                "include_request_attempt_count": True,
+                "request_body_buffer_limit": listener.max_body_bytes,
+                "routes": routes,
+            }
+        ],
+    }
+
+
+def _file_source(path: str) -> dict:
+    return {"path_config_source": {"path": path, "watched_directory": {"path": os.path.dirname(path)}}, "resource_api_version": "V3"}
+
+
+def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptions) -> dict:
+    return {
+        "node": {"id": "extproc-gateway", "cluster": "extproc"},
         "admin": {"address": _socket_address(options.admin_address, options.admin_port)},
-        "static_resources": {
-            "listeners": [_listener(listener, config, options) for listener in config.listeners],
-            "clusters": clusters,
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -82,9 +149,14 @@ def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
     }
 
 
-def render_yaml(config: Config, options: RenderOptions = RenderOptions()) -> str:
+def render_yaml(config: Config, options: RenderOptions = RenderOptions(), xds_dir: str | None = None) -> str:
     header = f"# Rendered by `extproc render {config.source}`. Do not edit: edit the YAML and render again.\n"
-    return header + yaml.safe_dump(render(config, options), sort_keys=False, width=120)
+    bootstrap = render(config, options) if xds_dir is None else render_dynamic(config, xds_dir, options)
+    return header + to_yaml(bootstrap)
+
+
+def to_yaml(document: dict) -> str:
+    return yaml.safe_dump(document, sort_keys=False, width=120)
 
 
 def chain_cluster_name(start: str) -> str:
@@ -148,32 +220,12 @@ def _ext_proc(phase: str, options: RenderOptions, listener: str | None = None) -
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
-def _listener(listener: Listener, config: Config, options: RenderOptions) -> dict:
-    routes = [_chain_route(start, chain, listener) for start, chain in config.chains.items()]
-    routes.append(
-        {
-            "name": "missing_provider_header",
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 400, "body": {"inline_string": _error_json(MISSING_ROUTE_MESSAGE, "invalid_request_error", "missing_provider_header")}},
-            "response_headers_to_add": [_set_header("content-type", "application/json")],
-        }
-    )
+def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
     hcm = {
         "@type": _HCM,
         "stat_prefix": listener.name,
         "codec_type": "AUTO",
-        "route_config": {
-            "name": f"{listener.name}_routes",
-            "virtual_hosts": [
-                {
-                    "name": listener.name,
-                    "domains": ["*"],
-                    "include_request_attempt_count": True,
-                    "request_body_buffer_limit": listener.max_body_bytes,
-                    "routes": routes,
-                }
-            ],
-        },
+        **routes,
         "http_filters": [
             _ext_proc("router", options, listener.name),
             {

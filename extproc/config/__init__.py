@@ -1,7 +1,7 @@
 """Config: load and validate the YAML (`load`), the frozen snapshot it resolves to (`model`)."""
 
 from .load import ConfigError, Problem, load_config, parse_config
-from .model import Chain, Config, Cooldown, Listener, Metrics, Provider, RetryPolicy
+from .model import Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy
 from .store import ConfigStore
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Metrics",
     "Problem",
     "Provider",
+    "ProviderError",
     "RetryPolicy",
     "load_config",
     "parse_config",

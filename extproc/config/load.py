@@ -7,6 +7,7 @@ everything to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .envsubst import UnsetVariable, expand
-from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, RetryPolicy, frozen_mapping
+from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, frozen_mapping
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -58,18 +59,25 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid configuration:\n{lines}")
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and resolve a config file; raise `ConfigError` on any problem."""
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, lenient: bool = False) -> Config:
+    """Read and resolve a config file; raise `ConfigError` on any problem (see `parse_config`)."""
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as handle:
             text = handle.read()
     except OSError as exc:
         raise ConfigError(source, [Problem("", f"cannot read the file: {exc.strerror or exc}")]) from exc
-    return parse_config(text, source, os.environ if environ is None else environ)
+    return parse_config(text, source, os.environ if environ is None else environ, lenient)
 
 
-def parse_config(text: str, source: str, environ: Mapping[str, str]) -> Config:
+def parse_config(text: str, source: str, environ: Mapping[str, str], lenient: bool = False) -> Config:
+    """Resolve a config text.
+
+    Strict (the default, and `extproc check`): any problem fails. Lenient (a
+    running sidecar loading or reloading): a provider entry that is invalid on
+    its own is left out and reported in `Config.provider_errors`; the others
+    still load. Problems outside `model_providers[i]` always fail.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -78,9 +86,47 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> Config:
         raise ConfigError(source, [Problem("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from exc
     reader = _Reader(environ)
     config = reader.config(data, source)
-    if reader.problems or config is None:
+    if not reader.problems and config is not None:
+        return config
+    entries = _entry_problems(reader.problems) if lenient else None
+    if not entries:
         raise ConfigError(source, reader.problems)
-    return config
+    # Again without the broken entries; what they were is kept as provider errors.
+    raw = data["model_providers"]
+    kept = [item for index, item in enumerate(raw) if index not in entries]
+    retry = _Reader(environ)
+    config = retry.config({**data, "model_providers": kept}, source)
+    if retry.problems or config is None:
+        raise ConfigError(source, reader.problems)
+    errors = tuple(
+        ProviderError(_entry_label(raw[index], index), _entry_model(raw[index]), "; ".join(str(problem) for problem in problems))
+        for index, problems in sorted(entries.items())
+    )
+    return dataclasses.replace(config, provider_errors=errors)
+
+
+_ENTRY_PATH = re.compile(r"^model_providers\[(\d+)\]")
+
+
+def _entry_problems(problems: list[Problem]) -> dict[int, list[Problem]] | None:
+    """Problems by provider entry, or None when any problem is not local to one entry."""
+    entries: dict[int, list[Problem]] = {}
+    for problem in problems:
+        match = _ENTRY_PATH.match(problem.path)
+        if match is None:
+            return None
+        entries.setdefault(int(match.group(1)), []).append(problem)
+    return entries
+
+
+def _entry_label(item: Any, index: int) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) and name else f"model_providers[{index}]"
+
+
+def _entry_model(item: Any) -> str:
+    model = item.get("model") if isinstance(item, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 class _Reader:
@@ -211,7 +257,7 @@ class _Reader:
         chains = {}
         for model, names in models.items():
             policy = policies.get(model, RetryPolicy())
-            tail = [name for fallback in policy.fallback_models for name in models[fallback]]
+            tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
             for index, name in enumerate(names):
                 ordered = list(dict.fromkeys(names[index:] + tail))
                 chains[name] = Chain(tuple(ordered), policy)
@@ -421,8 +467,6 @@ class _Reader:
                 defaults.append(path)
         if len(defaults) > 1:
             self.problem(f"{defaults[1]}.default", f"only one provider can be the default; {defaults[0]} already is")
-        if not raw and not self.problems:
-            self.problem("model_providers", "at least one provider is required")
         return by_name
 
     def model_policies(self, by_name: dict[str, Provider], models: dict[str, list[str]], declared: set, raw: list[Provider | None]) -> dict[str, RetryPolicy]:

@@ -100,6 +100,15 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class ProviderError:
+    """A provider entry left out of the snapshot because it is invalid on its own."""
+
+    name: str  # its name, or its position when it has none
+    model: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     listeners: tuple[Listener, ...]
@@ -111,6 +120,7 @@ class Config:
     owned_headers: frozenset[str]
     cooldown: Cooldown = Cooldown()
     metrics: Metrics = Metrics()
+    provider_errors: tuple[ProviderError, ...] = ()
 
     def chain_for_model(self, model: str) -> Chain | None:
         names = self.models.get(model)

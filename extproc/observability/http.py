@@ -17,8 +17,9 @@ from ..runtime import Runtime
 
 
 class MetricsServer:
-    def __init__(self, runtime: Runtime, address: str, port: int, reload: Callable[[], tuple[bool, str]] | None = None):
-        handler = _handler(runtime, reload)
+    def __init__(self, runtime: Runtime, address: str, port: int):
+        self.reload: Callable[[], tuple[bool, str]] | None = None  # set once a reloader exists
+        handler = _handler(runtime, self)
         self.httpd = ThreadingHTTPServer((address, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -33,7 +34,7 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-def _handler(runtime: Runtime, reload: Callable[[], tuple[bool, str]] | None) -> type[BaseHTTPRequestHandler]:
+def _handler(runtime: Runtime, server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -48,10 +49,10 @@ def _handler(runtime: Runtime, reload: Callable[[], tuple[bool, str]] | None) ->
                 self._send(404, b"not found: try /metrics, /healthz, /readyz, POST /reload\n")
 
         def do_POST(self) -> None:
-            if self.path.split("?", 1)[0] != "/reload" or reload is None:
+            if self.path.split("?", 1)[0] != "/reload" or server.reload is None:
                 self._send(404, b"not found\n")
                 return
-            ok, message = reload()
+            ok, message = server.reload()
             self._send(200 if ok else 422, json.dumps({"reloaded": ok, "message": message}).encode(), "application/json")
 
         def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:

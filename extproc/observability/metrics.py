@@ -33,16 +33,15 @@ class GatewayMetrics:
         self.last_reload = Gauge("extproc_config_last_reload_timestamp_seconds", "When the config was last (re)loaded or a reload was attempted.", registry=r)
         self.last_reload_success = Gauge("extproc_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully.", registry=r)
 
-    def watch_providers(self, config: Callable[[], Config], health: ProviderHealth, errors: Callable[[], dict[str, str]] = dict) -> None:
+    def watch_providers(self, config: Callable[[], Config], health: ProviderHealth) -> None:
         """Export provider state, computed at scrape time from the current snapshot."""
-        self.registry.register(_ProviderCollector(config, health, errors))
+        self.registry.register(_ProviderCollector(config, health))
 
 
 class _ProviderCollector:
-    def __init__(self, config: Callable[[], Config], health: ProviderHealth, errors: Callable[[], dict[str, str]]):
+    def __init__(self, config: Callable[[], Config], health: ProviderHealth):
         self.config = config
         self.health = health
-        self.errors = errors
 
     def describe(self):
         return []
@@ -50,11 +49,12 @@ class _ProviderCollector:
     def collect(self):
         info = GaugeMetricFamily("extproc_provider_info", "Providers of the current config; status is enabled, cooling_down or error.", labels=["provider", "model", "status"])
         remaining = GaugeMetricFamily("extproc_provider_cooldown_remaining_seconds", "Seconds left before a cooling provider is tried first again.", labels=["provider"])
-        for provider in self.config().providers.values():
+        config = self.config()
+        for provider in config.providers.values():
             left = self.health.remaining(provider.name)
             info.add_metric([provider.name, provider.model, "cooling_down" if left > 0 else "enabled"], 1)
             remaining.add_metric([provider.name], left)
-        for name, model in self.errors().items():
-            info.add_metric([name, model, "error"], 1)
+        for error in config.provider_errors:
+            info.add_metric([error.name, error.model, "error"], 1)
         yield info
         yield remaining

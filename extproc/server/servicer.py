@@ -42,9 +42,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 timer = self._timers.get((level, request.WhichOneof("request")))
                 if timer is not None:
                     timer.observe(time.perf_counter() - started)
+                if stream.reply is not None and stream.reply.reason:
+                    self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
                 await context.write(response)
         finally:
             in_flight.dec()
-            reply = getattr(stream, "reply", None)
-            if reply is not None and reply.reason:
-                self.runtime.metrics.rejected.labels(reply.reason).inc()

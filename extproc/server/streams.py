@@ -97,6 +97,7 @@ class UpstreamStream:
     def __init__(self, config: Config):
         self.config = config
         self.attempt: upstream.Attempt | None = None
+        self.reply: errors.Reply | None = None
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
@@ -104,6 +105,7 @@ class UpstreamStream:
             headers = headers_of(request.request_headers)
             decision = upstream.plan_attempt(self.config, self._provider(request), self._context(request), headers)
             if isinstance(decision, errors.Reply):
+                self.reply = decision
                 return immediate(decision)
             self.attempt = decision
             response = pb.ProcessingResponse()
