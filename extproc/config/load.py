@@ -44,6 +44,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 class Problem:
     path: str
     message: str
+    #: A problem of the environment (an unset variable), not of one entry: never skipped over.
+    environmental: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -113,7 +115,7 @@ def _entry_problems(problems: list[Problem]) -> dict[int, list[Problem]] | None:
     entries: dict[int, list[Problem]] = {}
     for problem in problems:
         match = _ENTRY_PATH.match(problem.path)
-        if match is None:
+        if match is None or problem.environmental:
             return None
         entries.setdefault(int(match.group(1)), []).append(problem)
     return entries
@@ -136,8 +138,8 @@ class _Reader:
         self.environ = environ
         self.problems: list[Problem] = []
 
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
+    def problem(self, path: str, message: str, environmental: bool = False) -> None:
+        self.problems.append(Problem(path, message, environmental))
 
     # -- scalars -----------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class _Reader:
         try:
             return expand(value, self.environ)
         except UnsetVariable as exc:
-            self.problem(path, f"environment variable {exc.name} is not set (give a default with ${{{exc.name}:-value}})")
+            self.problem(path, f"environment variable {exc.name} is not set (give a default with ${{{exc.name}:-value}})", environmental=True)
             return None
 
     def integer(self, value: Any, path: str, low: int, high: int | None = None) -> int | None:

@@ -104,8 +104,7 @@ class GatewayProcess:
 
     def __init__(self, config: dict, directory: str, extra_args: tuple[str, ...] = ()):
         self.config_path = os.path.join(directory, "config.yaml")
-        with open(self.config_path, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(config, handle, sort_keys=False)
+        self.write_config(config)
         self.log_path = os.path.join(directory, "gateway.log")
         self.log = open(self.log_path, "w+", encoding="utf-8")
         command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", *extra_args]
@@ -132,6 +131,14 @@ class GatewayProcess:
     @property
     def port(self) -> int:
         return next(iter(self.ports.values()))
+
+    def write_config(self, config: dict | str) -> None:
+        """Replace the config file as an editor or a deploy tool does: whole, by rename."""
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        temporary = self.config_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, self.config_path)
 
     def get(self, path: str) -> Response:
         """GET on the metrics and health port."""

@@ -132,3 +132,25 @@ def test_the_shipped_config_is_valid():
     config = load_config("config_failover.yaml", {})
     assert config.chain_for_model("openai/gpt-4").providers == ("primary", "secondary")
     assert config.listeners[0].port == 12000
+
+
+def test_lenient_leaves_out_broken_entries_and_reports_them():
+    text = BASE + "  - name: primary\n    model: openai/gpt-4\n    base_url: http://127.0.0.1:1\n  - name: bad\n    model: x/y\n    base_url: nope\n"
+    with pytest.raises(ConfigError):
+        parse_config(text, "gw.yaml", {"PRIMARY_KEY": "k"})
+    config = parse_config(text, "gw.yaml", {"PRIMARY_KEY": "k"}, lenient=True)
+    assert list(config.providers) == ["primary", "secondary", "openai/gpt-4o-mini@127.0.0.1:8084"]
+    assert [(error.name, error.model) for error in config.provider_errors] == [("primary", "openai/gpt-4"), ("bad", "x/y")]
+    assert "duplicate provider name" in config.provider_errors[0].message
+
+
+def test_lenient_never_skips_an_unset_variable_or_a_listener_problem():
+    with pytest.raises(ConfigError, match="PRIMARY_KEY"):
+        parse_config(BASE, "gw.yaml", {}, lenient=True)
+    with pytest.raises(ConfigError, match="listeners"):
+        parse_config(BASE.replace("port: 12000", "port: nope"), "gw.yaml", {"PRIMARY_KEY": "k"}, lenient=True)
+
+
+def test_no_providers_is_a_valid_fail_closed_config():
+    config = parse_config("listeners: [{type: model, port: 1}]\nmodel_providers: []", "gw.yaml", {})
+    assert not config.providers and not config.chains
