@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config_failover.yaml
 
-.PHONY: install run test unit e2e bench envoy-config check clean
+.PHONY: install run test unit e2e bench bench-reload envoy-config check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ e2e: $(STAMP)
 ## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## Time from a config file write to the first request routed by it.
+bench-reload: $(STAMP)
+	$(BIN)/python bench/reload.py
 
 check: $(STAMP)
 	$(BIN)/extproc check $(CONFIG)
