@@ -1,0 +1,82 @@
+"""The command line as users run it: check, serve beside a separate Envoy, graceful stop."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+from .harness import chat, gateway_config, provider
+
+GPT4 = "openai/gpt-4"
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_check_passes_a_good_file_and_lists_every_problem_of_a_bad_one(tmp_path):
+    good = run_cli("check", "config_failover.yaml")
+    assert good.returncode == 0, good.stderr
+    assert "model openai/gpt-4: primary -> secondary" in good.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listeners: [{type: model, port: 99999}]\nmodel_providers: [{model: gpt-4, base_url: 'ftp://x'}]\n")
+    result = run_cli("check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: invalid configuration" in result.stderr
+    for expected in ("listeners[0].port", "model_providers[0].model", "model_providers[0].base_url"):
+        assert expected in result.stderr
+    missing = run_cli("check", str(tmp_path / "missing.yaml"))
+    assert missing.returncode == 2 and "cannot read the file" in missing.stderr
+
+
+def test_serve_beside_a_separately_started_envoy_fails_over(mocks, bare_envoy, tmp_path):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(provider("primary", GPT4, primary, access_key="k1"), provider("secondary", GPT4, secondary, access_key="k2"))))
+    socket_path = tmp_path / "sidecar.sock"
+    xds = tmp_path / "xds"
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "extproc", "serve", str(config), "--listen", f"unix:{socket_path}", "--metrics-port", "0", "--xds-dir", str(xds)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = [sidecar.stdout.readline() for _ in range(2)]
+        assert "serving ext_proc on unix:" in lines[0], lines
+        rendered = run_cli("render", str(config), "--sidecar", f"unix:{socket_path}", "--xds-dir", str(xds))
+        assert rendered.returncode == 0, rendered.stderr
+        envoy = bare_envoy(yaml.safe_load(rendered.stdout))
+
+        answer = chat(envoy.port, {"model": GPT4, "messages": []})
+
+        assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+        assert secondary.received[0].header("authorization") == "Bearer k2"
+        assert len(primary.received) == 1
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        assert sidecar.wait(20) == 0
+
+
+def test_sigterm_drains_a_request_in_flight_before_stopping(mocks, gateway):
+    slow = mocks.start("slow", delay_s=1.5)
+    gw = gateway(gateway_config(provider("slow", GPT4, slow)))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(chat(gw.port, {"model": GPT4})))
+    worker.start()
+    while not slow.received:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    gw.process.send_signal(signal.SIGTERM)
+    worker.join(20)
+
+    assert results and results[0].status == 200, "the request in flight finishes"
+    assert gw.process.wait(20) == 0
+    assert time.monotonic() - started >= 1.0, "Envoy was not stopped before the request finished"
+    assert "stopping: draining in-flight requests" in gw.process.stdout.read()
