@@ -40,9 +40,10 @@ bench-reload: $(STAMP)
 check: $(STAMP)
 	$(BIN)/extproc check $(CONFIG)
 
-## envoy/envoy.yaml: the bootstrap for running Envoy beside `extproc serve` on 127.0.0.1:9090.
+## envoy/envoy.yaml (compose) and the Kubernetes copy: Envoy beside `extproc serve` sharing /run/extproc.
 envoy-config: $(STAMP)
-	$(BIN)/extproc render $(CONFIG) --sidecar 127.0.0.1:9090 -o envoy/envoy.yaml
+	$(BIN)/extproc render config_failover.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o envoy/envoy.yaml
+	OPENAI_API_KEY=$${OPENAI_API_KEY:-render-only} $(BIN)/extproc render deploy/kubernetes/config.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o deploy/kubernetes/envoy.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,6 +13,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
 from .observability.http import MetricsServer
+from .preflight import EXIT_DOWN, preflight
 from .reload import Reloader
 from .render import RenderOptions, render_yaml
 from .runtime import Runtime
@@ -74,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
+    preflight = commands.add_parser("preflight", help="probe each provider: UP (any status < 500) or DEP-DOWN; exit 70 if any is down")
+    preflight.add_argument("config")
+    preflight.add_argument("--timeout", type=float, default=5.0, help="seconds per provider")
+    preflight.add_argument("--with-keys", action="store_true", help="send each provider its key (default: unauthenticated)")
+    preflight.set_defaults(run=_preflight)
+
     mock = commands.add_parser("mock", help="a mock OpenAI-compatible provider")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, required=True)
@@ -104,6 +111,15 @@ def _check(args) -> int:
         chain = config.chain_for_model(model)
         print(f"  model {model}: {' -> '.join(chain.providers)}")
     return 0
+
+
+def _preflight(args) -> int:
+    results = preflight(load_config(args.config), args.timeout, args.with_keys)
+    for result in results:
+        print(result.line(), flush=True)
+    if not results:
+        print("no providers configured")
+    return EXIT_DOWN if any(not result.up for result in results) else 0
 
 
 def _render(args) -> int:

@@ -150,7 +150,7 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
 
 
 def render_yaml(config: Config, options: RenderOptions = RenderOptions(), xds_dir: str | None = None) -> str:
-    header = f"# Rendered by `extproc render {config.source}`. Do not edit: edit the YAML and render again.\n"
+    header = f"# Rendered by `extproc render` from {config.source} (`make envoy-config`). Do not edit: edit the YAML and render again.\n"
     bootstrap = render(config, options) if xds_dir is None else render_dynamic(config, xds_dir, options)
     return header + to_yaml(bootstrap)
 

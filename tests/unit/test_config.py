@@ -1,5 +1,7 @@
 """Config validation: every problem names the file, the key path and the reason."""
 
+from pathlib import Path
+
 import pytest
 
 from extproc.config import ConfigError, load_config, parse_config
@@ -129,7 +131,7 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 
 def test_the_shipped_config_is_valid():
-    config = load_config("config_failover.yaml", {})
+    config = load_config(Path(__file__).resolve().parents[2] / "config_failover.yaml", {})
     assert config.chain_for_model("openai/gpt-4").providers == ("primary", "secondary")
     assert config.listeners[0].port == 12000
 

