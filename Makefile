@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config_failover.yaml
 
-.PHONY: install run test unit e2e bench bench-reload envoy-config check clean
+.PHONY: install run test unit e2e e2e-smoke bench bench-reload envoy-config check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
+
+## Opt-in: the full stack against a real provider (needs OPENAI_API_KEY; skipped, saying why, without it).
+e2e-smoke: $(STAMP)
+	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
 
 ## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
 bench: $(STAMP)

@@ -43,7 +43,7 @@ class MockProvider:
     retry_after: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # before answering
-    chunks: int = 5  # SSE chunks in a streamed answer
+    chunks: int = 5  # SSE chunks in a streamed answer (at least one per word of the reply)
     chunk_interval_s: float = 0.05
     received: list[ReceivedRequest] = field(default_factory=list)
     port: int = 0
@@ -123,7 +123,7 @@ class MockProvider:
         head += [f"{key}: {value}\r\n" for key, value in headers]
         writer.write(("".join(head) + "\r\n").encode())
         words = _reply_text(self.name, payload).split(" ")
-        for index in range(self.chunks):
+        for index in range(max(self.chunks, len(words))):
             delta = {"content": f"{words[index % len(words)]} "}
             chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())

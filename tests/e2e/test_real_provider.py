@@ -1,0 +1,48 @@
+"""Opt-in: the full stack (`extproc up`) against a real OpenAI-compatible provider.
+
+Run with `make e2e-smoke`. Needs OPENAI_API_KEY; OPENAI_BASE_URL (without the
+trailing /v1, which the client's path already has) and OPENAI_MODEL are
+optional. Without a key the test is skipped and says why.
+"""
+
+import json
+import os
+
+import pytest
+
+from .harness import chat, gateway_config, http_stream
+
+pytestmark = pytest.mark.real_provider
+EXPECTED = "EXTPROC_OK"
+
+
+@pytest.fixture
+def real_gateway(gateway):
+    if not os.environ.get("OPENAI_API_KEY"):
+        pytest.skip("OPENAI_API_KEY is not set: the real-provider smoke test needs a key (set it, optionally OPENAI_BASE_URL and OPENAI_MODEL)")
+    base_url = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com").rstrip("/").removesuffix("/v1")
+    model = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
+    config = gateway_config({"name": "real", "model": f"openai/{model}", "base_url": base_url, "access_key": "$OPENAI_API_KEY"})
+    return gateway(config), f"openai/{model}"
+
+
+def test_completion_through_the_gateway(real_gateway):
+    gw, model = real_gateway
+    answer = chat(gw.port, {"model": model, "messages": [{"role": "user", "content": f"Reply with exactly: {EXPECTED}"}], "temperature": 0})
+    assert answer.status == 200, answer.body[:500]
+    assert EXPECTED in answer.json()["choices"][0]["message"]["content"]
+    assert answer.headers["x-arch-llm-provider"] == "real"
+
+
+def test_streamed_completion_through_the_gateway(real_gateway):
+    gw, model = real_gateway
+    status, headers, events = http_stream(gw.port, {"model": model, "stream": True, "messages": [{"role": "user", "content": f"Reply with exactly: {EXPECTED}"}], "temperature": 0})
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    text = "".join(
+        (json.loads(data)["choices"][0]["delta"].get("content") or "") if json.loads(data)["choices"] else ""
+        for _, data in events
+        if data != "[DONE]"
+    )
+    assert EXPECTED in text
+    assert events[-1][1] == "[DONE]"
