@@ -214,9 +214,13 @@ def _ext_proc(phase: str, options: RenderOptions, listener: str | None = None) -
     }
     if phase == "router":
         config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        # The headers decide nothing that the body must wait for: save a round trip.
+        config["send_body_without_waiting_for_header_response"] = True
     else:
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}}
         config["request_attributes"] = ["xds.upstream_host_metadata"]
+        # An attempt whose body already names its provider's model skips the body phase.
+        config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
@@ -288,8 +292,8 @@ def _retry_policy(chain: Chain) -> dict | None:
 def _access_log(log_name: str, listener: Listener) -> dict:
     """Every attempt (upstream) and every request (downstream) reported to the sidecar, off the request path.
 
-    Entries are flushed one by one, so a 429 is known before the client's
-    next request arrives.
+    Entries are batched for at most 20 ms (or 16 KiB): a 429 is known within
+    that, at a fraction of the cost of one gRPC message per entry.
     """
     tags = [
         {"tag": PROVIDER_TAG, "metadata": {"kind": {"host": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": PROVIDER_METADATA_KEY}]}}},
@@ -304,8 +308,8 @@ def _access_log(log_name: str, listener: Listener) -> dict:
                 "log_name": log_name,
                 "transport_api_version": "V3",
                 "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}},
-                "buffer_size_bytes": 1,
-                "buffer_flush_interval": "0.1s",
+                "buffer_size_bytes": 16384,
+                "buffer_flush_interval": "0.020s",
                 "custom_tags": tags,
             },
             "additional_response_headers_to_log": ["retry-after", "retry-after-ms"],

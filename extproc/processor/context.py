@@ -22,11 +22,14 @@ class RequestContext:
     path: str  # the client's :path, query included
     originals: Mapping[str, str] = field(default_factory=dict, repr=False)  # client values of owned headers
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
+    body_model: str | None = None  # the model name the body already carries (set by the router level)
 
     def encode(self) -> str:
         data: dict = {"p": self.path, "h": dict(self.originals)}
         if self.span is not None:
             data["s"] = [self.span.start, self.span.end, int(self.span.insert), int(self.span.needs_comma)]
+        if self.body_model is not None:
+            data["m"] = self.body_model
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -37,4 +40,5 @@ class RequestContext:
             path=data["p"],
             originals=data.get("h", {}),
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
+            body_model=data.get("m"),
         )

@@ -93,10 +93,20 @@ def parse(body: bytes) -> ParsedBody:
 
 def replace_model(body: bytes, span: ModelSpan, model_name: str) -> bytes:
     """The body with the model value at `span` set to `model_name`."""
+    return rewrite_model(body, span, model_name)[0]
+
+
+def rewrite_model(body: bytes, span: ModelSpan, model_name: str) -> tuple[bytes, ModelSpan]:
+    """The body with `model_name` at `span`, and where the model value now sits."""
     value = json.dumps(model_name).encode()
+    start = span.start
     if span.insert:
+        start += len(b'"model":')
         value = b'"model":' + value + (b"," if span.needs_comma else b"")
-    return body[: span.start] + value + body[span.end :]
+        end = start + len(value) - len(b'"model":') - (1 if span.needs_comma else 0)
+    else:
+        end = start + len(value)
+    return body[: span.start] + value + body[span.end :], ModelSpan(start, end)
 
 
 def _skip(text: str, index: int) -> int:

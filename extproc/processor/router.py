@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import dataclasses
 import math
 
 from ..config import Config, Listener
@@ -16,7 +17,7 @@ from . import errors
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import capture
-from .jsonbody import BodyError, ParsedBody, parse
+from .jsonbody import BodyError, ParsedBody, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
 
@@ -28,6 +29,9 @@ class Forward:
     provider: str
     context: RequestContext
     model: str
+    #: The body to send instead of the client's: its model set for `provider`, so
+    #: attempts to providers with that same model name need no body rewrite.
+    body: bytes | None = None
 
 
 def on_headers(config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None) -> errors.Reply | Forward | None:
@@ -54,7 +58,13 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
         parsed = parse(body)
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
-    return resolve(config, listener, headers, parsed, health)
+    decision = resolve(config, listener, headers, parsed, health)
+    if isinstance(decision, Forward):
+        model_name = config.providers[decision.provider].model_name
+        rewritten, span = rewrite_model(body, parsed.span, model_name)
+        context = dataclasses.replace(decision.context, span=span, body_model=model_name)
+        decision = dataclasses.replace(decision, context=context, body=rewritten)
+    return decision
 
 
 def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None) -> errors.Reply | Forward:

@@ -23,11 +23,16 @@ class Attempt:
     headers: HeaderPlan
     context: RequestContext
 
-    def body(self, original: bytes) -> bytes:
-        """The attempt's body: the client's bytes with this provider's model name."""
-        if self.context.span is None:
-            return original
-        return replace_model(original, self.context.span, self.provider.model_name)
+    @property
+    def needs_body(self) -> bool:
+        """False when the body Envoy re-sends already names this provider's model."""
+        return self.context.span is not None and self.context.body_model != self.provider.model_name
+
+    def body(self, sent: bytes) -> bytes:
+        """The attempt's body: the request's bytes with this provider's model name."""
+        if not self.needs_body:
+            return sent
+        return replace_model(sent, self.context.span, self.provider.model_name)
 
 
 def plan_attempt(config: Config, provider_name: str | None, context: RequestContext | None, present: Iterable[str]) -> Attempt | errors.Reply:

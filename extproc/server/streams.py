@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ..config import Config
@@ -82,6 +83,9 @@ class RouterStream:
         mutation = common.header_mutation
         mutation.remove_headers.extend(name for name in self.headers if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER)
         mutation.set_headers.append(header_option(ROUTE_HEADER, decision.provider))
+        if decision.body is not None:
+            common.body_mutation.body = decision.body
+            mutation.set_headers.append(header_option("content-length", str(len(decision.body))))
         common.clear_route_cache = True
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
@@ -112,6 +116,8 @@ class UpstreamStream:
             mutation = response.request_headers.response.header_mutation
             mutation.set_headers.extend(header_option(name, value) for name, value in decision.headers.set)
             mutation.remove_headers.extend(decision.headers.remove)
+            if not decision.needs_body:
+                response.mode_override.CopyFrom(_NO_BODY)
             return response
         if kind == "request_body" and self.attempt is not None:
             body = self.attempt.body(request.request_body.body)
@@ -141,6 +147,18 @@ class UpstreamStream:
         if namespace is None or METADATA_KEY not in namespace.fields:
             return None
         return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+
+
+#: The whole processing mode for the rest of an attempt that needs no body rewrite
+#: (Envoy replaces the mode wholesale: a field left at DEFAULT would mean SEND).
+_NO_BODY = ext_proc_pb2.ProcessingMode(
+    request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+    response_header_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    request_body_mode=ext_proc_pb2.ProcessingMode.NONE,
+    response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
+    request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+)
 
 
 def _continue(kind: str | None) -> pb.ProcessingResponse:

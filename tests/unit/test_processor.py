@@ -145,10 +145,22 @@ def test_unknown_provider_or_missing_context_is_an_error_not_a_guess():
     assert upstream.plan_attempt(CONFIG, "a", None, []).status == 500
 
 
-def test_body_model_is_replaced_in_place():
+def test_body_model_is_replaced_in_place_once_per_model_name():
     body = '{"messages":[{"content":"héllo","model":"x"}],  "model" :"openai/gpt-4" ,"n":1}'.encode()
-    attempt = upstream.plan_attempt(CONFIG, "mini", forward(body).context, [])
-    assert attempt.body(body) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
+    decision = forward(body)
+    assert decision.body == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4" ,"n":1}'.encode()
+    same_name = upstream.plan_attempt(CONFIG, "b", decision.context, [])
+    assert not same_name.needs_body, "b serves gpt-4 too: the router's body is already right"
+    other = upstream.plan_attempt(CONFIG, "mini", decision.context, [])
+    assert other.needs_body
+    assert other.body(decision.body) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
+
+
+def test_default_provider_inserts_the_model_and_later_attempts_replace_it():
+    decision = forward(b'{"n": 1}')
+    assert decision.body == b'{"model":"gpt-4o-mini","n": 1}'
+    attempt = upstream.plan_attempt(CONFIG, "a", decision.context, [])
+    assert attempt.body(decision.body) == b'{"model":"gpt-4","n": 1}'
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b"{}", b'{"model":"m"}'), (b' { "a": 1 }', b' { "model":"m","a": 1 }')])

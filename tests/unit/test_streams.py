@@ -1,6 +1,7 @@
 """The protobuf translation layer, driven with real ext_proc messages (no network)."""
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.config import parse_config
@@ -44,7 +45,8 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
     response = route(client, b'{"model": "openai/gpt-4"}')
     common = response.request_body.response
     assert common.clear_route_cache
-    assert [(item.header.key, item.header.raw_value) for item in common.header_mutation.set_headers] == [("x-arch-llm-provider", b"a")]
+    assert [(item.header.key, item.header.raw_value) for item in common.header_mutation.set_headers] == [("x-arch-llm-provider", b"a"), ("content-length", b"18")]
+    assert common.body_mutation.body == b'{"model": "gpt-4"}', "the body names the start provider's model"
     assert list(common.header_mutation.remove_headers) == ["x-arch-other"]
     assert "ctx" in response.dynamic_metadata.fields["extproc"].struct_value.fields
 
@@ -65,12 +67,36 @@ def test_upstream_stream_rewrites_the_attempt_for_the_hosts_provider():
         'filter_metadata { key: "extproc" value { fields { key: "provider" value { string_value: "b" } } } } '
     )
     stream = UpstreamStream(CONFIG)
-    mutation = stream.handle(request).request_headers.response.header_mutation
+    response = stream.handle(request)
+    mutation = response.request_headers.response.header_mutation
     assert {item.header.key: item.header.raw_value for item in mutation.set_headers} == {
         "authorization": b"Bearer key-b",
         "x-arch-llm-provider": b"b",
         ":path": b"/p/v1/chat/completions",
     }
-    body = stream.handle(body_message(b'{"model": "openai/gpt-4"}')).request_body.response
-    assert body.body_mutation.body == b'{"model": "gpt-4"}'
-    assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"18")]
+    mode = response.mode_override
+    assert (mode.request_body_mode, mode.response_header_mode) == (ProcessingMode.NONE, ProcessingMode.SKIP), "b serves gpt-4 like a: no body phase"
+
+
+def test_upstream_stream_rewrites_the_body_for_another_model_name():
+    config = parse_config(
+        """
+listeners: [{type: model, name: llm, port: 0}]
+model_providers:
+  - {name: a, model: openai/gpt-4, base_url: "http://127.0.0.1:1", retry_policy: {fallback_models: [openai/gpt-4o]}}
+  - {name: o, model: openai/gpt-4o, base_url: "http://127.0.0.1:2"}
+""",
+        "test.yaml",
+        {},
+    )
+    routed = RouterStream(config, None, "llm")
+    routed.handle(headers_message({":method": "POST", ":path": "/v1/chat/completions"}))
+    metadata = routed.handle(body_message(b'{"model": "openai/gpt-4"}')).dynamic_metadata.fields["extproc"].struct_value
+    request = headers_message({":path": "/v1/chat/completions"})
+    request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
+    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = 'key: "provider" value { string_value: "o" }'
+    stream = UpstreamStream(config)
+    assert not stream.handle(request).HasField("mode_override")
+    body = stream.handle(body_message(b'{"model": "gpt-4"}')).request_body.response
+    assert body.body_mutation.body == b'{"model": "gpt-4o"}'
+    assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"19")]
