@@ -56,7 +56,7 @@ class Observer:
         previous = self._last_failure.pop(entry.request_id, None)
         if previous is not None:
             self.metrics.failovers.labels(previous[0], entry.provider, previous[1]).inc()
-        if kind != "ok":
+        if kind not in ("ok", "cancelled"):
             self._last_failure[entry.request_id] = (entry.provider, kind)
             if len(self._last_failure) > _MAX_TRACKED_REQUESTS:
                 self._last_failure.popitem(last=False)

@@ -26,11 +26,16 @@ class Outcome:
 
     provider: str
     status: int  # 0 when no response arrived
-    kind: str  # "ok", "rate_limited", "server_error", "client_error", "connect_failure", "reset", "timeout"
+    kind: str  # "ok", "rate_limited", "server_error", "client_error", "connect_failure", "reset", "timeout", "cancelled"
     retry_after_s: float | None = None
 
 
 def classify(status: int, response_flags: Iterable[str] = ()) -> str:
+    """What an attempt came to, from its status and Envoy's response flags.
+
+    An attempt without a response that the provider did not cause (the client
+    went away, Envoy reset it) is "cancelled": it says nothing about the provider.
+    """
     flags = set(response_flags)
     if status == 429:
         return "rate_limited"
@@ -38,8 +43,10 @@ def classify(status: int, response_flags: Iterable[str] = ()) -> str:
         return "connect_failure"
     if "upstream_request_timeout" in flags:
         return "timeout"
-    if status == 0 or "upstream_remote_reset" in flags or "upstream_connection_termination" in flags:
+    if "upstream_remote_reset" in flags or "upstream_connection_termination" in flags:
         return "reset"
+    if status == 0:
+        return "cancelled"
     if status >= 500:
         return "server_error"
     if status >= 400:

@@ -141,3 +141,19 @@ def test_metrics_and_health_after_a_failover(mocks, gateway):
     assert "sk-secret-primary" not in exposition and "hi" not in exposition.replace("histogram", "")
     assert gw.get("/readyz").status == 200
     assert gw.get("/healthz").status == 200
+
+
+def test_a_client_hanging_up_does_not_count_against_the_provider(mocks, gateway):
+    import socket
+
+    slow = mocks.start("slow", delay_s=1.0)
+    config = gateway_config(provider("slow", GPT4, slow))
+    config["cooldown"] = {"failure_threshold": 1}
+    gw = gateway(config)
+    body = b'{"model": "openai/gpt-4"}'
+    with socket.create_connection(("127.0.0.1", gw.port)) as client:
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: slow.received)
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", status="cancelled"))
+    assert cooling_seconds(gw, "slow") == 0
+    assert chat(gw.port, HELLO).status == 200

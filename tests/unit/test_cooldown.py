@@ -102,6 +102,8 @@ def test_retry_after_forms():
         (503, ("upstream_connection_failure",), "connect_failure"),
         (0, ("upstream_remote_reset",), "reset"),
         (504, ("upstream_request_timeout",), "timeout"),
+        (0, ("downstream_connection_termination",), "cancelled"),
+        (0, (), "cancelled"),
     ],
 )
 def test_classify(status, flags, kind):
