@@ -177,6 +177,8 @@ def main() -> None:
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
         config = {
             "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0}],
+            # Cooldown off: every bench/failover request really tries the 429 provider first.
+            "cooldown": {"enabled": False},
             "model_providers": [
                 {"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"},
                 {"name": "limited", "model": "bench/failover", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-1"},

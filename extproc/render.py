@@ -42,6 +42,10 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 _PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_EXTENSION_WITH_MATCHER = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+_COMPOSITE = "type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite"
+_EXECUTE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction"
+_HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -399,10 +403,37 @@ def _chain_cluster(start: str, chain: Chain, body_limit: int, options: RenderOpt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _ext_proc("upstream", options),
+                    _retries_only(_ext_proc("upstream", options), chain),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
+        },
+    }
+
+
+def _retries_only(ext_proc: dict, chain: Chain) -> dict:
+    """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …).
+
+    The router level already made the request right for the chain's first
+    provider, so attempt 1 needs no second gRPC stream; a retry must be
+    rebuilt for its own provider.
+    """
+    attempts = chain.num_retries + 1
+    action = {
+        "name": "rewrite_retry",
+        "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc},
+    }
+    return {
+        "name": "extproc.retries",
+        "typed_config": {
+            "@type": _EXTENSION_WITH_MATCHER,
+            "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {"@type": _COMPOSITE}},
+            "xds_matcher": {
+                "matcher_tree": {
+                    "input": {"name": "attempt", "typed_config": {"@type": _HEADER_INPUT, "header_name": "x-envoy-attempt-count"}},
+                    "exact_match_map": {"map": {str(number): {"action": action} for number in range(2, max(attempts, 2) + 1)}},
+                }
+            },
         },
     }
 

@@ -16,7 +16,7 @@ from ..config import Config, Listener
 from . import errors
 from .context import RequestContext
 from .cooldown import ProviderHealth
-from .headermutator import capture
+from .headermutator import HeaderPlan, capture, plan
 from .jsonbody import BodyError, ParsedBody, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
@@ -29,6 +29,9 @@ class Forward:
     provider: str
     context: RequestContext
     model: str
+    #: The headers of attempt 1, made right for `provider` here so that attempt
+    #: needs no upstream-level processing (retries are rebuilt there).
+    headers: HeaderPlan | None = None
     #: The body to send instead of the client's: its model set for `provider`, so
     #: attempts to providers with that same model name need no body rewrite.
     body: bytes | None = None
@@ -94,7 +97,9 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
         originals=capture(config, headers, chain),
         span=body.span if body is not None else None,
     )
-    return Forward(provider=start, context=context, model=model)
+    client_originals = {name: headers[name] for name in config.owned_headers if name in headers}
+    first_attempt = plan(config, config.providers[start], context.path, client_originals, headers)
+    return Forward(provider=start, context=context, model=model, headers=first_attempt)
 
 
 def models_reply(config: Config, model_id: str) -> errors.Reply:

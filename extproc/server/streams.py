@@ -16,7 +16,6 @@ from ..config import Config
 from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
-from ..processor.headermutator import INTERNAL_PREFIX, ROUTE_HEADER
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
@@ -81,8 +80,8 @@ class RouterStream:
         if decision is None:
             return response
         mutation = common.header_mutation
-        mutation.remove_headers.extend(name for name in self.headers if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER)
-        mutation.set_headers.append(header_option(ROUTE_HEADER, decision.provider))
+        mutation.set_headers.extend(header_option(name, value) for name, value in decision.headers.set)
+        mutation.remove_headers.extend(decision.headers.remove)
         if decision.body is not None:
             common.body_mutation.body = decision.body
             mutation.set_headers.append(header_option("content-length", str(len(decision.body))))

@@ -51,7 +51,12 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert tls["sni"] == "api.openai.com"
     assert clusters["provider.hosted"]["type"] == "LOGICAL_DNS"
     upstream_filters = clusters["chain.primary"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
-    assert [item["name"] for item in upstream_filters] == ["envoy.filters.http.ext_proc", "envoy.filters.http.upstream_codec"]
+    assert [item["name"] for item in upstream_filters] == ["extproc.retries", "envoy.filters.http.upstream_codec"]
+    matcher = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_tree"]
+    assert matcher["input"]["typed_config"]["header_name"] == "x-envoy-attempt-count"
+    assert sorted(matcher["exact_match_map"]["map"]) == ["2"], "max_attempts 2: only attempt 2 is a retry"
+    delegated = matcher["exact_match_map"]["map"]["2"]["action"]["typed_config"]["typed_config"]
+    assert delegated["name"] == "envoy.filters.http.ext_proc"
 
 
 def test_routes_match_the_provider_header_and_retry_on_the_next_provider():

@@ -45,9 +45,14 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
     response = route(client, b'{"model": "openai/gpt-4"}')
     common = response.request_body.response
     assert common.clear_route_cache
-    assert [(item.header.key, item.header.raw_value) for item in common.header_mutation.set_headers] == [("x-arch-llm-provider", b"a"), ("content-length", b"18")]
+    assert {item.header.key: item.header.raw_value for item in common.header_mutation.set_headers} == {
+        "authorization": b"Bearer key-a",
+        "x-arch-llm-provider": b"a",
+        ":path": b"/v1/chat/completions",
+        "content-length": b"18",
+    }, "attempt 1 is made right for a here: no upstream-level stream for it"
     assert common.body_mutation.body == b'{"model": "gpt-4"}', "the body names the start provider's model"
-    assert list(common.header_mutation.remove_headers) == ["x-arch-other"]
+    assert set(common.header_mutation.remove_headers) == {"x-arch-other", "x-api-key", "api-key"}
     assert "ctx" in response.dynamic_metadata.fields["extproc"].struct_value.fields
 
 
