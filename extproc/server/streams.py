@@ -16,6 +16,7 @@ from ..config import Config
 from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
+from ..processor.headermutator import HeaderPlan
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
@@ -37,6 +38,17 @@ def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
 
 def header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, raw_value=value.encode()))
+
+
+def apply_headers(mutation: pb.HeaderMutation, plan: HeaderPlan) -> None:
+    mutation.set_headers.extend(header_option(name, value) for name, value in plan.set)
+    mutation.remove_headers.extend(plan.remove)
+
+
+def set_body(common: pb.CommonResponse, body: bytes) -> None:
+    """Replace the body; Envoy refuses a new body whose content-length is not set with it."""
+    common.body_mutation.body = body
+    common.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
 
 
 def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
@@ -79,12 +91,9 @@ class RouterStream:
         common.SetInParent()
         if decision is None:
             return response
-        mutation = common.header_mutation
-        mutation.set_headers.extend(header_option(name, value) for name, value in decision.headers.set)
-        mutation.remove_headers.extend(decision.headers.remove)
+        apply_headers(common.header_mutation, decision.headers)
         if decision.body is not None:
-            common.body_mutation.body = decision.body
-            mutation.set_headers.append(header_option("content-length", str(len(decision.body))))
+            set_body(common, decision.body)
         common.clear_route_cache = True
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
@@ -112,18 +121,13 @@ class UpstreamStream:
                 return immediate(decision)
             self.attempt = decision
             response = pb.ProcessingResponse()
-            mutation = response.request_headers.response.header_mutation
-            mutation.set_headers.extend(header_option(name, value) for name, value in decision.headers.set)
-            mutation.remove_headers.extend(decision.headers.remove)
+            apply_headers(response.request_headers.response.header_mutation, decision.headers)
             if not decision.needs_body:
                 response.mode_override.CopyFrom(_NO_BODY)
             return response
         if kind == "request_body" and self.attempt is not None:
-            body = self.attempt.body(request.request_body.body)
             response = pb.ProcessingResponse()
-            common = response.request_body.response
-            common.body_mutation.body = body
-            common.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
+            set_body(response.request_body.response, self.attempt.body(request.request_body.body))
             return response
         return _continue(kind)
 
