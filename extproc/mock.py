@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -47,11 +48,12 @@ class MockProvider:
     chunk_interval_s: float = 0.05
     received: list[ReceivedRequest] = field(default_factory=list)
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve https with this context
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -74,7 +76,7 @@ class MockProvider:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 await self._answer(request, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             self._connections.discard(writer)

@@ -37,7 +37,7 @@ def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> Prob
     for name, value in provider.headers if with_keys else ():
         headers[name] = value
     if provider.tls:
-        connection = http.client.HTTPSConnection(provider.host, provider.port, timeout=timeout_s, context=ssl.create_default_context())
+        connection = http.client.HTTPSConnection(provider.host, provider.port, timeout=timeout_s, context=ssl.create_default_context(cafile=provider.ca_file))
     else:
         connection = http.client.HTTPConnection(provider.host, provider.port, timeout=timeout_s)
     try:

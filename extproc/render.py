@@ -377,7 +377,7 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
                 "sni": provider.host,
                 "common_tls_context": {
                     "validation_context": {
-                        "trusted_ca": {"filename": options.ca_file or _system_ca_bundle()},
+                        "trusted_ca": {"filename": provider.ca_file or options.ca_file or _system_ca_bundle()},
                         "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
                     }
                 },

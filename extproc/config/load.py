@@ -335,7 +335,7 @@ class _Reader:
             self.problem("listeners", "at least one listener is required")
 
     def provider(self, item: Any, path: str) -> Provider | None:
-        allowed = {"name", "model", "base_url", "access_key", "default", "retry_policy", "passthrough_auth", "headers"}
+        allowed = {"name", "model", "base_url", "access_key", "default", "retry_policy", "passthrough_auth", "headers", "ca_file"}
         raw = self.mapping(item, path, allowed, {"model"})
         if raw is None:
             return None
@@ -364,6 +364,9 @@ class _Reader:
             self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
         headers = self.headers(raw["headers"], f"{path}.headers") if "headers" in raw else ()
         policy = self.retry_policy(raw["retry_policy"], f"{path}.retry_policy") if "retry_policy" in raw else None
+        ca_file = self.text(raw["ca_file"], f"{path}.ca_file") if "ca_file" in raw else None
+        if ca_file is not None and not os.path.isfile(ca_file):
+            self.problem(f"{path}.ca_file", f"{ca_file!r} is not a readable file")
         if url is not None and model is not None and "name" not in raw:
             name = f"{model}@{url[1]}:{url[2]}"
         else:
@@ -386,6 +389,7 @@ class _Reader:
             headers=headers,
             default=bool(default),
             retry_policy=policy,
+            ca_file=ca_file,
         )
 
     def base_url(self, value: str, path: str) -> tuple[str, str, int, str] | None:

@@ -47,6 +47,7 @@ class Provider:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
     default: bool = False
     retry_policy: RetryPolicy | None = None
+    ca_file: str | None = None  # PEM bundle that verifies an https provider; None: the system's
 
     @property
     def tls(self) -> bool:

@@ -84,6 +84,7 @@ def test_unset_env_var_names_the_key_and_the_variable():
         (("per_try_timeout: 30s", "per_try_timeout: soon"), "model_providers[0].retry_policy.per_try_timeout: expected a duration"),
         (("model: openai/gpt-4o-mini", "model: gpt-4o-mini"), "model_providers[2].model: 'gpt-4o-mini' must be provider/model"),
         (("default: true", "default: yes please"), "model_providers[0].default: expected true or false"),
+        (("default: true", "default: true\n    ca_file: /nonexistent/ca.pem"), "model_providers[0].ca_file: '/nonexistent/ca.pem' is not a readable file"),
         (("  - name: secondary\n", "  - name: secondary\n    default: true\n"), "model_providers[1].default: only one provider can be the default"),
     ],
 )
