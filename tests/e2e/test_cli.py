@@ -8,7 +8,9 @@ import sys
 import threading
 import time
 
+import grpc
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .harness import chat, gateway_config, provider
 
@@ -58,6 +60,12 @@ def test_serve_beside_a_separately_started_envoy_fails_over(mocks, bare_envoy, t
         assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
         assert secondary.received[0].header("authorization") == "Bearer k2"
         assert len(primary.received) == 1
+
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
     finally:
         sidecar.send_signal(signal.SIGTERM)
         assert sidecar.wait(20) == 0

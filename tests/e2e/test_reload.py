@@ -172,3 +172,45 @@ def _wait(condition, timeout=15):
     while not condition():
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_post_reload_and_sighup_reload_on_demand(mocks, gateway):
+    import signal as signals
+
+    from .harness import request
+
+    first, second = mocks.start("first"), mocks.start("second")
+    gw = gateway(gateway_config(provider("p", GPT4, first)))
+    answer = request(gw.metrics_port, "POST", "/reload")
+    assert answer.status == 200 and answer.json() == {"reloaded": True, "message": "unchanged"}
+
+    # Change the file without the watcher being the one to notice first: SIGHUP reloads it now.
+    before = reloads(gw)
+    gw.write_config(gateway_config(provider("p", GPT4, second)))
+    gw.process.send_signal(signals.SIGHUP)
+    _wait(lambda: reloads(gw) > before)
+    ask(gw)
+    assert second.received
+
+    with open(gw.config_path, "w") as handle:
+        handle.write("model_providers: {broken")
+    answer = request(gw.metrics_port, "POST", "/reload")
+    assert answer.status == 422
+    assert answer.json()["reloaded"] is False and "not valid YAML" in answer.json()["message"]
+
+
+def test_listener_changes_wait_for_a_restart_and_cooldowns_survive_reloads(mocks, gateway):
+    limited, backup, extra = mocks.start("limited", status=429, retry_after="60"), mocks.start("backup"), mocks.start("extra")
+    config = gateway_config(provider("limited", GPT4, limited), provider("backup", GPT4, backup))
+    gw = gateway(config)
+    assert ask(gw).headers["x-arch-llm-provider"] == "backup"
+    _wait(lambda: (gw.metric("extproc_provider_cooldown_remaining_seconds", provider="limited") or 0) > 0)
+
+    moved = gateway_config(provider("limited", GPT4, limited), provider("backup", GPT4, backup), provider("extra", MINI, extra))
+    moved["listeners"][0]["port"] = 1  # a listener change: needs an Envoy restart
+    apply(gw, moved)
+
+    assert "listener changes (name, address or port) need a restart of Envoy" in gw.logs()
+    assert ask(gw, MINI).headers["x-arch-llm-provider"] == "extra", "the rest of the reload applied, on the old listener"
+    assert ask(gw).headers["x-arch-llm-provider"] == "backup"
+    assert len(limited.received) == 1, "the cooldown learned before the reload still holds"
