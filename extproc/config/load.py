@@ -397,8 +397,11 @@ class _Reader:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problem(path, f"{value!r} is not an http:// or https:// URL with a host")
             return None
-        if parts.query or parts.fragment or parts.username:
-            self.problem(path, f"{value!r} must not hold a query, fragment or credentials (use access_key)")
+        if parts.username or parts.password:
+            self.problem(path, "must not hold credentials (user:password@): use access_key")
+            return None
+        if parts.query or parts.fragment:
+            self.problem(path, f"{value!r} must not hold a query or fragment")
             return None
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -52,6 +52,10 @@ def test_a_valid_config_resolves_chains_and_providers():
     assert policy.per_try_timeout_s == 30.0
 
 
+def test_a_password_in_a_url_is_not_repeated_in_the_error():
+    assert not any("hunter2" in problem for problem in problems(BASE.replace("http://127.0.0.1:8082", "http://me:hunter2@host"), {"PRIMARY_KEY": "k"}))
+
+
 def test_the_key_never_shows_in_repr():
     config = parse_config(BASE, "gw.yaml", {"PRIMARY_KEY": "sk-very-secret"})
     assert "sk-very-secret" not in repr(config)
@@ -76,6 +80,7 @@ def test_unset_env_var_names_the_key_and_the_variable():
         (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key"),
         (("base_url: http://127.0.0.1:8082", "base_url: ftp://example.com"), "model_providers[0].base_url: 'ftp://example.com' is not an http:// or https:// URL"),
         (("base_url: http://127.0.0.1:8082", "base_url: ''"), "model_providers[0].base_url: '' is not an http:// or https:// URL"),
+        (("base_url: http://127.0.0.1:8082", "base_url: http://me:hunter2@host"), "model_providers[0].base_url: must not hold credentials"),
         (("name: secondary", "name: primary"), "model_providers[1].name: duplicate provider name 'primary'"),
         (("fallback_models: [openai/gpt-4o-mini]", "fallback_models: [openai/gpt-9]"), "model_providers[0].retry_policy.fallback_models[0]: model 'openai/gpt-9' is not served"),
         (("retry_on: [429, 503, connect-failure]", "retry_on: [429, sometimes]"), "model_providers[0].retry_policy.retry_on[1]: 'sometimes' is neither a status code"),
