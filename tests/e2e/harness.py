@@ -38,6 +38,14 @@ class MockServers:
         self.thread.start()
         self.mocks: list[MockProvider] = []
 
+    async def _shutdown(self) -> None:
+        for mock in self.mocks:
+            await mock.stop()
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def start(self, name: str, **behaviour) -> MockProvider:
         mock = MockProvider(name=name, **behaviour)
         asyncio.run_coroutine_threadsafe(mock.start(), self.loop).result(5)
@@ -45,8 +53,7 @@ class MockServers:
         return mock
 
     def close(self) -> None:
-        for mock in self.mocks:
-            asyncio.run_coroutine_threadsafe(mock.stop(), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()

@@ -206,3 +206,21 @@ def test_all_providers_failing_returns_the_last_status_and_body(mocks, gateway):
     assert answer.headers["retry-after"] == "9"
     assert answer.json()["error"]["message"] == "secondary: mock status 503"
     assert time.monotonic() - started < 2, "failing over must not wait for Retry-After"
+
+
+def test_a_slow_provider_past_per_try_timeout_fails_over(mocks, gateway):
+    slow = mocks.start("slow", delay_s=3)
+    fast = mocks.start("fast")
+    gw = gateway(
+        gateway_config(
+            provider("slow", GPT4, slow, retry_policy={"retry_on": [429, "reset"], "per_try_timeout": "500ms"}),
+            provider("fast", GPT4, fast),
+        )
+    )
+
+    started = time.monotonic()
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "fast"
+    assert time.monotonic() - started < 2.5
+    assert len(slow.received) == 1 and len(fast.received) == 1
