@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config_failover.yaml
 
-.PHONY: install run test unit e2e e2e-smoke bench bench-reload envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload envoy-config check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/extproc up $(CONFIG) --mock-providers
 
-## The whole hermetic suite: unit tests, then end-to-end tests through real Envoy.
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
+
+## The whole hermetic suite: lint, unit tests, then end-to-end tests through real Envoy.
+test: lint
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

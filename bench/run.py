@@ -161,6 +161,11 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:
+    while not stop.wait(0.5):
+        samples.append(rss_mb(pid))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
@@ -210,12 +215,7 @@ def main() -> None:
             for connections in (1, 64):
                 sampler_stop = threading.Event()
                 samples: list[float] = []
-
-                def sample() -> None:
-                    while not sampler_stop.wait(0.5):
-                        samples.append(rss_mb(gateway.pid))
-
-                sampler = threading.Thread(target=sample, daemon=True)
+                sampler = threading.Thread(target=sample_rss, args=(gateway.pid, sampler_stop, samples), daemon=True)
                 sampler.start()
                 result = wrk(binary, port, connections, args.seconds, model, workdir)
                 sampler_stop.set()

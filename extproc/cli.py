@@ -107,7 +107,7 @@ def _check(args) -> int:
         print("  warning: no providers: every request will be refused with model_not_found")
     for listener in config.listeners:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
-    for model, names in config.models.items():
+    for model in config.models:
         chain = config.chain_for_model(model)
         print(f"  model {model}: {' -> '.join(chain.providers)}")
     return 0

@@ -121,7 +121,7 @@ class MockProvider:
         }
 
     async def _stream(self, payload: dict, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
-        head = [f"HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
+        head = ["HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
         head += [f"{key}: {value}\r\n" for key, value in headers]
         writer.write(("".join(head) + "\r\n").encode())
         words = _reply_text(self.name, payload).split(" ")

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import os
 
 from .config import Config, ConfigError, load_config
 from .runtime import Runtime

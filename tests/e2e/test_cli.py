@@ -1,7 +1,5 @@
 """The command line as users run it: check, serve beside a separate Envoy, graceful stop."""
 
-import os
-import re
 import signal
 import subprocess
 import sys
