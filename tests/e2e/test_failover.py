@@ -224,3 +224,24 @@ def test_a_slow_provider_past_per_try_timeout_fails_over(mocks, gateway):
     assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "fast"
     assert time.monotonic() - started < 2.5
     assert len(slow.received) == 1 and len(fast.received) == 1
+
+
+def test_a_chunked_request_body_fails_over_intact(mocks, gateway):
+    import http.client
+
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+    body = json.dumps({**HELLO, "padding": "x" * 5000}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    connection.request("POST", "/v1/chat/completions", body=iter([body[:100], body[100:]]), headers={"content-type": "application/json"}, encode_chunked=True)
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+
+    assert answer.status == 200
+    expected = body.replace(b'"openai/gpt-4"', b'"gpt-4"')
+    for mock in (primary, secondary):
+        assert mock.received[0].body == expected
+        assert mock.received[0].header("transfer-encoding") is None
+        assert mock.received[0].header("content-length") == str(len(expected))
