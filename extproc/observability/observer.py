@@ -28,7 +28,6 @@ class LogEntry:
     retry_after_s: float | None = None
     model: str = ""
     listener: str = ""
-    details: str = ""
 
 
 @dataclass

@@ -36,7 +36,6 @@ class ModelSpan:
 class ParsedBody:
     model: object  # the value as sent (None when absent)
     span: ModelSpan
-    stream: bool
 
 
 def parse(body: bytes) -> ParsedBody:
@@ -88,7 +87,7 @@ def parse(body: bytes) -> ParsedBody:
     else:
         position = _byte_offset(text, open_brace)
         span = ModelSpan(position, position, insert=True, needs_comma=bool(fields))
-    return ParsedBody(model=fields.get("model"), span=span, stream=fields.get("stream") is True)
+    return ParsedBody(model=fields.get("model"), span=span)
 
 
 def replace_model(body: bytes, span: ModelSpan, model_name: str) -> bytes:

@@ -34,7 +34,6 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
-        details=response.response_code_details,
     )
 
 

@@ -173,4 +173,4 @@ def test_parse_reports_where_json_breaks():
         parse(b'{"a": [1, }')
     with pytest.raises(BodyError, match="JSON object"):
         parse(b"[]")
-    assert parse(b'{"model": "m", "stream": true}').stream
+    assert parse(b'{"model": "m", "stream": true}').model == "m"
