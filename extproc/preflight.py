@@ -30,7 +30,7 @@ class ProbeResult:
 
 
 def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> ProbeResult:
-    path = provider.path_prefix + PROBE_PATH
+    path = provider.upstream_path(PROBE_PATH)
     headers = {"user-agent": "extproc-preflight", "host": provider.authority}
     if with_keys and provider.access_key:
         headers["authorization"] = f"Bearer {provider.access_key}"

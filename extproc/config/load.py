@@ -264,6 +264,9 @@ class _Reader:
                 ordered = list(dict.fromkeys(names[index:] + tail))
                 chains[name] = Chain(tuple(ordered), policy)
         defaults = [provider.name for provider in by_name.values() if provider.default]
+        bare: dict[str, list[str]] = {}
+        for model in models:
+            bare.setdefault(model.partition("/")[2], []).append(model)
         owned = set(CREDENTIAL_HEADERS)
         for provider in by_name.values():
             owned.update(name for name, _ in provider.headers)
@@ -275,6 +278,7 @@ class _Reader:
             chains=frozen_mapping(chains),
             default_provider=defaults[0] if defaults else None,
             owned_headers=frozenset(owned),
+            bare_models=frozen_mapping((name, full[0]) for name, full in bare.items() if len(full) == 1 and name not in models),
             cooldown=cooldown or Cooldown(),
             metrics=metrics or Metrics(),
         )

@@ -53,6 +53,18 @@ class Provider:
     def tls(self) -> bool:
         return self.scheme == "https"
 
+    def upstream_path(self, path: str) -> str:
+        """The client's path (and query) under this provider's base_url path.
+
+        A base_url written the SDK way, ending in /v1, does not double the
+        client's own /v1: `https://host/coding/v1` + `/v1/chat/completions`
+        is `/coding/v1/chat/completions`.
+        """
+        prefix = self.path_prefix
+        if prefix.endswith("/v1") and (path == "/v1" or path.startswith(("/v1/", "/v1?"))):
+            prefix = prefix[: -len("/v1")]
+        return prefix + path
+
     @property
     def authority(self) -> str:
         """Host header value: the port only when it is not the scheme's default."""
@@ -119,6 +131,8 @@ class Config:
     default_provider: str | None
     #: Headers some provider sets: every attempt restores or drops them.
     owned_headers: frozenset[str]
+    #: A model's bare name ("gpt-4o") -> the model ("openai/gpt-4o"), where only one model has that name.
+    bare_models: Mapping[str, str] = field(default_factory=dict)
     cooldown: Cooldown = Cooldown()
     metrics: Metrics = Metrics()
     provider_errors: tuple[ProviderError, ...] = ()

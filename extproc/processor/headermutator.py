@@ -45,7 +45,7 @@ def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, 
     values.update(credential_headers(provider, originals))
     values.update(provider.headers)
     values[ROUTE_HEADER] = provider.name
-    values[":path"] = provider.path_prefix + path
+    values[":path"] = provider.upstream_path(path)
     for name in present:
         if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER:
             values[name] = None

@@ -71,7 +71,12 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
 
 
 def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None) -> errors.Reply | Forward:
-    """model -> chain (exact model, else the default provider), started at its first provider not cooling down."""
+    """model -> chain, started at its first provider not cooling down.
+
+    The model is matched exactly ("openai/gpt-4o"), else by its bare name
+    ("gpt-4o", as OpenAI SDK users write it) when only one model has that
+    name; a request without a model goes to the default provider.
+    """
     model = body.model if body is not None else None
     if model is None:
         if config.default_provider is None:
@@ -81,6 +86,7 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
     elif not isinstance(model, str):
         return errors.invalid_request("The 'model' parameter must be a string.", "invalid_model")
     else:
+        model = model if model in config.models else config.bare_models.get(model, model)
         chain = config.chain_for_model(model)
         if chain is None:
             return errors.model_not_found(model, list(config.models))

@@ -245,3 +245,14 @@ def test_a_chunked_request_body_fails_over_intact(mocks, gateway):
         assert mock.received[0].body == expected
         assert mock.received[0].header("transfer-encoding") is None
         assert mock.received[0].header("content-length") == str(len(expected))
+
+
+def test_a_bare_model_name_and_an_sdk_style_base_url(mocks, gateway):
+    main = mocks.start("main")
+    gw = gateway(gateway_config(provider("main", "openai/gpt-4o-mini", main, base_url=f"http://127.0.0.1:{main.port}/openai/v1")))
+
+    answer = chat(gw.port, {"model": "gpt-4o-mini", "messages": []}, path="/v1/chat/completions?x=1")
+
+    assert answer.status == 200
+    assert main.received[0].path == "/openai/v1/chat/completions?x=1"
+    assert main.received[0].json()["model"] == "gpt-4o-mini"

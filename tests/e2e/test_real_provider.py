@@ -1,7 +1,7 @@
 """Opt-in: the full stack (`extproc up`) against a real OpenAI-compatible provider.
 
-Run with `make e2e-smoke`. Needs OPENAI_API_KEY; OPENAI_BASE_URL (without the
-trailing /v1, which the client's path already has) and OPENAI_MODEL are
+Run with `make e2e-smoke`. Needs OPENAI_API_KEY; OPENAI_BASE_URL (as the
+OpenAI SDK takes it, e.g. https://api.openai.com/v1) and OPENAI_MODEL are
 optional. Without a key the test is skipped and says why.
 """
 
@@ -20,7 +20,7 @@ EXPECTED = "EXTPROC_OK"
 def real_gateway(gateway):
     if not os.environ.get("OPENAI_API_KEY"):
         pytest.skip("OPENAI_API_KEY is not set: the real-provider smoke test needs a key (set it, optionally OPENAI_BASE_URL and OPENAI_MODEL)")
-    base_url = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com").rstrip("/").removesuffix("/v1")
+    base_url = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
     model = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
     config = gateway_config({"name": "real", "model": f"openai/{model}", "base_url": base_url, "access_key": "$OPENAI_API_KEY"})
     return gateway(config), f"openai/{model}"

@@ -69,6 +69,26 @@ def test_client_credentials_are_not_carried_when_no_provider_of_the_chain_takes_
     assert decision.context.originals == {"x-tenant": "client-tenant"}
 
 
+def test_a_bare_model_name_resolves_when_it_is_unambiguous():
+    decision = forward(b'{"model": "gpt-4o-mini"}')
+    assert (decision.provider, decision.model) == ("mini", "openai/gpt-4o-mini")
+    assert json.loads(decision.body)["model"] == "gpt-4o-mini"
+    ambiguous = parse_config(
+        "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/llama, base_url: 'http://a'}, {model: groq/llama, base_url: 'http://b'}]",
+        "t.yaml",
+        {},
+    )
+    assert router.on_body(ambiguous, ambiguous.listeners[0], CLIENT, b'{"model": "llama"}').status == 404
+
+
+def test_upstream_path_does_not_double_an_sdk_style_v1():
+    sdk_style = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: x/y, base_url: 'https://h/coding/v1'}]", "t.yaml", {})
+    provider = next(iter(sdk_style.providers.values()))
+    assert provider.upstream_path("/v1/chat/completions?a=1") == "/coding/v1/chat/completions?a=1"
+    assert provider.upstream_path("/healthz") == "/coding/v1/healthz"
+    assert CONFIG.providers["b"].upstream_path("/v1/chat/completions") == "/prefix/v1/chat/completions"
+
+
 def test_missing_model_goes_to_the_default_provider():
     assert forward(b'{"messages": []}').provider == "mini"
     assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/x"}, True).provider == "mini"
