@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .config import Config, Provider
+from .processor.backendauth import credential_headers
 
 PROBE_PATH = "/v1/models"
 EXIT_DOWN = 70  # EX_SOFTWARE-adjacent: what deploy gates check for
@@ -32,10 +33,9 @@ class ProbeResult:
 def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> ProbeResult:
     path = provider.upstream_path(PROBE_PATH)
     headers = {"user-agent": "extproc-preflight", "host": provider.authority}
-    if with_keys and provider.access_key:
-        headers["authorization"] = f"Bearer {provider.access_key}"
-    for name, value in provider.headers if with_keys else ():
-        headers[name] = value
+    if with_keys:
+        headers.update((name, value) for name, value in credential_headers(provider, {}).items() if value is not None)
+        headers.update(provider.headers)
     if provider.tls:
         connection = http.client.HTTPSConnection(provider.host, provider.port, timeout=timeout_s, context=ssl.create_default_context(cafile=provider.ca_file))
     else:

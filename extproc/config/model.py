@@ -50,6 +50,11 @@ class Provider:
     ca_file: str | None = None  # PEM bundle that verifies an https provider; None: the system's
 
     @property
+    def kind(self) -> str:
+        """The provider kind: "openai" for "openai/gpt-4"."""
+        return self.model.partition("/")[0]
+
+    @property
     def tls(self) -> bool:
         return self.scheme == "https"
 

@@ -194,3 +194,12 @@ def test_parse_reports_where_json_breaks():
     with pytest.raises(BodyError, match="JSON object"):
         parse(b"[]")
     assert parse(b'{"model": "m", "stream": true}').model == "m"
+
+
+@pytest.mark.parametrize(("model", "header", "value"), [("openai/gpt-4", "authorization", "Bearer k"), ("anthropic/claude", "x-api-key", "k"), ("azure_openai/gpt-4", "api-key", "k")])
+def test_each_provider_kind_gets_its_key_in_its_own_header(model, header, value):
+    config = parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{name: p, model: {model}, base_url: 'http://h', access_key: k}}]", "t.yaml", {})
+    context = RequestContext(path="/", originals={"authorization": "Bearer client"})
+    headers = dict(upstream.plan_attempt(config, "p", context, []).headers.set)
+    assert headers[header] == value
+    assert [name for name in ("authorization", "x-api-key", "api-key") if name in headers] == [header], "one credential header, no client key"
