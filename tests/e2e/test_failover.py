@@ -256,3 +256,16 @@ def test_a_bare_model_name_and_an_sdk_style_base_url(mocks, gateway):
     assert answer.status == 200
     assert main.received[0].path == "/openai/v1/chat/completions?x=1"
     assert main.received[0].json()["model"] == "gpt-4o-mini"
+
+
+def test_a_client_cannot_switch_failover_off_with_envoy_headers(mocks, gateway):
+    """Envoy's own guarantee, checked here because the failover promise rests on it."""
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+
+    answer = chat(gw.port, HELLO, {"x-envoy-max-retries": "0", "x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "1"})
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+    for name in ("x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"):
+        assert secondary.received[0].header(name) is None
