@@ -6,11 +6,9 @@ config snapshot and the request; the gRPC layer translates their results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
-import dataclasses
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from ..config import Config, Listener
 from . import errors
@@ -31,7 +29,7 @@ class Forward:
     model: str
     #: The headers of attempt 1, made right for `provider` here so that attempt
     #: needs no upstream-level processing (retries are rebuilt there).
-    headers: HeaderPlan | None = None
+    headers: HeaderPlan
     #: The body to send instead of the client's: its model set for `provider`, so
     #: attempts to providers with that same model name need no body rewrite.
     body: bytes | None = None
@@ -65,8 +63,7 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
     if isinstance(decision, Forward):
         model_name = config.providers[decision.provider].model_name
         rewritten, span = rewrite_model(body, parsed.span, model_name)
-        context = dataclasses.replace(decision.context, span=span, body_model=model_name)
-        decision = dataclasses.replace(decision, context=context, body=rewritten)
+        decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=rewritten)
     return decision
 
 
