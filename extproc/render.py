@@ -27,6 +27,7 @@ from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import ROUTE_HEADER
 from .server.accesslog import DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
+from .server.app import message_limit
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
 from .server.streams import MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
 
@@ -197,13 +198,16 @@ def _sidecar_cluster(sidecar: str) -> dict:
     }
 
 
-def _ext_proc(phase: str, options: RenderOptions, listener: str | None = None) -> dict:
+def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None) -> dict:
     metadata = [{"key": PHASE_METADATA, "value": phase}]
     if listener is not None:
         metadata.append({"key": LISTENER_METADATA, "value": listener})
     config = {
         "@type": _EXT_PROC,
-        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": metadata},
+        "grpc_service": {
+            "envoy_grpc": {"cluster_name": SIDECAR_CLUSTER, "max_receive_message_length": message_limit(body_limit)},
+            "initial_metadata": metadata,
+        },
         "failure_mode_allow": False,
         "status_on_error": {"code": 503},
         "message_timeout": _duration(options.message_timeout_s),
@@ -235,7 +239,7 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
         "codec_type": "AUTO",
         **routes,
         "http_filters": [
-            _ext_proc("router", options, listener.name),
+            _ext_proc("router", options, listener.max_body_bytes, listener.name),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_access_log(UPSTREAM_LOG, listener)]},
@@ -403,7 +407,7 @@ def _chain_cluster(start: str, chain: Chain, body_limit: int, options: RenderOpt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _retries_only(_ext_proc("upstream", options), chain),
+                    _retries_only(_ext_proc("upstream", options, body_limit), chain),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }

@@ -12,11 +12,21 @@ from .accesslog import AccessLogReceiver
 from .servicer import ExternalProcessor
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+#: gRPC's default 4 MiB message limit is below a buffered request body of the
+#: default 10 MiB; messages carry the body once (plus headers and metadata).
+MESSAGE_LIMIT_FLOOR = 64 * 1024 * 1024
+
+
+def message_limit(max_body_bytes: int) -> int:
+    return max(MESSAGE_LIMIT_FLOOR, 2 * max_body_bytes)
 
 
 async def start_server(runtime: Runtime, listen: str) -> tuple[grpc.aio.Server, int]:
     """Bind `unix:/path` or `host:port` and start; returns the server and the bound TCP port (0 for a Unix socket)."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    limit = message_limit(max(listener.max_body_bytes for listener in runtime.store.current.listeners))
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
     pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(runtime.observer), server)
     health_servicer = health.aio.HealthServicer()

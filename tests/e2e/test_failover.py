@@ -269,3 +269,17 @@ def test_a_client_cannot_switch_failover_off_with_envoy_headers(mocks, gateway):
     assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
     for name in ("x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"):
         assert secondary.received[0].header(name) is None
+
+
+def test_a_body_near_the_default_limit_survives_failover(mocks, gateway):
+    """9.5 MiB of the default 10 MiB: past gRPC's default 4 MiB message size, within the retry buffer."""
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
+    big = {**HELLO, "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024 + 512 * 1024)}]}
+
+    answer = chat(gw.port, big)
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+    assert len(secondary.received[0].body) == len(primary.received[0].body) > 9 * 1024 * 1024
+    assert secondary.received[0].json()["messages"] == big["messages"]
