@@ -17,7 +17,7 @@ import logging
 
 from .config import Config, ConfigError, load_config
 from .runtime import Runtime
-from .xds import XdsFiles
+from .xds import XdsFiles, XdsRejected
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,12 @@ class Reloader:
                 metrics.last_reload_success.set_to_current_time()
                 return True, "unchanged"
             if self.xds is not None:
-                await self.xds.transition(old, new, lambda: self._swap(new))
+                try:
+                    await self.xds.transition(old, new, lambda: self._swap(new))
+                except XdsRejected as exc:
+                    metrics.reloads.labels("failure").inc()
+                    log.error("reload (%s) refused, still serving the previous config: %s", trigger, exc)
+                    return False, str(exc)
             else:
                 self._swap(new)
             metrics.reloads.labels("success").inc()

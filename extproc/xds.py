@@ -34,6 +34,14 @@ _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
+class XdsRejected(RuntimeError):
+    """Envoy refused new routes or clusters; the previous ones stay."""
+
+
+def _number(stats: dict, name: str) -> int:
+    return int(stats.get(name, 0) or 0)
+
+
 class XdsFiles:
     def __init__(self, directory: str, options: RenderOptions, admin_url: Callable[[], str] = str, settle_s: float = 1.0, timeout_s: float = 10.0):
         self.directory = directory
@@ -51,36 +59,41 @@ class XdsFiles:
         self._write_routes(config, previous)
 
     async def transition(self, old: Config, new: Config, swap: Callable[[], None]) -> None:
-        await self._step(lambda: self._write_clusters(new, old), "cds")
-        await self._step(lambda: self._write_routes(new, old), "rds", new)
+        """Move Envoy and the sidecar from `old` to `new`; `XdsRejected` leaves both on `old`."""
+        try:
+            await self._step(lambda: self._write_clusters(new, old), "cds", new)
+            await self._step(lambda: self._write_routes(new, old), "rds", new)
+        except XdsRejected:
+            self.write(old)
+            raise
         swap()
         await self._step(lambda: self._write_routes(new, None), "rds", new)
-        await self._step(lambda: self._write_clusters(new, None), "cds")
+        await self._step(lambda: self._write_clusters(new, None), "cds", new)
 
-    async def _step(self, write: Callable[[], None], kind: str, config: Config | None = None) -> None:
+    async def _step(self, write: Callable[[], None], kind: str, config: Config) -> None:
+        names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{listener.name}_routes" for listener in config.listeners]
+        before = await asyncio.to_thread(self._stats) if self.admin_url() else {}
         self.version += 1
         write()
         if not self.admin_url():
             await asyncio.sleep(self.settle_s)
             return
-        names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{listener.name}_routes" for listener in config.listeners]
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            if await asyncio.to_thread(self._applied, names):
+            stats = await asyncio.to_thread(self._stats)
+            if any(_number(stats, f"{name}.update_rejected") > _number(before, f"{name}.update_rejected") for name in names):
+                raise XdsRejected(f"Envoy rejected the new {kind.upper()} resources (its log says why)")
+            if _number(stats, "cluster_manager.warming_clusters") == 0 and all(stats.get(f"{name}.version_text") == str(self.version) for name in names):
                 return
             await asyncio.sleep(0.01)
         log.warning("Envoy did not confirm %s version %s within %.0fs; going on", kind, self.version, self.timeout_s)
 
-    def _applied(self, names: list[str]) -> bool:
-        """True when each xDS subscription reports this version and no cluster is still warming."""
+    def _stats(self) -> dict:
         try:
-            with urllib.request.urlopen(f"{self.admin_url()}/stats?format=json&filter=(version_text|warming_clusters)$", timeout=2) as answer:
-                stats = {item["name"]: item.get("value") for item in json.load(answer).get("stats", [])}
+            with urllib.request.urlopen(f"{self.admin_url()}/stats?format=json&filter=(version_text|warming_clusters|update_rejected)$", timeout=2) as answer:
+                return {item["name"]: item.get("value") for item in json.load(answer).get("stats", [])}
         except OSError:
-            return False
-        if int(stats.get("cluster_manager.warming_clusters", 0) or 0) > 0:
-            return False
-        return all(stats.get(f"{name}.version_text") == str(self.version) for name in names)
+            return {}
 
     def _write_clusters(self, config: Config, previous: Config | None) -> None:
         clusters = {cluster["name"]: cluster for cluster in upstream_clusters(previous, self.options)} if previous else {}

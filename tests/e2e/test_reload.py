@@ -214,3 +214,18 @@ def test_listener_changes_wait_for_a_restart_and_cooldowns_survive_reloads(mocks
     assert ask(gw, MINI).headers["x-arch-llm-provider"] == "extra", "the rest of the reload applied, on the old listener"
     assert ask(gw).headers["x-arch-llm-provider"] == "backup"
     assert len(limited.received) == 1, "the cooldown learned before the reload still holds"
+
+
+def test_routes_or_clusters_envoy_rejects_leave_the_previous_config_serving(mocks, gateway, tmp_path):
+    main = mocks.start("main")
+    gw = gateway(gateway_config(provider("main", GPT4, main)))
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("this is not PEM\n")
+    rejected = {"name": "secure", "model": MINI, "base_url": "https://localhost:1", "ca_file": str(not_a_certificate)}
+
+    apply(gw, gateway_config(provider("main", GPT4, main), rejected), result="failure")
+
+    assert "Envoy rejected the new CDS resources" in gw.logs()
+    assert ask(gw).headers["x-arch-llm-provider"] == "main", "the previous routes and snapshot still serve"
+    assert ask(gw, MINI).status == 404, "the sidecar did not switch to the rejected config"
+    assert provider_statuses(gw) == {"main": "enabled"}
