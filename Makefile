@@ -7,10 +7,10 @@ CONFIG ?= config_failover.yaml
 
 .PHONY: install run lint test unit e2e e2e-smoke bench bench-reload envoy-config check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fast]'
 	touch $(STAMP)
 
 install: $(STAMP)
