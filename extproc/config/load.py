@@ -305,7 +305,7 @@ class _Reader:
         )
 
     def listener(self, item: Any, path: str, index: int) -> Listener | None:
-        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling"}
+        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling", "access_log"}
         raw = self.mapping(item, path, allowed, {"type", "port"})
         if raw is None:
             return None
@@ -321,9 +321,10 @@ class _Reader:
         on_all_cooling = self.text(raw["on_all_cooling"], f"{path}.on_all_cooling") if "on_all_cooling" in raw else "reject"
         if on_all_cooling not in (None, "reject", "try_anyway"):
             self.problem(f"{path}.on_all_cooling", f"{on_all_cooling!r} must be reject or try_anyway")
+        access_log = self.boolean(raw["access_log"], f"{path}.access_log") if "access_log" in raw else False
         if len(self.problems) > before:
             return None
-        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body, on_all_cooling=on_all_cooling)
+        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body, on_all_cooling=on_all_cooling, access_log=bool(access_log))
 
     def check_listeners(self, listeners: list[Listener]) -> None:
         seen_names: set[str] = set()

@@ -99,6 +99,7 @@ class Listener:
     max_body_bytes: int
     #: When every provider of a chain is cooling down: "reject" (429 at once) or "try_anyway".
     on_all_cooling: str = "reject"
+    access_log: bool = False  # one JSON line per request on Envoy's stdout
 
 
 @dataclass(frozen=True)

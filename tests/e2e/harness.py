@@ -118,6 +118,7 @@ class GatewayProcess:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
         self.ports: dict[str, int] = {}
         self.metrics_port = 0
+        self.process_output = ""  # what `up` (and Envoy under it) printed after starting; read on stop
         self._wait_listening(len(config["listeners"]))
 
     def _wait_listening(self, listeners: int) -> None:
@@ -168,11 +169,12 @@ class GatewayProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process_output += self.process.communicate(timeout=30)[0] or ""
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self.process.stdout.close()
+        if not self.process.stdout.closed:
+            self.process.stdout.close()
         self.log.close()
         return self.process.returncode
 

@@ -283,3 +283,17 @@ def test_a_body_near_the_default_limit_survives_failover(mocks, gateway):
     assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
     assert len(secondary.received[0].body) == len(primary.received[0].body) > 9 * 1024 * 1024
     assert secondary.received[0].json()["messages"] == big["messages"]
+
+
+def test_the_access_log_says_which_provider_answered_after_how_many_attempts(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary, access_key="sk-must-not-be-logged"), provider("secondary", GPT4, secondary), access_log=True))
+
+    assert chat(gw.port, HELLO, {"authorization": "Bearer client-secret"}).status == 200
+    gw.stop()
+
+    lines = [json.loads(line) for line in gw.process_output.splitlines() if line.startswith("{")]
+    entry = next(line for line in lines if line["path"].startswith("/v1/chat/completions"))
+    assert (entry["model"], entry["provider"], entry["status"], entry["attempts"]) == (GPT4, "secondary", 200, 2)
+    assert "sk-must-not-be-logged" not in gw.process_output and "client-secret" not in gw.process_output
