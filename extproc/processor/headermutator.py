@@ -19,18 +19,20 @@ INTERNAL_PREFIX = "x-arch-"
 ROUTE_HEADER = "x-arch-llm-provider"
 
 
-def capture(config: Config, headers: Mapping[str, str], chain: Chain) -> dict[str, str]:
-    """The client's values of the owned headers, to be restored on every attempt.
+def client_values(config: Config, headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's values of the owned headers: what every attempt is rebuilt from."""
+    return {name: headers[name] for name in config.owned_headers if name in headers}
+
+
+def carried(config: Config, originals: Mapping[str, str], chain: Chain) -> dict[str, str]:
+    """The originals later attempts of `chain` need.
 
     The client's credentials are kept only when a provider of the chain will
     be sent them, so they travel no further than they must.
     """
-    passthrough = any(config.providers[name].passthrough_auth for name in chain.providers)
-    return {
-        name: headers[name]
-        for name in config.owned_headers
-        if name in headers and (passthrough or name not in CREDENTIAL_HEADERS)
-    }
+    if any(config.providers[name].passthrough_auth for name in chain.providers):
+        return dict(originals)
+    return {name: value for name, value in originals.items() if name not in CREDENTIAL_HEADERS}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ..config import Config, Listener
 from . import errors
 from .context import RequestContext
 from .cooldown import ProviderHealth
-from .headermutator import HeaderPlan, capture, plan
+from .headermutator import HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ParsedBody, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
@@ -94,14 +94,13 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
             start = available
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
-    chain = config.chains[start]
+    originals = client_values(config, headers)
     context = RequestContext(
         path=headers.get(":path", "/"),
-        originals=capture(config, headers, chain),
+        originals=carried(config, originals, config.chains[start]),
         span=body.span if body is not None else None,
     )
-    client_originals = {name: headers[name] for name in config.owned_headers if name in headers}
-    first_attempt = plan(config, config.providers[start], context.path, client_originals, headers)
+    first_attempt = plan(config, config.providers[start], context.path, originals, headers)
     return Forward(provider=start, context=context, model=model, headers=first_attempt)
 
 
