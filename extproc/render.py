@@ -267,7 +267,7 @@ def _chain_route(start: str, chain: Chain, listener: Listener) -> dict:
     if retry is not None:
         action["retry_policy"] = retry
     return {
-        "name": f"chain.{start}",
+        "name": chain_cluster_name(start),
         "match": {"prefix": "/", "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}]},
         "route": action,
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],

