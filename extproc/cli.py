@@ -12,12 +12,9 @@ import sys
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
-from .observability.http import MetricsServer
 from .preflight import EXIT_DOWN, preflight
-from .reload import Reloader
 from .render import RenderOptions, render_yaml
-from .runtime import Runtime
-from .server.app import start_server
+from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
 from .xds import XdsFiles
 
@@ -138,28 +135,20 @@ def _serve(args) -> int:
     config = _load_serving(args.config)
 
     async def run() -> None:
-        runtime = Runtime.create(config)
         xds = None
         if args.xds_dir:
             xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen))
-            xds.write(config)
         else:
             log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
-        server, port = await start_server(runtime, args.listen)
-        metrics = MetricsServer(runtime, config.metrics.address, config.metrics.port if args.metrics_port is None else args.metrics_port).start()
-        reloader = Reloader(args.config, runtime, xds, asyncio.get_running_loop())
-        metrics.reload = reloader.reload_from_thread
-        watcher = asyncio.create_task(reloader.watch())
-        where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{port}"
+        sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds)
+        await sidecar.start()
+        where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{sidecar.port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")
-        print_line(f"metrics and health on http://{config.metrics.address}:{metrics.port} (/metrics, /healthz, /readyz)")
+        print_line(f"metrics and health on {sidecar.metrics_url} (/metrics, /healthz, /readyz)")
         stop = asyncio.Event()
-        install_signal_handlers(stop, reload=lambda: asyncio.ensure_future(reloader.reload("SIGHUP")))
+        install_signal_handlers(stop, reload=lambda: sidecar.reload_soon("SIGHUP"))
         await stop.wait()
-        watcher.cancel()
-        runtime.serving = False
-        await server.stop(grace=5)
-        metrics.stop()
+        await sidecar.stop(grace_s=5)
 
     _run(run())
     return 0
@@ -175,11 +164,11 @@ def _up(args) -> int:
             await gateway.start()
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
-            print_line(f"metrics and health on http://{config.metrics.address}:{gateway.metrics.port} (/metrics, /healthz, /readyz)")
+            print_line(f"metrics and health on {gateway.sidecar.metrics_url} (/metrics, /healthz, /readyz)")
             print_line(f"watching {args.config} for changes (also: kill -HUP {os.getpid()}, POST /reload)")
             print_line("press Ctrl-C to stop")
             stop = asyncio.Event()
-            install_signal_handlers(stop, reload=lambda: asyncio.ensure_future(gateway.reloader.reload("SIGHUP")))
+            install_signal_handlers(stop, reload=lambda: gateway.sidecar.reload_soon("SIGHUP"))
             await stop.wait()
             print_line("stopping: draining in-flight requests")
         finally:

