@@ -8,7 +8,7 @@ import yaml
 from extproc.config import parse_config
 from extproc.render import MISSING_ROUTE_MESSAGE, RenderOptions, render
 
-from .harness import chat, closed_port, gateway_config, provider, request
+from .harness import chat, free_port, gateway_config, provider, request
 
 GPT4 = "openai/gpt-4"
 
@@ -106,7 +106,7 @@ def render_for(config: dict, sidecar: str) -> dict:
 
 def test_sidecar_unreachable_fails_closed_with_503(mocks, bare_envoy):
     main = mocks.start("main")
-    envoy = bare_envoy(render_for(gateway_config(provider("main", GPT4, main)), f"127.0.0.1:{closed_port()}"))
+    envoy = bare_envoy(render_for(gateway_config(provider("main", GPT4, main)), f"127.0.0.1:{free_port()}"))
 
     answer = chat(envoy.port, {"model": GPT4, "messages": []})
 

@@ -5,20 +5,10 @@ import time
 
 import pytest
 
-from .harness import chat, gateway_config, provider
+from .harness import chat, free_port, gateway_config, provider, wait_for
 
 GPT4 = "openai/gpt-4"
 HELLO = {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def cooling_seconds(gw, name: str) -> float:
@@ -104,11 +94,9 @@ def test_retry_after_forms(mocks, gateway, headers, expected):
 
 
 def test_connect_failures_cool_a_provider_down_after_the_threshold(mocks, gateway):
-    from .harness import closed_port
-
     secondary = mocks.start("secondary")
     config = gateway_config(
-        provider("primary", GPT4, port=closed_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
+        provider("primary", GPT4, port=free_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
         provider("secondary", GPT4, secondary),
     )
     config["cooldown"] = {"failure_threshold": 2, "default_cooldown": "30s"}

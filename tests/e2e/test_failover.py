@@ -3,7 +3,7 @@
 import json
 import time
 
-from .harness import chat, closed_port, gateway_config, http_stream, provider, request
+from .harness import chat, free_port, gateway_config, http_stream, provider, request
 
 GPT4 = "openai/gpt-4"
 HELLO = {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}
@@ -147,7 +147,7 @@ def test_connect_failure_fails_over(mocks, gateway):
     secondary = mocks.start("secondary")
     gw = gateway(
         gateway_config(
-            provider("primary", GPT4, port=closed_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
+            provider("primary", GPT4, port=free_port(), retry_policy={"retry_on": [429, "connect-failure"]}),
             provider("secondary", GPT4, secondary),
         )
     )

@@ -8,7 +8,7 @@ import threading
 import pytest
 import yaml
 
-from .harness import closed_port, gateway_config, provider
+from .harness import free_port, gateway_config, provider
 
 
 def preflight(tmp_path, *providers: dict, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -23,7 +23,7 @@ def test_missing_config_exits_2(tmp_path):
 
 
 def test_connection_refused_is_down(tmp_path):
-    result = preflight(tmp_path, provider("gone", "openai/gpt-4", port=closed_port()))
+    result = preflight(tmp_path, provider("gone", "openai/gpt-4", port=free_port()))
     assert result.returncode == 70
     assert result.stdout.startswith("DEP-DOWN:gone connection refused")
 
@@ -63,6 +63,6 @@ def test_a_silent_server_times_out_as_down(tmp_path):
 
 def test_one_down_among_up_fails_the_gate(mocks, tmp_path):
     mock = mocks.start("fine")
-    result = preflight(tmp_path, provider("fine", "openai/gpt-4", mock), provider("gone", "openai/gpt-4", port=closed_port()))
+    result = preflight(tmp_path, provider("fine", "openai/gpt-4", mock), provider("gone", "openai/gpt-4", port=free_port()))
     assert result.returncode == 70
     assert result.stdout.splitlines()[0].startswith("UP fine") and result.stdout.splitlines()[1].startswith("DEP-DOWN:gone")

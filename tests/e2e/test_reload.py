@@ -7,7 +7,7 @@ import time
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import chat, gateway_config, provider
+from .harness import chat, gateway_config, provider, wait_for
 
 GPT4 = "openai/gpt-4"
 MINI = "openai/gpt-4o-mini"
@@ -156,22 +156,15 @@ def test_a_configmap_style_symlink_swap_is_noticed(mocks, gateway, tmp_path):
     before = reloads(gw) + reloads(gw, "unchanged")
     os.replace(gw.config_path, gw.config_path + ".orig")
     os.symlink(os.path.join("..data", "config.yaml"), gw.config_path)
-    _wait(lambda: reloads(gw) + reloads(gw, "unchanged") > before)
+    wait_for(lambda: reloads(gw) + reloads(gw, "unchanged") > before, timeout=15)
 
     temporary = data_link + ".new"
     os.symlink(tmp_path / "v1", temporary)
     before = reloads(gw)
     os.replace(temporary, data_link)
-    _wait(lambda: reloads(gw) > before)
+    wait_for(lambda: reloads(gw) > before, timeout=15)
     ask(gw)
     assert second.received, "the swapped-in config routes to the second upstream"
-
-
-def _wait(condition, timeout=15):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 def test_post_reload_and_sighup_reload_on_demand(mocks, gateway):
@@ -188,7 +181,7 @@ def test_post_reload_and_sighup_reload_on_demand(mocks, gateway):
     before = reloads(gw)
     gw.write_config(gateway_config(provider("p", GPT4, second)))
     gw.process.send_signal(signals.SIGHUP)
-    _wait(lambda: reloads(gw) > before)
+    wait_for(lambda: reloads(gw) > before, timeout=15)
     ask(gw)
     assert second.received
 
@@ -204,7 +197,7 @@ def test_listener_changes_wait_for_a_restart_and_cooldowns_survive_reloads(mocks
     config = gateway_config(provider("limited", GPT4, limited), provider("backup", GPT4, backup))
     gw = gateway(config)
     assert ask(gw).headers["x-arch-llm-provider"] == "backup"
-    _wait(lambda: (gw.metric("extproc_provider_cooldown_remaining_seconds", provider="limited") or 0) > 0)
+    wait_for(lambda: (gw.metric("extproc_provider_cooldown_remaining_seconds", provider="limited") or 0) > 0, timeout=15)
 
     moved = gateway_config(provider("limited", GPT4, limited), provider("backup", GPT4, backup), provider("extra", MINI, extra))
     moved["listeners"][0]["port"] = 1  # a listener change: needs an Envoy restart
