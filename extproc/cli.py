@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from . import __version__, envoyadmin
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
 from .preflight import EXIT_DOWN, preflight
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", help="file to write (default: stdout)")
     render.add_argument("--sidecar", default="127.0.0.1:9090", help="where Envoy reaches the sidecar: host:port or unix:/path")
     render.add_argument("--admin-port", type=int, default=9901)
-    render.add_argument("--admin-address", default="127.0.0.1")
+    render.add_argument("--admin-address", default="127.0.0.1", help="Envoy's admin address, or unix:/path for a Unix socket")
     render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
     render.set_defaults(run=_render)
 
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:9090", help="host:port or unix:/path")
     serve.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     serve.add_argument("--xds-dir", help="write Envoy's routes and clusters here and keep them current (Envoy rendered with the same --xds-dir)")
+    serve.add_argument(
+        "--envoy-admin",
+        default="",
+        help="Envoy's admin address (host:port or unix:/path): confirm each xDS step and roll back what Envoy rejects; without it, rejections go unnoticed",
+    )
     serve.set_defaults(run=_serve)
 
     up = commands.add_parser("up", help="run Envoy and the sidecar together in the foreground")
@@ -137,7 +142,10 @@ def _serve(args) -> int:
     async def run() -> None:
         xds = None
         if args.xds_dir:
-            xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen))
+            admin_url = envoyadmin.normalize(args.envoy_admin)
+            if not admin_url:
+                log.warning("no --envoy-admin: xDS updates are applied after a fixed wait, and one Envoy rejects is not noticed or rolled back")
+            xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen), admin_url=lambda: admin_url)
         else:
             log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
         sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds)
@@ -165,6 +173,7 @@ def _up(args) -> int:
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
             print_line(f"metrics and health on {gateway.sidecar.metrics_url} (/metrics, /healthz, /readyz)")
+            print_line(f"envoy admin on {gateway.admin_url} (loopback only)")
             print_line(f"watching {args.config} for changes (also: kill -HUP {os.getpid()}, POST /reload)")
             print_line("press Ctrl-C to stop")
             stop = asyncio.Event()

@@ -5,12 +5,17 @@ The shape (see DESIGN.md in the shared notes for why each piece is there):
 - per listener, an HCM whose router-level ext_proc picks the chain and sets
   `x-arch-llm-provider`; one route per chain start matches that header
   exactly; a catch-all answers 400 so an unrouted request fails loudly;
-- per provider, a cluster `provider.<name>` whose one endpoint carries the
-  provider's name in its metadata (so the upstream level and the response
-  header can tell which provider an attempt went to);
-- per chain start, an aggregate cluster `chain.<name>` over those providers in
-  order, retried with `previous_priorities` so each retry moves to the next
-  provider; the upstream-level ext_proc runs on it once per attempt.
+- per provider, a cluster `provider.<name>.<hash of its host and TLS>` whose
+  one endpoint carries the provider's name and cluster in its metadata (so the
+  upstream level and the response header can tell which provider, and which
+  host, an attempt went to);
+- per chain start, an aggregate cluster `chain.<name>.<hash of its members>`
+  over those providers in order, retried with `previous_priorities` so each
+  retry moves to the next provider; the upstream-level ext_proc runs on it
+  once per attempt.
+
+Names change whenever what they stand for changes, so a reload adds new
+clusters and routes beside the old ones and never repoints one in place.
 """
 
 from __future__ import annotations
@@ -18,18 +23,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import yaml
 
 from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
-from .processor.headermutator import ROUTE_HEADER
+from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .server.accesslog import DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from .server.app import message_limit
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
-from .server.streams import MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
+from .server.streams import CLUSTER_METADATA_KEY, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
 
 SIDECAR_CLUSTER = "extproc_sidecar"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
@@ -60,7 +65,7 @@ _CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_req
 @dataclass(frozen=True)
 class RenderOptions:
     sidecar: str = "127.0.0.1:9090"  # `host:port` or `unix:/path`
-    admin_address: str = "127.0.0.1"
+    admin_address: str = "127.0.0.1"  # or `unix:/path`
     admin_port: int = 9901
     message_timeout_s: float = 5.0
     ca_file: str | None = None  # None: the first system CA bundle found
@@ -69,8 +74,8 @@ class RenderOptions:
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
     """A self-contained bootstrap: routes and clusters inline (a restart applies changes)."""
     return _bootstrap(
-        [_listener(listener, options, {"route_config": route_config(listener, config.chains)}) for listener in config.listeners],
-        [_sidecar_cluster(options.sidecar), *upstream_clusters(config, options)],
+        [_listener(listener, options, {"route_config": route_config(listener, [config])}) for listener in config.listeners],
+        [_sidecar_cluster(options.sidecar), *upstream_clusters([config], options)],
         options,
     )
 
@@ -102,17 +107,27 @@ def route_config_name(listener: Listener) -> str:
     return f"{listener.name}_routes"
 
 
-def upstream_clusters(config: Config, options: RenderOptions = RenderOptions()) -> list[dict]:
-    """A cluster per provider and an aggregate cluster per chain start."""
-    body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
-    clusters = [_provider_cluster(provider, body_limit, options) for provider in config.providers.values()]
-    clusters += [_chain_cluster(start, chain, body_limit, options) for start, chain in config.chains.items()]
-    return clusters
+def upstream_clusters(configs: Iterable[Config], options: RenderOptions = RenderOptions()) -> list[dict]:
+    """A cluster per provider and an aggregate cluster per chain start, of every snapshot given (once per name)."""
+    clusters: dict[str, dict] = {}
+    for config in configs:
+        body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
+        for provider in config.providers.values():
+            clusters.setdefault(provider.cluster, _provider_cluster(provider, body_limit, options))
+        for start, chain in config.chains.items():
+            name = config.chain_clusters[start]
+            clusters.setdefault(name, _chain_cluster(name, config, chain, body_limit, options))
+    return list(clusters.values())
 
 
-def route_config(listener: Listener, chains: Mapping[str, Chain]) -> dict:
-    """A route per chain start, matching x-arch-llm-provider exactly, then the catch-all 400."""
-    routes = [_chain_route(start, chain, listener) for start, chain in chains.items()]
+def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
+    """A route per chain of every snapshot given, matching its start and cluster exactly, then the catch-all 400."""
+    routes: dict[str, dict] = {}
+    for config in configs:
+        for start, chain in config.chains.items():
+            name = config.chain_clusters[start]
+            routes.setdefault(name, _chain_route(start, name, chain, listener))
+    routes = list(routes.values())
     routes.append(
         {
             "name": "missing_provider_header",
@@ -142,7 +157,7 @@ def _file_source(path: str) -> dict:
 def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptions) -> dict:
     return {
         "node": {"id": "extproc-gateway", "cluster": "extproc"},
-        "admin": {"address": _socket_address(options.admin_address, options.admin_port)},
+        "admin": {"address": _admin_address(options)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": {
             "resource_monitors": [
@@ -165,12 +180,11 @@ def to_yaml(document: dict) -> str:
     return yaml.safe_dump(document, sort_keys=False, width=120)
 
 
-def chain_cluster_name(start: str) -> str:
-    return f"chain.{start}"
-
-
-def provider_cluster_name(name: str) -> str:
-    return f"provider.{name}"
+def _admin_address(options: RenderOptions) -> dict:
+    """Admin on `host:port`, or on a Unix socket (`unix:/path`, mode 0600) that only the pod's user reaches."""
+    if options.admin_address.startswith("unix:"):
+        return {"pipe": {"path": options.admin_address.removeprefix("unix:"), "mode": 0o600}}
+    return _socket_address(options.admin_address, options.admin_port)
 
 
 def _socket_address(address: str, port: int) -> dict:
@@ -257,9 +271,9 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
     }
 
 
-def _chain_route(start: str, chain: Chain, listener: Listener) -> dict:
+def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener) -> dict:
     action: dict = {
-        "cluster": chain_cluster_name(start),
+        "cluster": cluster,
         "timeout": _duration(listener.timeout_s),
         "auto_host_rewrite": True,
     }
@@ -267,9 +281,13 @@ def _chain_route(start: str, chain: Chain, listener: Listener) -> dict:
     if retry is not None:
         action["retry_policy"] = retry
     return {
-        "name": chain_cluster_name(start),
-        "match": {"prefix": "/", "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}]},
+        "name": cluster,
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}, {"name": CHAIN_HEADER, "string_match": {"exact": cluster}}],
+        },
         "route": action,
+        "request_headers_to_remove": [CHAIN_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
 
@@ -381,10 +399,10 @@ def _set_header(name: str, value: str) -> dict:
 
 
 def _provider_cluster(provider: Provider, body_limit: int, options: RenderOptions) -> dict:
-    name = provider_cluster_name(provider.name)
+    name = provider.cluster
     endpoint = {
         "endpoint": {"address": _socket_address(provider.host, provider.port), "hostname": provider.authority},
-        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {PROVIDER_METADATA_KEY: provider.name}}},
+        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {PROVIDER_METADATA_KEY: provider.name, CLUSTER_METADATA_KEY: name}}},
     }
     cluster: dict = {
         "name": name,
@@ -415,16 +433,16 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
     return cluster
 
 
-def _chain_cluster(start: str, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
+def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
     return {
-        "name": chain_cluster_name(start),
+        "name": name,
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
         "per_connection_buffer_limit_bytes": body_limit + 65536,
         "circuit_breakers": _CIRCUIT_BREAKERS,
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
-            "typed_config": {"@type": _AGGREGATE, "clusters": [provider_cluster_name(name) for name in chain.providers]},
+            "typed_config": {"@type": _AGGREGATE, "clusters": [config.providers[member].cluster for member in chain.providers]},
         },
         # Upstream filters run from the route's cluster, i.e. here, once per attempt.
         "typed_extension_protocol_options": {

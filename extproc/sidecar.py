@@ -33,7 +33,7 @@ class Sidecar:
 
     async def start(self) -> None:
         if self.xds is not None:
-            self.xds.write(self.config)
+            self.xds.write([self.config])
         self._server, self.port = await start_server(self.runtime, self.listen)
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port).start()
         if self.config_path:

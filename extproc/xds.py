@@ -1,17 +1,20 @@
 """Envoy's routes and provider clusters as files Envoy watches (filesystem xDS).
 
 A reload must never leave Envoy with a route to a cluster it does not have, or
-the sidecar naming a route Envoy does not have. So a transition goes through
-the union of the old and new resources:
+the sidecar naming a route Envoy does not have. Cluster and route names are
+derived from what they stand for (see `Config.chain_clusters`), so a reload
+only ever adds resources beside the old ones:
 
-1. clusters = old ∪ new, then routes = old ∪ new (both confirmed applied);
+1. clusters = live ∪ new, then routes = live ∪ new (both confirmed applied);
 2. the sidecar swaps to the new snapshot: new requests name new routes only;
-3. routes = new, then clusters = new.
+3. the previous snapshot's routes and clusters stay until no request routed
+   under it can still be running (`prune`, called by the reloader later).
 
 Each file is written whole to a temporary name and renamed into place, which
 is what Envoy's directory watch picks up. When Envoy's admin address is known
-(`extproc up`) each step waits until Envoy reports the new version; otherwise
-(`extproc serve` beside a separate Envoy) it waits a fixed settle time.
+(`extproc up`, `extproc serve --envoy-admin`) each step waits until Envoy
+reports the new version, and a rejected update is rolled back; otherwise it
+waits a fixed settle time and cannot tell a rejection.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import envoyadmin
 from .config import Config
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 
 _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+#: After Envoy confirms new routes, before the sidecar names them (see `transition`).
+WORKER_SETTLE_S = 0.1
 
 
 class XdsRejected(RuntimeError):
@@ -51,23 +58,30 @@ class XdsFiles:
         self.version = int(time.time() * 1000)  # monotonic across sidecar restarts sharing the directory
         os.makedirs(directory, exist_ok=True)
 
-    def write(self, config: Config, previous: Config | None = None) -> None:
-        """Write the files for `config` (merged with `previous`, when given) without waiting."""
+    def write(self, configs: Sequence[Config]) -> None:
+        """Write the files for these snapshots (the first one's listeners) without waiting."""
         self.version += 1
-        self._write_clusters(config, previous)
-        self._write_routes(config, previous)
+        self._write_clusters(configs)
+        self._write_routes(configs)
 
-    async def transition(self, old: Config, new: Config, swap: Callable[[], None]) -> None:
-        """Move Envoy and the sidecar from `old` to `new`; `XdsRejected` leaves both on `old`."""
+    async def transition(self, live: Sequence[Config], new: Config, swap: Callable[[], None]) -> None:
+        """Add `new`'s resources beside the live ones, then swap; `XdsRejected` leaves Envoy and the sidecar on `live`."""
+        configs = [new, *live]
         try:
-            await self._step(lambda: self._write_clusters(new, old), "cds", new)
-            await self._step(lambda: self._write_routes(new, old), "rds", new)
+            await self._step(lambda: self._write_clusters(configs), "cds", new)
+            await self._step(lambda: self._write_routes(configs), "rds", new)
         except XdsRejected:
-            self.write(old)
+            self.write(live)
             raise
+        # Envoy confirms a route table on its main thread and hands it to its
+        # workers asynchronously: give them a moment before naming new routes.
+        await asyncio.sleep(WORKER_SETTLE_S)
         swap()
-        await self._step(lambda: self._write_routes(new, None), "rds", new)
-        await self._step(lambda: self._write_clusters(new, None), "cds", new)
+
+    async def prune(self, remaining: Sequence[Config]) -> None:
+        """Remove every route, then every cluster, that no remaining snapshot names."""
+        await self._step(lambda: self._write_routes(remaining), "rds", remaining[0])
+        await self._step(lambda: self._write_clusters(remaining), "cds", remaining[0])
 
     async def _step(self, write: Callable[[], None], kind: str, config: Config) -> None:
         names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners]
@@ -90,15 +104,12 @@ class XdsFiles:
     def _stats(self) -> dict:
         return envoyadmin.stats(self.admin_url(), "(version_text|warming_clusters|update_rejected)$")
 
-    def _write_clusters(self, config: Config, previous: Config | None) -> None:
-        clusters = {cluster["name"]: cluster for cluster in upstream_clusters(previous, self.options)} if previous else {}
-        clusters.update((cluster["name"], cluster) for cluster in upstream_clusters(config, self.options))
-        self._publish(cds_path(self.directory), _CLUSTER_TYPE, list(clusters.values()))
+    def _write_clusters(self, configs: Sequence[Config]) -> None:
+        self._publish(cds_path(self.directory), _CLUSTER_TYPE, upstream_clusters(configs, self.options))
 
-    def _write_routes(self, config: Config, previous: Config | None) -> None:
-        chains = {**previous.chains, **config.chains} if previous else config.chains
-        for listener in config.listeners:
-            self._publish(rds_path(self.directory, listener.name), _ROUTES_TYPE, [route_config(listener, chains)])
+    def _write_routes(self, configs: Sequence[Config]) -> None:
+        for listener in configs[0].listeners:
+            self._publish(rds_path(self.directory, listener.name), _ROUTES_TYPE, [route_config(listener, configs)])
 
     def _publish(self, path: str, type_url: str, resources: list[dict]) -> None:
         document = {"version_info": str(self.version), "resources": [{"@type": type_url, **resource} for resource in resources]}

@@ -7,8 +7,10 @@ swaps it in whole; nothing in here is ever mutated.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
@@ -69,6 +71,16 @@ class Provider:
         if prefix.endswith("/v1") and (path == "/v1" or path.startswith(("/v1/", "/v1?"))):
             prefix = prefix[: -len("/v1")]
         return prefix + path
+
+    @cached_property
+    def cluster(self) -> str:
+        """Envoy's cluster for this provider, named for the host it stands for.
+
+        The name changes whenever the scheme, host, port or TLS trust changes,
+        so a cluster is never repointed in place: a request routed before a
+        reload reaches exactly the host its credentials were chosen for.
+        """
+        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', _file_digest(self.ca_file))}"
 
     @property
     def authority(self) -> str:
@@ -147,6 +159,38 @@ class Config:
         names = self.models.get(model)
         return self.chains[names[0]] if names else None
 
+    @cached_property
+    def chain_clusters(self) -> Mapping[str, str]:
+        """Chain start -> Envoy's aggregate cluster for that chain, named for its members in order.
+
+        A chain whose members or attempts change gets a new cluster (and
+        route), so retries of a request routed before a reload stay on the
+        providers it was routed to.
+        """
+        return frozen_mapping(
+            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries))}")
+            for start, chain in self.chains.items()
+        )
+
+    @cached_property
+    def providers_by_cluster(self) -> Mapping[str, Provider]:
+        return frozen_mapping((provider.cluster, provider) for provider in self.providers.values())
+
 
 def frozen_mapping(items) -> Mapping:
     return MappingProxyType(dict(items))
+
+
+def fingerprint(*parts: str) -> str:
+    """A short, stable digest of `parts` for resource names."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
+
+
+def _file_digest(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return ""

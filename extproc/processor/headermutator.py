@@ -17,6 +17,9 @@ from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
 ROUTE_HEADER = "x-arch-llm-provider"
+#: Names the chain's Envoy cluster (content-named, see `Config.chain_clusters`) for the route
+#: match; the route removes it before the request goes upstream.
+CHAIN_HEADER = "x-arch-route"
 
 
 def client_values(config: Config, headers: Mapping[str, str]) -> dict[str, str]:
@@ -41,8 +44,11 @@ class HeaderPlan:
     remove: tuple[str, ...]
 
 
-def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str]) -> HeaderPlan:
-    """The header mutations that make this attempt's request exactly right for `provider`."""
+def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None) -> HeaderPlan:
+    """The header mutations that make this attempt's request exactly right for `provider`.
+
+    `chain` (router level only) names the chain cluster Envoy must route to.
+    """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
     values.update(credential_headers(provider, originals))
     values.update(provider.headers)
@@ -51,6 +57,8 @@ def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, 
     for name in present:
         if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER:
             values[name] = None
+    if chain is not None:
+        values[CHAIN_HEADER] = chain
     to_set = tuple((name, value) for name, value in values.items() if value is not None)
     to_remove = tuple(name for name, value in values.items() if value is None)
     return HeaderPlan(to_set, to_remove)

@@ -100,7 +100,7 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
         originals=carried(config, originals, config.chains[start]),
         span=body.span if body is not None else None,
     )
-    first_attempt = plan(config, config.providers[start], context.path, originals, headers)
+    first_attempt = plan(config, config.providers[start], context.path, originals, headers, config.chain_clusters[start])
     return Forward(provider=start, context=context, model=model, headers=first_attempt)
 
 

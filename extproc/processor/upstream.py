@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import Config, Provider
+from ..config import Provider
+from ..config.store import Live
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
@@ -35,12 +36,17 @@ class Attempt:
         return replace_model(sent, self.context.span, self.provider.model_name)
 
 
-def plan_attempt(config: Config, provider_name: str | None, context: RequestContext | None, present: Iterable[str]) -> Attempt | errors.Reply:
+def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str]) -> Attempt | errors.Reply:
+    """The attempt's request, for the provider whose host is `cluster` (the Envoy cluster of the picked endpoint).
+
+    Credentials come only from the snapshot entry of that very cluster: a host
+    that no live snapshot knows gets nothing and the attempt is refused.
+    """
     if context is None:
         return errors.error_reply(500, "The gateway lost this request's routing context.", "api_error", "missing_context")
-    provider = config.providers.get(provider_name) if provider_name else None
+    provider = live.provider(cluster) if cluster else None
     if provider is None:
-        message = f"Provider {provider_name!r} is not in the gateway's current configuration."
+        message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
-    headers = plan(config, provider, context.path, context.originals, present)
+    headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context)

@@ -28,11 +28,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        config = self.runtime.store.current  # one snapshot for the whole stream
+        live = self.runtime.store.live  # one view of the config for the whole stream
         if metadata.get(PHASE_METADATA) == "upstream":
-            level, stream = "upstream", UpstreamStream(config)
+            level, stream = "upstream", UpstreamStream(live)
         else:
-            level, stream = "router", RouterStream(config, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
+            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
         in_flight = self._in_flight[level]
         in_flight.inc()
         try:

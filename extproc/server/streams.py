@@ -12,7 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ..config import Config
+from ..config.store import Live
 from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
@@ -20,11 +20,12 @@ from ..processor.headermutator import HeaderPlan
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-#: Endpoint metadata key (namespace `extproc`) naming the provider of an Envoy host.
+#: Endpoint metadata keys (namespace `extproc`): the provider of an Envoy host, and its cluster.
 PROVIDER_METADATA_KEY = "provider"
+CLUSTER_METADATA_KEY = "cluster"
 #: Dynamic metadata key (namespace `extproc`) with the model a request resolved to, for access logs.
 MODEL_METADATA_KEY = "model"
-_PROVIDER_IN_TEXT = re.compile(r'key: "provider"\s+value \{\s*string_value: "([^"]*)"')
+_CLUSTER_IN_TEXT = re.compile(r'key: "cluster"\s+value \{\s*string_value: "([^"]*)"')
 
 
 def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
@@ -64,8 +65,8 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, config: Config, health: ProviderHealth | None, listener: str):
-        self.config = config
+    def __init__(self, live: Live, health: ProviderHealth | None, listener: str):
+        config = self.config = live.current
         self.health = health
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
@@ -104,10 +105,10 @@ class RouterStream:
 class UpstreamStream:
     """One attempt at the upstream level: rewrite it for the provider Envoy picked."""
 
-    _provider_cache: dict[str, str | None] = {}
+    _cluster_cache: dict[str, str | None] = {}
 
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, live: Live):
+        self.live = live
         self.attempt: upstream.Attempt | None = None
         self.reply: errors.Reply | None = None
 
@@ -115,7 +116,7 @@ class UpstreamStream:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             headers = headers_of(request.request_headers)
-            decision = upstream.plan_attempt(self.config, self._provider(request), self._context(request), headers)
+            decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers)
             if isinstance(decision, errors.Reply):
                 self.reply = decision
                 return immediate(decision)
@@ -131,14 +132,15 @@ class UpstreamStream:
             return response
         return _continue(kind)
 
-    def _provider(self, request: pb.ProcessingRequest) -> str | None:
+    def _cluster(self, request: pb.ProcessingRequest) -> str | None:
+        """The picked endpoint's cluster, from its metadata (Envoy sends it as text-format proto)."""
         attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
         if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
             return None
         text = attributes.fields[HOST_METADATA_ATTRIBUTE].string_value
-        cache = UpstreamStream._provider_cache
+        cache = UpstreamStream._cluster_cache
         if text not in cache:
-            match = _PROVIDER_IN_TEXT.search(text)
+            match = _CLUSTER_IN_TEXT.search(text)
             if len(cache) > 4096:
                 cache.clear()
             cache[text] = match.group(1) if match else None

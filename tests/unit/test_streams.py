@@ -5,6 +5,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.config import parse_config
+from extproc.config.store import Live
 from extproc.server.streams import RouterStream, UpstreamStream
 
 CONFIG = parse_config(
@@ -34,7 +35,7 @@ def body_message(body: bytes) -> pb.ProcessingRequest:
 
 
 def route(client: dict, body: bytes) -> pb.ProcessingResponse:
-    stream = RouterStream(CONFIG, None, "llm")
+    stream = RouterStream(Live.of(CONFIG), None, "llm")
     first = stream.handle(headers_message(client))
     assert first.WhichOneof("response") == "request_headers"
     return stream.handle(body_message(body))
@@ -48,6 +49,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
     assert {item.header.key: item.header.raw_value for item in common.header_mutation.set_headers} == {
         "authorization": b"Bearer key-a",
         "x-arch-llm-provider": b"a",
+        "x-arch-route": CONFIG.chain_clusters["a"].encode(),
         ":path": b"/v1/chat/completions",
         "content-length": b"18",
     }, "attempt 1 is made right for a here: no upstream-level stream for it"
@@ -57,7 +59,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
 
 
 def test_router_stream_answers_bad_input_immediately():
-    stream = RouterStream(CONFIG, None, "llm")
+    stream = RouterStream(Live.of(CONFIG), None, "llm")
     stream.handle(headers_message({":method": "POST", ":path": "/"}))
     response = stream.handle(body_message(b"nope"))
     assert response.immediate_response.status.code == 400
@@ -69,9 +71,10 @@ def test_upstream_stream_rewrites_the_attempt_for_the_hosts_provider():
     request = headers_message({":path": "/v1/chat/completions", "authorization": "Bearer key-a", "x-arch-llm-provider": "a"})
     request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
     request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = (
-        'filter_metadata { key: "extproc" value { fields { key: "provider" value { string_value: "b" } } } } '
+        'filter_metadata { key: "extproc" value { fields { key: "cluster" value { string_value: "%s" } } '
+        'fields { key: "provider" value { string_value: "b" } } } } ' % CONFIG.providers["b"].cluster
     )
-    stream = UpstreamStream(CONFIG)
+    stream = UpstreamStream(Live.of(CONFIG))
     response = stream.handle(request)
     mutation = response.request_headers.response.header_mutation
     assert {item.header.key: item.header.raw_value for item in mutation.set_headers} == {
@@ -94,13 +97,13 @@ model_providers:
         "test.yaml",
         {},
     )
-    routed = RouterStream(config, None, "llm")
+    routed = RouterStream(Live.of(config), None, "llm")
     routed.handle(headers_message({":method": "POST", ":path": "/v1/chat/completions"}))
     metadata = routed.handle(body_message(b'{"model": "openai/gpt-4"}')).dynamic_metadata.fields["extproc"].struct_value
     request = headers_message({":path": "/v1/chat/completions"})
     request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
-    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = 'key: "provider" value { string_value: "o" }'
-    stream = UpstreamStream(config)
+    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = 'key: "cluster" value { string_value: "%s" }' % config.providers["o"].cluster
+    stream = UpstreamStream(Live.of(config))
     assert not stream.handle(request).HasField("mode_override")
     body = stream.handle(body_message(b'{"model": "gpt-4"}')).request_body.response
     assert body.body_mutation.body == b'{"model": "gpt-4o"}'
