@@ -47,9 +47,9 @@ bench-reload: $(STAMP)
 check: $(STAMP)
 	$(BIN)/extproc check $(CONFIG)
 
-## envoy/envoy.yaml (compose) and the Kubernetes copy: Envoy beside `extproc serve` sharing /run/extproc.
+## envoy/envoy.yaml (compose: admin on the shared volume) and the Kubernetes copy (admin on the pod's loopback): Envoy beside `extproc serve` sharing /run/extproc.
 envoy-config: $(STAMP)
-	$(BIN)/extproc render config_failover.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o envoy/envoy.yaml
+	$(BIN)/extproc render config_failover.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds --admin-address unix:/run/extproc/envoy-admin.sock -o envoy/envoy.yaml
 	OPENAI_API_KEY=$${OPENAI_API_KEY:-render-only} $(BIN)/extproc render deploy/kubernetes/config.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o deploy/kubernetes/envoy.yaml
 
 clean:

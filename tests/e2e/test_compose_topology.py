@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .harness import chat, free_port, wait_port
+from .harness import chat, free_port, request, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +66,8 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
         for listener in bootstrap["static_resources"]["listeners"]:
             listener["address"]["socket_address"]["port_value"] = 0
         envoy = bare_envoy(bootstrap)
+        healthcheck = [local(argument) for argument in services["envoy"]["healthcheck"]["test"][1:]]
+        assert subprocess.run([sys.executable if healthcheck[0] == "python" else healthcheck[0], *healthcheck[1:]], timeout=10).returncode == 0, "Envoy's healthcheck (its admin socket)"
 
         answer = chat(envoy.port, {"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -74,6 +76,11 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
         echo = answer.json()["echo"]
         assert echo["provider"] == "secondary"
         assert echo["headers"]["authorization"].startswith("Bearer secon"), "the secondary's own (demo) key"
+
+        # The sidecar confirms updates through Envoy's admin socket on the shared volume: a reload applies.
+        metrics_port = int(re.search(r":(\d+) \(/metrics", sidecar.stdout.readline()).group(1))
+        answer = request(metrics_port, "POST", "/reload")
+        assert answer.status == 200, answer.body
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)

@@ -88,12 +88,15 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert yaml.safe_dump(render(CONFIG)).count("sk-") == 0
 
 
-@pytest.mark.parametrize("config_path, rendered_path", [("config_failover.yaml", "envoy/envoy.yaml"), ("deploy/kubernetes/config.yaml", "deploy/kubernetes/envoy.yaml")])
-def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_path):
+@pytest.mark.parametrize(
+    "config_path, rendered_path, admin",
+    [("config_failover.yaml", "envoy/envoy.yaml", "unix:/run/extproc/envoy-admin.sock"), ("deploy/kubernetes/config.yaml", "deploy/kubernetes/envoy.yaml", "127.0.0.1")],
+)
+def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_path, admin):
     """What compose and Kubernetes run must be what `make envoy-config` renders today."""
     config = load_config(ROOT / config_path, {"OPENAI_API_KEY": "render-only"})
     shipped = (ROOT / rendered_path).read_text()
-    expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock"), "/run/extproc/xds")
+    expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock", admin_address=admin), "/run/extproc/xds")
     assert shipped.split("\n", 1)[1] == expected.split("\n", 1)[1], "run `make envoy-config`"
 
 
