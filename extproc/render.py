@@ -31,7 +31,7 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
-from .server.accesslog import DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
+from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from .server.app import message_limit
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
 from .server.streams import CLUSTER_METADATA_KEY, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
@@ -257,7 +257,7 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
             _ext_proc("router", options, listener.max_body_bytes, listener.name),
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_access_log(UPSTREAM_LOG, listener)]},
+                "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener)]},
             },
         ],
         "access_log": [_access_log(DOWNSTREAM_LOG, listener)] + ([_stdout_access_log()] if listener.access_log else []),
@@ -316,18 +316,39 @@ def _retry_policy(chain: Chain) -> dict | None:
     return retry
 
 
-def _access_log(log_name: str, listener: Listener) -> dict:
-    """Every attempt (upstream) and every request (downstream) reported to the sidecar, off the request path.
+def _failed_attempts_log(listener: Listener) -> dict:
+    """Every attempt that did not succeed (status >= 400, or no response), one entry each, unbatched.
 
-    Entries are batched for at most 20 ms (or 16 KiB): a 429 is known within
-    that, at a fraction of the cost of one gRPC message per entry.
+    Envoy sends it as the attempt ends, before it retries: a 429 is known to
+    the sidecar before the retry's own stream starts (see `Observer`).
+    Succeeding attempts are left out (the request's entry covers them), so the
+    plain path costs no entry here. Keep the filter in step with `observer.succeeded`.
+    """
+    failed = {
+        "or_filter": {
+            "filters": [
+                {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "extproc.failed_attempt.min_status"}}}},
+                {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 0, "runtime_key": "extproc.failed_attempt.no_response"}}}},
+            ]
+        }
+    }
+    attempt = {"tag": ATTEMPT_TAG, "request_header": {"name": "x-envoy-attempt-count"}}
+    return _access_log(UPSTREAM_LOG, listener, buffer_bytes=0, extra_tags=[attempt], log_filter=failed)
+
+
+def _access_log(log_name: str, listener: Listener, buffer_bytes: int = 16384, extra_tags: list[dict] = (), log_filter: dict | None = None) -> dict:
+    """Entries reported to the sidecar, off the request path.
+
+    Request entries are batched for at most 20 ms (or 16 KiB): totals only
+    need to arrive, at a fraction of the cost of one gRPC message per entry.
     """
     tags = [
         {"tag": PROVIDER_TAG, "metadata": {"kind": {"host": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": PROVIDER_METADATA_KEY}]}}},
         {"tag": MODEL_TAG, "metadata": {"kind": {"request": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": MODEL_METADATA_KEY}]}}},
         {"tag": LISTENER_TAG, "literal": {"value": listener.name}},
+        *extra_tags,
     ]
-    return {
+    logger = {
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
             "@type": _GRPC_ACCESS_LOG,
@@ -335,13 +356,16 @@ def _access_log(log_name: str, listener: Listener) -> dict:
                 "log_name": log_name,
                 "transport_api_version": "V3",
                 "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}},
-                "buffer_size_bytes": 16384,
+                "buffer_size_bytes": buffer_bytes,
                 "buffer_flush_interval": "0.020s",
                 "custom_tags": tags,
             },
             "additional_response_headers_to_log": ["retry-after", "retry-after-ms"],
         },
     }
+    if log_filter is not None:
+        logger["filter"] = log_filter
+    return logger
 
 
 def _stdout_access_log() -> dict:

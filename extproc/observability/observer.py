@@ -1,26 +1,42 @@
 """Turn Envoy's access-log entries into cooldowns and metrics.
 
-Envoy reports every upstream attempt (router `upstream_log`) and every client
-request (HCM `access_log`) to the sidecar over the gRPC access log service,
-after the fact and off the request path: observing costs a request nothing.
+Envoy reports to the sidecar over the gRPC access log service, off the request path:
+
+- every attempt that did not succeed (status >= 400, or no response at all),
+  one entry each as the attempt ends, unbatched: that is how a 429 starts a
+  cooldown before Envoy even retries;
+- every client request, batched: request totals, and the success of the
+  attempt that answered.
+
+A retry reaches the sidecar anyway (the upstream-level ext_proc runs on
+attempts 2, 3, …): it waits, briefly, until the previous attempt's entry has
+been applied (`before_retry`), so by the time a client holds an answer that
+took a failover, the cooldown and the failover are already known. A failover
+is counted where both of its ends meet: the failed attempt's entry and the
+retry's own stream, whichever comes second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..processor.cooldown import Outcome, ProviderHealth, classify
 from .metrics import GatewayMetrics
 
-_MAX_TRACKED_REQUESTS = 10000
+log = logging.getLogger(__name__)
+
+#: Attempts waiting for their other half (a retry, or a failed attempt's entry); oldest dropped first.
+_MAX_PENDING = 50000
 
 
 @dataclass(frozen=True)
 class LogEntry:
     """One access-log entry, reduced to what the gateway learns from it."""
 
-    upstream: bool  # an attempt (True) or the client's whole request (False)
+    upstream: bool  # a failed attempt (True) or the client's whole request (False)
     request_id: str
     provider: str  # "" when no provider was reached
     status: int
@@ -28,39 +44,81 @@ class LogEntry:
     retry_after_s: float | None = None
     model: str = ""
     listener: str = ""
+    attempt: int = 0  # upstream: this attempt's number; downstream: attempts made
+    started: float | None = None  # wall clock: when the attempt (upstream) or the request (downstream) started
+
+
+def succeeded(status: int) -> bool:
+    """An attempt the failed-attempts log leaves out (the same rule as its filter in `render.py`)."""
+    return 0 < status < 400
 
 
 @dataclass
 class Observer:
     health: ProviderHealth
     metrics: GatewayMetrics
-    _last_failure: OrderedDict = field(default_factory=OrderedDict)
+    #: (request id, attempt) -> (provider, kind) of failed attempts whose retry was not seen yet.
+    _failed: OrderedDict = field(default_factory=OrderedDict)
+    #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
+    _retries: OrderedDict = field(default_factory=OrderedDict)
+    _waiting: dict = field(default_factory=dict)
 
     def observe(self, entry: LogEntry) -> None:
         if entry.upstream:
-            self._attempt(entry)
+            self._failed_attempt(entry)
         else:
             self._request(entry)
 
-    def _attempt(self, entry: LogEntry) -> None:
+    def _failed_attempt(self, entry: LogEntry) -> None:
         if not entry.provider:
             return
         kind = classify(entry.status, entry.flags)
         self.metrics.attempts.labels(entry.provider, str(entry.status) if entry.status else kind).inc()
         if kind == "rate_limited":
             self.metrics.rate_limited.labels(entry.provider).inc()
-        started = self.health.record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s))
-        if started:
+        if self.health.record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started)):
             self.metrics.cooldowns.labels(entry.provider, kind).inc()
-        previous = self._last_failure.pop(entry.request_id, None)
-        if previous is not None:
-            self.metrics.failovers.labels(previous[0], entry.provider, previous[1]).inc()
-        if kind not in ("ok", "cancelled"):
-            self._last_failure[entry.request_id] = (entry.provider, kind)
-            if len(self._last_failure) > _MAX_TRACKED_REQUESTS:
-                self._last_failure.popitem(last=False)
+        key = (entry.request_id, entry.attempt)
+        retry = self._retries.pop((entry.request_id, entry.attempt + 1), None)
+        if retry is not None:
+            self.metrics.failovers.labels(entry.provider, retry, kind).inc()
+        else:
+            _remember(self._failed, key, (entry.provider, kind))
+        waiter = self._waiting.pop(key, None)
+        if waiter is not None:
+            waiter.set()
 
     def _request(self, entry: LogEntry) -> None:
-        self._last_failure.pop(entry.request_id, None)
         status_class = f"{entry.status // 100}xx" if entry.status else "none"
         self.metrics.requests.labels(entry.listener, entry.model or "none", entry.provider or "none", status_class).inc()
+        if entry.provider and succeeded(entry.status):
+            self.metrics.attempts.labels(entry.provider, str(entry.status)).inc()
+            self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
+
+    async def before_retry(self, request_id: str, attempt: int, timeout_s: float) -> bool:
+        """Wait until attempt `attempt - 1` of this request has been observed; False if it was not within `timeout_s`."""
+        key = (request_id, attempt - 1)
+        if key in self._failed:
+            return True
+        waiter = self._waiting.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout_s)
+        except TimeoutError:
+            self._waiting.pop(key, None)
+            log.warning("attempt %d of request %s started before the failed attempt's log entry arrived (%.0f ms)", attempt - 1, request_id, timeout_s * 1000)
+            return False
+        return True
+
+    def retry_started(self, request_id: str, attempt: int, provider: str) -> None:
+        """Attempt `attempt` (>= 2) of a request goes to `provider`: one end of a failover."""
+        previous = self._failed.pop((request_id, attempt - 1), None)
+        if previous is not None:
+            self.metrics.failovers.labels(previous[0], provider, previous[1]).inc()
+        else:
+            _remember(self._retries, (request_id, attempt), provider)
+
+
+def _remember(pending: OrderedDict, key: tuple[str, int], value) -> None:
+    pending[key] = value
+    if len(pending) > _MAX_PENDING:
+        pending.popitem(last=False)

@@ -28,6 +28,8 @@ class Outcome:
     status: int  # 0 when no response arrived
     kind: str  # "ok", "rate_limited", "server_error", "client_error", "connect_failure", "reset", "timeout", "cancelled"
     retry_after_s: float | None = None
+    #: When the attempt started (the clock's time base); None: just now.
+    started: float | None = None
 
 
 def classify(status: int, response_flags: Iterable[str] = ()) -> str:
@@ -79,13 +81,25 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
 
 @dataclass
 class _State:
-    until: float = 0.0
-    failures: int = 0
-    reason: str = ""
+    rate_limited_until: float = 0.0  # ended by time alone
+    failing_until: float = 0.0  # a failure-threshold cooldown
+    failing_since: float = 0.0  # when it started
+    failures: int = 0  # consecutive, towards failure_threshold
+    last_failure: float = 0.0
 
 
 class ProviderHealth:
-    def __init__(self, policy: Cooldown, clock: Callable[[], float] = time.monotonic):
+    """Cooldown state per provider.
+
+    The rules: only time ends a rate-limit cooldown (a success, even one that
+    finishes later, says nothing about a budget that ran out after it started);
+    a success clears the failure count, and a failure-threshold cooldown, only
+    when its attempt started after the last failure, or that cooldown, was
+    recorded. The clock is the wall clock by default because attempts' start
+    times come from Envoy's (same machine, same clock).
+    """
+
+    def __init__(self, policy: Cooldown, clock: Callable[[], float] = time.time):
         self.policy = policy
         self.clock = clock
         self._states: dict[str, _State] = {}
@@ -93,36 +107,40 @@ class ProviderHealth:
     def record(self, outcome: Outcome) -> float:
         """Update the provider's state; returns the cooldown it starts (0 if none)."""
         state = self._states.setdefault(outcome.provider, _State())
+        now = self.clock()
         if outcome.kind == "ok":
-            state.failures = 0
-            state.until = 0.0
+            started = math.inf if outcome.started is None else outcome.started
+            if started > state.last_failure:
+                state.failures = 0
+            if started > state.failing_since:
+                state.failing_until = 0.0
             return 0.0
         if not self.policy.enabled:
             return 0.0
         if outcome.kind == "rate_limited":
-            return self._cool(state, outcome.retry_after_s, "rate_limited")
+            seconds = self._seconds(outcome.retry_after_s)
+            state.rate_limited_until = max(state.rate_limited_until, now + seconds)
+            return seconds
         if outcome.kind in FAILURE_KINDS:
             state.failures += 1
+            state.last_failure = now
             if state.failures >= self.policy.failure_threshold:
                 state.failures = 0
-                return self._cool(state, outcome.retry_after_s, outcome.kind)
+                seconds = self._seconds(outcome.retry_after_s)
+                state.failing_until = max(state.failing_until, now + seconds)
+                state.failing_since = now
+                return seconds
         return 0.0
 
-    def _cool(self, state: _State, retry_after_s: float | None, reason: str) -> float:
+    def _seconds(self, retry_after_s: float | None) -> float:
         seconds = self.policy.default_s if retry_after_s is None else retry_after_s
-        seconds = min(seconds, self.policy.max_s)
-        if seconds <= 0:
-            return 0.0
-        state.until = max(state.until, self.clock() + seconds)
-        state.reason = reason
-        return seconds
+        return max(min(seconds, self.policy.max_s), 0.0)
 
     def remaining(self, provider: str) -> float:
         state = self._states.get(provider)
         if state is None:
             return 0.0
-        return max(state.until - self.clock(), 0.0)
-
+        return max(state.rate_limited_until - self.clock(), state.failing_until - self.clock(), 0.0)
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
 

@@ -18,6 +18,8 @@ DOWNSTREAM_LOG = "downstream"
 PROVIDER_TAG = "provider"
 MODEL_TAG = "model"
 LISTENER_TAG = "listener"
+#: On failed-attempt entries only: the attempt's number (its `x-envoy-attempt-count`).
+ATTEMPT_TAG = "attempt"
 
 
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
@@ -25,6 +27,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
     response = entry.response
     tags = common.custom_tags
     flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
+    attempt = tags.get(ATTEMPT_TAG, "") if upstream else str(common.upstream_request_attempt_count)
     return LogEntry(
         upstream=upstream,
         request_id=entry.request.request_id,
@@ -34,6 +37,8 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
+        attempt=int(attempt) if attempt.isdigit() else 0,
+        started=common.start_time.seconds + common.start_time.nanos / 1e9 if common.HasField("start_time") else None,
     )
 
 

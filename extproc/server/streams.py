@@ -71,6 +71,7 @@ class RouterStream:
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
+        self.done = False  # the request is routed (or answered): Envoy needs nothing more from this stream
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
@@ -86,12 +87,14 @@ class RouterStream:
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
         if isinstance(decision, errors.Reply):
             self.reply = decision
+            self.done = True
             return immediate(decision)
         response = pb.ProcessingResponse()
         common = getattr(response, kind).response
         common.SetInParent()
         if decision is None:
             return response
+        self.done = True
         apply_headers(common.header_mutation, decision.headers)
         if decision.body is not None:
             set_body(common, decision.body)
@@ -109,26 +112,37 @@ class UpstreamStream:
 
     def __init__(self, live: Live):
         self.live = live
+        self.headers: dict[str, str] = {}
         self.attempt: upstream.Attempt | None = None
         self.reply: errors.Reply | None = None
+        self.done = False  # the attempt is rebuilt (or refused): Envoy needs nothing more from this stream
+
+    def identify(self, request: pb.ProcessingRequest) -> tuple[str, int]:
+        """Read the attempt's headers: (request id, attempt number)."""
+        self.headers = headers_of(request.request_headers)
+        attempt = self.headers.get("x-envoy-attempt-count", "")
+        return self.headers.get("x-request-id", ""), int(attempt) if attempt.isdigit() else 0
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
-            headers = headers_of(request.request_headers)
+            headers = self.headers or headers_of(request.request_headers)
             decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers)
             if isinstance(decision, errors.Reply):
                 self.reply = decision
+                self.done = True
                 return immediate(decision)
             self.attempt = decision
             response = pb.ProcessingResponse()
             apply_headers(response.request_headers.response.header_mutation, decision.headers)
             if not decision.needs_body:
                 response.mode_override.CopyFrom(_NO_BODY)
+                self.done = True
             return response
         if kind == "request_body" and self.attempt is not None:
             response = pb.ProcessingResponse()
             set_body(response.request_body.response, self.attempt.body(request.request_body.body))
+            self.done = True
             return response
         return _continue(kind)
 

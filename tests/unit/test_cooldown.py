@@ -62,6 +62,28 @@ def test_failures_cool_only_after_the_threshold_and_success_resets_the_count(clo
     assert states.cooling("a")
 
 
+def test_only_time_ends_a_rate_limit_cooldown(clock):
+    states = health(clock)
+    states.record(Outcome("a", 429, "rate_limited", 60))
+    clock.now += 2
+    states.record(Outcome("a", 200, "ok", started=clock.now - 5))  # a long answer that began before the 429
+    states.record(Outcome("a", 200, "ok", started=clock.now))  # and one that began after it
+    assert states.remaining("a") == pytest.approx(58)
+
+
+def test_a_success_ends_a_failure_cooldown_only_if_it_started_after_it(clock):
+    states = health(clock, failure_threshold=2, default_s=30)
+    states.record(Outcome("a", 0, "reset"))
+    clock.now += 1
+    states.record(Outcome("a", 200, "ok", started=clock.now - 2))
+    assert states.record(Outcome("a", 503, "server_error")) == 30, "an older success does not reset the count"
+    clock.now += 1
+    states.record(Outcome("a", 200, "ok", started=clock.now - 1.5))
+    assert states.cooling("a"), "a success that started before the cooldown does not end it"
+    states.record(Outcome("a", 200, "ok", started=clock.now - 0.5))
+    assert not states.cooling("a")
+
+
 def test_client_errors_do_not_count(clock):
     states = health(clock, failure_threshold=1)
     assert states.record(Outcome("a", 400, "client_error")) == 0
