@@ -1,0 +1,79 @@
+"""State that holds under load: what the gateway knows when a client holds an answer, and counters that add up.
+
+- When a client holds the answer of a request during which a provider
+  answered 429, the gateway already knows it: the next request, sent with no
+  pause, does not start on that provider (or, every provider cooling, gets the
+  gateway's own 429 at once), and /metrics already shows the cooldown and the
+  failover. Checked pair by pair while other clients load the machine.
+- Every counter is exact under concurrency: compared with what the mocks received.
+"""
+
+import concurrent.futures
+import json
+
+from .harness import Load, chat, gateway_config, provider, wait_for
+
+PAIRS = 200
+ALL_COOLING_PAIRS = 50
+
+
+def test_a_rate_limit_is_known_before_the_client_has_the_answer(mocks, gateway):
+    limited = mocks.start("limited", status=429, retry_after="60")
+    healthy = mocks.start("healthy")
+    entries = []
+    for index in range(PAIRS):  # one model per pair, so each pair starts from a provider nobody has tried
+        entries += [provider(f"lim{index}", f"openai/m{index}", limited), provider(f"ok{index}", f"openai/m{index}", healthy)]
+    for index in range(ALL_COOLING_PAIRS):
+        entries += [provider(f"a{index}", f"openai/c{index}", limited), provider(f"b{index}", f"openai/c{index}", limited)]
+    entries.append(provider("busy", "openai/busy", healthy))
+    gw = gateway(gateway_config(*entries))
+
+    violations = []
+    with Load(gw.port, {"model": "openai/busy", "messages": []}, clients=8):
+        for index in range(PAIRS):
+            model = f"openai/m{index}"
+            first = chat(gw.port, {"model": model})
+            second = chat(gw.port, {"model": model})
+            failovers = gw.metric("extproc_failovers_total", from_provider=f"lim{index}", to_provider=f"ok{index}", reason="rate_limited")
+            cooling = gw.metric("extproc_provider_info", provider=f"lim{index}", model=model, status="cooling_down")
+            started_on = second.json()["echo"]["headers"].get("x-envoy-attempt-count") if second.status == 200 else None
+            if (first.headers.get("x-arch-llm-provider"), second.headers.get("x-arch-llm-provider"), started_on, failovers, cooling) != (f"ok{index}", f"ok{index}", "1", 1, 1):
+                violations.append((index, first.status, second.status, started_on, failovers, cooling))
+        for index in range(ALL_COOLING_PAIRS):
+            assert chat(gw.port, {"model": f"openai/c{index}"}).status == 429
+            second = chat(gw.port, {"model": f"openai/c{index}"})
+            if second.status != 429 or second.json()["error"]["code"] != "all_providers_cooling_down" or not second.headers.get("retry-after"):
+                violations.append((f"c{index}", second.status, second.body[:80]))
+
+    assert violations == [], f"{len(violations)} violations: {violations[:5]}"
+    per_provider = {}
+    for received in limited.received:
+        name = received.header("x-arch-llm-provider")
+        per_provider[name] = per_provider.get(name, 0) + 1
+    assert set(per_provider.values()) == {1}, "each rate-limited provider was called once, by the first request of its pair"
+    assert len(per_provider) == PAIRS + 2 * ALL_COOLING_PAIRS
+
+
+def test_counters_are_exact_over_a_thousand_concurrent_failovers(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    config = gateway_config(provider("primary", "openai/gpt-4", primary), provider("secondary", "openai/gpt-4", secondary))
+    config["cooldown"] = {"enabled": False}  # every request fails over
+    gw = gateway(config)
+    total = 1200
+
+    def one(_):
+        return chat(gw.port, {"model": "openai/gpt-4", "messages": []}).status
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        statuses = list(pool.map(one, range(total)))
+
+    assert statuses.count(200) == total
+    assert len(primary.received) == len(secondary.received) == total
+    # Failed attempts and failovers are known with each answer; request totals arrive batched (20 ms).
+    assert gw.metric("extproc_failovers_total", from_provider="primary", to_provider="secondary", reason="rate_limited") == total
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="429") == total
+    assert gw.metric("extproc_upstream_rate_limited_total", provider="primary") == total
+    wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model="openai/gpt-4", provider="secondary", status_class="2xx") == total)
+    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="200") == total
+    assert json.loads(secondary.received[0].body)["model"] == "gpt-4"
