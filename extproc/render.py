@@ -293,12 +293,17 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener) -> 
 
 
 def _retry_policy(chain: Chain) -> dict | None:
+    """Failover to the next provider; a chain with nothing to fail over to keeps only its `per_try_timeout`.
+
+    (A chain of one provider, or one started at its last provider because the
+    others are cooling down, must still time out as configured.)
+    """
     policy = chain.policy
     conditions = list(policy.conditions)
     if policy.status_codes:
         conditions.append("retriable-status-codes")
     if not conditions or chain.num_retries == 0:
-        return None
+        return {"num_retries": 0, "per_try_timeout": _duration(policy.per_try_timeout_s)} if policy.per_try_timeout_s else None
     retry: dict = {
         "retry_on": ",".join(conditions),
         "num_retries": chain.num_retries,

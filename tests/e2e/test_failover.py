@@ -226,6 +226,27 @@ def test_a_slow_provider_past_per_try_timeout_fails_over(mocks, gateway):
     assert len(slow.received) == 1 and len(fast.received) == 1
 
 
+def test_per_try_timeout_holds_on_the_only_provider_and_on_a_chain_started_at_its_last(mocks, gateway):
+    limited = mocks.start("limited", status=429, retry_after="60")
+    hanging = mocks.start("hanging", delay_s=10)
+    policy = {"retry_on": [429, "reset"], "per_try_timeout": "1s"}
+    gw = gateway(
+        gateway_config(
+            provider("alone", "openai/solo", hanging, retry_policy=policy),
+            provider("limited", GPT4, limited, retry_policy=policy),
+            provider("hanging", GPT4, hanging),
+            timeout="30s",
+        )
+    )
+
+    for model in ("openai/solo", GPT4, GPT4):  # the last: limited cools down, so the chain starts at its last provider
+        started = time.monotonic()
+        answer = chat(gw.port, {**HELLO, "model": model})
+        elapsed = time.monotonic() - started
+        assert answer.status == 504 and elapsed < 3.5, f"{model}: {answer.status} after {elapsed:.1f}s (per_try_timeout 1s, listener timeout 30s)"
+    assert len(limited.received) == 1 and len(hanging.received) == 3
+
+
 def test_a_chunked_request_body_fails_over_intact(mocks, gateway):
     import http.client
 
