@@ -178,15 +178,26 @@ def _up(args) -> int:
             print_line("press Ctrl-C to stop")
             stop = asyncio.Event()
             install_signal_handlers(stop, reload=lambda: gateway.sidecar.reload_soon("SIGHUP"))
-            await stop.wait()
+            await _first(stop.wait(), gateway.envoy_exited.wait())
+            if gateway.failure:
+                print(f"error: {gateway.failure}; stopping (restart `extproc up`, or let your supervisor do it)", file=sys.stderr, flush=True)
+                return 1
             print_line("stopping: draining in-flight requests")
+            return 0
         finally:
             await gateway.stop()
             for mock in mocks:
                 await mock.stop()
 
-    _run(run())
-    return 0
+    return _run(run())
+
+
+async def _first(*waits) -> None:
+    """Until the first of these awaitables is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
 
 
 async def _start_mocks(config: Config) -> list[MockProvider]:
@@ -221,10 +232,9 @@ def _mock(args) -> int:
     return 0
 
 
-def _run(coroutine) -> None:
+def _run(coroutine):
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config, ConfigStore
 from .observability.metrics import GatewayMetrics
@@ -17,6 +17,8 @@ class Runtime:
     metrics: GatewayMetrics
     observer: Observer
     serving: bool = False
+    #: What keeps this sidecar from doing its job (a dead Envoy, a stopped task), by part.
+    problems: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: Config) -> Runtime:
@@ -28,9 +30,9 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """A config is loaded (it always is once running) and the gRPC server is serving.
+        """A config is loaded (it always is once running), the gRPC server is serving, and nothing is broken.
 
         A config with no providers is still ready: it answers every request
         itself (404), which is what its author asked for.
         """
-        return self.serving
+        return self.serving and not self.problems

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
 
 import grpc
 
@@ -15,6 +17,8 @@ from .reload import Reloader
 from .runtime import Runtime
 from .server.app import start_server
 from .xds import XdsFiles
+
+log = logging.getLogger(__name__)
 
 
 class Sidecar:
@@ -29,7 +33,7 @@ class Sidecar:
         self.metrics: MetricsServer | None = None
         self.reloader: Reloader | None = None
         self._server: grpc.aio.Server | None = None
-        self._watcher: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         if self.xds is not None:
@@ -39,21 +43,34 @@ class Sidecar:
         if self.config_path:
             self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
             self.metrics.reload = self.reloader.reload_from_thread
-            self._watcher = asyncio.create_task(self.reloader.watch())
+            self.spawn(self.reloader.watch(), "config watcher")
+
+    def spawn(self, work: Coroutine, part: str) -> asyncio.Task:
+        """Run `work` beside the servers; if it ever stops on an error, /readyz fails and says why."""
+        task = asyncio.create_task(work, name=part)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._ended(done, part))
+        return task
+
+    def _ended(self, task: asyncio.Task, part: str) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s stopped: %r", part, task.exception(), exc_info=task.exception())
+        self.runtime.problems[part] = f"stopped: {task.exception()!r}"
 
     def reload_soon(self, trigger: str) -> None:
         """For a signal handler: reload on the loop, without waiting."""
         if self.reloader is not None:
-            asyncio.ensure_future(self.reloader.reload(trigger))
+            self.spawn(self.reloader.reload(trigger), f"reload ({trigger})")
 
     @property
     def metrics_url(self) -> str:
         return f"http://{self.config.metrics.address}:{self.metrics.port}"
 
     async def stop(self, grace_s: float) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        for task in list(self._tasks):
+            task.cancel()
         if self._server is not None:
             self.runtime.serving = False
             await self._server.stop(grace=grace_s)

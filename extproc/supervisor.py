@@ -46,6 +46,9 @@ class Gateway:
     listener_ports: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None  # None: the config's metrics port
     sidecar: Sidecar | None = None
+    #: Set when Envoy exits on its own; `failure` says how. `up` then stops and exits non-zero.
+    envoy_exited: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: str = ""
     _envoy: subprocess.Popen | None = None
     _owns_workdir: bool = False
 
@@ -80,6 +83,14 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
+        self.sidecar.spawn(self._watch_envoy(self._envoy), "envoy")
+
+    async def _watch_envoy(self, envoy: subprocess.Popen) -> None:
+        code = await asyncio.to_thread(envoy.wait)
+        if envoy is self._envoy:  # not a stop of ours
+            self.failure = f"Envoy exited unexpectedly with status {code}; no listener accepts requests"
+            self.sidecar.runtime.problems["envoy"] = self.failure
+            self.envoy_exited.set()
 
     async def _wait_ready(self, admin_path: str) -> None:
         deadline = time.monotonic() + self.start_timeout_s

@@ -43,8 +43,11 @@ def _handler(runtime: Runtime, server: MetricsServer) -> type[BaseHTTPRequestHan
             elif path == "/healthz":
                 self._send(200, b"ok\n")
             elif path == "/readyz":
-                ready = runtime.ready
-                self._send(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+                if runtime.ready:
+                    self._send(200, b"ready\n")
+                else:
+                    reasons = "".join(f"{part}: {problem}\n" for part, problem in sorted(runtime.problems.items())) or "not serving yet\n"
+                    self._send(503, f"not ready\n{reasons}".encode())
             else:
                 self._send(404, b"not found: try /metrics, /healthz, /readyz, POST /reload\n")
 

@@ -190,7 +190,8 @@ class GatewayProcess:
         return None
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, encoding="utf-8") as handle:
             return handle.read()
 

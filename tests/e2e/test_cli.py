@@ -1,5 +1,6 @@
 """The command line as users run it: check, serve beside a separate Envoy, graceful stop."""
 
+import os
 import re
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .harness import chat, gateway_config, provider, request
+from .harness import chat, gateway_config, provider, request, wait_for
 
 GPT4 = "openai/gpt-4"
 
@@ -88,8 +89,7 @@ def test_sigterm_drains_a_request_in_flight_before_stopping(mocks, gateway):
     results = []
     worker = threading.Thread(target=lambda: results.append(chat(gw.port, {"model": GPT4})))
     worker.start()
-    while not slow.received:
-        time.sleep(0.01)
+    wait_for(lambda: slow.received)
 
     started = time.monotonic()
     gw.process.send_signal(signal.SIGTERM)
@@ -99,3 +99,19 @@ def test_sigterm_drains_a_request_in_flight_before_stopping(mocks, gateway):
     assert gw.process.wait(20) == 0
     assert time.monotonic() - started >= 1.0, "Envoy was not stopped before the request finished"
     assert "stopping: draining in-flight requests" in gw.process.stdout.read()
+
+
+def test_up_notices_a_dead_envoy_and_exits_non_zero(mocks, tmp_path):
+    from .harness import GatewayProcess
+
+    main = mocks.start("main")
+    gw = GatewayProcess(gateway_config(provider("main", GPT4, main)), str(tmp_path))
+    try:
+        assert chat(gw.port, {"model": GPT4}).status == 200
+        with open(f"/proc/{gw.process.pid}/task/{gw.process.pid}/children") as handle:
+            envoy_pid = int(handle.read().split()[0])
+        os.kill(envoy_pid, signal.SIGKILL)
+        assert gw.process.wait(15) == 1, "up does not keep running without its Envoy"
+    finally:
+        gw.stop()
+    assert "Envoy exited unexpectedly with status -9" in gw.logs()

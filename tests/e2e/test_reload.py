@@ -132,8 +132,7 @@ def test_a_request_in_flight_during_a_reload_completes(mocks, gateway):
     results = []
     worker = threading.Thread(target=lambda: results.append(ask(gw)))
     worker.start()
-    while not slow.received:
-        time.sleep(0.01)
+    wait_for(lambda: slow.received)
 
     apply(gw, gateway_config(provider("fast", GPT4, other)))
     assert ask(gw).headers["x-arch-llm-provider"] == "fast"

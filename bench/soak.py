@@ -1,0 +1,103 @@
+"""Soak: the sidecar's memory stays flat while every request fails over (`make soak`).
+
+A fixed-response upstream (an Envoy: 429 on one port, 200 on another), the
+gateway (`extproc up`, cooldown off so every request tries the 429 provider
+first, then fails over), wrk at 32 connections for 5 minutes. The `extproc up`
+process's RSS (the sidecar lives in it; Envoy is its child) is sampled every
+15 s; the growth after the first minute (warm-up) must stay within 5 MB.
+Prints every sample and the verdict; exit 1 when the growth is over the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.run import COMPLETION, Processes, direct_listener, ensure_wrk, post, rss_mb, wrk  # noqa: E402
+from tests.e2e.harness import free_port, wait_port  # noqa: E402
+
+GROWTH_BOUND_MB = 5.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=300)
+    parser.add_argument("--interval", type=float, default=15.0, help="seconds between RSS samples")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline sample")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    binary = ensure_wrk()
+    workdir = tempfile.mkdtemp(prefix="extproc-soak-")
+    processes = Processes(workdir)
+    try:
+        ok_port, limited_port = free_port(), free_port()
+        processes.envoy("upstream", {"static_resources": {"listeners": [
+            direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")]),
+            direct_listener("limited", limited_port, 429, '{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}', [("retry-after", "1")]),
+        ]}})
+        config = {
+            "listeners": [{"type": "model", "name": "soak", "address": "127.0.0.1", "port": 0}],
+            "cooldown": {"enabled": False},
+            "model_providers": [
+                {"name": "limited", "model": "bench/failover", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "soak-key-1"},
+                {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "soak-key-2"},
+            ],
+        }
+        config_path = os.path.join(workdir, "gateway.yaml")
+        with open(config_path, "w") as handle:
+            yaml.safe_dump(config, handle)
+        for port in (ok_port, limited_port):
+            wait_port(port)
+        gateway = processes.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", config_path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        port = int(re.search(r"http://[^:]+:(\d+)", gateway.stdout.readline()).group(1))
+        threading.Thread(target=gateway.stdout.read, daemon=True).start()
+        if post(port, "bench/failover") != 200:
+            raise SystemExit("the failover scenario does not answer 200")
+
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
+        started = time.monotonic()
+
+        def sample() -> None:
+            while True:
+                samples.append((time.monotonic() - started, rss_mb(gateway.pid)))
+                print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MB", flush=True)
+                if stop.wait(args.interval):
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        result = wrk(binary, port, args.connections, args.seconds, "bench/failover", workdir)
+        stop.set()
+        sampler.join()
+        samples.append((time.monotonic() - started, rss_mb(gateway.pid)))
+        after_warmup = [rss for at, rss in samples if at >= args.warmup]
+        growth = after_warmup[-1] - after_warmup[0] if len(after_warmup) >= 2 else 0.0
+        per_request = growth * 1024 * 1024 / max(result["requests"], 1)
+        verdict = "PASS" if growth <= GROWTH_BOUND_MB else "FAIL"
+        print(
+            f"\n{result['requests']} requests in {args.seconds} s ({result['rps']:.0f} req/s, every one failing over), non-2xx {result['non2xx']}\n"
+            f"RSS {samples[0][1]:.1f} MB at start, {after_warmup[0] if after_warmup else 0:.1f} MB after {args.warmup:.0f} s, {samples[-1][1]:.1f} MB at the end\n"
+            f"growth after warm-up: {growth:+.1f} MB ({per_request:+.1f} bytes per request); bound {GROWTH_BOUND_MB:.0f} MB: {verdict}"
+        )
+        if verdict == "FAIL" or result["non2xx"]:
+            sys.exit(1)
+    finally:
+        processes.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
