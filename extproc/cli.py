@@ -13,12 +13,17 @@ from . import __version__, envoyadmin
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
 from .preflight import EXIT_DOWN, preflight
-from .render import RenderOptions, render_yaml
+from .render import RenderOptions, SidecarTls, render_yaml
+from .server.app import ListenError, ServerTls, check_listen
 from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
 from .xds import XdsFiles
 
 log = logging.getLogger("extproc")
+
+
+class UsageError(Exception):
+    """Options that do not go together; the message says what to pass instead."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except GatewayError as exc:
+    except (GatewayError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -50,15 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="write the Envoy bootstrap for a config")
     render.add_argument("config")
     render.add_argument("-o", "--output", help="file to write (default: stdout)")
-    render.add_argument("--sidecar", default="127.0.0.1:9090", help="where Envoy reaches the sidecar: host:port or unix:/path")
+    render.add_argument("--sidecar", default="unix:/run/extproc/sidecar.sock", help="where Envoy reaches the sidecar: unix:/path, or host:port (with --sidecar-tls-*)")
     render.add_argument("--admin-port", type=int, default=9901)
     render.add_argument("--admin-address", default="127.0.0.1", help="Envoy's admin address, or unix:/path for a Unix socket")
     render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
+    render.add_argument("--sidecar-tls-cert", help="TCP sidecar with mutual TLS: Envoy's client certificate (PEM)")
+    render.add_argument("--sidecar-tls-key", help="its private key (PEM)")
+    render.add_argument("--sidecar-ca", help="the CA (PEM) the sidecar's server certificate must chain to")
     render.set_defaults(run=_render)
 
     serve = commands.add_parser("serve", help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
     serve.add_argument("config")
-    serve.add_argument("--listen", default="127.0.0.1:9090", help="host:port or unix:/path")
+    serve.add_argument("--listen", default="unix:/run/extproc/sidecar.sock", help="unix:/path (mode 0600), or host:port with mutual TLS (or --insecure-tcp on loopback)")
+    serve.add_argument("--tls-cert", help="TCP: the server certificate (PEM) Envoy verifies")
+    serve.add_argument("--tls-key", help="TCP: its private key (PEM)")
+    serve.add_argument("--client-ca", help="TCP: the CA (PEM) that Envoy's client certificate must chain to; required with --tls-cert")
+    serve.add_argument("--insecure-tcp", action="store_true", help="allow plain TCP, on a loopback address only (anyone on the host can then ask for keys)")
     serve.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     serve.add_argument("--xds-dir", help="write Envoy's routes and clusters here and keep them current (Envoy rendered with the same --xds-dir)")
     serve.add_argument(
@@ -126,7 +138,12 @@ def _preflight(args) -> int:
 
 def _render(args) -> int:
     config = load_config(args.config)
-    options = RenderOptions(sidecar=args.sidecar, admin_port=args.admin_port, admin_address=args.admin_address)
+    tls_files = (args.sidecar_tls_cert, args.sidecar_tls_key, args.sidecar_ca)
+    if any(tls_files) and not all(tls_files):
+        raise UsageError("--sidecar-tls-cert, --sidecar-tls-key and --sidecar-ca go together")
+    options = RenderOptions(
+        sidecar=args.sidecar, admin_port=args.admin_port, admin_address=args.admin_address, sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None
+    )
     text = render_yaml(config, options, args.xds_dir)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
@@ -138,6 +155,14 @@ def _render(args) -> int:
 
 def _serve(args) -> int:
     config = _load_serving(args.config)
+    tls_files = (args.tls_cert, args.tls_key, args.client_ca)
+    if any(tls_files) and not all(tls_files):
+        raise UsageError("--tls-cert, --tls-key and --client-ca go together (mutual TLS: Envoy must present a certificate too)")
+    tls = ServerTls(*tls_files) if all(tls_files) else None
+    try:
+        check_listen(args.listen, tls, args.insecure_tcp)
+    except ListenError as exc:
+        raise UsageError(str(exc)) from None
 
     async def run() -> None:
         xds = None
@@ -148,7 +173,7 @@ def _serve(args) -> int:
             xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen), admin_url=lambda: admin_url)
         else:
             log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
-        sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds)
+        sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds, tls)
         await sidecar.start()
         where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{sidecar.port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")

@@ -63,8 +63,18 @@ _CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_req
 
 
 @dataclass(frozen=True)
+class SidecarTls:
+    """Envoy's side of mutual TLS to a sidecar on TCP (PEM files)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str  # the sidecar's server certificate chains to this
+
+
+@dataclass(frozen=True)
 class RenderOptions:
-    sidecar: str = "127.0.0.1:9090"  # `host:port` or `unix:/path`
+    sidecar: str = "unix:/run/extproc/sidecar.sock"  # `unix:/path`, or `host:port` (mutual TLS with `sidecar_tls`)
+    sidecar_tls: SidecarTls | None = None
     admin_address: str = "127.0.0.1"  # or `unix:/path`
     admin_port: int = 9901
     message_timeout_s: float = 5.0
@@ -75,7 +85,7 @@ def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
     """A self-contained bootstrap: routes and clusters inline (a restart applies changes)."""
     return _bootstrap(
         [_listener(listener, options, {"route_config": route_config(listener, [config])}) for listener in config.listeners],
-        [_sidecar_cluster(options.sidecar), *upstream_clusters([config], options)],
+        [_sidecar_cluster(options), *upstream_clusters([config], options)],
         options,
     )
 
@@ -90,7 +100,7 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
         _listener(listener, options, {"rds": {"route_config_name": route_config_name(listener), "config_source": _file_source(rds_path(xds_dir, listener.name))}})
         for listener in config.listeners
     ]
-    bootstrap = _bootstrap(listeners, [_sidecar_cluster(options.sidecar)], options)
+    bootstrap = _bootstrap(listeners, [_sidecar_cluster(options)], options)
     bootstrap["dynamic_resources"] = {"cds_config": _file_source(cds_path(xds_dir))}
     return bootstrap
 
@@ -195,13 +205,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def _sidecar_cluster(sidecar: str) -> dict:
+def _sidecar_cluster(options: RenderOptions) -> dict:
+    sidecar = options.sidecar
     if sidecar.startswith("unix:"):
         address = {"pipe": {"path": sidecar.removeprefix("unix:").removeprefix("//")}}
     else:
         host, _, port = sidecar.rpartition(":")
         address = _socket_address(host.strip("[]") or "127.0.0.1", int(port))
-    return {
+    cluster = {
         "name": SIDECAR_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -211,6 +222,20 @@ def _sidecar_cluster(sidecar: str) -> dict:
         "circuit_breakers": _CIRCUIT_BREAKERS,
         "load_assignment": {"cluster_name": SIDECAR_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
+    tls = options.sidecar_tls
+    if tls is not None:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TLS,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [{"certificate_chain": {"filename": tls.cert_file}, "private_key": {"filename": tls.key_file}}],
+                    "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+                },
+            },
+        }
+    return cluster
 
 
 def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None) -> dict:

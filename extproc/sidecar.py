@@ -15,16 +15,19 @@ from .config import Config
 from .observability.http import MetricsServer
 from .reload import Reloader
 from .runtime import Runtime
-from .server.app import start_server
+from .server.app import ServerTls, start_server
 from .xds import XdsFiles
 
 log = logging.getLogger(__name__)
 
 
 class Sidecar:
-    def __init__(self, config: Config, listen: str, config_path: str | None = None, metrics_port: int | None = None, xds: XdsFiles | None = None):
+    def __init__(
+        self, config: Config, listen: str, config_path: str | None = None, metrics_port: int | None = None, xds: XdsFiles | None = None, tls: ServerTls | None = None
+    ):
         self.config = config
         self.listen = listen
+        self.tls = tls  # mutual TLS for a TCP listener
         self.config_path = config_path  # watched and reloaded when given
         self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
         self.xds = xds  # Envoy's routes and clusters, written here and kept current
@@ -38,7 +41,7 @@ class Sidecar:
     async def start(self) -> None:
         if self.xds is not None:
             self.xds.write([self.config])
-        self._server, self.port = await start_server(self.runtime, self.listen)
+        self._server, self.port = await start_server(self.runtime, self.listen, self.tls)
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port).start()
         if self.config_path:
             self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())

@@ -1,6 +1,16 @@
-"""Start the sidecar's gRPC server (ext_proc + gRPC health) on TCP or a Unix socket."""
+"""Start the sidecar's gRPC server (ext_proc, access logs, gRPC health) on a Unix socket or TCP.
+
+The ext_proc service hands out provider keys and the access-log service moves
+cooldowns, so only Envoy may reach them: a Unix socket is made mode 0600 (only
+the pod's user, which Envoy runs as too), and TCP requires mutual TLS unless
+the caller explicitly accepts plain TCP on a loopback address.
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -21,8 +31,45 @@ def message_limit(max_body_bytes: int) -> int:
     return max(MESSAGE_LIMIT_FLOOR, 2 * max_body_bytes)
 
 
-async def start_server(runtime: Runtime, listen: str) -> tuple[grpc.aio.Server, int]:
-    """Bind `unix:/path` or `host:port` and start; returns the server and the bound TCP port (0 for a Unix socket)."""
+class ListenError(ValueError):
+    """The listen address is not one the sidecar may serve on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """Mutual TLS for a TCP listener: the server's certificate and the CA its clients' (Envoy's) certificates must chain to."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as handle:
+                return handle.read()
+
+        return grpc.ssl_server_credentials([(read(self.key_file), read(self.cert_file))], root_certificates=read(self.client_ca_file), require_client_auth=True)
+
+
+def check_listen(listen: str, tls: ServerTls | None, insecure_tcp: bool) -> None:
+    """Refuse a TCP listener that anyone but Envoy could reach."""
+    if listen.startswith("unix:") or tls is not None:
+        return
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not insecure_tcp or not loopback:
+        raise ListenError(
+            f"refusing to serve ext_proc on plain TCP {listen!r}: it hands out provider keys to whoever connects. "
+            "Use a Unix socket (--listen unix:/run/extproc/sidecar.sock), mutual TLS (--tls-cert, --tls-key, --client-ca), "
+            "or, on a loopback address only, --insecure-tcp"
+        )
+
+
+async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int]:
+    """Bind `unix:/path` (mode 0600) or `host:port` (mutual TLS when given) and start; returns the server and the bound TCP port (0 for a Unix socket)."""
     limit = message_limit(max(listener.max_body_bytes for listener in runtime.store.current.listeners))
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
@@ -31,9 +78,21 @@ async def start_server(runtime: Runtime, listen: str) -> tuple[grpc.aio.Server, 
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(runtime.observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
-    if port == 0 and not listen.startswith("unix:"):
-        raise OSError(f"cannot listen on {listen}")
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:").removeprefix("//")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a previous run
+        previous = os.umask(0o177)  # the socket is created 0600: no moment where others could connect
+        try:
+            server.add_insecure_port(listen)
+        finally:
+            os.umask(previous)
+        port = 0
+    else:
+        port = server.add_secure_port(listen, tls.credentials()) if tls is not None else server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
     await server.start()
     for service in ("", EXT_PROC_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -6,7 +6,9 @@ Everything binds port 0 and is stopped by the fixture that started it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -28,6 +30,53 @@ from extproc.mock import MockProvider
 _LISTENING = re.compile(r"listening on http://([^:]+):(\d+) \(listener (\S+)\)")
 _METRICS = re.compile(r"metrics and health on http://[^:]+:(\d+)")
 _ADMIN = re.compile(r"envoy admin on (\S+)")
+
+
+def _certificate(subject: str, issuer_key, issuer_name, public_key, ca: bool):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def certificates(directory) -> dict:
+    """A throwaway CA, and a server and a client certificate for localhost it signed, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "extproc test CA")])
+    ca_cert = _certificate("extproc test CA", ca_key, ca_name, ca_key.public_key(), ca=True)
+    files = {"ca": os.path.join(directory, "ca.pem")}
+    with open(files["ca"], "wb") as handle:
+        handle.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for role, cert_name, key_name in (("server", "cert", "key"), ("client", "client_cert", "client_key")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(f"localhost {role}", ca_key, ca_name, key.public_key(), ca=False)
+        files[cert_name] = os.path.join(directory, f"{role}.pem")
+        files[key_name] = os.path.join(directory, f"{role}.key")
+        with open(files[cert_name], "wb") as handle:
+            handle.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(files[key_name], "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return files
 
 
 class MockServers:

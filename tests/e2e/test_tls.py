@@ -1,51 +1,17 @@
 """https providers: Envoy verifies the provider's certificate and sends SNI and Host for it."""
 
-import datetime
-import ipaddress
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from .harness import chat, gateway_config
+from .harness import certificates, chat, gateway_config
 
 GPT4 = "openai/gpt-4"
 
 
-def _certificate(subject: str, issuer_key, issuer_name, public_key, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture
 def tls_files(tmp_path):
-    """A throwaway CA and a server certificate for localhost, as PEM files."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "extproc test CA")])
-    ca_cert = _certificate("extproc test CA", ca_key, ca_name, ca_key.public_key(), ca=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate("localhost", ca_key, ca_name, server_key.public_key(), ca=False)
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem", "key": tmp_path / "server.key"}
-    files["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return files
+    return certificates(tmp_path)
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""Who may reach what: the sidecar's gRPC service trusts only its Envoy.
+
+The ext_proc service hands out provider keys, and the access-log service moves
+cooldowns: a Unix socket only the pod's user can open, or TCP with mutual TLS.
+"""
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .harness import certificates, chat, free_port, gateway_config, provider, wait_port
+
+GPT4 = "openai/gpt-4"
+
+
+def serve(config_path, *args: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "extproc", "serve", str(config_path), "--metrics-port", "0", *args], stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert "serving ext_proc" in line, f"{line!r}, exit {process.poll()}"
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+
+
+def health_check(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3).status
+
+
+def test_the_unix_socket_is_only_for_the_pods_user(mocks, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(provider("p", GPT4, mocks.start("p")))))
+    socket_path = tmp_path / "run" / "sidecar.sock"
+    process = serve(config, "--listen", f"unix:{socket_path}")
+    try:
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("listen, extra", [("127.0.0.1:{port}", ()), ("0.0.0.0:{port}", ("--insecure-tcp",))], ids=["no-flag", "not-loopback"])
+def test_plain_tcp_is_refused_unless_loopback_and_asked_for(tmp_path, listen, extra):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(gateway_config()))
+    result = subprocess.run([sys.executable, "-m", "extproc", "serve", str(config), "--listen", listen.format(port=free_port()), *extra], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "refusing to serve ext_proc on plain TCP" in result.stderr and "mutual TLS" in result.stderr
+
+
+def test_tcp_with_mutual_tls_serves_envoy_and_refuses_a_client_without_a_certificate(mocks, bare_envoy, tmp_path):
+    pki = certificates(tmp_path)
+    upstream = mocks.start("p")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(provider("p", GPT4, upstream, access_key="sk-mtls"))))
+    port = free_port()
+    process = serve(config, "--listen", f"127.0.0.1:{port}", "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--client-ca", pki["ca"])
+    try:
+        wait_port(port)
+        with open(pki["ca"], "rb") as handle:
+            ca = handle.read()
+        with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
+            with pytest.raises(grpc.RpcError):
+                health_check(channel)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError):
+                health_check(channel)
+        with open(pki["client_key"], "rb") as key, open(pki["client_cert"], "rb") as cert:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key.read(), certificate_chain=cert.read())
+        with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+            assert health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+
+        rendered = subprocess.run(
+            [sys.executable, "-m", "extproc", "render", str(config), "--sidecar", f"127.0.0.1:{port}",
+             "--sidecar-tls-cert", pki["client_cert"], "--sidecar-tls-key", pki["client_key"], "--sidecar-ca", pki["ca"]],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert rendered.returncode == 0, rendered.stderr
+        envoy = bare_envoy(yaml.safe_load(rendered.stdout))
+        answer = chat(envoy.port, {"model": GPT4})
+        assert answer.status == 200 and upstream.received[-1].header("authorization") == "Bearer sk-mtls"
+        assert re.search(r"sk-mtls", rendered.stdout) is None
+    finally:
+        stop(process)
