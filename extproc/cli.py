@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="TCP: the server certificate (PEM) Envoy verifies")
     serve.add_argument("--tls-key", help="TCP: its private key (PEM)")
     serve.add_argument("--client-ca", help="TCP: the CA (PEM) that Envoy's client certificate must chain to; required with --tls-cert")
+    serve.add_argument("--reload-token-file", help="a file holding a token: POST /reload then needs `Authorization: Bearer <token>` (default: loopback callers only)")
     serve.add_argument("--insecure-tcp", action="store_true", help="allow plain TCP, on a loopback address only (anyone on the host can then ask for keys)")
     serve.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     serve.add_argument("--xds-dir", help="write Envoy's routes and clusters here and keep them current (Envoy rendered with the same --xds-dir)")
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--envoy-log-level", default="warning")
     up.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let in-flight requests finish on stop")
     up.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
+    up.add_argument("--reload-token-file", help="a file holding a token: POST /reload then needs `Authorization: Bearer <token>` (default: loopback callers only)")
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
@@ -104,6 +106,19 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
     mock.set_defaults(run=_mock)
     return parser
+
+
+def _token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--reload-token-file {path}: {exc.strerror}") from None
+    if not token:
+        raise UsageError(f"--reload-token-file {path} is empty")
+    return token
 
 
 def _load_serving(path: str) -> Config:
@@ -173,7 +188,7 @@ def _serve(args) -> int:
             xds = XdsFiles(args.xds_dir, RenderOptions(sidecar=args.listen), admin_url=lambda: admin_url)
         else:
             log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
-        sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds, tls)
+        sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds, tls, _token(args.reload_token_file))
         await sidecar.start()
         where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{sidecar.port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")
@@ -192,7 +207,15 @@ def _up(args) -> int:
 
     async def run() -> None:
         mocks = await _start_mocks(config) if args.mock_providers else []
-        gateway = Gateway(config, config_path=args.config, concurrency=args.concurrency, log_level=args.envoy_log_level, drain_timeout_s=args.drain_timeout, metrics_port=args.metrics_port)
+        gateway = Gateway(
+            config,
+            config_path=args.config,
+            concurrency=args.concurrency,
+            log_level=args.envoy_log_level,
+            drain_timeout_s=args.drain_timeout,
+            metrics_port=args.metrics_port,
+            reload_token=_token(args.reload_token_file),
+        )
         try:
             await gateway.start()
             for name, port in gateway.listener_ports.items():

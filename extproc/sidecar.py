@@ -23,11 +23,19 @@ log = logging.getLogger(__name__)
 
 class Sidecar:
     def __init__(
-        self, config: Config, listen: str, config_path: str | None = None, metrics_port: int | None = None, xds: XdsFiles | None = None, tls: ServerTls | None = None
+        self,
+        config: Config,
+        listen: str,
+        config_path: str | None = None,
+        metrics_port: int | None = None,
+        xds: XdsFiles | None = None,
+        tls: ServerTls | None = None,
+        reload_token: str | None = None,
     ):
         self.config = config
         self.listen = listen
         self.tls = tls  # mutual TLS for a TCP listener
+        self.reload_token = reload_token  # lets non-loopback callers POST /reload
         self.config_path = config_path  # watched and reloaded when given
         self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
         self.xds = xds  # Envoy's routes and clusters, written here and kept current
@@ -42,7 +50,7 @@ class Sidecar:
         if self.xds is not None:
             self.xds.write([self.config])
         self._server, self.port = await start_server(self.runtime, self.listen, self.tls)
-        self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port).start()
+        self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port, self.reload_token).start()
         if self.config_path:
             self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
             self.metrics.reload = self.reloader.reload_from_thread

@@ -45,6 +45,7 @@ class Gateway:
     admin_url: str = ""
     listener_ports: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None  # None: the config's metrics port
+    reload_token: str | None = None  # lets non-loopback callers POST /reload
     sidecar: Sidecar | None = None
     #: Set when Envoy exits on its own; `failure` says how. `up` then stops and exits non-zero.
     envoy_exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -60,7 +61,7 @@ class Gateway:
         options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)
         xds_dir = os.path.join(self.workdir, "xds")
         xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
-        self.sidecar = Sidecar(self.config, f"unix:{socket_path}", self.config_path, self.metrics_port, xds)
+        self.sidecar = Sidecar(self.config, f"unix:{socket_path}", self.config_path, self.metrics_port, xds, reload_token=self.reload_token)
         await self.sidecar.start()
         bootstrap = os.path.join(self.workdir, "envoy.yaml")
         with open(bootstrap, "w", encoding="utf-8") as handle:

@@ -91,3 +91,17 @@ def test_tcp_with_mutual_tls_serves_envoy_and_refuses_a_client_without_a_certifi
         assert re.search(r"sk-mtls", rendered.stdout) is None
     finally:
         stop(process)
+
+
+def test_post_reload_with_a_token_file_needs_the_token(mocks, gateway, tmp_path):
+    from .harness import request
+
+    token = tmp_path / "reload-token"
+    token.write_text("t0k3n\n")
+    gw = gateway(gateway_config(provider("p", GPT4, mocks.start("p"))), "--reload-token-file", str(token))
+    refused = request(gw.metrics_port, "POST", "/reload")
+    assert refused.status == 403 and refused.json()["reloaded"] is False
+    assert request(gw.metrics_port, "POST", "/reload", headers={"authorization": "Bearer wrong"}).status == 403
+    accepted = request(gw.metrics_port, "POST", "/reload", headers={"authorization": "Bearer t0k3n"})
+    assert accepted.status == 200 and accepted.json() == {"reloaded": True, "message": "unchanged"}
+    assert gw.get("/metrics").status == 200 and gw.get("/readyz").status == 200, "scrapes and probes need no token"

@@ -68,3 +68,46 @@ def test_an_unexpected_error_in_a_reload_is_counted_and_the_next_reload_works(tm
     assert second[0] is True and sidecar.runtime.store.current.providers == {}
     errors = sidecar.runtime.metrics.registry.get_sample_value("extproc_config_reloads_total", {"result": "error"})
     assert errors == 1
+
+
+def test_post_reload_answers_loopback_callers_or_the_token_only():
+    from extproc.observability.http import MetricsServer
+
+    sidecar = Sidecar(CONFIG, "unix:/nonexistent/s.sock", metrics_port=0)
+    open_server = MetricsServer(sidecar.runtime, "127.0.0.1", 0)
+    assert open_server.may_reload("127.0.0.1", None) and open_server.may_reload("::1", None)
+    assert not open_server.may_reload("10.1.2.3", None), "a caller from another address (a pod, the Service) is refused"
+    with_token = MetricsServer(sidecar.runtime, "127.0.0.1", 0, reload_token="s3cret")
+    assert with_token.may_reload("10.1.2.3", "Bearer s3cret")
+    assert not with_token.may_reload("127.0.0.1", None) and not with_token.may_reload("127.0.0.1", "Bearer wrong")
+    for server in (open_server, with_token):
+        server.httpd.server_close()
+
+
+def test_idle_connections_hold_a_bounded_number_of_threads_and_time_out():
+    import socket
+    import threading
+    import time
+
+    from extproc.observability import http
+
+    sidecar = Sidecar(CONFIG, "unix:/nonexistent/s.sock", metrics_port=0)
+    server = http.MetricsServer(sidecar.runtime, "127.0.0.1", 0).start()
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(200)]
+        time.sleep(0.5)
+        assert threading.active_count() - before <= http.MAX_CONNECTIONS, "200 idle connections, a bounded number of threads"
+        deadline = time.monotonic() + http.CONNECTION_TIMEOUT_S + 5
+        while True:  # the idle ones are dropped after the timeout; then a scrape is served again
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the idle connections were not timed out"
+                time.sleep(0.2)
+        for connection in idle:
+            connection.close()
+    finally:
+        server.stop()
