@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--admin-port", type=int, default=9901)
     render.add_argument("--admin-address", default="127.0.0.1", help="Envoy's admin address, or unix:/path for a Unix socket")
     render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
+    render.add_argument("--max-heap-mb", type=int, default=200, help="Envoy's heap budget: near it Envoy sheds load instead of being OOM-killed (fit it under the container's memory limit)")
     render.add_argument("--sidecar-tls-cert", help="TCP sidecar with mutual TLS: Envoy's client certificate (PEM)")
     render.add_argument("--sidecar-tls-key", help="its private key (PEM)")
     render.add_argument("--sidecar-ca", help="the CA (PEM) the sidecar's server certificate must chain to")
@@ -157,7 +158,11 @@ def _render(args) -> int:
     if any(tls_files) and not all(tls_files):
         raise UsageError("--sidecar-tls-cert, --sidecar-tls-key and --sidecar-ca go together")
     options = RenderOptions(
-        sidecar=args.sidecar, admin_port=args.admin_port, admin_address=args.admin_address, sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None
+        sidecar=args.sidecar,
+        admin_port=args.admin_port,
+        admin_address=args.admin_address,
+        sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None,
+        max_heap_bytes=args.max_heap_mb * 1024 * 1024,
     )
     text = render_yaml(config, options, args.xds_dir)
     if args.output:
@@ -190,11 +195,11 @@ def _serve(args) -> int:
             log.warning("no --xds-dir: a reload changes the sidecar's decisions but not Envoy's routes and clusters")
         sidecar = Sidecar(config, args.listen, args.config, args.metrics_port, xds, tls, _token(args.reload_token_file))
         await sidecar.start()
+        stop = asyncio.Event()
+        install_signal_handlers(stop, reload=lambda: sidecar.reload_soon("SIGHUP"))  # before saying we serve
         where = args.listen if args.listen.startswith("unix:") else f"{args.listen.rpartition(':')[0]}:{sidecar.port}"
         print_line(f"extproc sidecar serving ext_proc on {where}")
         print_line(f"metrics and health on {sidecar.metrics_url} (/metrics, /healthz, /readyz)")
-        stop = asyncio.Event()
-        install_signal_handlers(stop, reload=lambda: sidecar.reload_soon("SIGHUP"))
         await stop.wait()
         await sidecar.stop(grace_s=5)
 
@@ -218,14 +223,14 @@ def _up(args) -> int:
         )
         try:
             await gateway.start()
+            stop = asyncio.Event()
+            install_signal_handlers(stop, reload=lambda: gateway.sidecar.reload_soon("SIGHUP"))  # before saying we serve
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
             print_line(f"metrics and health on {gateway.sidecar.metrics_url} (/metrics, /healthz, /readyz)")
             print_line(f"envoy admin on {gateway.admin_url} (loopback only)")
             print_line(f"watching {args.config} for changes (also: kill -HUP {os.getpid()}, POST /reload)")
             print_line("press Ctrl-C to stop")
-            stop = asyncio.Event()
-            install_signal_handlers(stop, reload=lambda: gateway.sidecar.reload_soon("SIGHUP"))
             await _first(stop.wait(), gateway.envoy_exited.wait())
             if gateway.failure:
                 print(f"error: {gateway.failure}; stopping (restart `extproc up`, or let your supervisor do it)", file=sys.stderr, flush=True)

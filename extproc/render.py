@@ -31,6 +31,7 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
+from .processor.router import CLIENT_HEADER_LIMIT
 from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from .server.app import message_limit
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
@@ -56,6 +57,17 @@ _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitor
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+_FIXED_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+
+#: The listener allows `CLIENT_HEADER_LIMIT` (what a client may send, Envoy's
+#: default) plus this, so what the gateway adds (credentials, routing, provider
+#: headers, Envoy's own) never pushes an accepted request over; the sidecar
+#: answers a client that sends more than its limit with 431.
+HEADER_HEADROOM = 32
+#: No client is "internal" (an empty list would mean Envoy's defaults, loopback and private ranges
+#: included): every request gets Envoy's own request id, whatever x-request-id it sent.
+_NO_ADDRESS = {"address_prefix": "255.255.255.255", "prefix_len": 32}
 
 #: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
 #: silently turn failovers into errors under load.
@@ -79,6 +91,8 @@ class RenderOptions:
     admin_port: int = 9901
     message_timeout_s: float = 5.0
     ca_file: str | None = None  # None: the first system CA bundle found
+    #: Envoy's heap budget for the overload manager: fit it under the container's memory limit.
+    max_heap_bytes: int = 200 * 1024 * 1024
 
 
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
@@ -170,12 +184,19 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
         "admin": {"address": _admin_address(options)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": {
+            "refresh_interval": "0.25s",
             "resource_monitors": [
                 {
                     "name": "envoy.resource_monitors.global_downstream_max_connections",
                     "typed_config": {"@type": _DOWNSTREAM_CONNECTIONS, "max_active_downstream_connections": 50000},
-                }
-            ]
+                },
+                {"name": _FIXED_HEAP, "typed_config": {"@type": _FIXED_HEAP_CONFIG, "max_heap_size_bytes": options.max_heap_bytes}},
+            ],
+            # Near the heap budget Envoy returns memory to the system, then refuses new requests (503) rather than be OOM-killed.
+            "actions": [
+                {"name": "envoy.overload_actions.shrink_heap", "triggers": [{"name": _FIXED_HEAP, "threshold": {"value": 0.90}}]},
+                {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [{"name": _FIXED_HEAP, "threshold": {"value": 0.98}}]},
+            ],
         },
     }
 
@@ -262,6 +283,8 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
     }
     if phase == "router":
         config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        # The router level drops a client's own x-envoy-* headers (x-envoy-original-path, …).
+        config["mutation_rules"] = {"allow_envoy": True}
         # The headers decide nothing that the body must wait for: save a round trip.
         config["send_body_without_waiting_for_header_response"] = True
     else:
@@ -278,6 +301,16 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
         "stat_prefix": listener.name,
         "codec_type": "AUTO",
         **routes,
+        # Request ids are Envoy's own (failover tracking keys on them), echoed to the client.
+        "use_remote_address": True,
+        "internal_address_config": {"unix_sockets": False, "cidr_ranges": [_NO_ADDRESS]},
+        "preserve_external_request_id": False,
+        "always_set_request_id_in_response": True,
+        # Paths: `//` merged; escaped slashes refused; dot-segments refused by the sidecar (400 invalid_path).
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "request_headers_timeout": "10s",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
             _ext_proc("router", options, listener.max_body_bytes, listener.name),
             {

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .envsubst import UnsetVariable, expand
-from .model import CREDENTIAL_HEADERS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, frozen_mapping
+from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, frozen_mapping
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -34,6 +34,8 @@ KNOWN_BASE_URLS = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
+_PATH_PREFIX = re.compile(r"^/(?!.*(?:^|/)\.\.?(?:/|$))[^?#\s]*$")
+_METHOD = re.compile(r"^[A-Z]+$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
@@ -305,7 +307,7 @@ class _Reader:
         )
 
     def listener(self, item: Any, path: str, index: int) -> Listener | None:
-        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling", "access_log"}
+        allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling", "access_log", "allowed_paths", "allowed_methods"}
         raw = self.mapping(item, path, allowed, {"type", "port"})
         if raw is None:
             return None
@@ -322,9 +324,35 @@ class _Reader:
         if on_all_cooling not in (None, "reject", "try_anyway"):
             self.problem(f"{path}.on_all_cooling", f"{on_all_cooling!r} must be reject or try_anyway")
         access_log = self.boolean(raw["access_log"], f"{path}.access_log") if "access_log" in raw else False
+        paths = self.strings(raw["allowed_paths"], f"{path}.allowed_paths", _PATH_PREFIX, "a path starting with / (no dot-segments, no query)") if "allowed_paths" in raw else DEFAULT_ALLOWED_PATHS
+        methods = self.strings(raw["allowed_methods"], f"{path}.allowed_methods", _METHOD, "an upper-case HTTP method") if "allowed_methods" in raw else DEFAULT_ALLOWED_METHODS
         if len(self.problems) > before:
             return None
-        return Listener(name=name, address=address, port=port, timeout_s=timeout, max_body_bytes=max_body, on_all_cooling=on_all_cooling, access_log=bool(access_log))
+        return Listener(
+            name=name,
+            address=address,
+            port=port,
+            timeout_s=timeout,
+            max_body_bytes=max_body,
+            on_all_cooling=on_all_cooling,
+            access_log=bool(access_log),
+            allowed_paths=tuple(item.rstrip("/") or "/" for item in paths),
+            allowed_methods=tuple(methods),
+        )
+
+    def strings(self, value: Any, path: str, pattern: re.Pattern, what: str) -> tuple[str, ...]:
+        """A non-empty list of strings, each matching `pattern`."""
+        items = self.sequence(value, path)
+        if isinstance(value, list) and not items:
+            self.problem(path, "is empty: nothing could be called")
+        result = []
+        for index, item in enumerate(items):
+            text = self.text(item, f"{path}[{index}]")
+            if text is not None and not pattern.match(text):
+                self.problem(f"{path}[{index}]", f"{text!r} is not {what}")
+            elif text is not None:
+                result.append(text)
+        return tuple(result)
 
     def check_listeners(self, listeners: list[Listener]) -> None:
         seen_names: set[str] = set()

@@ -102,6 +102,21 @@ class Chain:
         return max(attempts - 1, 0)
 
 
+#: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).
+DEFAULT_ALLOWED_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/moderations",
+    "/v1/audio",
+    "/v1/images",
+)
+DEFAULT_ALLOWED_METHODS = ("GET", "POST")
+
+
 @dataclass(frozen=True)
 class Listener:
     name: str
@@ -112,6 +127,9 @@ class Listener:
     #: When every provider of a chain is cooling down: "reject" (429 at once) or "try_anyway".
     on_all_cooling: str = "reject"
     access_log: bool = False  # one JSON line per request on Envoy's stdout
+    #: What clients may call through this listener; anything else is answered by the gateway, with no key.
+    allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
+    allowed_methods: tuple[str, ...] = DEFAULT_ALLOWED_METHODS
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class Observer:
     #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
     _retries: OrderedDict = field(default_factory=OrderedDict)
     _waiting: dict = field(default_factory=dict)
+    #: (request id, attempt) of last attempts already recorded from their response headers.
+    _answered: OrderedDict = field(default_factory=OrderedDict)
 
     def observe(self, entry: LogEntry) -> None:
         if entry.upstream:
@@ -72,13 +74,10 @@ class Observer:
     def _failed_attempt(self, entry: LogEntry) -> None:
         if not entry.provider:
             return
-        kind = classify(entry.status, entry.flags)
-        self.metrics.attempts.labels(entry.provider, str(entry.status) if entry.status else kind).inc()
-        if kind == "rate_limited":
-            self.metrics.rate_limited.labels(entry.provider).inc()
-        if self.health.record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started)):
-            self.metrics.cooldowns.labels(entry.provider, kind).inc()
         key = (entry.request_id, entry.attempt)
+        kind = classify(entry.status, entry.flags)
+        if self._answered.pop(key, None) is None:
+            self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started))
         retry = self._retries.pop((entry.request_id, entry.attempt + 1), None)
         if retry is not None:
             self.metrics.failovers.labels(entry.provider, retry, kind).inc()
@@ -87,6 +86,23 @@ class Observer:
         waiter = self._waiting.pop(key, None)
         if waiter is not None:
             waiter.set()
+
+    def _record(self, outcome: Outcome) -> None:
+        self.metrics.attempts.labels(outcome.provider, str(outcome.status) if outcome.status else outcome.kind).inc()
+        if outcome.kind == "rate_limited":
+            self.metrics.rate_limited.labels(outcome.provider).inc()
+        if self.health.record(outcome):
+            self.metrics.cooldowns.labels(outcome.provider, outcome.kind).inc()
+
+    def last_attempt_answered(self, request_id: str, attempt: int, provider: str, status: int, retry_after_s: float | None) -> None:
+        """A chain's last attempt got its response headers (seen before the client gets them): record a failure now.
+
+        Its failed-attempt entry, arriving later, is then not counted again.
+        """
+        if succeeded(status):
+            return
+        self._record(Outcome(provider, status, classify(status), retry_after_s))
+        _remember(self._answered, (request_id, attempt), True)
 
     def _request(self, entry: LogEntry) -> None:
         status_class = f"{entry.status // 100}xx" if entry.status else "none"

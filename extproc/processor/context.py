@@ -23,6 +23,7 @@ class RequestContext:
     originals: Mapping[str, str] = field(default_factory=dict, repr=False)  # client values of owned headers
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
     body_model: str | None = None  # the model name the body already carries (set by the router level)
+    attempts: int = 1  # how many attempts the chain makes: the last one is watched to its response headers
 
     def encode(self) -> str:
         data: dict = {"p": self.path, "h": dict(self.originals)}
@@ -30,6 +31,8 @@ class RequestContext:
             data["s"] = [self.span.start, self.span.end, int(self.span.insert), int(self.span.needs_comma)]
         if self.body_model is not None:
             data["m"] = self.body_model
+        if self.attempts != 1:
+            data["n"] = self.attempts
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -41,4 +44,5 @@ class RequestContext:
             originals=data.get("h", {}),
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
             body_model=data.get("m"),
+            attempts=data.get("n", 1),
         )

@@ -43,3 +43,23 @@ def too_large(size: int, limit: int) -> Reply:
 def all_cooling(model: str, retry_after_s: int) -> Reply:
     message = f"Every provider of model '{model}' is rate limited or failing; retry after {retry_after_s}s."
     return error_reply(429, message, "rate_limit_error", "all_providers_cooling_down", (("retry-after", str(max(retry_after_s, 1))),))
+
+
+def invalid_path(path: str) -> Reply:
+    message = "The request path may not contain '.' or '..' segments (literal or percent-encoded) or backslashes."
+    return error_reply(400, message, "invalid_request_error", "invalid_path")
+
+
+def unknown_endpoint(path: str, allowed: tuple[str, ...]) -> Reply:
+    message = f"This gateway does not forward {path!r} (it serves: {', '.join(allowed)})."
+    return error_reply(404, message, "invalid_request_error", "unknown_endpoint")
+
+
+def method_not_allowed(method: str, allowed: tuple[str, ...]) -> Reply:
+    message = f"Method {method} is not allowed here (allowed: {', '.join(allowed)})."
+    return error_reply(405, message, "invalid_request_error", "method_not_allowed", (("allow", ", ".join(allowed)),))
+
+
+def too_many_headers(count: int, limit: int) -> Reply:
+    message = f"The request has {count} headers; this gateway accepts at most {limit}."
+    return error_reply(431, message, "invalid_request_error", "too_many_headers")

@@ -16,6 +16,8 @@ from ..config.model import CREDENTIAL_HEADERS
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
+#: Envoy's own headers: a client's are dropped at the router level (Envoy sets its own, e.g. the attempt count, later).
+ENVOY_PREFIX = "x-envoy-"
 ROUTE_HEADER = "x-arch-llm-provider"
 #: Names the chain's Envoy cluster (content-named, see `Config.chain_clusters`) for the route
 #: match; the route removes it before the request goes upstream.
@@ -47,7 +49,8 @@ class HeaderPlan:
 def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None) -> HeaderPlan:
     """The header mutations that make this attempt's request exactly right for `provider`.
 
-    `chain` (router level only) names the chain cluster Envoy must route to.
+    `chain` (router level only) names the chain cluster Envoy must route to;
+    there the client's own `x-envoy-*` headers are dropped too.
     """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
     values.update(credential_headers(provider, originals))
@@ -55,7 +58,7 @@ def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, 
     values[ROUTE_HEADER] = provider.name
     values[":path"] = provider.upstream_path(path)
     for name in present:
-        if name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER:
+        if (name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER) or (chain is not None and name.startswith(ENVOY_PREFIX)):
             values[name] = None
     if chain is not None:
         values[CHAIN_HEADER] = chain

@@ -18,6 +18,11 @@ from .headermutator import HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ParsedBody, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
+#: Header entries a request may have when it reaches the sidecar: a client's 100
+#: (Envoy's usual limit) plus the pseudo-headers and the few Envoy adds first.
+#: Envoy's listener allows more (render.HEADER_HEADROOM) so what the gateway
+#: adds afterwards always fits.
+CLIENT_HEADER_LIMIT = 110
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,29 @@ class Forward:
     body: bytes | None = None
 
 
-def on_headers(config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None) -> errors.Reply | Forward | None:
-    """Decide from the headers alone when possible; None means: wait for the body."""
+def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
+    """Why a request may not go to any provider: a path that climbs out of the provider's prefix, an endpoint or method not allowed."""
+    route = path.split("?", 1)[0]
+    if "\\" in route or any(segment in (".", "..") for segment in route.replace("%2e", ".").replace("%2E", ".").split("/")):
+        return errors.invalid_path(route)
+    if not any(route == prefix or route.startswith(prefix.rstrip("/") + "/") for prefix in listener.allowed_paths):
+        return errors.unknown_endpoint(route, listener.allowed_paths)
+    if method not in listener.allowed_methods:
+        return errors.method_not_allowed(method, listener.allowed_methods)
+    return None
+
+
+def on_headers(
+    config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None, count: int = 0
+) -> errors.Reply | Forward | None:
+    """Decide from the headers alone when possible; None means: wait for the body. `count`: header lines as sent."""
+    if count > CLIENT_HEADER_LIMIT:
+        return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
     max_body_bytes = listener.max_body_bytes
     path = headers.get(":path", "/")
+    refused = refusal(listener, headers.get(":method", ""), path)
+    if refused is not None:
+        return refused
     route = path.split("?", 1)[0]
     if headers.get(":method") == "GET" and (route == MODELS_PATH or route.startswith(MODELS_PATH + "/")):
         return models_reply(config, route[len(MODELS_PATH) + 1 :])
@@ -96,6 +120,7 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
             return errors.all_cooling(model, math.ceil(soonest))
     originals = client_values(config, headers)
     context = RequestContext(
+        attempts=config.chains[start].num_retries + 1,
         path=headers.get(":path", "/"),
         originals=carried(config, originals, config.chains[start]),
         span=body.span if body is not None else None,

@@ -23,6 +23,12 @@ class Attempt:
     provider: Provider
     headers: HeaderPlan
     context: RequestContext
+    number: int = 0  # x-envoy-attempt-count
+
+    @property
+    def last(self) -> bool:
+        """The chain's last attempt: no later attempt will wait for its outcome, so the sidecar watches its response headers."""
+        return self.number >= self.context.attempts
 
     @property
     def needs_body(self) -> bool:
@@ -36,7 +42,7 @@ class Attempt:
         return replace_model(sent, self.context.span, self.provider.model_name)
 
 
-def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str]) -> Attempt | errors.Reply:
+def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:
     """The attempt's request, for the provider whose host is `cluster` (the Envoy cluster of the picked endpoint).
 
     Credentials come only from the snapshot entry of that very cluster: a host
@@ -49,4 +55,4 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
     headers = plan(live.current, provider, context.path, context.originals, present)
-    return Attempt(provider=provider, headers=headers, context=context)
+    return Attempt(provider=provider, headers=headers, context=context, number=number)

@@ -7,6 +7,7 @@ import time
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from .streams import RouterStream, UpstreamStream
 
@@ -38,24 +39,22 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
         in_flight = self._in_flight[level]
         in_flight.inc()
-        observer = self.runtime.observer
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
-                retry = None
-                if level == "upstream" and request.HasField("request_headers"):
-                    request_id, attempt = stream.identify(request)
-                    if attempt >= 2:
-                        retry = (request_id, attempt)
-                        await observer.before_retry(request_id, attempt, RETRY_WAIT_S)
+                kind = request.WhichOneof("request")
+                if level == "upstream" and kind == "request_headers":
+                    stream.identify(request)
+                    if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
+                        await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
                 started = time.perf_counter()
                 response = stream.handle(request)
-                timer = self._timers.get((level, request.WhichOneof("request")))
+                timer = self._timers.get((level, kind))
                 if timer is not None:
                     timer.observe(time.perf_counter() - started)
                 if stream.reply is not None and stream.reply.reason:
                     self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
-                if retry is not None and stream.attempt is not None:
-                    observer.retry_started(*retry, stream.attempt.provider.name)
+                if level == "upstream":
+                    self._observe(stream, kind)
                 await context.write(response)
                 if stream.done:
                     # Close the stream ourselves (status OK: "no more processing"): Envoy
@@ -63,3 +62,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     break
         finally:
             in_flight.dec()
+
+    def _observe(self, stream: UpstreamStream, kind: str | None) -> None:
+        """What an attempt tells the observer before Envoy goes on: a failover, or a last attempt's answer."""
+        if stream.attempt is None:
+            return
+        provider = stream.attempt.provider.name
+        if kind == "request_headers" and stream.number >= 2:
+            self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
+        elif kind == "response_headers" and stream.answer is not None:
+            status, headers = stream.answer
+            self.runtime.observer.last_attempt_answered(stream.request_id, stream.number, provider, status, retry_after_seconds(headers))

@@ -77,7 +77,8 @@ class RouterStream:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             self.headers = headers_of(request.request_headers)
-            decision = router.on_headers(self.config, self.listener, self.headers, request.request_headers.end_of_stream, self.health)
+            message = request.request_headers
+            decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
             return self._respond("request_headers", decision)
         if kind == "request_body":
             decision = router.on_body(self.config, self.listener, self.headers, request.request_body.body, self.health)
@@ -116,18 +117,23 @@ class UpstreamStream:
         self.attempt: upstream.Attempt | None = None
         self.reply: errors.Reply | None = None
         self.done = False  # the attempt is rebuilt (or refused): Envoy needs nothing more from this stream
+        self.request_id = ""
+        self.number = 0  # the attempt's number
+        #: The last attempt's response headers (status, headers), before Envoy passes them on.
+        self.answer: tuple[int, dict[str, str]] | None = None
 
-    def identify(self, request: pb.ProcessingRequest) -> tuple[str, int]:
-        """Read the attempt's headers: (request id, attempt number)."""
+    def identify(self, request: pb.ProcessingRequest) -> None:
+        """Read the attempt's headers: which request, which attempt."""
         self.headers = headers_of(request.request_headers)
         attempt = self.headers.get("x-envoy-attempt-count", "")
-        return self.headers.get("x-request-id", ""), int(attempt) if attempt.isdigit() else 0
+        self.number = int(attempt) if attempt.isdigit() else 0
+        self.request_id = self.headers.get("x-request-id", "")
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             headers = self.headers or headers_of(request.request_headers)
-            decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers)
+            decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers, self.number)
             if isinstance(decision, errors.Reply):
                 self.reply = decision
                 self.done = True
@@ -135,15 +141,22 @@ class UpstreamStream:
             self.attempt = decision
             response = pb.ProcessingResponse()
             apply_headers(response.request_headers.response.header_mutation, decision.headers)
-            if not decision.needs_body:
+            if decision.last:
+                response.mode_override.CopyFrom(_WATCH if decision.needs_body else _WATCH_NO_BODY)
+            elif not decision.needs_body:
                 response.mode_override.CopyFrom(_NO_BODY)
                 self.done = True
             return response
         if kind == "request_body" and self.attempt is not None:
             response = pb.ProcessingResponse()
             set_body(response.request_body.response, self.attempt.body(request.request_body.body))
-            self.done = True
+            self.done = not self.attempt.last
             return response
+        if kind == "response_headers":
+            headers = headers_of(request.response_headers)
+            status = headers.get(":status", "")
+            self.answer = (int(status) if status.isdigit() else 0, headers)
+            self.done = True
         return _continue(kind)
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
@@ -178,6 +191,22 @@ _NO_BODY = ext_proc_pb2.ProcessingMode(
     request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
     response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
 )
+
+
+def _watching(request_body_mode: int) -> ext_proc_pb2.ProcessingMode:
+    """A last attempt: its response headers come to the sidecar before they go on to the client."""
+    return ext_proc_pb2.ProcessingMode(
+        request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+        response_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+        request_body_mode=request_body_mode,
+        response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
+        request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+        response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    )
+
+
+_WATCH = _watching(ext_proc_pb2.ProcessingMode.BUFFERED)
+_WATCH_NO_BODY = _watching(ext_proc_pb2.ProcessingMode.NONE)
 
 
 def _continue(kind: str | None) -> pb.ProcessingResponse:

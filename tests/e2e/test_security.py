@@ -105,3 +105,45 @@ def test_post_reload_with_a_token_file_needs_the_token(mocks, gateway, tmp_path)
     accepted = request(gw.metrics_port, "POST", "/reload", headers={"authorization": "Bearer t0k3n"})
     assert accepted.status == 200 and accepted.json() == {"reloaded": True, "message": "unchanged"}
     assert gw.get("/metrics").status == 200 and gw.get("/readyz").status == 200, "scrapes and probes need no token"
+
+
+def test_what_a_client_sends_cannot_reach_past_the_provider_or_its_endpoints(mocks, gateway):
+    from .harness import request
+
+    upstream = mocks.start("p")
+    gw = gateway(gateway_config(provider("p", GPT4, upstream, base_url=f"http://127.0.0.1:{upstream.port}/tenant-a", access_key="sk-a")))
+    body = b'{"model": "openai/gpt-4"}'
+    for method, path, status in (
+        ("POST", "/v1/../../tenant-b/v1/chat/completions", 400),
+        ("POST", "/v1/%2e%2e/%2e%2e/tenant-b/v1/chat/completions", 400),
+        ("POST", "/v1%2F..%2Ftenant-b/chat/completions", 400),
+        ("GET", "/admin", 404),
+        ("DELETE", "/v1/files/file-123", 404),
+        ("DELETE", "/v1/chat/completions", 405),
+    ):
+        answer = request(gw.port, method, path, body, {"content-type": "application/json"})
+        assert answer.status == status, (method, path, answer.status, answer.body)
+    assert upstream.received == [], "none of them reached the provider, with or without its key"
+
+    answer = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json", "x-envoy-original-path": "/elsewhere", "x-request-id": "mine"})
+    assert answer.status == 200
+    seen = upstream.received[-1]
+    assert seen.path == "/tenant-a/v1/chat/completions"
+    assert seen.header("x-envoy-original-path") is None
+    assert seen.header("x-request-id") not in (None, "mine"), "Envoy's own request id, not the client's"
+    assert answer.headers["x-request-id"] == seen.header("x-request-id"), "and the client is told which"
+
+    underscored = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json", "x_api_key": "k"})
+    assert underscored.status == 400
+
+
+def test_a_request_envoy_accepts_is_never_failed_by_what_the_gateway_adds(mocks, gateway):
+    upstream = mocks.start("p")
+    gw = gateway(gateway_config(provider("p", GPT4, upstream, access_key="sk-a", headers={f"x-extra-{index}": "v" for index in range(8)})))
+    many = {f"x-client-{index}": "v" for index in range(99)}
+    answer = chat(gw.port, {"model": GPT4}, many)
+    assert answer.status == 200, answer.body
+    assert upstream.received[-1].header("x-extra-7") == "v" and upstream.received[-1].header("x-client-98") == "v"
+    too_many = {f"x-client-{index}": "v" for index in range(115)}
+    answer = chat(gw.port, {"model": GPT4}, too_many)
+    assert answer.status == 431 and answer.json()["error"]["code"] == "too_many_headers"

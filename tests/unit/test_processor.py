@@ -98,7 +98,33 @@ def test_upstream_path_does_not_double_an_sdk_style_v1():
 
 def test_missing_model_goes_to_the_default_provider():
     assert forward(b'{"messages": []}').provider == "mini"
-    assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/x"}, True).provider == "mini"
+    assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/embeddings"}, True).provider == "mini"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/v1/../../tenant-b/v1/chat/completions", 400, "invalid_path"),
+        ("POST", "/v1/chat/completions/%2e%2E/x", 400, "invalid_path"),
+        ("GET", "/../etc/passwd", 400, "invalid_path"),
+        ("POST", "/v1\\chat/completions", 400, "invalid_path"),
+        ("GET", "/admin", 404, "unknown_endpoint"),
+        ("GET", "/v1/files/file-123", 404, "unknown_endpoint"),
+        ("POST", "/v1/chat/completionsX", 404, "unknown_endpoint"),
+        ("DELETE", "/v1/chat/completions", 405, "method_not_allowed"),
+    ],
+)
+def test_requests_no_provider_may_see_are_answered_by_the_gateway(method, path, status, code):
+    reply = router.on_headers(CONFIG, LISTENER, {":method": method, ":path": path}, False)
+    assert isinstance(reply, Reply) and reply.status == status and json.loads(reply.body)["error"]["code"] == code
+
+
+def test_allowed_endpoints_pass_and_the_client_x_envoy_headers_are_dropped():
+    for path in ("/v1/chat/completions?stream=true", "/v1/messages", "/v1/audio/transcriptions", "/v1/models/openai/gpt-4"):
+        assert router.refusal(LISTENER, "POST", path) is None, path
+    headers = {**CLIENT, "x-envoy-original-path": "/elsewhere", "x-envoy-retry-on": "5xx"}
+    decision = forward(b'{"model": "openai/gpt-4"}', headers)
+    assert {"x-envoy-original-path", "x-envoy-retry-on"} <= set(decision.headers.remove)
 
 
 @pytest.mark.parametrize(
