@@ -8,10 +8,14 @@ the body is scanned once (which also validates it) and only the span of the
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
+#: Top-level keys a request body may have (an API request has a few dozen at most): each costs a
+#: Python-level step here, so a body of a million small keys is refused instead of stalling the sidecar.
+MAX_TOP_LEVEL_KEYS = 1024
 
 
 class BodyError(ValueError):
@@ -50,7 +54,8 @@ def parse(body: bytes) -> ParsedBody:
     index = _skip(text, index + 1)
     open_brace = index
     model_spans: list[tuple[int, int]] = []
-    fields = {}
+    model = None
+    keys = 0
     if index < len(text) and text[index] == "}":
         index += 1
     else:
@@ -61,14 +66,20 @@ def parse(body: bytes) -> ParsedBody:
             index = _skip(text, index)
             if index >= len(text) or text[index] != ":":
                 raise BodyError(f"invalid JSON: expected ':' at character {index}")
+            keys += 1
+            if keys > MAX_TOP_LEVEL_KEYS:
+                raise BodyError(f"the request body has more than {MAX_TOP_LEVEL_KEYS} top-level keys")
             start = _skip(text, index + 1)
             try:
                 value, end = _DECODER.raw_decode(text, start)
             except json.JSONDecodeError as exc:
                 raise BodyError(f"invalid JSON: {exc.msg} at character {exc.pos}") from None
+            except RecursionError:
+                raise BodyError(f"the request body nests deeper than this gateway reads (about {sys.getrecursionlimit()} levels)") from None
             if key == "model":
                 model_spans.append((start, end))
-            fields[key] = value
+                model = value
+            del value  # only the model is kept: a body's memory is not held twice
             index = _skip(text, end)
             if index < len(text) and text[index] == ",":
                 index = _skip(text, index + 1)
@@ -86,8 +97,8 @@ def parse(body: bytes) -> ParsedBody:
         span = ModelSpan(_byte_offset(text, start), _byte_offset(text, end))
     else:
         position = _byte_offset(text, open_brace)
-        span = ModelSpan(position, position, insert=True, needs_comma=bool(fields))
-    return ParsedBody(model=fields.get("model"), span=span)
+        span = ModelSpan(position, position, insert=True, needs_comma=keys > 0)
+    return ParsedBody(model=model, span=span)
 
 
 def replace_model(body: bytes, span: ModelSpan, model_name: str) -> bytes:

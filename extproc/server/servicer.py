@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
-from .streams import RouterStream, UpstreamStream
+from .streams import RouterStream, UpstreamStream, immediate
+
+log = logging.getLogger(__name__)
 
 #: How long a retry waits for its previous attempt's failed-attempt entry (it is normally there already).
 RETRY_WAIT_S = 0.05
@@ -29,6 +34,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
         self._in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream")}
+        self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -47,7 +53,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
                         await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
                 started = time.perf_counter()
-                response = stream.handle(request)
+                try:
+                    response = stream.handle(request)
+                except Exception as exc:  # never a traceback to Envoy or the client: a JSON 500 naming the request
+                    response = self._unexpected(stream, level, kind, exc)
                 timer = self._timers.get((level, kind))
                 if timer is not None:
                     timer.observe(time.perf_counter() - started)
@@ -62,6 +71,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     break
         finally:
             in_flight.dec()
+
+    def _unexpected(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, exc: Exception) -> pb.ProcessingResponse:
+        request_id = stream.headers.get("x-request-id", "unknown")
+        first = (type(exc), level, kind) not in self._seen_errors
+        self._seen_errors.add((type(exc), level, kind))
+        log.error("request %s: unexpected %s in %s %s%s", request_id, type(exc).__name__, level, kind, "" if first else " (traceback logged before)", exc_info=exc if first else None)
+        stream.reply = errors.error_reply(500, f"The gateway hit an unexpected error (request id {request_id}).", "api_error", "gateway_error")
+        stream.done = True
+        return immediate(stream.reply)
 
     def _observe(self, stream: UpstreamStream, kind: str | None) -> None:
         """What an attempt tells the observer before Envoy goes on: a failover, or a last attempt's answer."""

@@ -136,7 +136,10 @@ def test_allowed_endpoints_pass_and_the_client_x_envoy_headers_are_dropped():
         (b'{"model": 4}', 400, "invalid_model"),
         (b'{"model": "a", "model": "b"}', 400, "invalid_json"),
         (b'{"model": "nope/never"}', 404, "model_not_found"),
+        (b'{"model": "openai/gpt-4", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "invalid_json"),
+        (b"{" + b",".join(b'"k%d": 1' % index for index in range(2000)) + b"}", 400, "invalid_json"),
     ],
+    ids=["not-json", "trailing", "not-utf8", "model-not-string", "two-models", "unknown-model", "nested-5000-deep", "2000-top-level-keys"],
 )
 def test_bad_bodies_are_refused(body, status, code):
     decision = router.on_body(CONFIG, LISTENER, CLIENT, body)

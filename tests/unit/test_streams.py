@@ -108,3 +108,45 @@ model_providers:
     body = stream.handle(body_message(b'{"model": "gpt-4"}')).request_body.response
     assert body.body_mutation.body == b'{"model": "gpt-4o"}'
     assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"19")]
+
+
+def test_an_unexpected_error_is_a_json_500_naming_the_request_and_never_its_text(monkeypatch, caplog):
+    import asyncio
+    import json
+
+    import grpc
+
+    from extproc.processor import router
+    from extproc.runtime import Runtime
+    from extproc.server.servicer import ExternalProcessor
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("sk-secret-in-an-exception")
+
+    monkeypatch.setattr(router, "on_body", explode)
+
+    class Context:
+        def __init__(self, messages):
+            self.messages = list(messages)
+            self.written = []
+
+        def invocation_metadata(self):
+            return (("x-extproc-phase", "router"), ("x-extproc-listener", "llm"))
+
+        async def read(self):
+            return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+        async def write(self, response):
+            self.written.append(response)
+
+    servicer = ExternalProcessor(Runtime.create(CONFIG))
+    for _ in range(2):
+        context = Context([headers_message({":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "req-7"}), body_message(b'{"model": "openai/gpt-4"}')])
+        asyncio.run(servicer.Process(None, context))
+        answer = context.written[-1].immediate_response
+        assert answer.status.code == 500
+        error = json.loads(answer.body)["error"]
+        assert error["code"] == "gateway_error" and "req-7" in error["message"] and "sk-secret" not in answer.body.decode()
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1, "the traceback is logged once, not per request"
+    assert all("req-7" in record.getMessage() for record in caplog.records if record.name == "extproc.server.servicer")
