@@ -73,6 +73,7 @@ class Gateway:
             "--disable-hot-restart",
             "--admin-address-path", admin_path,
             "--log-level", self.log_level,
+            "--component-log-level", ",".join(f"{component}:{_without_secrets(self.log_level)}" for component in SECRET_LOGGING_COMPONENTS),
             "--drain-time-s", "2",
             "--drain-strategy", "immediate",
         ]
@@ -143,6 +144,15 @@ class Gateway:
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline and self._active_requests() > 0:
             time.sleep(0.1)
+
+
+#: Envoy components whose debug output prints request headers or header mutations, provider keys included.
+SECRET_LOGGING_COMPONENTS = ("router", "ext_proc")
+
+
+def _without_secrets(level: str) -> str:
+    """The level for those components: the global one, but never below info."""
+    return "info" if level in ("trace", "debug") else level
 
 
 def _die_with_parent() -> None:

@@ -147,3 +147,32 @@ def test_a_request_envoy_accepts_is_never_failed_by_what_the_gateway_adds(mocks,
     too_many = {f"x-client-{index}": "v" for index in range(115)}
     answer = chat(gw.port, {"model": GPT4}, too_many)
     assert answer.status == 431 and answer.json()["error"]["code"] == "too_many_headers"
+
+
+def test_keys_never_appear_in_logs_metrics_or_envoys_config_even_at_debug(mocks, gateway, monkeypatch, tmp_path):
+    from extproc import envoyadmin
+
+    from .harness import request
+
+    monkeypatch.setenv("SECRET_B", "sk-from-env-SECRETKEY-b")
+    primary, secondary = mocks.start("primary", status=429), mocks.start("secondary")
+    config = gateway_config(
+        provider("a", GPT4, primary, access_key="sk-plain-SECRETKEY-a"),
+        provider("b", GPT4, secondary, access_key="$SECRET_B", headers={"x-org-token": "org-SECRETKEY-c"}),
+    )
+    config["cooldown"] = {"enabled": False}
+    gw = gateway(config, "--envoy-log-level", "debug")
+    for _ in range(3):
+        assert chat(gw.port, {"model": GPT4}).status == 200
+    assert secondary.received[-1].header("authorization") == "Bearer sk-from-env-SECRETKEY-b", "the keys are in use"
+    assert request(gw.metrics_port, "POST", "/reload").status == 200
+
+    config_path = tmp_path / "rendered.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    rendered = subprocess.run([sys.executable, "-m", "extproc", "render", str(config_path)], capture_output=True, text=True, timeout=30, env={**os.environ, "SECRET_B": "sk-from-env-SECRETKEY-b"})
+    assert rendered.returncode == 0, rendered.stderr
+    dump = envoyadmin._call(gw.admin_url, "GET", "/config_dump?include_eds").decode()
+    places = {"logs (debug)": gw.logs(), "/metrics": gw.get("/metrics").body.decode(), "config_dump": dump, "render": rendered.stdout + rendered.stderr}
+    assert "debug" in places["logs (debug)"], "Envoy did log at debug"
+    leaks = {where: text.count("SECRETKEY") for where, text in places.items() if "SECRETKEY" in text}
+    assert leaks == {}, leaks
