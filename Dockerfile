@@ -3,6 +3,9 @@
 #
 #   docker build -t extproc .
 #   docker run --rm -v $PWD/config_failover.yaml:/etc/extproc/config.yaml extproc check /etc/extproc/config.yaml
+#
+# The image holds no gateway config (and so no demo key): mount yours at
+# /etc/extproc/config.yaml (docker-compose and the Kubernetes manifests do).
 
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
@@ -21,7 +24,6 @@ RUN groupadd --system --gid 10001 extproc \
  && mkdir -p /run/extproc /etc/extproc \
  && chown extproc:extproc /run/extproc
 COPY --from=build /opt/extproc /opt/extproc
-COPY config_failover.yaml /etc/extproc/config.yaml
 COPY envoy/envoy.yaml /etc/envoy/envoy.yaml
 ENV PATH=/opt/extproc/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001

