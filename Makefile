@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config_failover.yaml
 
-.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(STAMP)
 ## Time from a config file write to the first request routed by it.
 bench-reload: $(STAMP)
 	$(BIN)/python bench/reload.py
+
+## Small-request latency with and without 10 MiB bodies posted alongside.
+bench-bodies: $(STAMP)
+	$(BIN)/python bench/bodies.py
 
 ## 5 minutes at 32 connections, every request failing over: the sidecar's RSS must stay flat (within 5 MB after the first minute).
 soak: $(STAMP)

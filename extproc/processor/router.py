@@ -74,15 +74,19 @@ def on_headers(
     return None
 
 
-def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None) -> errors.Reply | Forward:
+def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None, parsed: ParsedBody | BodyError | None = None) -> errors.Reply | Forward:
+    """Decide from the body; `parsed` is the body already parsed (or refused) by the caller, when it was."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if not body.strip():
         return resolve(config, listener, headers, None, health)
-    try:
-        parsed = parse(body)
-    except BodyError as exc:
-        return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
+    if parsed is None:
+        try:
+            parsed = parse(body)
+        except BodyError as exc:
+            parsed = exc
+    if isinstance(parsed, BodyError):
+        return errors.invalid_request(f"We could not parse the JSON body of your request: {parsed}.", "invalid_json")
     decision = resolve(config, listener, headers, parsed, health)
     if isinstance(decision, Forward):
         model_name = config.providers[decision.provider].model_name

@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
+from ..processor.jsonbody import STEPPED_PARSE_BYTES, BodyError, ParsedBody, parse_async
 from ..runtime import Runtime
 from .streams import RouterStream, UpstreamStream, immediate
 
@@ -22,6 +23,14 @@ RETRY_WAIT_S = 0.05
 #: gRPC initial metadata the rendered Envoy config sends on each ext_proc stream.
 PHASE_METADATA = "x-extproc-phase"
 LISTENER_METADATA = "x-extproc-listener"
+
+
+async def _parse_in_steps(body: bytes) -> ParsedBody | BodyError:
+    """A large body, parsed while other streams are served between steps."""
+    try:
+        return await parse_async(body)
+    except BodyError as exc:
+        return exc
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
@@ -52,9 +61,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     stream.identify(request)
                     if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
                         await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
+                body = parsed = None
+                if level == "router" and kind == "request_body":
+                    body = request.request_body.body
+                    if len(body) > STEPPED_PARSE_BYTES:
+                        parsed = await _parse_in_steps(body)
                 started = time.perf_counter()
                 try:
-                    response = stream.handle(request)
+                    response = stream.handle(request) if body is None else stream.handle_body(body, parsed)
                 except Exception as exc:  # never a traceback to Envoy or the client: a JSON 500 naming the request
                     response = self._unexpected(stream, level, kind, exc)
                 timer = self._timers.get((level, kind))

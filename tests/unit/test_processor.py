@@ -239,3 +239,32 @@ def test_each_provider_kind_gets_its_key_in_its_own_header(model, header, value)
     headers = dict(attempt(config, "p", context, []).headers.set)
     assert headers[header] == value
     assert [name for name in ("authorization", "x-api-key", "api-key") if name in headers] == [header], "one credential header, no client key"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "messages": [{"role": "user"}, , {"role": "x"}]}',
+        b'{"model": "m", "messages": [{"role": "user"},]}',
+        b'{"model": "m", "meta": {"a": 1,}}',
+        b'{"model": "m", "meta": {"a" 1}}',
+        b'{"model": "m", "messages": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+    ],
+)
+def test_values_under_the_top_level_are_validated_too(body):
+    with pytest.raises(BodyError):
+        parse(body)
+
+
+def test_the_stepped_parse_finds_the_same_model_and_yields_on_a_large_body():
+    import asyncio
+
+    from extproc.processor import jsonbody
+
+    messages = [{"role": "user", "content": "é" * 100} for _ in range(5000)]
+    body = json.dumps({"messages": messages, "n": {"x": [1, 2]}, "model": "openai/gpt-4"}, ensure_ascii=False).encode()
+    steps = sum(1 for _ in jsonbody._scan(body))
+    assert steps >= len(body) // 2 // jsonbody.STEP_CHARS, "a large body is read in many steps"
+    stepped = asyncio.run(jsonbody.parse_async(body))
+    assert stepped == parse(body) and stepped.model == "openai/gpt-4"
+    assert replace_model(body, stepped.span, "gpt-4").endswith(b'"model": "gpt-4"}')
