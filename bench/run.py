@@ -7,8 +7,14 @@
   port) and `bench/failover` (the 429 port, then the 200 port: every request
   fails over).
 
-Each is driven by wrk at 1 and 64 connections. Bounded (about a minute);
-stops everything it started. Installs wrk with apt-get when it is missing.
+Each is driven by wrk at 1 and 64 connections. Then the burst scenario: a
+provider that answers in 200 ms (an Envoy with a fixed fault delay), driven at
+100 connections for 15 s directly, through Envoy alone, and through the
+gateway; the p99 the gateway adds over Envoy alone is the release gate
+(< 20 ms). For every gateway run the sidecar's CPU time per request is
+printed (CPU seconds of the `extproc up` process ÷ requests served).
+Bounded (about two minutes); stops everything it started. Installs wrk with
+apt-get when it is missing.
 """
 
 from __future__ import annotations
@@ -131,12 +137,36 @@ def wrk(binary: str, port: int, connections: int, seconds: int, model: str, work
         "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", output).group(1)),
         "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)) else 0,
         "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+        "socket_errors": sum(int(count) for count in re.findall(r"(?:connect|read|write|timeout) (\d+)", m.group(0))) if (m := re.search(r"Socket errors:.*", output)) else 0,
     }
 
 
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def slow_listener(name: str, port: int, delay_ms: int) -> dict:
+    """A provider that answers the fixed completion after `delay_ms` (Envoy's fault filter: no Python in the way)."""
+    listener = direct_listener(name, port, 200, COMPLETION, [("content-type", "application/json")])
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    fault = {
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"fixed_delay": f"{delay_ms / 1000:.3f}s", "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
+            "max_active_faults": 100000,
+        },
+    }
+    hcm["http_filters"].insert(0, fault)
+    return listener
 
 
 def rss_mb(pid: int) -> float:
@@ -155,17 +185,20 @@ def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
+    parser.add_argument("--burst-seconds", type=int, default=15, help="duration of each burst-scenario run")
     args = parser.parse_args()
     binary = ensure_wrk()
     workdir = tempfile.mkdtemp(prefix="extproc-bench-")
     processes = Processes(workdir)
     try:
-        ok_port, limited_port, baseline_port = free_port(), free_port(), free_port()
+        ok_port, limited_port, baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(5))
         processes.envoy("upstream", {"static_resources": {"listeners": [
             direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")]),
+            slow_listener("slow", slow_port, 200),
             direct_listener("limited", limited_port, 429, '{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}', [("content-type", "application/json"), ("retry-after", "1")]),
         ]}})
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
+        processes.envoy("slow-baseline", static_proxy(slow_baseline_port, slow_port))
         config = {
             "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0}],
             # Cooldown off: every bench/failover request really tries the 429 provider first.
@@ -174,12 +207,13 @@ def main() -> None:
                 {"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"},
                 {"name": "limited", "model": "bench/failover", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-1"},
                 {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key-2"},
+                {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
         config_path = os.path.join(workdir, "gateway.yaml")
         with open(config_path, "w") as handle:
             yaml.safe_dump(config, handle)
-        for port in (ok_port, limited_port, baseline_port):
+        for port in (ok_port, limited_port, baseline_port, slow_port, slow_baseline_port):
             wait_port(port)
 
         started = time.monotonic()
@@ -203,13 +237,22 @@ def main() -> None:
                 samples: list[float] = []
                 sampler = threading.Thread(target=sample_rss, args=(gateway.pid, sampler_stop, samples), daemon=True)
                 sampler.start()
+                cpu_before = cpu_seconds(gateway.pid)
                 result = wrk(binary, port, connections, args.seconds, model, workdir)
+                result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
                 sampler_stop.set()
                 sampler.join()
                 if port == gateway_port:
                     peak_rss = max([peak_rss, *samples])
                 rows.append((label, connections, result))
         report(rows, startup_s, peak_rss)
+        burst = []
+        for label, port in (("direct to the provider", slow_port), ("Envoy alone, static route", slow_baseline_port), ("gateway (extproc up)", gateway_port)):
+            cpu_before = cpu_seconds(gateway.pid)
+            result = wrk(binary, port, 100, args.burst_seconds, "bench/slow", workdir)
+            result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
+            burst.append((label, result))
+        report_burst(burst)
     finally:
         processes.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -217,16 +260,33 @@ def main() -> None:
 
 def report(rows: list, startup_s: float, peak_rss: float) -> None:
     baseline = {connections: result for label, connections, result in rows if label.startswith("Envoy alone")}
-    print(f"\n{'path':38} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'req/s vs base':>14} {'p50 +ms':>8} {'p99 x':>6}")
+    print(f"\n{'path':38} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'req/s vs base':>14} {'p50 +ms':>8} {'p99 x':>6} {'sidecar CPU/req':>16}")
     for label, connections, result in rows:
         base = baseline[connections]
+        cpu = f"{result['cpu_us']:.0f} us" if result.get("cpu_us") is not None else ""
         print(
             f"{label:38} {connections:>5} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}"
-            f" {result['rps'] / base['rps']:>13.0%} {result['p50'] - base['p50']:>+8.2f} {result['p99'] / base['p99']:>6.1f}"
+            f" {result['rps'] / base['rps']:>13.0%} {result['p50'] - base['p50']:>+8.2f} {result['p99'] / base['p99']:>6.1f} {cpu:>16}"
         )
     print(f"\nsidecar process RSS under load (peak): {peak_rss:.0f} MB")
     print(f"`extproc up` to first served request: {startup_s:.2f} s")
     print(f"machine: {os.cpu_count()} cores; Envoy --concurrency 1 everywhere; wrk -t1")
+
+
+def report_burst(rows: list) -> None:
+    direct, alone = rows[0][1], rows[1][1]
+    print("\nburst: a provider answering in 200 ms, 100 connections (wrk -t1 -c100)")
+    print(f"{'path':38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>8} {'p99 over direct':>16} {'p99 over Envoy':>15} {'sidecar CPU/req':>16}")
+    for label, result in rows:
+        cpu = f"{result['cpu_us']:.0f} us" if result.get("cpu_us") is not None else ""
+        errors = result["non2xx"] + result.get("socket_errors", 0)
+        print(
+            f"{label:38} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {errors:>8}"
+            f" {result['p99'] - direct['p99']:>+15.1f}  {result['p99'] - alone['p99']:>+14.1f} {cpu:>16}"
+        )
+    gateway = rows[-1][1]
+    verdict = "met" if gateway["p99"] - alone["p99"] < 20 and gateway["non2xx"] == 0 else "NOT met"
+    print(f"gate: p99 over Envoy alone < 20 ms with no errors: {verdict}")
 
 
 if __name__ == "__main__":
