@@ -5,7 +5,9 @@
 - baseline: Envoy alone, a static route to the 200 port;
 - gateway: `extproc up` with two models: `bench/ok` (one provider, the 200
   port) and `bench/failover` (the 429 port, then the 200 port: every request
-  fails over).
+  fails over). `bench/ok` is also asked for as `ok`, the provider's own name
+  for it (as OpenAI SDK users write it): Envoy finds the model, and one
+  message to the sidecar routes the request without a body rewrite.
 
 Each is driven by wrk at 1 and 64 connections. Then the burst scenario: a
 provider that answers in 200 ms (an Envoy with a fixed fault delay), driven at
@@ -186,6 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
     parser.add_argument("--burst-seconds", type=int, default=15, help="duration of each burst-scenario run")
+    parser.add_argument("--burst-only", action="store_true", help="only the burst scenario")
     args = parser.parse_args()
     binary = ensure_wrk()
     workdir = tempfile.mkdtemp(prefix="extproc-bench-")
@@ -231,7 +234,12 @@ def main() -> None:
 
         rows = []
         peak_rss = 0.0
-        for label, port, model in (("Envoy alone, static route", baseline_port, "bench/ok"), ("gateway (extproc up)", gateway_port, "bench/ok"), ("gateway, every request fails over", gateway_port, "bench/failover")):
+        for label, port, model in () if args.burst_only else (
+            ("Envoy alone, static route", baseline_port, "bench/ok"),
+            ("gateway (extproc up)", gateway_port, "bench/ok"),
+            ("gateway, model as the provider names it", gateway_port, "ok"),
+            ("gateway, every request fails over", gateway_port, "bench/failover"),
+        ):
             for connections in (1, 64):
                 sampler_stop = threading.Event()
                 samples: list[float] = []
@@ -245,9 +253,11 @@ def main() -> None:
                 if port == gateway_port:
                     peak_rss = max([peak_rss, *samples])
                 rows.append((label, connections, result))
-        report(rows, startup_s, peak_rss)
+        if rows:
+            report(rows, startup_s, peak_rss)
         burst = []
         for label, port in (("direct to the provider", slow_port), ("Envoy alone, static route", slow_baseline_port), ("gateway (extproc up)", gateway_port)):
+            wrk(binary, port, 100, 3, "bench/slow", workdir)  # warm-up (connections, pools): not measured
             cpu_before = cpu_seconds(gateway.pid)
             result = wrk(binary, port, 100, args.burst_seconds, "bench/slow", workdir)
             result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
@@ -260,12 +270,12 @@ def main() -> None:
 
 def report(rows: list, startup_s: float, peak_rss: float) -> None:
     baseline = {connections: result for label, connections, result in rows if label.startswith("Envoy alone")}
-    print(f"\n{'path':38} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'req/s vs base':>14} {'p50 +ms':>8} {'p99 x':>6} {'sidecar CPU/req':>16}")
+    print(f"\n{'path':40} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'req/s vs base':>14} {'p50 +ms':>8} {'p99 x':>6} {'sidecar CPU/req':>16}")
     for label, connections, result in rows:
         base = baseline[connections]
         cpu = f"{result['cpu_us']:.0f} us" if result.get("cpu_us") is not None else ""
         print(
-            f"{label:38} {connections:>5} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}"
+            f"{label:40} {connections:>5} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}"
             f" {result['rps'] / base['rps']:>13.0%} {result['p50'] - base['p50']:>+8.2f} {result['p99'] / base['p99']:>6.1f} {cpu:>16}"
         )
     print(f"\nsidecar process RSS under load (peak): {peak_rss:.0f} MB")

@@ -24,7 +24,9 @@ GPT4 = "openai/gpt-4"
 def serve(config_path, *args: str) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "extproc", "serve", str(config_path), "--metrics-port", "0", *args], stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
-    assert "serving ext_proc" in line, f"{line!r}, exit {process.poll()}"
+    if "serving ext_proc" not in line:
+        process.kill()
+        raise AssertionError(f"serve did not start: {line!r}, exit {process.wait()}")
     return process
 
 
