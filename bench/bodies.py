@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import urllib.request
 
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -47,13 +44,8 @@ def main() -> None:
             "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0, "max_body_bytes": "16MiB"}],
             "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"}],
         }
-        config_path = os.path.join(workdir, "gateway.yaml")
-        with open(config_path, "w") as handle:
-            yaml.safe_dump(config, handle)
         wait_port(ok_port)
-        gateway = processes.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", config_path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        port = int(re.search(r"http://[^:]+:(\d+)", gateway.stdout.readline()).group(1))
-        threading.Thread(target=gateway.stdout.read, daemon=True).start()
+        gateway, port = processes.gateway(config)
         assert post(port, "bench/ok") == 200
         alone = wrk(binary, port, 16, 10, "bench/ok", workdir)
         stop, sent = threading.Event(), []

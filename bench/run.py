@@ -100,6 +100,19 @@ class Processes:
         self.started.append(process)
         return process
 
+    def gateway(self, config: dict) -> tuple[subprocess.Popen, int]:
+        """`extproc up` on `config` (Envoy --concurrency 1); returns the process and its listener's port."""
+        path = os.path.join(self.workdir, "gateway.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump(config, handle)
+        gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = gateway.stdout.readline()
+        match = re.search(r"http://[^:]+:(\d+)", line)
+        if not match:
+            raise SystemExit(f"extproc up did not start: {line!r}")
+        threading.Thread(target=gateway.stdout.read, daemon=True).start()
+        return gateway, int(match.group(1))
+
     def spawn(self, command: list[str], **kwargs) -> subprocess.Popen:
         process = subprocess.Popen(command, start_new_session=True, **kwargs)
         self.started.append(process)
@@ -213,23 +226,14 @@ def main() -> None:
                 {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
-        config_path = os.path.join(workdir, "gateway.yaml")
-        with open(config_path, "w") as handle:
-            yaml.safe_dump(config, handle)
         for port in (ok_port, limited_port, baseline_port, slow_port, slow_baseline_port):
             wait_port(port)
 
         started = time.monotonic()
-        gateway = processes.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", config_path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = gateway.stdout.readline()
-        match = re.search(r"http://[^:]+:(\d+)", line)
-        if not match:
-            raise SystemExit(f"extproc up did not start: {line!r}")
-        gateway_port = int(match.group(1))
+        gateway, gateway_port = processes.gateway(config)
         while post(gateway_port, "bench/ok") != 200:
             time.sleep(0.01)
         startup_s = time.monotonic() - started
-        threading.Thread(target=gateway.stdout.read, daemon=True).start()
         assert post(gateway_port, "bench/failover") == 200, "the failover scenario must succeed through the fallback"
 
         rows = []

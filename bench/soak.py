@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -55,14 +52,9 @@ def main() -> None:
                 {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "soak-key-2"},
             ],
         }
-        config_path = os.path.join(workdir, "gateway.yaml")
-        with open(config_path, "w") as handle:
-            yaml.safe_dump(config, handle)
         for port in (ok_port, limited_port):
             wait_port(port)
-        gateway = processes.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", config_path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        port = int(re.search(r"http://[^:]+:(\d+)", gateway.stdout.readline()).group(1))
-        threading.Thread(target=gateway.stdout.read, daemon=True).start()
+        gateway, port = processes.gateway(config)
         if post(port, "bench/failover") != 200:
             raise SystemExit("the failover scenario does not answer 200")
 
