@@ -105,7 +105,7 @@ class Processes:
         path = os.path.join(self.workdir, "gateway.yaml")
         with open(path, "w") as handle:
             yaml.safe_dump(config, handle)
-        gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1", "--metrics-port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = gateway.stdout.readline()
         match = re.search(r"http://[^:]+:(\d+)", line)
         if not match:
