@@ -3,7 +3,7 @@
 The gateway (`extproc up`, one provider: a fixed-response Envoy), wrk at 16
 connections with small chat requests for 10 s; then the same while 4 clients
 keep posting ~10 MiB chat bodies (`--model ok`: bodies that name the
-provider's own model, which the sidecar never reads). Prints wrk's p50/p99 for both runs, how many
+provider's own model, so none is rewritten). Prints wrk's p50/p99 for both runs, how many
 large bodies went through, and the sidecar's peak RSS.
 """
 
@@ -38,7 +38,7 @@ def large_posts(port: int, body: bytes, stop: threading.Event, sent: list[int]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="bench/ok", help="the large bodies' model: `bench/ok` is rewritten to the provider's `ok`; `ok` is not (Envoy routes it, the sidecar never reads it)")
+    parser.add_argument("--model", default="bench/ok", help="the large bodies' model: `bench/ok` is rewritten to the provider's `ok`; `ok` is not")
     args = parser.parse_args()
     large = large_body(args.model)
     binary = ensure_wrk()

@@ -5,9 +5,7 @@
 - baseline: Envoy alone, a static route to the 200 port;
 - gateway: `extproc up` with two models: `bench/ok` (one provider, the 200
   port) and `bench/failover` (the 429 port, then the 200 port: every request
-  fails over). `bench/ok` is also asked for as `ok`, the provider's own name
-  for it (as OpenAI SDK users write it): Envoy finds the model, and one
-  message to the sidecar routes the request without a body rewrite.
+  fails over).
 
 Each is driven by wrk at 1 and 64 connections. Then the burst scenario: a
 provider that answers in 200 ms (an Envoy with a fixed fault delay), driven at
@@ -241,7 +239,6 @@ def main() -> None:
         for label, port, model in () if args.burst_only else (
             ("Envoy alone, static route", baseline_port, "bench/ok"),
             ("gateway (extproc up)", gateway_port, "bench/ok"),
-            ("gateway, model as the provider names it", gateway_port, "ok"),
             ("gateway, every request fails over", gateway_port, "bench/failover"),
         ):
             for connections in (1, 64):

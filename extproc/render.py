@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import yaml
 
 from .config import Chain, Config, Listener, Provider
-from .processor.context import BODY_MODEL_KEY, BODY_NAMESPACE, METADATA_NAMESPACE
+from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .processor.router import CLIENT_HEADER_LIMIT
 from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
@@ -57,7 +57,6 @@ _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitor
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
 _FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 _FIXED_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
 
@@ -283,33 +282,17 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
         },
     }
     if phase == "router":
-        # Envoy's json_to_metadata (just before) found the body's model: the headers message
-        # carries it. The body follows at once (no round trip waits for it); the sidecar
-        # reads it only when it must rewrite it, and otherwise routes from the headers and
-        # closes the stream, leaving the body message unread.
-        config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}, "forwarding_namespaces": {"untyped": [BODY_NAMESPACE]}}
-        config["send_body_without_waiting_for_header_response"] = True
+        config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
         # The router level drops a client's own x-envoy-* headers (x-envoy-original-path, …).
         config["mutation_rules"] = {"allow_envoy": True}
+        # The headers decide nothing that the body must wait for: save a round trip.
+        config["send_body_without_waiting_for_header_response"] = True
     else:
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}}
         config["request_attributes"] = ["xds.upstream_host_metadata"]
         # An attempt whose body already names its provider's model skips the body phase.
         config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
-
-
-def _json_to_metadata() -> dict:
-    """Envoy parses a JSON body and puts its top-level `model` into dynamic metadata (namespace `BODY_NAMESPACE`).
-
-    It holds the request headers until it has the whole body, so the sidecar's
-    headers message already carries the model: one message routes the request.
-    """
-    rule = {"selectors": [{"key": "model"}], "on_present": {"metadata_namespace": BODY_NAMESPACE, "key": BODY_MODEL_KEY}}
-    return {
-        "name": "envoy.filters.http.json_to_metadata",
-        "typed_config": {"@type": _JSON_TO_METADATA, "request_rules": {"rules": [rule]}},
-    }
 
 
 def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
@@ -329,7 +312,6 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
         "request_headers_timeout": "10s",
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
-            _json_to_metadata(),
             _ext_proc("router", options, listener.max_body_bytes, listener.name),
             {
                 "name": "envoy.filters.http.router",

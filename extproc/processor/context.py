@@ -15,17 +15,14 @@ from .jsonbody import ModelSpan
 
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"
-#: Where Envoy's json_to_metadata puts the body's top-level `model` (see `render._json_to_metadata`).
-BODY_NAMESPACE = "extproc.body"
-BODY_MODEL_KEY = "model"
 
 
 @dataclass(frozen=True)
 class RequestContext:
     path: str  # the client's :path, query included
     originals: Mapping[str, str] = field(default_factory=dict, repr=False)  # client values of owned headers
-    span: ModelSpan | None = None  # where the body's model is, when the sidecar parsed the body
-    body_model: str | None = None  # the model name the body carries as Envoy sends it upstream; None: no body
+    span: ModelSpan | None = None  # where the body's model is; None when there is no body
+    body_model: str | None = None  # the model name the body already carries (set by the router level)
     attempts: int = 1  # how many attempts the chain makes: the last one is watched to its response headers
 
     def encode(self) -> str:

@@ -41,7 +41,7 @@ class ModelSpan:
 @dataclass(frozen=True)
 class ParsedBody:
     model: object  # the value as sent (None when absent)
-    span: ModelSpan | None  # None: the model was found without parsing the body here (by Envoy)
+    span: ModelSpan
 
 
 #: A large body is scanned in steps of about this many characters; between steps the

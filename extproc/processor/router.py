@@ -53,20 +53,9 @@ def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
 
 
 def on_headers(
-    config: Config,
-    listener: Listener,
-    headers: Mapping[str, str],
-    end_of_stream: bool,
-    health: ProviderHealth | None = None,
-    count: int = 0,
-    body_model: str | None = None,
+    config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None, count: int = 0
 ) -> errors.Reply | Forward | None:
-    """Decide from the headers alone when possible; None means: the body is needed.
-
-    `count`: header lines as sent. `body_model`: the body's top-level model as
-    Envoy found it (json_to_metadata), when it is a string: enough to route,
-    and the body is needed only if the chosen provider calls the model otherwise.
-    """
+    """Decide from the headers alone when possible; None means: wait for the body. `count`: header lines as sent."""
     if count > CLIENT_HEADER_LIMIT:
         return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
     max_body_bytes = listener.max_body_bytes
@@ -82,14 +71,7 @@ def on_headers(
         return errors.too_large(int(length), max_body_bytes)
     if end_of_stream:
         return resolve(config, listener, headers, None, health)
-    if body_model is None:
-        return None
-    decision = resolve(config, listener, headers, ParsedBody(body_model, None), health)
-    if isinstance(decision, Forward):
-        if config.providers[decision.provider].model_name != body_model:
-            return None  # the body must be rewritten for this provider
-        decision = replace(decision, context=replace(decision.context, body_model=body_model))
-    return decision
+    return None
 
 
 def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None, parsed: ParsedBody | BodyError | None = None) -> errors.Reply | Forward:

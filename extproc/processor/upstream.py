@@ -15,7 +15,7 @@ from ..config.store import Live
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
-from .jsonbody import parse, replace_model
+from .jsonbody import replace_model
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,13 @@ class Attempt:
     @property
     def needs_body(self) -> bool:
         """False when the body Envoy re-sends already names this provider's model."""
-        return self.context.body_model is not None and self.context.body_model != self.provider.model_name
+        return self.context.span is not None and self.context.body_model != self.provider.model_name
 
     def body(self, sent: bytes) -> bytes:
         """The attempt's body: the request's bytes with this provider's model name."""
         if not self.needs_body:
             return sent
-        span = self.context.span if self.context.span is not None else parse(sent).span  # Envoy found the model: find it here
-        return replace_model(sent, span, self.provider.model_name)
+        return replace_model(sent, self.context.span, self.provider.model_name)
 
 
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:

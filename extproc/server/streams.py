@@ -15,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from ..config.store import Live
 from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
-from ..processor.context import BODY_MODEL_KEY, BODY_NAMESPACE, METADATA_KEY, METADATA_NAMESPACE, RequestContext
+from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
 from ..processor.headermutator import HeaderPlan
 from ..processor.jsonbody import BodyError, ParsedBody
 
@@ -79,9 +79,7 @@ class RouterStream:
         if kind == "request_headers":
             self.headers = headers_of(request.request_headers)
             message = request.request_headers
-            decision = router.on_headers(
-                self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers), _body_model(request)
-            )
+            decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
             return self._respond("request_headers", decision)
         if kind == "request_body":
             return self.handle_body(request.request_body.body)
@@ -201,15 +199,6 @@ _NO_BODY = ext_proc_pb2.ProcessingMode(
     request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
     response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
 )
-
-
-def _body_model(request: pb.ProcessingRequest) -> str | None:
-    """The body's top-level model as Envoy's json_to_metadata found it, if it is a string."""
-    namespace = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
-    if namespace is None or BODY_MODEL_KEY not in namespace.fields:
-        return None
-    value = namespace.fields[BODY_MODEL_KEY]
-    return value.string_value if value.WhichOneof("kind") == "string_value" else None
 
 
 def _watching(request_body_mode: int) -> ext_proc_pb2.ProcessingMode:
