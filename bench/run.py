@@ -1,7 +1,10 @@
 """Envoy alone vs the gateway, in one run, on loopback; prints one table.
 
-- upstream: an Envoy answering fixed responses (200 chat.completion on one
-  port, 429 on another), so the provider is never the bottleneck;
+- upstream: the lightest fixed-response server we have (`fixed_upstream.py`,
+  a raw asyncio protocol on uvloop: about 100k req/s on its own here), 200 with
+  a chat.completion on one port, 429 on another, so the provider is never the
+  bottleneck (an Envoy `direct_response` upstream held "Envoy alone" to 6.8k
+  req/s at c=64, against 18.6k with this one);
 - baseline: Envoy alone, a static route to the 200 port;
 - gateway: `extproc up` with two models: `bench/ok` (one provider, the 200
   port) and `bench/failover` (the 429 port, then the 200 port: every request
@@ -206,11 +209,13 @@ def main() -> None:
     processes = Processes(workdir)
     try:
         ok_port, limited_port, baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(5))
-        processes.envoy("upstream", {"static_resources": {"listeners": [
-            direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")]),
-            slow_listener("slow", slow_port, 200),
-            direct_listener("limited", limited_port, 429, '{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}', [("content-type", "application/json"), ("retry-after", "1")]),
-        ]}})
+        completion = os.path.join(workdir, "completion.json")
+        with open(completion, "w") as handle:
+            handle.write(COMPLETION)
+        fixed = os.path.join(ROOT, "bench", "fixed_upstream.py")
+        processes.spawn([sys.executable, fixed, str(ok_port), "200", completion])
+        processes.spawn([sys.executable, fixed, str(limited_port), "429"])
+        processes.envoy("upstream", {"static_resources": {"listeners": [slow_listener("slow", slow_port, 200)]}})
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
         processes.envoy("slow-baseline", static_proxy(slow_baseline_port, slow_port))
         config = {

@@ -1,0 +1,68 @@
+"""The lightest provider we could make for benchmarks: a fixed HTTP/1.1 answer per request.
+
+A raw asyncio protocol on uvloop (no HTTP framework, no per-request objects
+beyond the bytes): it reads a request's head and body and writes one fixed
+response, keep-alive. Run it in its own process:
+
+    python bench/fixed_upstream.py PORT STATUS [BODY_FILE]
+
+It is lighter than an Envoy `direct_response` listener, which on this 2-core
+machine held "Envoy alone" back (the baseline must not be limited by its
+upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+_REASONS = {200: "OK", 429: "Too Many Requests"}
+
+
+class FixedAnswer(asyncio.Protocol):
+    def __init__(self, answer: bytes):
+        self.answer = answer
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            marker = head.find(b"content-length:")
+            length = int(head[marker + 15 : head.find(b"\r\n", marker) if head.find(b"\r\n", marker) > 0 else len(head)]) if marker >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return
+            del self.buffer[: end + 4 + length]
+            self.transport.write(self.answer)
+
+
+def answer(status: int, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    if status == 429:
+        head += "retry-after: 1\r\n"
+    return (head + "\r\n").encode() + body
+
+
+async def serve(port: int, status: int, body: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: FixedAnswer(answer(status, body)), "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    port, status = int(sys.argv[1]), int(sys.argv[2])
+    body = open(sys.argv[3], "rb").read() if len(sys.argv) > 3 else b'{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}'
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(port, status, body))
+    else:
+        uvloop.run(serve(port, status, body))
