@@ -77,3 +77,26 @@ def test_counters_are_exact_over_a_thousand_concurrent_failovers(mocks, gateway)
     wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model="openai/gpt-4", provider="secondary", status_class="2xx") == total)
     assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="200") == total
     assert json.loads(secondary.received[0].body)["model"] == "gpt-4"
+
+
+SINGLE_PAIRS = 200
+
+
+def test_a_single_provider_models_429_is_known_before_the_next_request(mocks, gateway):
+    """A chain of one attempt is not watched (that would cost every request a message): its failed-attempt
+    entry, sent unbatched as the attempt ends, must still win against the client's next request."""
+    limited = mocks.start("limited", status=429, retry_after="60")
+    healthy = mocks.start("healthy")
+    entries = [provider(f"solo{index}", f"openai/s{index}", limited) for index in range(SINGLE_PAIRS)]
+    entries.append(provider("busy", "openai/busy", healthy))
+    gw = gateway(gateway_config(*entries))
+
+    violations = []
+    with Load(gw.port, {"model": "openai/busy", "messages": []}, clients=8):
+        for index in range(SINGLE_PAIRS):
+            first = chat(gw.port, {"model": f"openai/s{index}"})
+            second = chat(gw.port, {"model": f"openai/s{index}"})
+            if first.status != 429 or second.status != 429 or second.json()["error"]["code"] != "all_providers_cooling_down":
+                violations.append((index, first.status, second.status, second.body[:60]))
+    assert violations == [], f"{len(violations)} of {SINGLE_PAIRS}: {violations[:5]}"
+    assert len(limited.received) == SINGLE_PAIRS
