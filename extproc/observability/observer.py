@@ -105,6 +105,8 @@ class Observer:
         _remember(self._answered, (request_id, attempt), True)
 
     def _request(self, entry: LogEntry) -> None:
+        for attempt in range(1, entry.attempt + 1):  # the request is over: none of its attempts waits for a retry now
+            self._failed.pop((entry.request_id, attempt), None)
         status_class = f"{entry.status // 100}xx" if entry.status else "none"
         self.metrics.requests.labels(entry.listener, entry.model or "none", entry.provider or "none", status_class).inc()
         if entry.provider and succeeded(entry.status):
