@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -52,39 +53,48 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             level, stream = "upstream", UpstreamStream(live)
         else:
             level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
+        handle = self._router_message if level == "router" else self._upstream_message
         in_flight = self._in_flight[level]
         in_flight.inc()
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
-                kind = request.WhichOneof("request")
-                if level == "upstream" and kind == "request_headers":
-                    stream.identify(request)
-                    if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
-                        await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
-                body = parsed = None
-                if level == "router" and kind == "request_body":
-                    body = request.request_body.body
-                    if len(body) > STEPPED_PARSE_BYTES:
-                        parsed = await _parse_in_steps(body)
-                started = time.perf_counter()
-                try:
-                    response = stream.handle(request) if body is None else stream.handle_body(body, parsed)
-                except Exception as exc:  # never a traceback to Envoy or the client: a JSON 500 naming the request
-                    response = self._unexpected(stream, level, kind, exc)
-                timer = self._timers.get((level, kind))
-                if timer is not None:
-                    timer.observe(time.perf_counter() - started)
-                if stream.reply is not None and stream.reply.reason:
-                    self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
-                if level == "upstream":
-                    self._observe(stream, kind)
-                await context.write(response)
+                await context.write(await handle(stream, request, request.WhichOneof("request")))
                 if stream.done:
                     # Close the stream ourselves (status OK: "no more processing"): Envoy
                     # sends nothing more, and no stream waits out the whole request.
                     break
         finally:
             in_flight.dec()
+
+    async def _router_message(self, stream: RouterStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:
+        if kind == "request_body":
+            body = request.request_body.body  # read once: each read of a protobuf bytes field is a copy
+            parsed = await _parse_in_steps(body) if len(body) > STEPPED_PARSE_BYTES else None
+            return self._handle(stream, "router", kind, lambda: stream.handle_body(body, parsed))
+        return self._handle(stream, "router", kind, lambda: stream.handle(request))
+
+    async def _upstream_message(self, stream: UpstreamStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:
+        if kind == "request_headers":
+            stream.identify(request)
+            if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
+                await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
+        response = self._handle(stream, "upstream", kind, lambda: stream.handle(request))
+        self._observe(stream, kind)
+        return response
+
+    def _handle(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, work: Callable[[], pb.ProcessingResponse]) -> pb.ProcessingResponse:
+        """Run the stream's decision for one message: timed, counted, and never an exception to Envoy."""
+        started = time.perf_counter()
+        try:
+            response = work()
+        except Exception as exc:  # never a traceback to Envoy or the client: a JSON 500 naming the request
+            response = self._unexpected(stream, level, kind, exc)
+        timer = self._timers.get((level, kind))
+        if timer is not None:
+            timer.observe(time.perf_counter() - started)
+        if stream.reply is not None and stream.reply.reason:
+            self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
+        return response
 
     def _unexpected(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, exc: Exception) -> pb.ProcessingResponse:
         request_id = stream.headers.get("x-request-id", "unknown")
