@@ -1,6 +1,6 @@
 """Large bodies never hurt other requests (`make bench-bodies`): small-request latency with and without 10 MiB bodies alongside.
 
-The gateway (`extproc up`, one provider: a fixed-response Envoy), wrk at 16
+The gateway (`extproc up`, one provider: `fixed_upstream.py`), wrk at 16
 connections with small chat requests for 10 s; then the same while 4 clients
 keep posting ~10 MiB chat bodies (`--model ok`: bodies that name the
 provider's own model, so none is rewritten). Prints wrk's p50/p99 for both runs, how many
@@ -22,8 +22,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import COMPLETION, Processes, direct_listener, ensure_wrk, post, rss_mb, wrk  # noqa: E402
-from tests.e2e.harness import free_port, wait_port  # noqa: E402
+from bench.run import Processes, ensure_wrk, post, rss_mb, wrk  # noqa: E402
 
 def large_body(model: str) -> bytes:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "x" * 200} for _ in range(45000)]}).encode()
@@ -45,13 +44,11 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="extproc-bodies-")
     processes = Processes(workdir)
     try:
-        ok_port = free_port()
-        processes.envoy("upstream", {"static_resources": {"listeners": [direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")])]}})
+        ok_port, _ = processes.fixed_upstreams()
         config = {
             "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0, "max_body_bytes": "16MiB"}],
             "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"}],
         }
-        wait_port(ok_port)
         gateway, port = processes.gateway(config)
         assert post(port, "bench/ok") == 200
         alone = wrk(binary, port, 16, 10, "bench/ok", workdir)

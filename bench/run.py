@@ -101,6 +101,19 @@ class Processes:
         self.started.append(process)
         return process
 
+    def fixed_upstreams(self) -> tuple[int, int]:
+        """The lightest providers (`fixed_upstream.py`): one answering a chat.completion, one 429; their ports."""
+        completion = os.path.join(self.workdir, "completion.json")
+        with open(completion, "w") as handle:
+            handle.write(COMPLETION)
+        fixed = os.path.join(ROOT, "bench", "fixed_upstream.py")
+        ok_port, limited_port = free_port(), free_port()
+        self.spawn([sys.executable, fixed, str(ok_port), "200", completion])
+        self.spawn([sys.executable, fixed, str(limited_port), "429"])
+        for port in (ok_port, limited_port):
+            wait_port(port)
+        return ok_port, limited_port
+
     def gateway(self, config: dict) -> tuple[subprocess.Popen, int]:
         """`extproc up` on `config` (Envoy --concurrency 1); returns the process and its listener's port."""
         path = os.path.join(self.workdir, "gateway.yaml")
@@ -208,13 +221,8 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="extproc-bench-")
     processes = Processes(workdir)
     try:
-        ok_port, limited_port, baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(5))
-        completion = os.path.join(workdir, "completion.json")
-        with open(completion, "w") as handle:
-            handle.write(COMPLETION)
-        fixed = os.path.join(ROOT, "bench", "fixed_upstream.py")
-        processes.spawn([sys.executable, fixed, str(ok_port), "200", completion])
-        processes.spawn([sys.executable, fixed, str(limited_port), "429"])
+        ok_port, limited_port = processes.fixed_upstreams()
+        baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(3))
         processes.envoy("upstream", {"static_resources": {"listeners": [slow_listener("slow", slow_port, 200)]}})
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
         processes.envoy("slow-baseline", static_proxy(slow_baseline_port, slow_port))
@@ -229,7 +237,7 @@ def main() -> None:
                 {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
-        for port in (ok_port, limited_port, baseline_port, slow_port, slow_baseline_port):
+        for port in (baseline_port, slow_port, slow_baseline_port):
             wait_port(port)
 
         started = time.monotonic()

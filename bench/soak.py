@@ -1,6 +1,6 @@
 """Soak: the sidecar's memory stays flat while every request fails over (`make soak`).
 
-A fixed-response upstream (an Envoy: 429 on one port, 200 on another), the
+A fixed-response upstream (`fixed_upstream.py`: 429 on one port, 200 on another), the
 gateway (`extproc up`, cooldown off so every request tries the 429 provider
 first, then fails over), wrk at 32 connections for 5 minutes. The `extproc up`
 process's RSS (the sidecar lives in it; Envoy is its child) is sampled every
@@ -22,8 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import COMPLETION, Processes, direct_listener, ensure_wrk, post, rss_mb, wrk  # noqa: E402
-from tests.e2e.harness import free_port, wait_port  # noqa: E402
+from bench.run import Processes, ensure_wrk, post, rss_mb, wrk  # noqa: E402
 
 GROWTH_BOUND_MB = 5.0
 
@@ -39,11 +38,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="extproc-soak-")
     processes = Processes(workdir)
     try:
-        ok_port, limited_port = free_port(), free_port()
-        processes.envoy("upstream", {"static_resources": {"listeners": [
-            direct_listener("ok", ok_port, 200, COMPLETION, [("content-type", "application/json")]),
-            direct_listener("limited", limited_port, 429, '{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}', [("retry-after", "1")]),
-        ]}})
+        ok_port, limited_port = processes.fixed_upstreams()
         config = {
             "listeners": [{"type": "model", "name": "soak", "address": "127.0.0.1", "port": 0}],
             "cooldown": {"enabled": False},
@@ -52,8 +47,6 @@ def main() -> None:
                 {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "soak-key-2"},
             ],
         }
-        for port in (ok_port, limited_port):
-            wait_port(port)
         gateway, port = processes.gateway(config)
         if post(port, "bench/failover") != 200:
             raise SystemExit("the failover scenario does not answer 200")
