@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 
 from .config import Config, ConfigError, load_config
+from .config.model import file_digest
 from .runtime import Runtime
 from .xds import XdsFiles, XdsRejected
 
@@ -40,7 +40,7 @@ class Reloader:
         self._requested = 0  # triggers so far
         self._covered = 0  # triggers the latest run started after
         self._result: tuple[bool, str] = (True, "unchanged")
-        self._digest = _digest(path)  # of the content the last run read (or the initial load)
+        self._digest = file_digest(path)  # of the content the last run read (or the initial load)
 
     async def reload(self, trigger: str) -> tuple[bool, str]:
         self._requested += 1
@@ -60,7 +60,7 @@ class Reloader:
     async def _reload(self, trigger: str) -> tuple[bool, str]:
         metrics = self.runtime.metrics
         metrics.last_reload.set_to_current_time()
-        digest = await asyncio.to_thread(_digest, self.path)
+        digest = await asyncio.to_thread(file_digest, self.path)
         if digest == self._digest and digest is not None and self._result[0]:
             metrics.reloads.labels("unchanged").inc()
             return True, "unchanged"
@@ -122,7 +122,7 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                digest = await asyncio.to_thread(_digest, self.path)
+                digest = await asyncio.to_thread(file_digest, self.path)
                 if digest != self._digest:
                     await self.reload("file changed")
                 await self.prune()
@@ -141,11 +141,3 @@ def _keep_listeners(old: Config, new: Config) -> Config:
         return new
     log.warning("listener changes (name, address or port) need a restart of Envoy; keeping %s until then", sockets(old))
     return dataclasses.replace(new, listeners=old.listeners)
-
-
-def _digest(path: str) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return None

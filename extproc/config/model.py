@@ -80,7 +80,7 @@ class Provider:
         so a cluster is never repointed in place: a request routed before a
         reload reaches exactly the host its credentials were chosen for.
         """
-        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', _file_digest(self.ca_file))}"
+        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '')}"
 
     @property
     def authority(self) -> str:
@@ -204,11 +204,12 @@ def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
 
 
-def _file_digest(path: str | None) -> str:
+def file_digest(path: str | None) -> str | None:
+    """The SHA-256 of a file's content; None when there is no path or it cannot be read."""
     if not path:
-        return ""
+        return None
     try:
         with open(path, "rb") as handle:
             return hashlib.sha256(handle.read()).hexdigest()
     except OSError:
-        return ""
+        return None

@@ -32,7 +32,7 @@ class Live:
 
     @classmethod
     def of(cls, current: Config, retiring: tuple[tuple[float, Config], ...] = ()) -> Live:
-        configs = [current, *(config for _, config in reversed(retiring))]
+        configs = _newest_first(current, retiring)
         owned = frozenset().union(*(config.owned_headers for config in configs))
         by_cluster: dict[str, Provider] = {}
         for config in configs:  # newest first: a rotated key for the same host wins
@@ -45,11 +45,15 @@ class Live:
     @property
     def configs(self) -> list[Config]:
         """Every snapshot Envoy may still route by: the current one first."""
-        return [self.current, *(config for _, config in reversed(self.retiring))]
+        return _newest_first(self.current, self.retiring)
 
     def provider(self, cluster: str) -> Provider | None:
         """The provider whose host is this Envoy cluster, from the newest snapshot that has it."""
         return self._by_cluster.get(cluster)
+
+
+def _newest_first(current: Config, retiring: tuple[tuple[float, Config], ...]) -> list[Config]:
+    return [current, *(config for _, config in reversed(retiring))]
 
 
 class ConfigStore:
