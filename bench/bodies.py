@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import urllib.request
 
@@ -41,9 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     large = large_body(args.model)
     binary = ensure_wrk()
-    workdir = tempfile.mkdtemp(prefix="extproc-bodies-")
-    processes = Processes(workdir)
-    try:
+    with Processes("extproc-bodies-") as processes:
+        workdir = processes.workdir
         ok_port, _ = processes.fixed_upstreams()
         config = {
             "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0, "max_body_bytes": "16MiB"}],
@@ -74,9 +71,6 @@ def main() -> None:
         for label, result in (("alone", alone), (f"beside 4 clients posting {len(large) / 2**20:.1f} MiB ({args.model})", beside)):
             print(f"{label:40} {result['rps']:>8.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}")
         print(f"large bodies answered: {len(sent)} ({sorted(set(sent))}); sidecar peak RSS {peak[0]:.0f} MB")
-    finally:
-        processes.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

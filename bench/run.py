@@ -88,9 +88,18 @@ def static_proxy(port: int, upstream_port: int) -> dict:
 
 
 class Processes:
-    def __init__(self, workdir: str):
-        self.workdir = workdir
+    """Everything a benchmark starts, in a temporary directory; `with` stops them all and removes it."""
+
+    def __init__(self, prefix: str):
+        self.workdir = tempfile.mkdtemp(prefix=prefix)
         self.started: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def envoy(self, name: str, bootstrap: dict) -> subprocess.Popen:
         path = os.path.join(self.workdir, f"{name}.yaml")
@@ -218,9 +227,8 @@ def main() -> None:
     parser.add_argument("--burst-only", action="store_true", help="only the burst scenario")
     args = parser.parse_args()
     binary = ensure_wrk()
-    workdir = tempfile.mkdtemp(prefix="extproc-bench-")
-    processes = Processes(workdir)
-    try:
+    with Processes("extproc-bench-") as processes:
+        workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
         baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(3))
         processes.envoy("upstream", {"static_resources": {"listeners": [slow_listener("slow", slow_port, 200)]}})
@@ -277,9 +285,6 @@ def main() -> None:
             result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
             burst.append((label, result))
         report_burst(burst)
-    finally:
-        processes.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(rows: list, startup_s: float, peak_rss: float) -> None:

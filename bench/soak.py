@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -35,9 +33,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     binary = ensure_wrk()
-    workdir = tempfile.mkdtemp(prefix="extproc-soak-")
-    processes = Processes(workdir)
-    try:
+    with Processes("extproc-soak-") as processes:
+        workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
         config = {
             "listeners": [{"type": "model", "name": "soak", "address": "127.0.0.1", "port": 0}],
@@ -79,9 +76,6 @@ def main() -> None:
         )
         if verdict == "FAIL" or result["non2xx"]:
             sys.exit(1)
-    finally:
-        processes.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
