@@ -37,6 +37,7 @@ class Forward:
     headers: HeaderPlan
     #: The body to send instead of the client's: its model set for `provider`, so
     #: attempts to providers with that same model name need no body rewrite.
+    #: None when the client's body already names the provider's model (or has no body).
     body: bytes | None = None
 
 
@@ -74,24 +75,21 @@ def on_headers(
     return None
 
 
-def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None, parsed: ParsedBody | BodyError | None = None) -> errors.Reply | Forward:
-    """Decide from the body; `parsed` is the body already parsed (or refused) by the caller, when it was."""
+def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None) -> errors.Reply | Forward:
+    """Decide from the body."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if not body.strip():
         return resolve(config, listener, headers, None, health)
-    if parsed is None:
-        try:
-            parsed = parse(body)
-        except BodyError as exc:
-            parsed = exc
-    if isinstance(parsed, BodyError):
-        return errors.invalid_request(f"We could not parse the JSON body of your request: {parsed}.", "invalid_json")
+    try:
+        parsed = parse(body)
+    except BodyError as exc:
+        return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
     decision = resolve(config, listener, headers, parsed, health)
     if isinstance(decision, Forward):
         model_name = config.providers[decision.provider].model_name
         rewritten, span = rewrite_model(body, parsed.span, model_name)
-        decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=rewritten)
+        decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=None if rewritten is body else rewritten)
     return decision
 
 

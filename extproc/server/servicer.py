@@ -12,7 +12,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
-from ..processor.jsonbody import STEPPED_PARSE_BYTES, BodyError, ParsedBody, parse_async
 from ..runtime import Runtime
 from .streams import RouterStream, UpstreamStream, immediate
 
@@ -24,14 +23,6 @@ RETRY_WAIT_S = 0.05
 #: gRPC initial metadata the rendered Envoy config sends on each ext_proc stream.
 PHASE_METADATA = "x-extproc-phase"
 LISTENER_METADATA = "x-extproc-listener"
-
-
-async def _parse_in_steps(body: bytes) -> ParsedBody | BodyError:
-    """A large body, parsed while other streams are served between steps."""
-    try:
-        return await parse_async(body)
-    except BodyError as exc:
-        return exc
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
@@ -69,8 +60,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def _router_message(self, stream: RouterStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:
         if kind == "request_body":
             body = request.request_body.body  # read once: each read of a protobuf bytes field is a copy
-            parsed = await _parse_in_steps(body) if len(body) > STEPPED_PARSE_BYTES else None
-            return self._handle(stream, "router", kind, lambda: stream.handle_body(body, parsed))
+            return self._handle(stream, "router", kind, lambda: stream.handle_body(body))
         return self._handle(stream, "router", kind, lambda: stream.handle(request))
 
     async def _upstream_message(self, stream: UpstreamStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:

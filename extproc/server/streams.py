@@ -17,7 +17,6 @@ from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
 from ..processor.headermutator import HeaderPlan
-from ..processor.jsonbody import BodyError, ParsedBody
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
@@ -85,12 +84,9 @@ class RouterStream:
             return self.handle_body(request.request_body.body)
         return _continue(kind)
 
-    def handle_body(self, body: bytes, parsed: ParsedBody | BodyError | None = None) -> pb.ProcessingResponse:
-        """The request body (read from its message once: each read of a protobuf bytes field is a copy).
-
-        `parsed`: the body already parsed by the caller (large bodies are parsed in steps, see `parse_async`).
-        """
-        decision = router.on_body(self.config, self.listener, self.headers, body, self.health, parsed)
+    def handle_body(self, body: bytes) -> pb.ProcessingResponse:
+        """The request body (read from its message once: each read of a protobuf bytes field is a copy)."""
+        decision = router.on_body(self.config, self.listener, self.headers, body, self.health)
         return self._respond("request_body", decision)
 
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:

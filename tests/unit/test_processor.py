@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -79,7 +80,7 @@ def test_client_credentials_are_not_carried_when_no_provider_of_the_chain_takes_
 def test_a_bare_model_name_resolves_when_it_is_unambiguous():
     decision = forward(b'{"model": "gpt-4o-mini"}')
     assert (decision.provider, decision.model) == ("mini", "openai/gpt-4o-mini")
-    assert json.loads(decision.body)["model"] == "gpt-4o-mini"
+    assert decision.body is None, "the body already names the provider's model: sent as it came"
     ambiguous = parse_config(
         "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/llama, base_url: 'http://a'}, {model: groq/llama, base_url: 'http://b'}]",
         "t.yaml",
@@ -256,15 +257,43 @@ def test_values_under_the_top_level_are_validated_too(body):
         parse(body)
 
 
-def test_the_stepped_parse_finds_the_same_model_and_yields_on_a_large_body():
-    import asyncio
-
-    from extproc.processor import jsonbody
-
-    messages = [{"role": "user", "content": "é" * 100} for _ in range(5000)]
+def test_a_large_body_is_walked_at_its_top_level_only():
+    messages = [{"role": "user", "content": "é" * 100, "model": "nested"} for _ in range(5000)]
     body = json.dumps({"messages": messages, "n": {"x": [1, 2]}, "model": "openai/gpt-4"}, ensure_ascii=False).encode()
-    steps = sum(1 for _ in jsonbody._scan(body))
-    assert steps >= len(body) // 2 // jsonbody.STEP_CHARS, "a large body is read in many steps"
-    stepped = asyncio.run(jsonbody.parse_async(body))
-    assert stepped == parse(body) and stepped.model == "openai/gpt-4"
-    assert replace_model(body, stepped.span, "gpt-4").endswith(b'"model": "gpt-4"}')
+    parsed = parse(body)
+    assert parsed.model == "openai/gpt-4", "the nested 'model' keys are not the request's"
+    assert replace_model(body, parsed.span, "gpt-4") == body.replace(b'"model": "openai/gpt-4"', b'"model": "gpt-4"')
+
+
+@pytest.mark.parametrize(
+    ("body", "model", "rewritten"),
+    [
+        (b' {\n  "a" : 1 ,\n  "model"\t:  "m"  \n}\n', "m", b' {\n  "a" : 1 ,\n  "model"\t:  "x"  \n}\n'),
+        (b'{"mod\\u0065l": "m"}', "m", b'{"mod\\u0065l": "x"}'),
+        (b'{"model": null, "a": []}', None, b'{"model": "x", "a": []}'),
+        (b'{"model": ["m"]}', b'["m"]', b'{"model": "x"}'),
+        (b'{"a": "\xff", "model": "m"}', "m", b'{"a": "\xff", "model": "x"}'),
+    ],
+    ids=["whitespace", "escaped-key", "null", "array", "value-bytes-as-sent"],
+)
+def test_the_model_span_is_exact_whatever_the_layout(body, model, rewritten):
+    parsed = parse(body)
+    assert parsed.model == model
+    assert replace_model(body, parsed.span, "x") == rewritten
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"a": 1', "ends before"),
+        (b'{"a": "open', "ends inside"),
+        (b'{"a" 1}', "expected ':' at byte 5"),
+        (b'{"a": 1 "b": 2}', "expected ',' or '}' at byte 8"),
+        (b'{"a": [1, }', "invalid character at byte 10"),
+        (b'{"model": "\xff"}', "the model is not valid UTF-8"),
+        (b'{"a": 1} {}', "extra data"),
+    ],
+)
+def test_parse_says_what_is_wrong_and_where(body, message):
+    with pytest.raises(BodyError, match=re.escape(message)):
+        parse(body)
