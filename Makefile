@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config_failover.yaml
+#: compose's Envoy sends its traces to the Jaeger service; nothing else from the shell's OTEL_* reaches a shipped file.
+COMPOSE_OTLP := http://jaeger:4318
+RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
 .PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies soak envoy-config check clean
 
@@ -57,8 +60,8 @@ check: $(STAMP)
 
 ## envoy/envoy.yaml (compose: admin on the shared volume) and the Kubernetes copy (admin on the pod's loopback): Envoy beside `extproc serve` sharing /run/extproc.
 envoy-config: $(STAMP)
-	$(BIN)/extproc render config_failover.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds --admin-address unix:/run/extproc/envoy-admin.sock -o envoy/envoy.yaml
-	OPENAI_API_KEY=$${OPENAI_API_KEY:-render-only} $(BIN)/extproc render deploy/kubernetes/config.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o deploy/kubernetes/envoy.yaml
+	$(RENDER_ENV) OTEL_EXPORTER_OTLP_ENDPOINT=$(COMPOSE_OTLP) $(BIN)/extproc render config_failover.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds --admin-address unix:/run/extproc/envoy-admin.sock -o envoy/envoy.yaml
+	$(RENDER_ENV) OPENAI_API_KEY=$${OPENAI_API_KEY:-render-only} $(BIN)/extproc render deploy/kubernetes/config.yaml --sidecar unix:/run/extproc/sidecar.sock --xds-dir /run/extproc/xds -o deploy/kubernetes/envoy.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

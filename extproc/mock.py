@@ -111,7 +111,7 @@ class MockProvider:
             "created": int(time.time()),
             "model": payload.get("model", "unknown"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": _reply_text(self.name, payload)}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": _usage(payload, _reply_text(self.name, payload)),
             "echo": {
                 "provider": self.name,
                 "method": request.method,
@@ -131,6 +131,10 @@ class MockProvider:
             _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
             await writer.drain()
             await asyncio.sleep(self.chunk_interval_s)
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:  # OpenAI: one last chunk with the usage, no choices
+            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [], "usage": _usage(payload, " ".join(words))}
+            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
         _write_chunk(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -140,6 +144,15 @@ def _reply_text(name: str, payload: dict) -> str:
     messages = payload.get("messages")
     last = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
     return f"[{name}] you said: {last}" if isinstance(last, str) else f"[{name}] hello"
+
+
+def _usage(payload: dict, reply: str) -> dict:
+    """Token counts a test can predict: words in the messages' text contents, words in the reply."""
+    messages = payload.get("messages")
+    contents = [message.get("content") for message in messages if isinstance(message, dict)] if isinstance(messages, list) else []
+    prompt = sum(len(content.split()) for content in contents if isinstance(content, str))
+    completion = len(reply.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _mask(name: str, value: str) -> str:

@@ -32,6 +32,7 @@ from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .processor.router import CLIENT_HEADER_LIMIT
+from .render_telemetry import INPUT_TOKENS, OUTPUT_TOKENS, PROVIDER_MODEL_METADATA_KEY, TRACE_RUNTIME, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from .server.app import message_limit
 from .server.servicer import LISTENER_METADATA, PHASE_METADATA
@@ -98,9 +99,10 @@ class RenderOptions:
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
     """A self-contained bootstrap: routes and clusters inline (a restart applies changes)."""
     return _bootstrap(
-        [_listener(listener, options, {"route_config": route_config(listener, [config])}) for listener in config.listeners],
-        [_sidecar_cluster(options), *upstream_clusters([config], options)],
+        [_listener(config, listener, options, {"route_config": route_config(listener, [config])}) for listener in config.listeners],
+        [*_fixed_clusters(config, options), *upstream_clusters([config], options)],
         options,
+        config,
     )
 
 
@@ -111,12 +113,20 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
     without a restart; only listeners (ports) are fixed at start.
     """
     listeners = [
-        _listener(listener, options, {"rds": {"route_config_name": route_config_name(listener), "config_source": _file_source(rds_path(xds_dir, listener.name))}})
+        _listener(config, listener, options, {"rds": {"route_config_name": route_config_name(listener), "config_source": _file_source(rds_path(xds_dir, listener.name))}})
         for listener in config.listeners
     ]
-    bootstrap = _bootstrap(listeners, [_sidecar_cluster(options)], options)
+    bootstrap = _bootstrap(listeners, _fixed_clusters(config, options), options, config)
     bootstrap["dynamic_resources"] = {"cds_config": _file_source(cds_path(xds_dir))}
     return bootstrap
+
+
+def _fixed_clusters(config: Config, options: RenderOptions) -> list[dict]:
+    """The clusters fixed at start: the sidecar's, and the trace collector's when tracing is on."""
+    clusters = [_sidecar_cluster(options)]
+    if config.tracing.endpoint:
+        clusters.append(trace_cluster(config.tracing, options.ca_file or _system_ca_bundle()))
+    return clusters
 
 
 def cds_path(xds_dir: str) -> str:
@@ -150,7 +160,7 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
     for config in configs:
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
-            routes.setdefault(name, _chain_route(start, name, chain, listener))
+            routes.setdefault(name, _chain_route(start, name, chain, listener, config.providers[start].model))
     routes = list(routes.values())
     routes.append(
         {
@@ -178,8 +188,8 @@ def _file_source(path: str) -> dict:
     return {"path_config_source": {"path": path, "watched_directory": {"path": os.path.dirname(path)}}, "resource_api_version": "V3"}
 
 
-def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptions) -> dict:
-    return {
+def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptions, config: Config) -> dict:
+    bootstrap = {
         "node": {"id": "extproc-gateway", "cluster": "extproc"},
         "admin": {"address": _admin_address(options)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
@@ -199,6 +209,9 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
             ],
         },
     }
+    if config.tracing.endpoint:
+        bootstrap["layered_runtime"] = {"layers": [{"name": "tracing", "static_layer": TRACE_RUNTIME}]}
+    return bootstrap
 
 
 def render_yaml(config: Config, options: RenderOptions = RenderOptions(), xds_dir: str | None = None) -> str:
@@ -295,7 +308,10 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
-def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
+def _listener(config: Config, listener: Listener, options: RenderOptions, routes: dict) -> dict:
+    token_usage = config.metrics.token_usage
+    tracing = config.tracing.endpoint is not None
+    router = {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener)]}
     hcm = {
         "@type": _HCM,
         "stat_prefix": listener.name,
@@ -312,15 +328,16 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
         "request_headers_timeout": "10s",
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
+            *(usage_filters() if token_usage else ()),
             _ext_proc("router", options, listener.max_body_bytes, listener.name),
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener)]},
-            },
+            {"name": "envoy.filters.http.router", "typed_config": router},
         ],
-        "access_log": [_access_log(DOWNSTREAM_LOG, listener)] + ([_stdout_access_log()] if listener.access_log else []),
+        "access_log": [_access_log(DOWNSTREAM_LOG, listener, extra_tags=usage_tags() if token_usage else ())]
+        + ([_stdout_access_log(token_usage)] if listener.access_log else []),
         "local_reply_config": _local_replies(),
     }
+    if tracing:
+        hcm["tracing"] = hcm_tracing(config.tracing)
     return {
         "name": listener.name,
         "address": _socket_address(listener.address, listener.port),
@@ -329,7 +346,7 @@ def _listener(listener: Listener, options: RenderOptions, routes: dict) -> dict:
     }
 
 
-def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener) -> dict:
+def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, model: str) -> dict:
     action: dict = {
         "cluster": cluster,
         "timeout": _duration(listener.timeout_s),
@@ -345,6 +362,8 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener) -> 
             "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}, {"name": CHAIN_HEADER, "string_match": {"exact": cluster}}],
         },
         "route": action,
+        # The request's span is named for the model it asked for (Envoy's default name is "ingress").
+        "decorator": {"operation": f"llm {model}"},
         "request_headers_to_remove": [CHAIN_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
@@ -431,7 +450,7 @@ def _access_log(log_name: str, listener: Listener, buffer_bytes: int = 16384, ex
     return logger
 
 
-def _stdout_access_log() -> dict:
+def _stdout_access_log(token_usage: bool) -> dict:
     """One JSON line per request for people: which model, which provider answered, after how many attempts.
 
     Written by Envoy itself; it never holds header values, so no key can leak into it.
@@ -449,6 +468,9 @@ def _stdout_access_log() -> dict:
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",
     }
+    if token_usage:
+        fields[INPUT_TOKENS] = f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:{INPUT_TOKENS})%"
+        fields[OUTPUT_TOKENS] = f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:{OUTPUT_TOKENS})%"
     return {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {"@type": _STDOUT_ACCESS_LOG, "log_format": {"json_format": fields}},
@@ -489,7 +511,16 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
     name = provider.cluster
     endpoint = {
         "endpoint": {"address": _socket_address(provider.host, provider.port), "hostname": provider.authority},
-        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {PROVIDER_METADATA_KEY: provider.name, CLUSTER_METADATA_KEY: name}}},
+        "metadata": {
+            "filter_metadata": {
+                METADATA_NAMESPACE: {
+                    PROVIDER_METADATA_KEY: provider.name,
+                    CLUSTER_METADATA_KEY: name,
+                    PROVIDER_MODEL_METADATA_KEY: provider.model,
+                    SYSTEM_METADATA_KEY: gen_ai_system(provider),
+                }
+            }
+        },
     }
     cluster: dict = {
         "name": name,

@@ -1,7 +1,7 @@
 """Config: load and validate the YAML (`load`), the frozen snapshot it resolves to (`model`)."""
 
 from .load import ConfigError, Problem, load_config, parse_config
-from .model import Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy
+from .model import Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, Tracing
 from .store import ConfigStore
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "RetryPolicy",
+    "Tracing",
     "load_config",
     "parse_config",
 ]

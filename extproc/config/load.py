@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .envsubst import UnsetVariable, expand
-from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, frozen_mapping
+from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, TRACE_PROTOCOLS, Tracing, frozen_mapping
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -237,11 +237,12 @@ class _Reader:
         if data is None:
             self.problem("", "the file is empty")
             return None
-        top = self.mapping(data, "", {"version", "listeners", "model_providers", "cooldown", "metrics"}, {"listeners", "model_providers"})
+        top = self.mapping(data, "", {"version", "listeners", "model_providers", "cooldown", "metrics", "tracing"}, {"listeners", "model_providers"})
         if top is None:
             return None
         cooldown = self.cooldown(top["cooldown"], "cooldown") if "cooldown" in top else Cooldown()
         metrics = self.metrics(top["metrics"], "metrics") if "metrics" in top else Metrics()
+        tracing = self.tracing(top.get("tracing", {}), "tracing")
         listeners = [self.listener(item, f"listeners[{i}]", i) for i, item in enumerate(self.sequence(top.get("listeners", []), "listeners"))]
         raw_providers = self.sequence(top.get("model_providers", []), "model_providers")
         providers = [self.provider(item, f"model_providers[{i}]") for i, item in enumerate(raw_providers)]
@@ -283,6 +284,7 @@ class _Reader:
             bare_models=frozen_mapping((name, full[0]) for name, full in bare.items() if len(full) == 1 and name not in models),
             cooldown=cooldown or Cooldown(),
             metrics=metrics or Metrics(),
+            tracing=tracing or Tracing(),
         )
 
     def cooldown(self, value: Any, path: str) -> Cooldown | None:
@@ -298,13 +300,63 @@ class _Reader:
         )
 
     def metrics(self, value: Any, path: str) -> Metrics | None:
-        raw = self.mapping(value, path, {"address", "port"})
+        raw = self.mapping(value, path, {"address", "port", "token_usage"})
         if raw is None:
             return None
         return Metrics(
             address=self.text(raw["address"], f"{path}.address") if "address" in raw else Metrics.address,
             port=self.integer(raw["port"], f"{path}.port", 0, 65535) if "port" in raw else Metrics.port,
+            token_usage=self.boolean(raw["token_usage"], f"{path}.token_usage") if "token_usage" in raw else Metrics.token_usage,
         )
+
+    def tracing(self, value: Any, path: str) -> Tracing | None:
+        """The `tracing:` block, then the standard OTEL_* variables, which win (so a deployment can point at its collector).
+
+        Plano's `random_sampling` (a percentage) and `sampling` (the OTel ratio, 0-1) are both understood.
+        """
+        raw = self.mapping(value, path, {"endpoint", "protocol", "service_name", "random_sampling", "sampling"})
+        if raw is None:
+            return None
+        env = self.environ
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        endpoint_path = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        if not endpoint and "endpoint" in raw:
+            endpoint, endpoint_path = self.text(raw["endpoint"], f"{path}.endpoint"), f"{path}.endpoint"
+        if endpoint:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                self.problem(endpoint_path, f"expected an http:// or https:// URL with a host, got {endpoint!r}")
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        protocol_path = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        if not protocol and "protocol" in raw:
+            protocol, protocol_path = self.text(raw["protocol"], f"{path}.protocol"), f"{path}.protocol"
+        if protocol and protocol not in TRACE_PROTOCOLS:
+            self.problem(protocol_path, f"{protocol!r} is not supported (use {' or '.join(TRACE_PROTOCOLS)})")
+        service = env.get("OTEL_SERVICE_NAME") or (self.text(raw["service_name"], f"{path}.service_name") if "service_name" in raw else None)
+        percent = Tracing.sampling_percent
+        if env.get("OTEL_TRACES_SAMPLER_ARG"):
+            percent = self.ratio(env["OTEL_TRACES_SAMPLER_ARG"], "OTEL_TRACES_SAMPLER_ARG", 1.0)
+        elif "sampling" in raw:
+            percent = self.ratio(raw["sampling"], f"{path}.sampling", 1.0)
+        elif "random_sampling" in raw:
+            percent = self.ratio(raw["random_sampling"], f"{path}.random_sampling", 100.0)
+        return Tracing(
+            endpoint=endpoint or None,
+            protocol=protocol if protocol in TRACE_PROTOCOLS else Tracing.protocol,
+            service_name=service or Tracing.service_name,
+            sampling_percent=percent if percent is not None else Tracing.sampling_percent,
+        )
+
+    def ratio(self, value: Any, path: str, scale: float) -> float | None:
+        """A number between 0 and `scale`, as a percentage."""
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 <= number <= scale:
+            self.problem(path, f"expected a number between 0 and {scale:g}, got {value!r}")
+            return None
+        return number * 100.0 / scale
 
     def listener(self, item: Any, path: str, index: int) -> Listener | None:
         allowed = {"type", "name", "address", "port", "timeout", "max_body_bytes", "on_all_cooling", "access_log", "allowed_paths", "allowed_methods"}

@@ -146,6 +146,21 @@ class Cooldown:
 class Metrics:
     address: str = "0.0.0.0"
     port: int = 9092
+    #: Envoy reads each answer's `usage` (JSON and event streams) into the access log and `extproc_tokens_total`.
+    token_usage: bool = True
+
+
+TRACE_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """Envoy's OpenTelemetry traces, exported over OTLP; no endpoint, no tracing."""
+
+    endpoint: str | None = None  # `http(s)://host:port[/path]`: the collector (for http/protobuf, the traces path is added when absent)
+    protocol: str = "http/protobuf"
+    service_name: str = "extproc"
+    sampling_percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,7 @@ class Config:
     bare_models: Mapping[str, str] = field(default_factory=dict)
     cooldown: Cooldown = Cooldown()
     metrics: Metrics = Metrics()
+    tracing: Tracing = Tracing()
     provider_errors: tuple[ProviderError, ...] = ()
 
     def chain_for_model(self, model: str) -> Chain | None:

@@ -29,6 +29,7 @@ class GatewayMetrics:
         self.failovers = Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r)
         self.rate_limited = Counter("extproc_upstream_rate_limited", "429 answers observed, by provider.", ["provider"], registry=r)
         self.cooldowns = Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r)
+        self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
         self.rejected = Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r)
         self.processing = Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r)
         self.in_flight = Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r)

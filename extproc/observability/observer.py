@@ -46,6 +46,9 @@ class LogEntry:
     listener: str = ""
     attempt: int = 0  # upstream: this attempt's number; downstream: attempts made
     started: float | None = None  # wall clock: when the attempt (upstream) or the request (downstream) started
+    provider_model: str = ""  # downstream: the model of the provider that answered
+    input_tokens: int | None = None  # downstream: the answer's usage, when it had one
+    output_tokens: int | None = None
 
 
 def succeeded(status: int) -> bool:
@@ -112,6 +115,9 @@ class Observer:
         if entry.provider and succeeded(entry.status):
             self.metrics.attempts.labels(entry.provider, str(entry.status)).inc()
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
+            for kind, count in (("input", entry.input_tokens), ("output", entry.output_tokens)):
+                if count:
+                    self.metrics.tokens.labels(entry.provider, entry.provider_model or entry.model or "none", kind).inc(count)
 
     async def before_retry(self, request_id: str, attempt: int, timeout_s: float) -> bool:
         """Wait until attempt `attempt - 1` of this request has been observed; False if it was not within `timeout_s`."""

@@ -20,6 +20,10 @@ MODEL_TAG = "model"
 LISTENER_TAG = "listener"
 #: On failed-attempt entries only: the attempt's number (its `x-envoy-attempt-count`).
 ATTEMPT_TAG = "attempt"
+#: On request entries, with token accounting on (see `render_telemetry.usage_tags`).
+INPUT_TOKENS_TAG = "input_tokens"
+OUTPUT_TOKENS_TAG = "output_tokens"
+PROVIDER_MODEL_TAG = "provider_model"
 
 
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
@@ -39,7 +43,19 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         listener=tags.get(LISTENER_TAG, ""),
         attempt=int(attempt) if attempt.isdigit() else 0,
         started=common.start_time.seconds + common.start_time.nanos / 1e9 if common.HasField("start_time") else None,
+        provider_model=tags.get(PROVIDER_MODEL_TAG, ""),
+        input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),
+        output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
     )
+
+
+def _count(value: str | None) -> int | None:
+    """A token count from a tag ("12", or "12.0": Envoy writes metadata numbers as doubles)."""
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        return None
+    return int(number) if number is not None and 0 <= number < 2**53 else None
 
 
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):

