@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(STAMP)
 ## Time from a config file write to the first request routed by it.
 bench-reload: $(STAMP)
 	$(BIN)/python bench/reload.py
+
+## What token accounting and tracing cost: the gateway with each on and off, same run.
+bench-telemetry: $(STAMP)
+	$(BIN)/python bench/telemetry.py
 
 ## Small-request latency with and without 10 MiB bodies posted alongside.
 bench-bodies: $(STAMP)

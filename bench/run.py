@@ -45,7 +45,11 @@ from tests.e2e.harness import free_port, wait_port  # noqa: E402
 
 BODY = json.dumps({"model": "bench/ok", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
 COMPLETION = json.dumps(
-    {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}]}
+    {
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17},
+    }
 )
 
 

@@ -1,0 +1,68 @@
+"""What token accounting and tracing cost (`make bench-telemetry`): the same gateway with each switched on, same run.
+
+Three gateways (`extproc up`, Envoy --concurrency 1) on the same light
+provider (`fixed_upstream.py`, answering with a `usage`): token accounting
+off, on (the default), and on with every request traced (OTLP/HTTP to an
+Envoy `direct_response` sink). wrk at c=1 and c=64, the three interleaved and
+repeated (`--rounds`); prints the median req/s and p50 of each, and the
+difference from "off".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.run import Processes, direct_listener, ensure_wrk, free_port, post, wait_port, wrk  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the three gateways")
+    args = parser.parse_args()
+    binary = ensure_wrk()
+    with Processes("extproc-telemetry-") as processes:
+        ok_port, _ = processes.fixed_upstreams()
+        sink_port = free_port()
+        processes.envoy("otlp-sink", {"static_resources": {"listeners": [direct_listener("otlp", sink_port, 200, "", [])]}})
+        wait_port(sink_port)
+
+        def config(**extra) -> dict:
+            return {
+                "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": 0}],
+                "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"}],
+                **extra,
+            }
+
+        gateways = {
+            "token accounting off": config(metrics={"token_usage": False}),
+            "token accounting on (default)": config(),
+            "tokens + every request traced": config(tracing={"endpoint": f"http://127.0.0.1:{sink_port}", "random_sampling": 100}),
+        }
+        ports = {label: processes.gateway(gateway)[1] for label, gateway in gateways.items()}
+        for port in ports.values():
+            assert post(port, "bench/ok") == 200
+        results: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
+            for connections in (1, 64):
+                for label, port in ports.items():
+                    results.setdefault((label, connections), []).append(wrk(binary, port, connections, args.seconds, "bench/ok", processes.workdir))
+        print(f"\n{'':34} {'c':>3} {'req/s':>8} {'vs off':>7} {'p50 ms':>7} {'vs off':>8} {'non-2xx':>8}")
+        for connections in (1, 64):
+            base = None
+            for label in ports:
+                runs = results[(label, connections)]
+                rps, p50 = statistics.median(r["rps"] for r in runs), statistics.median(r["p50"] for r in runs)
+                base = base or (rps, p50)
+                errors = sum(r["non2xx"] + r["socket_errors"] for r in runs)
+                print(f"{label:34} {connections:>3} {rps:>8.0f} {(rps / base[0] - 1) * 100:>+6.1f}% {p50:>7.2f} {p50 - base[1]:>+7.2f}ms {errors:>8}")
+
+
+if __name__ == "__main__":
+    main()
