@@ -55,7 +55,11 @@ class ParsedBody:
     span: ModelSpan
 
 
-def parse(body: bytes) -> ParsedBody:
+def is_blank(body: bytes | memoryview) -> bool:
+    return _WHITESPACE.fullmatch(body) is not None
+
+
+def parse(body: bytes | memoryview) -> ParsedBody:
     """Validate the body as a JSON object and locate its top-level `model`.
 
     The strings the gateway reads (keys, the model) must be valid UTF-8; other
@@ -84,7 +88,7 @@ def parse(body: bytes) -> ParsedBody:
             start = _skip(body, colon + 1)
             index = _value_end(view, start)
             if key == "model":
-                model_spans.append((start, start + len(body[start:index].rstrip(b" \t\n\r"))))
+                model_spans.append((start, start + len(bytes(view[start:index]).rstrip(b" \t\n\r"))))
             if body[index : index + 1] == b",":
                 index = _skip(body, index + 1)
                 continue
@@ -99,7 +103,7 @@ def parse(body: bytes) -> ParsedBody:
     if not model_spans:
         return ParsedBody(model=None, span=ModelSpan(open_brace, open_brace, insert=True, needs_comma=keys > 0))
     start, end = model_spans[0]
-    value = body[start:end]
+    value = bytes(view[start:end])
     model = _string(view[start:end], "the model") if value.startswith(b'"') else None if value == b"null" else value
     return ParsedBody(model=model, span=ModelSpan(start, end))
 
@@ -131,12 +135,12 @@ def _string(view: memoryview, what: str) -> str:
         raise BodyError(f"{what} is not a valid JSON string ({exc})") from None
 
 
-def replace_model(body: bytes, span: ModelSpan, model_name: str) -> bytes:
+def replace_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> bytes | memoryview:
     """The body with the model value at `span` set to `model_name`."""
     return rewrite_model(body, span, model_name)[0]
 
 
-def rewrite_model(body: bytes, span: ModelSpan, model_name: str) -> tuple[bytes, ModelSpan]:
+def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> tuple[bytes | memoryview, ModelSpan]:
     """The body with `model_name` at `span`, and where the model value now sits.
 
     A body that already carries exactly that value is returned itself: no copy, no body mutation.
@@ -155,5 +159,5 @@ def rewrite_model(body: bytes, span: ModelSpan, model_name: str) -> tuple[bytes,
     return b"".join((view[: span.start], value, view[span.end :])), ModelSpan(start, end)  # one copy of a large body, not three
 
 
-def _skip(body: bytes, index: int) -> int:
+def _skip(body: bytes | memoryview, index: int) -> int:
     return _WHITESPACE.match(body, index).end()

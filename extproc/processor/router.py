@@ -15,7 +15,7 @@ from . import errors
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import HeaderPlan, carried, client_values, plan
-from .jsonbody import BodyError, ParsedBody, parse, rewrite_model
+from .jsonbody import BodyError, ParsedBody, is_blank, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
 #: Header entries a request may have when it reaches the sidecar: a client's 100
@@ -75,11 +75,11 @@ def on_headers(
     return None
 
 
-def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes, health: ProviderHealth | None = None) -> errors.Reply | Forward:
+def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None) -> errors.Reply | Forward:
     """Decide from the body."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
-    if not body.strip():
+    if is_blank(body):
         return resolve(config, listener, headers, None, health)
     try:
         parsed = parse(body)

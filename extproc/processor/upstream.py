@@ -35,7 +35,7 @@ class Attempt:
         """False when the body Envoy re-sends already names this provider's model."""
         return self.context.span is not None and self.context.body_model != self.provider.model_name
 
-    def body(self, sent: bytes) -> bytes:
+    def body(self, sent: bytes | memoryview) -> bytes | memoryview:
         """The attempt's body: the request's bytes with this provider's model name."""
         if not self.needs_body:
             return sent

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..runtime import Runtime
 from .accesslog import AccessLogReceiver
+from . import wire
 from .servicer import ExternalProcessor
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -74,7 +74,10 @@ async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = No
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
+    processor = ExternalProcessor(runtime)
+    # Body messages are read and replies written around protobuf (see `wire`): the servicer is registered with those codecs.
+    handler = grpc.stream_stream_rpc_method_handler(processor.Process, request_deserializer=wire.decode_request, response_serializer=wire.encode_response)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(EXT_PROC_SERVICE, {"Process": handler})])
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(runtime.observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

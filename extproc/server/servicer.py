@@ -13,7 +13,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
-from .streams import RouterStream, UpstreamStream, immediate
+from . import wire
+from .streams import Request, Response, RouterStream, UpstreamStream, immediate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         in_flight.inc()
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
-                await context.write(await handle(stream, request, request.WhichOneof("request")))
+                await context.write(await handle(stream, request, wire.kind(request)))
                 if stream.done:
                     # Close the stream ourselves (status OK: "no more processing"): Envoy
                     # sends nothing more, and no stream waits out the whole request.
@@ -57,13 +58,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         finally:
             in_flight.dec()
 
-    async def _router_message(self, stream: RouterStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:
-        if kind == "request_body":
-            body = request.request_body.body  # read once: each read of a protobuf bytes field is a copy
-            return self._handle(stream, "router", kind, lambda: stream.handle_body(body))
+    async def _router_message(self, stream: RouterStream, request: Request, kind: str | None) -> Response:
         return self._handle(stream, "router", kind, lambda: stream.handle(request))
 
-    async def _upstream_message(self, stream: UpstreamStream, request: pb.ProcessingRequest, kind: str | None) -> pb.ProcessingResponse:
+    async def _upstream_message(self, stream: UpstreamStream, request: Request, kind: str | None) -> Response:
         if kind == "request_headers":
             stream.identify(request)
             if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
@@ -72,7 +70,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self._observe(stream, kind)
         return response
 
-    def _handle(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, work: Callable[[], pb.ProcessingResponse]) -> pb.ProcessingResponse:
+    def _handle(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, work: Callable[[], Response]) -> Response:
         """Run the stream's decision for one message: timed, counted, and never an exception to Envoy."""
         started = time.perf_counter()
         try:

@@ -17,6 +17,11 @@ from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
 from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
 from ..processor.headermutator import HeaderPlan
+from . import wire
+
+#: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
+Request = pb.ProcessingRequest | wire.RequestBody
+Response = pb.ProcessingResponse | bytes
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
@@ -46,10 +51,10 @@ def apply_headers(mutation: pb.HeaderMutation, plan: HeaderPlan) -> None:
     mutation.remove_headers.extend(plan.remove)
 
 
-def set_body(common: pb.CommonResponse, body: bytes) -> None:
-    """Replace the body; Envoy refuses a new body whose content-length is not set with it."""
-    common.body_mutation.body = body
-    common.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
+def with_body(response: pb.ProcessingResponse, kind: str, body: bytes) -> bytes:
+    """`response` replacing the body with `body`, and its content-length (Envoy refuses a new body without it)."""
+    getattr(response, kind).response.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
+    return wire.with_body(response, kind, body)
 
 
 def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
@@ -73,23 +78,19 @@ class RouterStream:
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
         self.done = False  # the request is routed (or answered): Envoy needs nothing more from this stream
 
-    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        kind = request.WhichOneof("request")
+    def handle(self, request: Request) -> Response:
+        kind = wire.kind(request)
         if kind == "request_headers":
             self.headers = headers_of(request.request_headers)
             message = request.request_headers
             decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
             return self._respond("request_headers", decision)
         if kind == "request_body":
-            return self.handle_body(request.request_body.body)
+            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
+            return self._respond("request_body", decision)
         return _continue(kind)
 
-    def handle_body(self, body: bytes) -> pb.ProcessingResponse:
-        """The request body (read from its message once: each read of a protobuf bytes field is a copy)."""
-        decision = router.on_body(self.config, self.listener, self.headers, body, self.health)
-        return self._respond("request_body", decision)
-
-    def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
+    def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> Response:
         if isinstance(decision, errors.Reply):
             self.reply = decision
             self.done = True
@@ -101,13 +102,11 @@ class RouterStream:
             return response
         self.done = True
         apply_headers(common.header_mutation, decision.headers)
-        if decision.body is not None:
-            set_body(common, decision.body)
         common.clear_route_cache = True
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
         namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
-        return response
+        return response if decision.body is None else with_body(response, kind, decision.body)
 
 
 class UpstreamStream:
@@ -133,8 +132,8 @@ class UpstreamStream:
         self.number = int(attempt) if attempt.isdigit() else 0
         self.request_id = self.headers.get("x-request-id", "")
 
-    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        kind = request.WhichOneof("request")
+    def handle(self, request: Request) -> Response:
+        kind = wire.kind(request)
         if kind == "request_headers":
             headers = self.headers or headers_of(request.request_headers)
             decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers, self.number)
@@ -152,10 +151,8 @@ class UpstreamStream:
                 self.done = True
             return response
         if kind == "request_body" and self.attempt is not None:
-            response = pb.ProcessingResponse()
-            set_body(response.request_body.response, self.attempt.body(request.request_body.body))
             self.done = not self.attempt.last
-            return response
+            return with_body(pb.ProcessingResponse(), kind, self.attempt.body(wire.request_body(request)))
         if kind == "response_headers":
             headers = headers_of(request.response_headers)
             status = headers.get(":status", "")

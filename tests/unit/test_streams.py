@@ -6,6 +6,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.config import parse_config
 from extproc.config.store import Live
+from extproc.server import wire
 from extproc.server.streams import RouterStream, UpstreamStream
 
 CONFIG = parse_config(
@@ -27,18 +28,26 @@ def headers_message(headers: dict, end_of_stream=False) -> pb.ProcessingRequest:
     return request
 
 
-def body_message(body: bytes) -> pb.ProcessingRequest:
+def body_message(body: bytes) -> wire.RequestBody:
+    """A body message as the gRPC server hands it to the streams: decoded by `wire` from Envoy's bytes."""
     request = pb.ProcessingRequest()
     request.request_body.body = body
     request.request_body.end_of_stream = True
-    return request
+    decoded = wire.decode_request(request.SerializeToString())
+    assert isinstance(decoded, wire.RequestBody) and bytes(decoded.body) == body and decoded.end_of_stream
+    return decoded
+
+
+def message(response) -> pb.ProcessingResponse:
+    """A reply as Envoy reads it (a body-replacing reply is already in wire form)."""
+    return pb.ProcessingResponse.FromString(wire.encode_response(response))
 
 
 def route(client: dict, body: bytes) -> pb.ProcessingResponse:
     stream = RouterStream(Live.of(CONFIG), None, "llm")
     first = stream.handle(headers_message(client))
     assert first.WhichOneof("response") == "request_headers"
-    return stream.handle(body_message(body))
+    return message(stream.handle(body_message(body)))
 
 
 def test_router_stream_sets_the_route_header_and_carries_the_context():
@@ -61,7 +70,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
 def test_router_stream_answers_bad_input_immediately():
     stream = RouterStream(Live.of(CONFIG), None, "llm")
     stream.handle(headers_message({":method": "POST", ":path": "/"}))
-    response = stream.handle(body_message(b"nope"))
+    response = message(stream.handle(body_message(b"nope")))
     assert response.immediate_response.status.code == 400
     assert [(item.header.key, item.header.raw_value) for item in response.immediate_response.headers.set_headers] == [("content-type", b"application/json")]
 
@@ -99,13 +108,13 @@ model_providers:
     )
     routed = RouterStream(Live.of(config), None, "llm")
     routed.handle(headers_message({":method": "POST", ":path": "/v1/chat/completions"}))
-    metadata = routed.handle(body_message(b'{"model": "openai/gpt-4"}')).dynamic_metadata.fields["extproc"].struct_value
+    metadata = message(routed.handle(body_message(b'{"model": "openai/gpt-4"}'))).dynamic_metadata.fields["extproc"].struct_value
     request = headers_message({":path": "/v1/chat/completions"})
     request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
     request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = 'key: "cluster" value { string_value: "%s" }' % config.providers["o"].cluster
     stream = UpstreamStream(Live.of(config))
     assert not stream.handle(request).HasField("mode_override")
-    body = stream.handle(body_message(b'{"model": "gpt-4"}')).request_body.response
+    body = message(stream.handle(body_message(b'{"model": "gpt-4"}'))).request_body.response
     assert body.body_mutation.body == b'{"model": "gpt-4o"}'
     assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"19")]
 
@@ -150,3 +159,31 @@ def test_an_unexpected_error_is_a_json_500_naming_the_request_and_never_its_text
     tracebacks = [record for record in caplog.records if record.exc_info]
     assert len(tracebacks) == 1, "the traceback is logged once, not per request"
     assert all("req-7" in record.getMessage() for record in caplog.records if record.name == "extproc.server.servicer")
+
+
+def test_wire_reads_a_body_message_as_a_view_and_everything_else_with_protobuf():
+    big = pb.ProcessingRequest()
+    big.request_body.body = b"x" * 300_000  # a multi-byte length
+    big.request_body.end_of_stream = True
+    big.metadata_context.filter_metadata["extproc"].fields["k"].string_value = "v"  # a later field does not hide the body
+    decoded = wire.decode_request(big.SerializeToString())
+    assert isinstance(decoded, wire.RequestBody) and len(decoded.body) == 300_000 and decoded.end_of_stream
+    empty = pb.ProcessingRequest()
+    empty.request_body.end_of_stream = True
+    assert bytes(wire.decode_request(empty.SerializeToString()).body) == b""
+    headers = headers_message({":path": "/"})
+    assert wire.decode_request(headers.SerializeToString()) == headers
+    assert wire.kind(headers) == "request_headers" and wire.kind(decoded) == "request_body"
+
+
+def test_wire_replies_parse_as_the_protobuf_reply_they_stand_for():
+    response = pb.ProcessingResponse()
+    common = response.request_body.response
+    common.clear_route_cache = True
+    common.header_mutation.set_headers.add().header.key = "x-a"
+    body = b"y" * 200_000
+    expected = pb.ProcessingResponse()
+    expected.CopyFrom(response)
+    expected.request_body.response.body_mutation.body = body
+    assert pb.ProcessingResponse.FromString(wire.with_body(response, "request_body", memoryview(body))) == expected
+    assert wire.encode_response(response) == response.SerializeToString()
