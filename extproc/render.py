@@ -31,6 +31,7 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
+from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
 from .render_telemetry import INPUT_TOKENS, OUTPUT_TOKENS, PROVIDER_MODEL_METADATA_KEY, TRACE_RUNTIME, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
@@ -311,7 +312,9 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
 def _listener(config: Config, listener: Listener, options: RenderOptions, routes: dict) -> dict:
     token_usage = config.metrics.token_usage
     tracing = config.tracing.endpoint is not None
-    router = {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener)]}
+    # Each answer's Retry-After and, when cooldowns read them, its rate-limit headers reach the sidecar in the log entries.
+    logged = ("retry-after", "retry-after-ms", *(RATE_LIMIT_HEADERS if config.cooldown.rate_limit_headers else ()))
+    router = {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener, logged)]}
     hcm = {
         "@type": _HCM,
         "stat_prefix": listener.name,
@@ -332,7 +335,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
             _ext_proc("router", options, listener.max_body_bytes, listener.name),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
-        "access_log": [_access_log(DOWNSTREAM_LOG, listener, extra_tags=usage_tags() if token_usage else ())]
+        "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else ())]
         + ([_stdout_access_log(token_usage)] if listener.access_log else []),
         "local_reply_config": _local_replies(),
     }
@@ -398,7 +401,7 @@ def _retry_policy(chain: Chain) -> dict | None:
     return retry
 
 
-def _failed_attempts_log(listener: Listener) -> dict:
+def _failed_attempts_log(listener: Listener, response_headers: Iterable[str]) -> dict:
     """Every attempt that did not succeed (status >= 400, or no response), one entry each, unbatched.
 
     Envoy sends it as the attempt ends, before it retries: a 429 is known to
@@ -415,10 +418,12 @@ def _failed_attempts_log(listener: Listener) -> dict:
         }
     }
     attempt = {"tag": ATTEMPT_TAG, "request_header": {"name": "x-envoy-attempt-count"}}
-    return _access_log(UPSTREAM_LOG, listener, buffer_bytes=0, extra_tags=[attempt], log_filter=failed)
+    return _access_log(UPSTREAM_LOG, listener, response_headers, buffer_bytes=0, extra_tags=[attempt], log_filter=failed)
 
 
-def _access_log(log_name: str, listener: Listener, buffer_bytes: int = 16384, extra_tags: list[dict] = (), log_filter: dict | None = None) -> dict:
+def _access_log(
+    log_name: str, listener: Listener, response_headers: Iterable[str], buffer_bytes: int = 16384, extra_tags: list[dict] = (), log_filter: dict | None = None
+) -> dict:
     """Entries reported to the sidecar, off the request path.
 
     Request entries are batched for at most 20 ms (or 16 KiB): totals only
@@ -442,7 +447,7 @@ def _access_log(log_name: str, listener: Listener, buffer_bytes: int = 16384, ex
                 "buffer_flush_interval": "0.020s",
                 "custom_tags": tags,
             },
-            "additional_response_headers_to_log": ["retry-after", "retry-after-ms"],
+            "additional_response_headers_to_log": list(response_headers),
         },
     }
     if log_filter is not None:

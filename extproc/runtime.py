@@ -19,6 +19,8 @@ class Runtime:
     serving: bool = False
     #: What keeps this sidecar from doing its job (a dead Envoy, a stopped task), by part.
     problems: dict[str, str] = field(default_factory=dict)
+    #: What works less well than it could but does not stop it (shared state away), by part: shown by /readyz, still ready.
+    notes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: Config) -> Runtime:

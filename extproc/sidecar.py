@@ -16,6 +16,7 @@ from .observability.http import MetricsServer
 from .reload import Reloader
 from .runtime import Runtime
 from .server.app import ServerTls, start_server
+from .sharedstate import PART, SharedCooldowns
 from .xds import XdsFiles
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class Sidecar:
             self.xds.write([self.config])
         self._server, self.port = await start_server(self.runtime, self.listen, self.tls)
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port, self.reload_token).start()
+        if self.config.cooldown.redis_url:
+            shared = SharedCooldowns(self.config.cooldown.redis_url, self.runtime.health, self.runtime.metrics, self.runtime.notes)
+            self.runtime.observer.shared = shared
+            self.spawn(shared.run(), PART)
         if self.config_path:
             self.reloader = Reloader(self.config_path, self.runtime, self.xds, asyncio.get_running_loop())
             self.metrics.reload = self.reloader.reload_from_thread

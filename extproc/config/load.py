@@ -288,15 +288,21 @@ class _Reader:
         )
 
     def cooldown(self, value: Any, path: str) -> Cooldown | None:
-        raw = self.mapping(value, path, {"enabled", "default_cooldown", "max_cooldown", "failure_threshold"})
+        raw = self.mapping(value, path, {"enabled", "default_cooldown", "max_cooldown", "failure_threshold", "rate_limit_headers", "min_remaining_tokens", "redis_url"})
         if raw is None:
             return None
         base = Cooldown()
+        redis_url = self.text(raw["redis_url"], f"{path}.redis_url") if "redis_url" in raw else None
+        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            self.problem(f"{path}.redis_url", "expected a redis://, rediss:// or unix:// URL")  # never echo it: it may hold a password
         return Cooldown(
             enabled=self.boolean(raw["enabled"], f"{path}.enabled") if "enabled" in raw else base.enabled,
             default_s=self.duration(raw["default_cooldown"], f"{path}.default_cooldown") if "default_cooldown" in raw else base.default_s,
             max_s=self.duration(raw["max_cooldown"], f"{path}.max_cooldown") if "max_cooldown" in raw else base.max_s,
             failure_threshold=self.integer(raw["failure_threshold"], f"{path}.failure_threshold", 1, 1000) if "failure_threshold" in raw else base.failure_threshold,
+            rate_limit_headers=self.boolean(raw["rate_limit_headers"], f"{path}.rate_limit_headers") if "rate_limit_headers" in raw else base.rate_limit_headers,
+            min_remaining_tokens=self.integer(raw["min_remaining_tokens"], f"{path}.min_remaining_tokens", 0) if "min_remaining_tokens" in raw else base.min_remaining_tokens,
+            redis_url=redis_url or None,
         )
 
     def metrics(self, value: Any, path: str) -> Metrics | None:

@@ -140,6 +140,11 @@ class Cooldown:
     default_s: float = 5.0  # a 429 without Retry-After
     max_s: float = 60.0  # cap on Retry-After
     failure_threshold: int = 3  # consecutive connect failures, resets or 5xx before cooling
+    #: An answer whose rate-limit headers say no requests (or at most `min_remaining_tokens` tokens) are left cools its provider until the reset.
+    rate_limit_headers: bool = True
+    min_remaining_tokens: int = 0
+    #: Cooldowns shared with every replica on the same Redis (`redis://`, `rediss://`, `unix://`); None: this process only.
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ def _handler(runtime: Runtime, server: MetricsServer) -> type[BaseHTTPRequestHan
                 self._send(200, b"ok\n")
             elif path == "/readyz":
                 if runtime.ready:
-                    self._send(200, b"ready\n")
+                    notes = "".join(f"{part}: {note}\n" for part, note in sorted(runtime.notes.items()))
+                    self._send(200, f"ready\n{notes}".encode())
                 else:
                     reasons = "".join(f"{part}: {problem}\n" for part, problem in sorted(runtime.problems.items())) or "not serving yet\n"
                     self._send(503, f"not ready\n{reasons}".encode())

@@ -22,8 +22,10 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..processor.cooldown import Outcome, ProviderHealth, classify
+from ..processor.ratelimit import Budget
 from .metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class LogEntry:
     provider_model: str = ""  # downstream: the model of the provider that answered
     input_tokens: int | None = None  # downstream: the answer's usage, when it had one
     output_tokens: int | None = None
+    budget: Budget | None = None  # what the answer's rate-limit headers say is left
 
 
 def succeeded(status: int) -> bool:
@@ -56,10 +59,16 @@ def succeeded(status: int) -> bool:
     return 0 < status < 400
 
 
+class CooldownSink(Protocol):
+    def publish(self, provider: str, until: float, reason: str) -> None: ...
+
+
 @dataclass
 class Observer:
     health: ProviderHealth
     metrics: GatewayMetrics
+    #: Where cooldowns started here are shared with other replicas (Redis), if anywhere.
+    shared: CooldownSink | None = None
     #: (request id, attempt) -> (provider, kind) of failed attempts whose retry was not seen yet.
     _failed: OrderedDict = field(default_factory=OrderedDict)
     #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
@@ -73,6 +82,22 @@ class Observer:
             self._failed_attempt(entry)
         else:
             self._request(entry)
+        if entry.budget is not None and entry.provider:
+            self._budget(entry.provider, entry.status, entry.budget)
+
+    def _budget(self, provider: str, status: int, budget: Budget) -> None:
+        """An answer's rate-limit headers: the remaining gauges, and a cooldown before the provider has to say 429."""
+        for kind, left in (("requests", budget.requests), ("tokens", budget.tokens)):
+            if left is not None:
+                self.metrics.remaining.labels(provider, kind).set(left)
+        for header in budget.malformed:
+            self.metrics.malformed_rate_limit_headers.labels(provider, header).inc()
+        policy = self.health.policy
+        if not policy.rate_limit_headers or status == 429:  # a 429 started its own cooldown
+            return
+        wait = budget.exhausted_for(policy.min_remaining_tokens)
+        if wait is not None:
+            self._record(Outcome(provider, status, "rate_limit_headers", wait), count_attempt=False)
 
     def _failed_attempt(self, entry: LogEntry) -> None:
         if not entry.provider:
@@ -90,12 +115,16 @@ class Observer:
         if waiter is not None:
             waiter.set()
 
-    def _record(self, outcome: Outcome) -> None:
-        self.metrics.attempts.labels(outcome.provider, str(outcome.status) if outcome.status else outcome.kind).inc()
+    def _record(self, outcome: Outcome, count_attempt: bool = True) -> None:
+        if count_attempt:
+            self.metrics.attempts.labels(outcome.provider, str(outcome.status) if outcome.status else outcome.kind).inc()
         if outcome.kind == "rate_limited":
             self.metrics.rate_limited.labels(outcome.provider).inc()
-        if self.health.record(outcome):
+        seconds = self.health.record(outcome)
+        if seconds:
             self.metrics.cooldowns.labels(outcome.provider, outcome.kind).inc()
+            if self.shared is not None:
+                self.shared.publish(outcome.provider, self.health.clock() + seconds, outcome.kind)
 
     def last_attempt_answered(self, request_id: str, attempt: int, provider: str, status: int, retry_after_s: float | None) -> None:
         """A chain's last attempt got its response headers (seen before the client gets them): record a failure now.

@@ -18,6 +18,8 @@ from ..config import Cooldown
 
 #: Outcome kinds that count towards `failure_threshold`.
 FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "server_error"})
+#: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
+RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Outcome:
 
     provider: str
     status: int  # 0 when no response arrived
-    kind: str  # "ok", "rate_limited", "server_error", "client_error", "connect_failure", "reset", "timeout", "cancelled"
+    kind: str  # "ok", "rate_limited", "rate_limit_headers", "server_error", "client_error", "connect_failure", "reset", "timeout", "cancelled"
     retry_after_s: float | None = None
     #: When the attempt started (the clock's time base); None: just now.
     started: float | None = None
@@ -117,7 +119,7 @@ class ProviderHealth:
             return 0.0
         if not self.policy.enabled:
             return 0.0
-        if outcome.kind == "rate_limited":
+        if outcome.kind in RATE_LIMIT_KINDS:
             seconds = self._seconds(outcome.retry_after_s)
             state.rate_limited_until = max(state.rate_limited_until, now + seconds)
             return seconds
@@ -136,11 +138,23 @@ class ProviderHealth:
         seconds = self.policy.default_s if retry_after_s is None else retry_after_s
         return max(min(seconds, self.policy.max_s), 0.0)
 
+    def share(self, provider: str, until: float) -> bool:
+        """A cooldown another replica started (wall clock `until`); True if it extends this one's."""
+        if not self.policy.enabled:
+            return False
+        state = self._states.setdefault(provider, _State())
+        until = min(until, self.clock() + self.policy.max_s)
+        if until <= state.rate_limited_until:
+            return False
+        state.rate_limited_until = until
+        return True
+
     def remaining(self, provider: str) -> float:
         state = self._states.get(provider)
         if state is None:
             return 0.0
         return max(state.rate_limited_until - self.clock(), state.failing_until - self.clock(), 0.0)
+
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
 

@@ -7,8 +7,11 @@ import logging
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+import time
+
 from ..observability.observer import LogEntry, Observer
 from ..processor.cooldown import retry_after_seconds
+from ..processor.ratelimit import budget
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         status=response.response_code.value,
         flags=flags,
         retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
+        budget=budget(response.response_headers, time.time()) if response.response_headers else None,
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
         attempt=int(attempt) if attempt.isdigit() else 0,

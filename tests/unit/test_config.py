@@ -192,3 +192,17 @@ def test_bad_tracing_says_which_key_and_why():
         "tracing.protocol: 'zipkin' is not supported (use http/protobuf or grpc)",
         "tracing.random_sampling: expected a number between 0 and 100, got 250",
     ]
+
+
+def test_cooldown_reads_rate_limit_headers_and_a_redis_url_that_is_never_echoed():
+    base = "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\n"
+    config = parse_config(base + "cooldown: {min_remaining_tokens: 1000, redis_url: '${REDIS_URL}'}", "t.yaml", {"REDIS_URL": "redis://:s3cret@redis:6379/0"})
+    assert (config.cooldown.rate_limit_headers, config.cooldown.min_remaining_tokens, config.cooldown.redis_url) == (True, 1000, "redis://:s3cret@redis:6379/0")
+    assert "s3cret" not in repr(config)
+    assert parse_config(base + "cooldown: {redis_url: '${REDIS_URL:-}'}", "t.yaml", {}).cooldown.redis_url is None, "empty: this process only"
+    with pytest.raises(ConfigError) as error:
+        parse_config(base + "cooldown: {redis_url: 'http://:s3cret@redis', rate_limit_headers: 'yes'}", "t.yaml", {})
+    assert [str(problem) for problem in error.value.problems] == [
+        "cooldown.redis_url: expected a redis://, rediss:// or unix:// URL",
+        "cooldown.rate_limit_headers: expected true or false, got a string",
+    ]
