@@ -47,6 +47,8 @@ def answer(status: int, body: bytes) -> bytes:
     head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
     if status == 429:
         head += "retry-after: 1\r\n"
+    else:  # what every OpenAI answer carries: plenty left, so no cooldown, but the gateway reads them
+        head += "x-ratelimit-remaining-requests: 9999\r\nx-ratelimit-reset-requests: 6ms\r\nx-ratelimit-remaining-tokens: 1999000\r\nx-ratelimit-reset-tokens: 30ms\r\n"
     return (head + "\r\n").encode() + body
 
 

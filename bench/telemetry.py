@@ -1,11 +1,12 @@
-"""What token accounting and tracing cost (`make bench-telemetry`): the same gateway with each switched on, same run.
+"""What reading rate-limit headers, token accounting and tracing cost (`make bench-telemetry`), each added in turn, same run.
 
-Three gateways (`extproc up`, Envoy --concurrency 1) on the same light
-provider (`fixed_upstream.py`, answering with a `usage`): token accounting
-off, on (the default), and on with every request traced (OTLP/HTTP to an
-Envoy `direct_response` sink). wrk at c=1 and c=64, the three interleaved and
+Four gateways (`extproc up`, Envoy --concurrency 1) on the same light
+provider (`fixed_upstream.py`, answering with a `usage` and OpenAI's
+rate-limit headers): all three off; rate-limit headers read; token accounting
+too (the default); and every request traced too (OTLP/HTTP to an Envoy
+`direct_response` sink). wrk at c=1 and c=64, the four interleaved and
 repeated (`--rounds`); prints the median req/s and p50 of each, and the
-difference from "off".
+difference from the first.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bench.run import Processes, direct_listener, ensure_wrk, free_port, post, w
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the three gateways")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the four gateways")
     args = parser.parse_args()
     binary = ensure_wrk()
     with Processes("extproc-telemetry-") as processes:
@@ -41,9 +42,10 @@ def main() -> None:
             }
 
         gateways = {
-            "token accounting off": config(metrics={"token_usage": False}),
-            "token accounting on (default)": config(),
-            "tokens + every request traced": config(tracing={"endpoint": f"http://127.0.0.1:{sink_port}", "random_sampling": 100}),
+            "all off": config(metrics={"token_usage": False}, cooldown={"rate_limit_headers": False}),
+            "+ rate-limit headers": config(metrics={"token_usage": False}),
+            "+ token accounting (the default)": config(),
+            "+ every request traced": config(tracing={"endpoint": f"http://127.0.0.1:{sink_port}", "random_sampling": 100}),
         }
         ports = {label: processes.gateway(gateway)[1] for label, gateway in gateways.items()}
         for port in ports.values():
@@ -53,7 +55,7 @@ def main() -> None:
             for connections in (1, 64):
                 for label, port in ports.items():
                     results.setdefault((label, connections), []).append(wrk(binary, port, connections, args.seconds, "bench/ok", processes.workdir))
-        print(f"\n{'':34} {'c':>3} {'req/s':>8} {'vs off':>7} {'p50 ms':>7} {'vs off':>8} {'non-2xx':>8}")
+        print(f"\n{'':34} {'c':>3} {'req/s':>8} {'vs all off':>10} {'p50 ms':>7} {'vs all off':>10} {'non-2xx':>8}")
         for connections in (1, 64):
             base = None
             for label in ports:
@@ -61,7 +63,7 @@ def main() -> None:
                 rps, p50 = statistics.median(r["rps"] for r in runs), statistics.median(r["p50"] for r in runs)
                 base = base or (rps, p50)
                 errors = sum(r["non2xx"] + r["socket_errors"] for r in runs)
-                print(f"{label:34} {connections:>3} {rps:>8.0f} {(rps / base[0] - 1) * 100:>+6.1f}% {p50:>7.2f} {p50 - base[1]:>+7.2f}ms {errors:>8}")
+                print(f"{label:34} {connections:>3} {rps:>8.0f} {(rps / base[0] - 1) * 100:>+9.1f}% {p50:>7.2f} {p50 - base[1]:>+8.2f}ms {errors:>8}")
 
 
 if __name__ == "__main__":

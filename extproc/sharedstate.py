@@ -20,6 +20,7 @@ import time
 import uuid
 
 import redis.asyncio as redis
+from prometheus_client import Counter, Gauge
 
 from .observability.metrics import GatewayMetrics
 from .processor.cooldown import ProviderHealth
@@ -38,7 +39,9 @@ class SharedCooldowns:
     def __init__(self, url: str, health: ProviderHealth, metrics: GatewayMetrics, notes: dict[str, str]):
         self._url = url  # may hold a password: never logged
         self.health = health
-        self.metrics = metrics
+        # Registered only when shared state is configured: without Redis there is nothing to be up or down.
+        self.up_gauge = Gauge("extproc_shared_state_up", "1 while the shared cooldown state (Redis) is reachable; 0 while not (each replica then uses its own).", registry=metrics.registry)
+        self.exchanged = Counter("extproc_shared_cooldowns", "Cooldowns exchanged with other replicas, by direction (published, applied).", ["direction"], registry=metrics.registry)
         self.notes = notes  # shown by /readyz, without making it fail
         self.origin = uuid.uuid4().hex  # this replica: its own messages come back and are skipped
         self._outbox: asyncio.Queue[tuple[str, float, str]] = asyncio.Queue(_OUTBOX)
@@ -52,7 +55,7 @@ class SharedCooldowns:
 
     async def run(self) -> None:
         """Connect, catch up, then exchange cooldowns until the connection fails; again, with backoff, for ever."""
-        self.metrics.shared_state_up.set(0)
+        self.up_gauge.set(0)
         self.notes[PART] = "connecting"
         delay = _BACKOFF_S[0]
         while True:
@@ -94,7 +97,7 @@ class SharedCooldowns:
             value = json.dumps({"provider": provider, "until": until, "reason": reason, "origin": self.origin})
             await client.set(f"{KEY_PREFIX}{provider}", value, pxat=int(until * 1000))
             await client.publish(CHANNEL, value)
-            self.metrics.shared_cooldowns.labels("published").inc()
+            self.exchanged.labels("published").inc()
 
     def _apply(self, raw: bytes | str) -> None:
         try:
@@ -104,11 +107,11 @@ class SharedCooldowns:
             log.warning("ignored an unreadable shared cooldown")
             return
         if origin != self.origin and self.health.share(provider, until):
-            self.metrics.shared_cooldowns.labels("applied").inc()
+            self.exchanged.labels("applied").inc()
 
     def _state(self, up: bool, reason: str = "") -> None:
         """Gauge and /readyz always; the log once per change (not once per reconnect attempt)."""
-        self.metrics.shared_state_up.set(1 if up else 0)
+        self.up_gauge.set(1 if up else 0)
         if up:
             self.notes.pop(PART, None)
         else:

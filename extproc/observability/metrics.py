@@ -32,8 +32,6 @@ class GatewayMetrics:
         self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
         self.remaining = Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r)
         self.malformed_rate_limit_headers = Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r)
-        self.shared_state_up = Gauge("extproc_shared_state_up", "1 while the shared cooldown state (Redis) is reachable; 0 while it is not (each replica then uses its own state).", registry=r)
-        self.shared_cooldowns = Counter("extproc_shared_cooldowns", "Cooldowns exchanged with other replicas, by direction (published, applied).", ["direction"], registry=r)
         self.rejected = Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r)
         self.processing = Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r)
         self.in_flight = Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r)
