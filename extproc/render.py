@@ -544,11 +544,12 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": _TLS,
-                "sni": provider.host,
+                # An IP literal is not a server name: no SNI, and the certificate must name the address (IP SAN).
+                **({} if _is_ip(provider.host) else {"sni": provider.host}),
                 "common_tls_context": {
                     "validation_context": {
                         "trusted_ca": {"filename": provider.ca_file or options.ca_file or _system_ca_bundle()},
-                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
+                        "match_typed_subject_alt_names": [{"san_type": "IP_ADDRESS" if _is_ip(provider.host) else "DNS", "matcher": {"exact": provider.host}}],
                     }
                 },
             },

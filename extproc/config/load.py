@@ -98,15 +98,24 @@ def parse_config(text: str, source: str, environ: Mapping[str, str], lenient: bo
     # Again without the broken entries; what they were is kept as provider errors.
     raw = data["model_providers"]
     kept = [item for index, item in enumerate(raw) if index not in entries]
-    retry = _Reader(environ)
+    dropped = {_entry_model(raw[index]) for index in entries}
+    retry = _Reader(environ, frozenset(dropped - {item.get("model") for item in kept if isinstance(item, dict)}))
     config = retry.config({**data, "model_providers": kept}, source)
     if retry.problems or config is None:
         raise ConfigError(source, reader.problems)
     errors = tuple(
-        ProviderError(_entry_label(raw[index], index), _entry_model(raw[index]), "; ".join(str(problem) for problem in problems))
+        ProviderError(_entry_label(raw[index], index), _entry_model(raw[index]), "; ".join([*(str(problem) for problem in problems), *_lost_fallbacks(config, _entry_model(raw[index]))]))
         for index, problems in sorted(entries.items())
     )
     return dataclasses.replace(config, provider_errors=errors)
+
+
+def _lost_fallbacks(config: Config, model: str) -> list[str]:
+    """What a left-out entry costs other chains: the models that fell back to its model, now served by nobody."""
+    if model in config.models:
+        return []
+    losers = sorted({provider.model for provider in config.providers.values() if provider.retry_policy and model in provider.retry_policy.fallback_models})
+    return [f"{loser} no longer falls back to {model} (no valid provider serves it)" for loser in losers]
 
 
 _ENTRY_PATH = re.compile(r"^model_providers\[(\d+)\]")
@@ -136,9 +145,11 @@ def _entry_model(item: Any) -> str:
 class _Reader:
     """Walks the parsed YAML, collecting problems instead of stopping at the first."""
 
-    def __init__(self, environ: Mapping[str, str]):
+    def __init__(self, environ: Mapping[str, str], dropped_models: frozenset[str] = frozenset()):
         self.environ = environ
         self.problems: list[Problem] = []
+        #: Models of entries left out in lenient mode: a fallback to them is skipped, not an error.
+        self.dropped_models = dropped_models
 
     def problem(self, path: str, message: str, environmental: bool = False) -> None:
         self.problems.append(Problem(path, message, environmental))
@@ -255,7 +266,7 @@ class _Reader:
             models.setdefault(provider.model, []).append(provider.name)
         # Models of entries that failed validation still count as declared, so a
         # fallback to them is not reported as a second, misleading problem.
-        declared = set(models) | {item.get("model") for item in raw_providers if isinstance(item, dict) and isinstance(item.get("model"), str)}
+        declared = set(models) | self.dropped_models | {item.get("model") for item in raw_providers if isinstance(item, dict) and isinstance(item.get("model"), str)}
         policies = self.model_policies(by_name, models, declared, providers)
         if self.problems:
             return None
@@ -527,6 +538,8 @@ class _Reader:
             return None
         codes: list[int] = []
         conditions: list[str] = []
+        if raw.get("retry_on") == []:
+            self.problem(f"{path}.retry_on", "an empty list would turn failover off; list at least one status or condition (the default is [429])")
         for index, item in enumerate(self.sequence(raw.get("retry_on", [429]), f"{path}.retry_on")):
             where = f"{path}.retry_on[{index}]"
             if isinstance(item, int) and not isinstance(item, bool):

@@ -86,7 +86,8 @@ class Provider:
     def authority(self) -> str:
         """Host header value: the port only when it is not the scheme's default."""
         default_port = 443 if self.tls else 80
-        return self.host if self.port == default_port else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal is bracketed (RFC 3986)
+        return host if self.port == default_port else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)

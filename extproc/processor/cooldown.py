@@ -70,7 +70,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     if not value:
         return None
     value = value.strip()
-    if value.replace(".", "", 1).isdigit():
+    if value.isascii() and value.replace(".", "", 1).isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

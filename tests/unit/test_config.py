@@ -206,3 +206,28 @@ def test_cooldown_reads_rate_limit_headers_and_a_redis_url_that_is_never_echoed(
         "cooldown.redis_url: expected a redis://, rediss:// or unix:// URL",
         "cooldown.rate_limit_headers: expected true or false, got a string",
     ]
+
+
+def test_an_empty_retry_on_is_refused_not_a_silent_end_of_failover():
+    with pytest.raises(ConfigError, match=r"retry_policy\.retry_on: an empty list would turn failover off"):
+        parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h', retry_policy: {retry_on: []}}]", "t.yaml", {})
+
+
+def test_an_ipv6_base_url_is_bracketed_in_the_authority():
+    config = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://[::1]:8080'}]", "t.yaml", {})
+    provider = next(iter(config.providers.values()))
+    assert (provider.host, provider.port, provider.authority) == ("::1", 8080, "[::1]:8080")
+
+
+def test_lenient_mode_keeps_a_chain_whose_fallback_entry_is_broken_and_says_what_it_lost():
+    text = (
+        "listeners: [{type: model, port: 0}]\nmodel_providers:\n"
+        "  - {name: a, model: openai/gpt-4, base_url: 'http://a', retry_policy: {fallback_models: [openai/gpt-4o-mini]}}\n"
+        "  - {name: m, model: openai/gpt-4o-mini, base_url: 'ftp://broken'}\n"
+    )
+    with pytest.raises(ConfigError):
+        parse_config(text, "t.yaml", {})
+    config = parse_config(text, "t.yaml", {}, lenient=True)
+    assert config.chains["a"].providers == ("a",)
+    [error] = config.provider_errors
+    assert error.name == "m" and "openai/gpt-4 no longer falls back to openai/gpt-4o-mini" in error.message

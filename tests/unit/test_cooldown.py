@@ -111,6 +111,8 @@ def test_retry_after_forms():
     assert retry_after_seconds({"retry-after": email.utils.formatdate(now + 20, usegmt=True)}, now) == pytest.approx(20, abs=1)
     assert retry_after_seconds({"retry-after": email.utils.formatdate(now - 20, usegmt=True)}, now) == 0
     assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({"retry-after": "²"}) is None, "a unicode digit is not a number of seconds (it used to raise)"
+    assert retry_after_seconds({"retry-after-ms": "²", "retry-after": "3"}) == 3
     assert retry_after_seconds({}) is None
 
 
