@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from pythonjsonlogger.json import JsonFormatter
+
 from . import __version__, envoyadmin
 from .config import Config, ConfigError, load_config
 from .mock import MockProvider, serve_forever
@@ -29,7 +31,9 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level not in LOG_LEVELS or args.log_format not in LOG_FORMATS:
+        parser.error(f"log level {args.log_level!r} / format {args.log_format!r}: use one of {', '.join(LOG_LEVELS)} / {', '.join(LOG_FORMATS)} (also in EXTPROC_LOG_LEVEL, EXTPROC_LOG_FORMAT)")
+    _configure_logging(args.log_level, args.log_format)
     try:
         return args.run(args)
     except ConfigError as exc:
@@ -42,17 +46,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="extproc", description="Envoy LLM gateway sidecar: route by model, fail over on 429.")
-    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(dest="command", required=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 
-    check = commands.add_parser("check", help="validate a config file; exit 2 with every problem listed")
+
+def _configure_logging(level: str, log_format: str) -> None:
+    """One line per record on stderr: JSON with stable field names (time, level, logger, message, request_id when known, exc_info), or text."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+
+
+def log_formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        renamed = {"asctime": "time", "levelname": "level", "name": "logger"}
+        return JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields=renamed, datefmt="%Y-%m-%dT%H:%M:%S%z")
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name; EXTPROC_LOG_LEVEL and EXTPROC_LOG_FORMAT set their defaults."""
+    options = argparse.ArgumentParser(add_help=False)
+    level = os.environ.get("EXTPROC_LOG_LEVEL", "info").lower()
+    log_format = os.environ.get("EXTPROC_LOG_FORMAT", "text" if sys.stderr.isatty() else "json").lower()
+    # After the command, an option left out must not overwrite what was given before it.
+    options.add_argument("--log-level", choices=LOG_LEVELS, default=level if defaults else argparse.SUPPRESS, help="default: $EXTPROC_LOG_LEVEL, else info")
+    options.add_argument("--log-format", choices=LOG_FORMATS, default=log_format if defaults else argparse.SUPPRESS, help="default: $EXTPROC_LOG_FORMAT, else json unless stderr is a terminal")
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extproc", description="Envoy LLM gateway sidecar: route by model, fail over on 429.", parents=[_global_options(True)])
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    after = _global_options(False)  # every command takes them too
+
+    check = commands.add_parser("check", parents=[after], help="validate a config file; exit 2 with every problem listed")
     check.add_argument("config")
     check.set_defaults(run=_check)
 
-    render = commands.add_parser("render", help="write the Envoy bootstrap for a config")
+    render = commands.add_parser("render", parents=[after], help="write the Envoy bootstrap for a config")
     render.add_argument("config")
     render.add_argument("-o", "--output", help="file to write (default: stdout)")
     render.add_argument("--sidecar", default="unix:/run/extproc/sidecar.sock", help="where Envoy reaches the sidecar: unix:/path, or host:port (with --sidecar-tls-*)")
@@ -65,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--sidecar-ca", help="the CA (PEM) the sidecar's server certificate must chain to")
     render.set_defaults(run=_render)
 
-    serve = commands.add_parser("serve", help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
+    serve = commands.add_parser("serve", parents=[after], help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
     serve.add_argument("config")
     serve.add_argument("--listen", default="unix:/run/extproc/sidecar.sock", help="unix:/path (mode 0600), or host:port with mutual TLS (or --insecure-tcp on loopback)")
     serve.add_argument("--tls-cert", help="TCP: the server certificate (PEM) Envoy verifies")
@@ -82,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    up = commands.add_parser("up", help="run Envoy and the sidecar together in the foreground")
+    up = commands.add_parser("up", parents=[after], help="run Envoy and the sidecar together in the foreground")
     up.add_argument("config")
     up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: one per core)")
     up.add_argument("--envoy-log-level", default="warning")
@@ -92,13 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
-    preflight = commands.add_parser("preflight", help="probe each provider: UP (any status < 500) or DEP-DOWN; exit 70 if any is down")
+    preflight = commands.add_parser("preflight", parents=[after], help="probe each provider: UP (any status < 500) or DEP-DOWN; exit 70 if any is down")
     preflight.add_argument("config")
     preflight.add_argument("--timeout", type=float, default=5.0, help="seconds per provider")
     preflight.add_argument("--with-keys", action="store_true", help="send each provider its key (default: unauthenticated)")
     preflight.set_defaults(run=_preflight)
 
-    mock = commands.add_parser("mock", help="a mock OpenAI-compatible provider")
+    mock = commands.add_parser("mock", parents=[after], help="a mock OpenAI-compatible provider")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, required=True)
     mock.add_argument("--name", default="mock")

@@ -158,7 +158,9 @@ class Observer:
             await asyncio.wait_for(waiter.wait(), timeout_s)
         except TimeoutError:
             self._waiting.pop(key, None)
-            log.warning("attempt %d of request %s started before the failed attempt's log entry arrived (%.0f ms)", attempt - 1, request_id, timeout_s * 1000)
+            log.warning(
+                "attempt %d of request %s started before the failed attempt's log entry arrived (%.0f ms)", attempt - 1, request_id, timeout_s * 1000, extra={"request_id": request_id}
+            )
             return False
         return True
 

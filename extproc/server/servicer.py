@@ -88,7 +88,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         request_id = stream.headers.get("x-request-id", "unknown")
         first = (type(exc), level, kind) not in self._seen_errors
         self._seen_errors.add((type(exc), level, kind))
-        log.error("request %s: unexpected %s in %s %s%s", request_id, type(exc).__name__, level, kind, "" if first else " (traceback logged before)", exc_info=exc if first else None)
+        log.error(
+            "request %s: unexpected %s in %s %s%s", request_id, type(exc).__name__, level, kind, "" if first else " (traceback logged before)",
+            exc_info=exc if first else None, extra={"request_id": request_id},
+        )
         stream.reply = errors.error_reply(500, f"The gateway hit an unexpected error (request id {request_id}).", "api_error", "gateway_error")
         stream.done = True
         return immediate(stream.reply)

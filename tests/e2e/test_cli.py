@@ -1,5 +1,7 @@
 """The command line as users run it: check, serve beside a separate Envoy, graceful stop."""
 
+import json
+import logging
 import os
 import re
 import signal
@@ -11,6 +13,8 @@ import time
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.cli import log_formatter
 
 from .harness import chat, gateway_config, provider, request, wait_for
 
@@ -115,3 +119,19 @@ def test_up_notices_a_dead_envoy_and_exits_non_zero(mocks, tmp_path):
     finally:
         gw.stop()
     assert "Envoy exited unexpectedly with status -9" in gw.logs()
+
+
+def test_log_options_go_before_or_after_the_command_and_json_lines_have_stable_fields(tmp_path):
+    config = tmp_path / "gw.yaml"
+    config.write_text("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://127.0.0.1:1'}]\n")
+    env = {**os.environ, "EXTPROC_LOG_LEVEL": "debug"}
+    before = subprocess.run([sys.executable, "-m", "extproc", "--log-format", "json", "check", str(config)], capture_output=True, text=True, env=env)
+    after = subprocess.run([sys.executable, "-m", "extproc", "check", str(config), "--log-format", "text", "--log-level", "error"], capture_output=True, text=True)
+    wrong = subprocess.run([sys.executable, "-m", "extproc", "check", str(config)], capture_output=True, text=True, env={**os.environ, "EXTPROC_LOG_FORMAT": "xml"})
+    assert before.returncode == after.returncode == 0
+    assert wrong.returncode == 2 and "EXTPROC_LOG_FORMAT" in wrong.stderr
+    record = logging.LogRecord("extproc.test", logging.WARNING, __file__, 1, "request %s went %s", ("r-1", "wrong"), None)
+    record.request_id = "r-1"
+    line = json.loads(log_formatter("json").format(record))
+    assert {key: line[key] for key in ("level", "logger", "message", "request_id")} == {"level": "WARNING", "logger": "extproc.test", "message": "request r-1 went wrong", "request_id": "r-1"}
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$", line["time"])
