@@ -29,15 +29,11 @@ from dataclasses import dataclass
 import yaml
 
 from .config import Chain, Config, Listener, Provider
-from .processor.context import METADATA_NAMESPACE
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
-from .render_telemetry import INPUT_TOKENS, OUTPUT_TOKENS, PROVIDER_MODEL_METADATA_KEY, TRACE_RUNTIME, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
-from .server.accesslog import ATTEMPT_TAG, DOWNSTREAM_LOG, LISTENER_TAG, MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
-from .server.app import message_limit
-from .server.servicer import LISTENER_METADATA, PHASE_METADATA
-from .server.streams import CLUSTER_METADATA_KEY, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
+from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
+from .contract import METADATA_NAMESPACE, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY, CLUSTER_METADATA_KEY, PROVIDER_MODEL_METADATA_KEY, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, INPUT_TOKENS, OUTPUT_TOKENS, PHASE_METADATA, LISTENER_METADATA, UPSTREAM_LOG, DOWNSTREAM_LOG, PROVIDER_TAG, MODEL_TAG, LISTENER_TAG, ATTEMPT_TAG, message_limit
 
 SIDECAR_CLUSTER = "extproc_sidecar"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"

@@ -15,15 +15,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from .config import Provider, Tracing
-from .processor.context import METADATA_NAMESPACE
-from .server.streams import MODEL_METADATA_KEY, PROVIDER_METADATA_KEY
+from .contract import METADATA_NAMESPACE, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY, PROVIDER_MODEL_METADATA_KEY, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, INPUT_TOKENS, OUTPUT_TOKENS
 
-USAGE_NAMESPACE = "extproc.usage"
-INPUT_TOKENS = "input_tokens"
-OUTPUT_TOKENS = "output_tokens"
-#: Endpoint metadata beside the provider's name: its model and its `gen_ai.provider.name`.
-PROVIDER_MODEL_METADATA_KEY = "provider_model"
-SYSTEM_METADATA_KEY = "system"
 TRACE_CLUSTER = "extproc_otlp_collector"
 #: Spans leave Envoy every second (Envoy's default is 5 s): a trace is in the collector by the time one looks.
 TRACE_RUNTIME = {"tracing.opentelemetry.flush_interval_ms": 1000}

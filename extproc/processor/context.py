@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 from .jsonbody import ModelSpan
 
-METADATA_NAMESPACE = "extproc"
-METADATA_KEY = "ctx"
 
 
 @dataclass(frozen=True)

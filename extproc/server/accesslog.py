@@ -12,21 +12,10 @@ import time
 from ..observability.observer import LogEntry, Observer
 from ..processor.cooldown import retry_after_seconds
 from ..processor.ratelimit import budget
+from ..contract import UPSTREAM_LOG, PROVIDER_TAG, MODEL_TAG, LISTENER_TAG, ATTEMPT_TAG, INPUT_TOKENS_TAG, OUTPUT_TOKENS_TAG, PROVIDER_MODEL_TAG
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_LOG = "upstream"
-DOWNSTREAM_LOG = "downstream"
-#: Custom tags the rendered config adds to every entry.
-PROVIDER_TAG = "provider"
-MODEL_TAG = "model"
-LISTENER_TAG = "listener"
-#: On failed-attempt entries only: the attempt's number (its `x-envoy-attempt-count`).
-ATTEMPT_TAG = "attempt"
-#: On request entries, with token accounting on (see `render_telemetry.usage_tags`).
-INPUT_TOKENS_TAG = "input_tokens"
-OUTPUT_TOKENS_TAG = "output_tokens"
-PROVIDER_MODEL_TAG = "provider_model"
 
 
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:

@@ -20,15 +20,8 @@ from ..runtime import Runtime
 from .accesslog import AccessLogReceiver
 from . import wire
 from .servicer import ExternalProcessor
+from ..contract import EXT_PROC_SERVICE, message_limit
 
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-#: gRPC's default 4 MiB message limit is below a buffered request body of the
-#: default 10 MiB; messages carry the body once (plus headers and metadata).
-MESSAGE_LIMIT_FLOOR = 64 * 1024 * 1024
-
-
-def message_limit(max_body_bytes: int) -> int:
-    return max(MESSAGE_LIMIT_FLOOR, 2 * max_body_bytes)
 
 
 class ListenError(ValueError):

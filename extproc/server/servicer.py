@@ -15,15 +15,13 @@ from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
 from .streams import Request, Response, RouterStream, UpstreamStream, immediate
+from ..contract import PHASE_METADATA, LISTENER_METADATA
 
 log = logging.getLogger(__name__)
 
 #: How long a retry waits for its previous attempt's failed-attempt entry (it is normally there already).
 RETRY_WAIT_S = 0.05
 
-#: gRPC initial metadata the rendered Envoy config sends on each ext_proc stream.
-PHASE_METADATA = "x-extproc-phase"
-LISTENER_METADATA = "x-extproc-listener"
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):

@@ -15,21 +15,15 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from ..config.store import Live
 from ..processor import errors, router, upstream
 from ..processor.cooldown import ProviderHealth
-from ..processor.context import METADATA_KEY, METADATA_NAMESPACE, RequestContext
+from ..processor.context import RequestContext
 from ..processor.headermutator import HeaderPlan
 from . import wire
+from ..contract import METADATA_NAMESPACE, METADATA_KEY, MODEL_METADATA_KEY, EXT_PROC_ATTRIBUTES, HOST_METADATA_ATTRIBUTE
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
 Request = pb.ProcessingRequest | wire.RequestBody
 Response = pb.ProcessingResponse | bytes
 
-EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
-HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-#: Endpoint metadata keys (namespace `extproc`): the provider of an Envoy host, and its cluster.
-PROVIDER_METADATA_KEY = "provider"
-CLUSTER_METADATA_KEY = "cluster"
-#: Dynamic metadata key (namespace `extproc`) with the model a request resolved to, for access logs.
-MODEL_METADATA_KEY = "model"
 _CLUSTER_IN_TEXT = re.compile(r'key: "cluster"\s+value \{\s*string_value: "([^"]*)"')
 
 

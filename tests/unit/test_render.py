@@ -1,6 +1,7 @@
 """The rendered bootstrap: Envoy accepts it, and it has the routing and failover shape."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,10 @@ def test_tracing_exports_otlp_where_the_environment_or_the_file_says(environ, bl
         assert exporter["grpc_service"]["envoy_grpc"]["cluster_name"] == "extproc_otlp_collector"
     assert ("typed_extension_protocol_options" in collector) is http2
     assert tracing["spawn_upstream_span"] is True and tracing["random_sampling"] == {"value": 100.0}
+
+
+def test_rendering_a_config_loads_neither_grpc_nor_the_servers():
+    """The wire contract lives in `extproc.contract`: rendering needs no gRPC (a `render` in CI, a tool importing it)."""
+    code = "import sys, extproc.render\nloaded = sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' or m.startswith('extproc.server'))\nprint(loaded)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

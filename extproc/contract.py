@@ -1,0 +1,49 @@
+"""The wire contract between the rendered Envoy config and the sidecar: names both sides must agree on.
+
+Rendering (`render.py`, `render_telemetry.py`) writes them into Envoy's config;
+the servicers read them back from what Envoy sends. Kept here, free of gRPC
+and protobuf, so rendering a config never loads the servers.
+"""
+
+from __future__ import annotations
+
+#: Envoy dynamic metadata and endpoint metadata, namespace `extproc`.
+METADATA_NAMESPACE = "extproc"
+METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
+MODEL_METADATA_KEY = "model"  # the model a request resolved to, for access logs and traces
+#: Endpoint metadata: the provider of an Envoy host, its cluster, its model, its `gen_ai.provider.name`.
+PROVIDER_METADATA_KEY = "provider"
+CLUSTER_METADATA_KEY = "cluster"
+PROVIDER_MODEL_METADATA_KEY = "provider_model"
+SYSTEM_METADATA_KEY = "system"
+#: Token counts Envoy reads from answers (`json_to_metadata`, `sse_to_metadata`).
+USAGE_NAMESPACE = "extproc.usage"
+INPUT_TOKENS = "input_tokens"
+OUTPUT_TOKENS = "output_tokens"
+
+#: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+PHASE_METADATA = "x-extproc-phase"  # "router" or "upstream"
+LISTENER_METADATA = "x-extproc-listener"
+#: ext_proc request attributes: the upstream host's metadata, as text-format proto.
+EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
+HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+
+#: Access-log names (`log_name`) and the custom tags on their entries.
+UPSTREAM_LOG = "upstream"  # failed attempts, unbatched
+DOWNSTREAM_LOG = "downstream"  # whole requests, batched
+PROVIDER_TAG = "provider"
+MODEL_TAG = "model"
+LISTENER_TAG = "listener"
+ATTEMPT_TAG = "attempt"  # failed-attempt entries: the attempt's number (its `x-envoy-attempt-count`)
+INPUT_TOKENS_TAG = INPUT_TOKENS  # request entries, with token accounting on
+OUTPUT_TOKENS_TAG = OUTPUT_TOKENS
+PROVIDER_MODEL_TAG = PROVIDER_MODEL_METADATA_KEY
+
+#: gRPC's default 4 MiB message limit is below a buffered request body of the
+#: default 10 MiB; messages carry the body once (plus headers and metadata).
+MESSAGE_LIMIT_FLOOR = 64 * 1024 * 1024
+
+
+def message_limit(max_body_bytes: int) -> int:
+    return max(MESSAGE_LIMIT_FLOOR, 2 * max_body_bytes)
