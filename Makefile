@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fast]'
+	# xds-protos vendors an old copy of OpenTelemetry's protos at the same paths (no `scope_spans`); whichever
+	# package pip installs last wins. The tests' OTLP receiver needs the current ones: install them last.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
 	touch $(STAMP)
 
 install: $(STAMP)
