@@ -200,6 +200,10 @@ class OtlpReceiver:
     def __init__(self) -> None:
         import http.server
 
+        from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+        if "scope_spans" not in ResourceSpans.DESCRIPTOR.fields_by_name:
+            raise RuntimeError("opentelemetry-proto was overwritten by xds-protos' older copy: `make install` installs it last (see Makefile)")
         receiver = self
         self.spans: list[Span] = []
         self.requests: list[str] = []  # the paths posted to
