@@ -52,7 +52,7 @@ class ModelSpan:
 @dataclass(frozen=True)
 class ParsedBody:
     model: str | bytes | None  # the model; None when absent or null; its JSON text when it is not a string
-    span: ModelSpan
+    span: ModelSpan | None  # None: the body is not JSON and is never rewritten (a multipart form)
 
 
 def is_blank(body: bytes | memoryview) -> bool:

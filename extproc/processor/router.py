@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..config import Config, Listener
-from . import errors
+from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import HeaderPlan, carried, client_values, plan
@@ -81,6 +81,12 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
         return errors.too_large(len(body), listener.max_body_bytes)
     if is_blank(body):
         return resolve(config, listener, headers, None, health)
+    try:
+        separator = multipart.boundary(headers.get("content-type", ""))
+        if separator is not None:  # a form (audio uploads): routed by its `model` field, passed on untouched
+            return resolve(config, listener, headers, ParsedBody(multipart.form_field(body, separator, "model"), None), health)
+    except multipart.MultipartError as exc:
+        return errors.invalid_request(f"We could not read the multipart/form-data body of your request: {exc}.", "invalid_multipart")
     try:
         parsed = parse(body)
     except BodyError as exc:

@@ -320,3 +320,22 @@ def test_the_access_log_says_which_provider_answered_after_how_many_attempts(moc
     entry = next(line for line in lines if line["path"].startswith("/v1/chat/completions"))
     assert (entry["model"], entry["provider"], entry["status"], entry["attempts"]) == (GPT4, "secondary", 200, 2)
     assert "sk-must-not-be-logged" not in gw.process_output and "client-secret" not in gw.process_output
+
+
+def test_an_audio_upload_is_routed_by_its_form_model_and_fails_over_byte_for_byte(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(gateway_config(provider("primary", "openai/whisper-1", primary), provider("secondary", "openai/whisper-1", secondary)))
+    audio = bytes(range(256)) * 2048
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n' + audio + b"\r\n"
+        b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b0undary--\r\n'
+    )
+    content_type = "multipart/form-data; boundary=b0undary"
+
+    answer = request(gw.port, "POST", "/v1/audio/transcriptions", body, {"content-type": content_type})
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+    for mock in (primary, secondary):
+        received = mock.received[0]
+        assert (received.path, received.header("content-type"), received.body) == ("/v1/audio/transcriptions", content_type, body)

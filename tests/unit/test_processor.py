@@ -297,3 +297,36 @@ def test_the_model_span_is_exact_whatever_the_layout(body, model, rewritten):
 def test_parse_says_what_is_wrong_and_where(body, message):
     with pytest.raises(BodyError, match=re.escape(message)):
         parse(body)
+
+
+def _form(fields: list[tuple[str, bytes, str]], separator: str = "xYz-123") -> bytes:
+    parts = []
+    for name, value, extra in fields:
+        parts.append(f'--{separator}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + value + b"\r\n")
+    return b"".join(parts) + f"--{separator}--\r\n".encode()
+
+
+def test_a_multipart_form_is_routed_by_its_model_field_and_passed_on_untouched():
+    audio = bytes(range(256)) * 4000 + b"\r\n--xYz-12"  # binary, with a near-boundary inside
+    body = _form([("file", audio, '; filename="a.wav"\r\nContent-Type: audio/wav'), ("model", b"gpt-4o-mini", ""), ("language", b"fr", "")])
+    form = {**CLIENT, ":path": "/v1/audio/transcriptions", "content-type": 'multipart/form-data; boundary="xYz-123"'}
+    decision = router.on_body(CONFIG, LISTENER, form, memoryview(body))
+    assert isinstance(decision, router.Forward) and decision.model == "openai/gpt-4o-mini"
+    assert decision.body is None and decision.context.span is None, "the form is sent as it came, on every attempt"
+    nameless = router.on_body(CONFIG, LISTENER, form, _form([("file", b"x", "")]))
+    assert isinstance(nameless, router.Forward) and nameless.model == "openai/gpt-4o-mini", "no model field: the default provider"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"no boundary here", "multipart/form-data; boundary=abc", "no part starts with its boundary"),
+        (b"--abc\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4", "multipart/form-data; boundary=abc", "no closing boundary"),
+        (b"--abc\r\n", "multipart/form-data", "no usable boundary"),
+    ],
+)
+def test_a_broken_form_gets_a_clear_400(body, content_type, message):
+    decision = router.on_body(CONFIG, LISTENER, {**CLIENT, "content-type": content_type}, body)
+    assert isinstance(decision, Reply) and decision.status == 400
+    error = json.loads(decision.body)["error"]
+    assert error["code"] == "invalid_multipart" and message in error["message"]
