@@ -17,7 +17,11 @@ from ..processor.cooldown import ProviderHealth
 # `*_created` series double every counter for nothing an operator alerts on.
 disable_created_metrics()
 
+_ATTEMPT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+PROVIDER_STATES = ("enabled", "cooling_down", "error")
 
 
 class GatewayMetrics:
@@ -25,9 +29,9 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter("extproc_requests", "Client requests by listener, model, the provider that answered last, and status class.", ["listener", "model", "provider", "status_class"], registry=r)
-        self.attempts = Counter("extproc_upstream_attempts", "Attempts sent to providers, by provider and outcome (HTTP status or failure kind).", ["provider", "status"], registry=r)
+        self.attempts = Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, cancelled).", ["provider", "code", "outcome"], registry=r)
+        self.attempt_seconds = Histogram("extproc_upstream_attempt_duration_seconds", "Attempts from the first byte sent to the provider to the last byte of its answer (streams included), by provider.", ["provider"], buckets=_ATTEMPT_BUCKETS, registry=r)
         self.failovers = Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r)
-        self.rate_limited = Counter("extproc_upstream_rate_limited", "429 answers observed, by provider.", ["provider"], registry=r)
         self.cooldowns = Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r)
         self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
         self.remaining = Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r)
@@ -53,14 +57,18 @@ class _ProviderCollector:
         return []
 
     def collect(self):
-        info = GaugeMetricFamily("extproc_provider_info", "Providers of the current config; status is enabled, cooling_down or error.", labels=["provider", "model", "status"])
+        # One series per provider and state, 0 or 1 (as kube-state-metrics does): no series appears or vanishes when a state changes.
+        state = GaugeMetricFamily("extproc_provider_state", "Providers of the current config: 1 for the state each is in (enabled, cooling_down, error), 0 for the others.", labels=["provider", "model", "state"])
         remaining = GaugeMetricFamily("extproc_provider_cooldown_remaining_seconds", "Seconds left before a cooling provider is tried first again.", labels=["provider"])
         config = self.config()
         for provider in config.providers.values():
             left = self.health.remaining(provider.name)
-            info.add_metric([provider.name, provider.model, "cooling_down" if left > 0 else "enabled"], 1)
+            current = "cooling_down" if left > 0 else "enabled"
+            for name in PROVIDER_STATES:
+                state.add_metric([provider.name, provider.model, name], 1 if name == current else 0)
             remaining.add_metric([provider.name], left)
         for error in config.provider_errors:
-            info.add_metric([error.name, error.model, "error"], 1)
-        yield info
+            for name in PROVIDER_STATES:
+                state.add_metric([error.name, error.model, name], 1 if name == "error" else 0)
+        yield state
         yield remaining

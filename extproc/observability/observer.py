@@ -52,6 +52,7 @@ class LogEntry:
     input_tokens: int | None = None  # downstream: the answer's usage, when it had one
     output_tokens: int | None = None
     budget: Budget | None = None  # what the answer's rate-limit headers say is left
+    attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
 
 
 def succeeded(status: int) -> bool:
@@ -105,7 +106,9 @@ class Observer:
         key = (entry.request_id, entry.attempt)
         kind = classify(entry.status, entry.flags)
         if self._answered.pop(key, None) is None:
-            self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started))
+            self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
+        elif entry.attempt_s is not None:  # counted from its response headers already; its duration is known only now
+            self.metrics.attempt_seconds.labels(entry.provider).observe(entry.attempt_s)
         retry = self._retries.pop((entry.request_id, entry.attempt + 1), None)
         if retry is not None:
             self.metrics.failovers.labels(entry.provider, retry, kind).inc()
@@ -115,11 +118,14 @@ class Observer:
         if waiter is not None:
             waiter.set()
 
-    def _record(self, outcome: Outcome, count_attempt: bool = True) -> None:
+    def _attempt(self, provider: str, status: int, outcome: str, duration_s: float | None) -> None:
+        self.metrics.attempts.labels(provider, str(status) if status else "none", outcome).inc()
+        if duration_s is not None:
+            self.metrics.attempt_seconds.labels(provider).observe(duration_s)
+
+    def _record(self, outcome: Outcome, count_attempt: bool = True, duration_s: float | None = None) -> None:
         if count_attempt:
-            self.metrics.attempts.labels(outcome.provider, str(outcome.status) if outcome.status else outcome.kind).inc()
-        if outcome.kind == "rate_limited":
-            self.metrics.rate_limited.labels(outcome.provider).inc()
+            self._attempt(outcome.provider, outcome.status, outcome.kind, duration_s)
         seconds = self.health.record(outcome)
         if seconds:
             self.metrics.cooldowns.labels(outcome.provider, outcome.kind).inc()
@@ -142,7 +148,7 @@ class Observer:
         status_class = f"{entry.status // 100}xx" if entry.status else "none"
         self.metrics.requests.labels(entry.listener, entry.model or "none", entry.provider or "none", status_class).inc()
         if entry.provider and succeeded(entry.status):
-            self.metrics.attempts.labels(entry.provider, str(entry.status)).inc()
+            self._attempt(entry.provider, entry.status, "ok", entry.attempt_s)
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
             for kind, count in (("input", entry.input_tokens), ("output", entry.output_tokens)):
                 if count:

@@ -32,6 +32,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         flags=flags,
         retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
         budget=budget(response.response_headers, time.time()) if response.response_headers else None,
+        attempt_s=_attempt_seconds(common),
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
         attempt=int(attempt) if attempt.isdigit() else 0,
@@ -40,6 +41,14 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),
         output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
     )
+
+
+def _attempt_seconds(common) -> float | None:
+    """From the first byte sent upstream to the last byte received (None when the attempt got no answer)."""
+    if not (common.HasField("time_to_first_upstream_tx_byte") and common.HasField("time_to_last_upstream_rx_byte")):
+        return None
+    sent, received = common.time_to_first_upstream_tx_byte, common.time_to_last_upstream_rx_byte
+    return max(received.seconds + received.nanos / 1e9 - sent.seconds - sent.nanos / 1e9, 0.0)
 
 
 def _count(value: str | None) -> int | None:

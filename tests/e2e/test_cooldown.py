@@ -60,7 +60,7 @@ def test_all_providers_cooling_answers_429_at_once_without_calling_any(mocks, ga
     assert gw.metric("extproc_rejected_requests_total", reason="all_providers_cooling_down") == 1
     # The last attempt was recorded from its response headers; its log entry, when it comes, is not counted again.
     wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model=GPT4, provider="secondary", status_class="4xx"))
-    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="429") == 1
+    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", code="429", outcome="rate_limited") == 1
 
 
 def test_try_anyway_listener_still_calls_the_providers(mocks, gateway):
@@ -113,7 +113,7 @@ def test_connect_failures_cool_a_provider_down_after_the_threshold(mocks, gatewa
     assert cooling_seconds(gw, "primary") == 0, "one failure is below the threshold"
     assert chat(gw.port, HELLO).status == 200
     assert cooling_seconds(gw, "primary") > 0
-    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="connect_failure") == 2
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", code="none", outcome="connect_failure") == 2
 
 
 def test_metrics_and_health_after_a_failover(mocks, gateway):
@@ -123,16 +123,18 @@ def test_metrics_and_health_after_a_failover(mocks, gateway):
 
     assert chat(gw.port, HELLO).status == 200
     assert gw.metric("extproc_failovers_total", from_provider="primary", to_provider="secondary", reason="rate_limited") == 1, "known with the answer"
-    assert gw.metric("extproc_provider_info", provider="primary", model=GPT4, status="cooling_down") == 1
+    assert gw.metric("extproc_provider_state", provider="primary", model=GPT4, state="cooling_down") == 1
     # Request totals (and the answering attempt) come with the request's entry, batched for up to 20 ms.
     wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model=GPT4, provider="secondary", status_class="2xx"))
 
-    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="429") == 1
-    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="200") == 1
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", code="429", outcome="rate_limited") == 1
+    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", code="200", outcome="ok") == 1
     assert gw.metric("extproc_failovers_total", from_provider="primary", to_provider="secondary", reason="rate_limited") == 1
-    assert gw.metric("extproc_upstream_rate_limited_total", provider="primary") == 1
-    assert gw.metric("extproc_provider_info", provider="primary", model=GPT4, status="cooling_down") == 1
-    assert gw.metric("extproc_provider_info", provider="secondary", model=GPT4, status="enabled") == 1
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", code="429", outcome="rate_limited") == 1
+    assert gw.metric("extproc_provider_state", provider="primary", model=GPT4, state="cooling_down") == 1
+    assert gw.metric("extproc_provider_state", provider="secondary", model=GPT4, state="enabled") == 1
+    assert gw.metric("extproc_provider_state", provider="primary", model=GPT4, state="enabled") == 0, "every state has its series, 0 or 1"
+    assert gw.metric("extproc_upstream_attempt_duration_seconds_count", provider="secondary") == 1
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") >= 1
     assert gw.metric("extproc_processing_seconds_count", phase="upstream_request_headers") == 1, "only the retry needs the upstream level"
     exposition = gw.get("/metrics").body.decode()
@@ -153,6 +155,6 @@ def test_a_client_hanging_up_does_not_count_against_the_provider(mocks, gateway)
     with socket.create_connection(("127.0.0.1", gw.port)) as client:
         client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         wait_for(lambda: slow.received)
-    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", status="cancelled"))
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", code="none", outcome="cancelled"))
     assert cooling_seconds(gw, "slow") == 0
     assert chat(gw.port, HELLO).status == 200

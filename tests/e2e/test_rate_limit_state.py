@@ -61,7 +61,7 @@ def test_an_answer_saying_no_requests_are_left_cools_its_provider_before_any_429
     assert gw.metric("extproc_provider_remaining", provider="primary", kind="requests") == 0
     assert gw.metric("extproc_provider_remaining", provider="primary", kind="tokens") == 5000
     assert gw.metric("extproc_provider_cooldowns_total", provider="primary", reason="rate_limit_headers") == 1
-    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="429") is None
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", code="429", outcome="rate_limited") is None
     assert gw.metric("extproc_shared_state_up") is None, "no Redis configured: nothing to be up or down"
 
 

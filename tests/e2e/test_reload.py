@@ -32,12 +32,13 @@ def apply(gw, config, result: str = "success") -> None:
 
 
 def provider_series(gw) -> set[tuple[str, str, str]]:
-    """(provider, model, status) of every extproc_provider_info series."""
+    """(provider, model, state) of every provider, from the extproc_provider_state series at 1."""
     return {
-        (sample.labels["provider"], sample.labels["model"], sample.labels["status"])
+        (sample.labels["provider"], sample.labels["model"], sample.labels["state"])
         for family in text_string_to_metric_families(gw.get("/metrics").body.decode())
-        if family.name == "extproc_provider_info"
+        if family.name == "extproc_provider_state"
         for sample in family.samples
+        if sample.value == 1
     }
 
 

@@ -35,7 +35,7 @@ def test_a_rate_limit_is_known_before_the_client_has_the_answer(mocks, gateway):
             first = chat(gw.port, {"model": model})
             second = chat(gw.port, {"model": model})
             failovers = gw.metric("extproc_failovers_total", from_provider=f"lim{index}", to_provider=f"ok{index}", reason="rate_limited")
-            cooling = gw.metric("extproc_provider_info", provider=f"lim{index}", model=model, status="cooling_down")
+            cooling = gw.metric("extproc_provider_state", provider=f"lim{index}", model=model, state="cooling_down")
             started_on = second.json()["echo"]["headers"].get("x-envoy-attempt-count") if second.status == 200 else None
             if (first.headers.get("x-arch-llm-provider"), second.headers.get("x-arch-llm-provider"), started_on, failovers, cooling) != (f"ok{index}", f"ok{index}", "1", 1, 1):
                 violations.append((index, first.status, second.status, started_on, failovers, cooling))
@@ -72,10 +72,9 @@ def test_counters_are_exact_over_a_thousand_concurrent_failovers(mocks, gateway)
     assert len(primary.received) == len(secondary.received) == total
     # Failed attempts and failovers are known with each answer; request totals arrive batched (20 ms).
     assert gw.metric("extproc_failovers_total", from_provider="primary", to_provider="secondary", reason="rate_limited") == total
-    assert gw.metric("extproc_upstream_attempts_total", provider="primary", status="429") == total
-    assert gw.metric("extproc_upstream_rate_limited_total", provider="primary") == total
+    assert gw.metric("extproc_upstream_attempts_total", provider="primary", code="429", outcome="rate_limited") == total
     wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model="openai/gpt-4", provider="secondary", status_class="2xx") == total)
-    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", status="200") == total
+    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", code="200", outcome="ok") == total
     assert json.loads(secondary.received[0].body)["model"] == "gpt-4"
 
 
