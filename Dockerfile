@@ -12,11 +12,11 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY extproc ./extproc
 RUN python -m venv /opt/extproc \
  && /opt/extproc/bin/pip install --upgrade pip \
- && /opt/extproc/bin/pip install -c constraints.txt '.[fast]'
+ && /opt/extproc/bin/pip install -c constraints.txt '.[fast,envoy]'
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 extproc \

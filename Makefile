@@ -13,7 +13,7 @@ RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_EN
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fast]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,fast,envoy]'
 	# xds-protos vendors an old copy of OpenTelemetry's protos at the same paths (no `scope_spans`); whichever
 	# package pip installs last wins. The tests' OTLP receiver needs the current ones: install them last.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps -c constraints.txt opentelemetry-proto

