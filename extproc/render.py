@@ -144,7 +144,7 @@ def upstream_clusters(configs: Iterable[Config], options: RenderOptions = Render
     for config in configs:
         body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
         for provider in config.providers.values():
-            clusters.setdefault(provider.cluster, _provider_cluster(provider, body_limit, options))
+            clusters.setdefault(provider.cluster, _provider_cluster(provider, body_limit, options, config.connect_timeout_s))
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
             clusters.setdefault(name, _chain_cluster(name, config, chain, body_limit, options))
@@ -508,7 +508,7 @@ def _set_header(name: str, value: str) -> dict:
     return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def _provider_cluster(provider: Provider, body_limit: int, options: RenderOptions) -> dict:
+def _provider_cluster(provider: Provider, body_limit: int, options: RenderOptions, connect_timeout_s: float) -> dict:
     name = provider.cluster
     endpoint = {
         "endpoint": {"address": _socket_address(provider.host, provider.port), "hostname": provider.authority},
@@ -525,7 +525,7 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
     }
     cluster: dict = {
         "name": name,
-        "connect_timeout": "5s",
+        "connect_timeout": _duration(connect_timeout_s),
         "per_connection_buffer_limit_bytes": body_limit + 65536,
         "circuit_breakers": _CIRCUIT_BREAKERS,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},

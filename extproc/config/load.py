@@ -29,8 +29,23 @@ KNOWN_BASE_URLS = {
     "mistral": "https://api.mistral.ai",
     "groq": "https://api.groq.com/openai",
     "deepseek": "https://api.deepseek.com",
+    "anthropic": "https://api.anthropic.com",
 }
 
+#: Plano's `provider_interface` values -> the API kind they speak here (credentials, telemetry names).
+#: Most are OpenAI-compatible APIs; `plano` (Plano's own routing model) has no meaning here.
+PLANO_INTERFACES = {
+    "openai": "openai", "chatgpt": "openai", "openrouter": "openai", "moonshotai": "openai", "xiaomi": "openai",
+    "digitalocean": "openai", "vercel": "openai", "gemini": "openai", "deepseek": "deepseek", "groq": "groq",
+    "mistral": "mistral", "claude": "anthropic", "anthropic": "anthropic", "azure_openai": "azure_openai",
+}  # fmt: skip
+#: Plano keys for features this gateway does not have: refused by name, with why, rather than as unknown keys.
+PLANO_ONLY_KEYS = {
+    "agents", "filters", "endpoints", "prompt_targets", "prompt_guards", "system_prompt", "ratelimits", "mode",
+    "routing", "routing_preferences", "state_storage",
+}  # fmt: skip
+_OVERRIDES = {"upstream_connect_timeout", "upstream_tls_ca_path"}
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
@@ -96,11 +111,12 @@ def parse_config(text: str, source: str, environ: Mapping[str, str], lenient: bo
     if not entries:
         raise ConfigError(source, reader.problems)
     # Again without the broken entries; what they were is kept as provider errors.
-    raw = data["model_providers"]
+    key = "model_providers" if "model_providers" in data else "llm_providers"
+    raw = data[key]
     kept = [item for index, item in enumerate(raw) if index not in entries]
     dropped = {_entry_model(raw[index]) for index in entries}
     retry = _Reader(environ, frozenset(dropped - {item.get("model") for item in kept if isinstance(item, dict)}))
-    config = retry.config({**data, "model_providers": kept}, source)
+    config = retry.config({**data, key: kept}, source)
     if retry.problems or config is None:
         raise ConfigError(source, reader.problems)
     errors = tuple(
@@ -150,6 +166,7 @@ class _Reader:
         self.problems: list[Problem] = []
         #: Models of entries left out in lenient mode: a fallback to them is skipped, not an error.
         self.dropped_models = dropped_models
+        self.default_ca_file: str | None = None  # Plano's overrides.upstream_tls_ca_path
 
     def problem(self, path: str, message: str, environmental: bool = False) -> None:
         self.problems.append(Problem(path, message, environmental))
@@ -248,9 +265,21 @@ class _Reader:
         if data is None:
             self.problem("", "the file is empty")
             return None
-        top = self.mapping(data, "", {"version", "listeners", "model_providers", "cooldown", "metrics", "tracing"}, {"listeners", "model_providers"})
+        allowed = {"version", "listeners", "model_providers", "llm_providers", "cooldown", "metrics", "tracing", "model_aliases", "overrides"}
+        top = self.mapping({key: value for key, value in data.items() if key not in PLANO_ONLY_KEYS} if isinstance(data, dict) else data, "", allowed, {"listeners"})
         if top is None:
             return None
+        for key in sorted(PLANO_ONLY_KEYS & data.keys()):
+            self.problem(key, "a Plano feature this gateway does not have (it routes model traffic, with failover): remove it")
+        if "llm_providers" in top:  # Plano's older spelling
+            if "model_providers" in top:
+                self.problem("llm_providers", "give model_providers or llm_providers (Plano's older name), not both")
+            else:
+                top = {**top, "model_providers": top["llm_providers"]}
+        if "model_providers" not in top:
+            self.problem("model_providers", "required key is missing")
+        overrides = self.overrides(top.get("overrides", {}), "overrides")
+        self.default_ca_file = overrides.get("upstream_tls_ca_path")
         cooldown = self.cooldown(top["cooldown"], "cooldown") if "cooldown" in top else Cooldown()
         metrics = self.metrics(top["metrics"], "metrics") if "metrics" in top else Metrics()
         tracing = self.tracing(top.get("tracing", {}), "tracing")
@@ -296,6 +325,8 @@ class _Reader:
             cooldown=cooldown or Cooldown(),
             metrics=metrics or Metrics(),
             tracing=tracing or Tracing(),
+            aliases=frozen_mapping(self.aliases(top.get("model_aliases", {}), "model_aliases", models, bare)),
+            connect_timeout_s=overrides.get("upstream_connect_timeout", 5.0),
         )
 
     def cooldown(self, value: Any, path: str) -> Cooldown | None:
@@ -437,7 +468,7 @@ class _Reader:
             self.problem("listeners", "at least one listener is required")
 
     def provider(self, item: Any, path: str) -> Provider | None:
-        allowed = {"name", "model", "base_url", "access_key", "default", "retry_policy", "passthrough_auth", "headers", "ca_file"}
+        allowed = {"name", "model", "base_url", "access_key", "default", "retry_policy", "passthrough_auth", "headers", "ca_file", "provider_interface", "http_host"}
         raw = self.mapping(item, path, allowed, {"model"})
         if raw is None:
             return None
@@ -466,7 +497,14 @@ class _Reader:
             self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
         headers = self.headers(raw["headers"], f"{path}.headers") if "headers" in raw else ()
         policy = self.retry_policy(raw["retry_policy"], f"{path}.retry_policy") if "retry_policy" in raw else None
-        ca_file = self.text(raw["ca_file"], f"{path}.ca_file") if "ca_file" in raw else None
+        ca_file = self.text(raw["ca_file"], f"{path}.ca_file") if "ca_file" in raw else self.default_ca_file
+        interface = self.text(raw["provider_interface"], f"{path}.provider_interface") if "provider_interface" in raw else None
+        if interface is not None and interface not in PLANO_INTERFACES:
+            reason = "Plano's own routing model is not served here" if interface == "plano" else f"use one of: {', '.join(sorted(PLANO_INTERFACES))}"
+            self.problem(f"{path}.provider_interface", f"{interface!r} is not supported ({reason})")
+        http_host = self.text(raw["http_host"], f"{path}.http_host") if "http_host" in raw else None
+        if http_host is not None and not _HOST.match(http_host):
+            self.problem(f"{path}.http_host", f"{http_host!r} is not a host[:port]")
         if ca_file is not None and not os.path.isfile(ca_file):
             self.problem(f"{path}.ca_file", f"{ca_file!r} is not a readable file")
         if url is not None and model is not None and "name" not in raw:
@@ -492,7 +530,48 @@ class _Reader:
             default=bool(default),
             retry_policy=policy,
             ca_file=ca_file,
+            interface=PLANO_INTERFACES.get(interface) if interface else None,
+            http_host=http_host,
         )
+
+    def overrides(self, value: Any, path: str) -> dict:
+        """Plano's `overrides`: the two that mean something here are honoured, the others refused by name."""
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping, got {_kind(value)}")
+            return {}
+        result: dict = {}
+        for key in value:
+            if key not in _OVERRIDES:
+                self.problem(_join(path, str(key)), f"a Plano override this gateway does not have (it understands: {', '.join(sorted(_OVERRIDES))})")
+        if "upstream_connect_timeout" in value:
+            result["upstream_connect_timeout"] = self.duration(value["upstream_connect_timeout"], f"{path}.upstream_connect_timeout")
+        if "upstream_tls_ca_path" in value:
+            ca = self.text(value["upstream_tls_ca_path"], f"{path}.upstream_tls_ca_path")
+            if ca is not None and not os.path.isfile(ca):
+                self.problem(f"{path}.upstream_tls_ca_path", f"{ca!r} is not a readable file")
+            result["upstream_tls_ca_path"] = ca
+        return {key: item for key, item in result.items() if item is not None}
+
+    def aliases(self, value: Any, path: str, models: dict[str, list[str]], bare: dict[str, list[str]]) -> dict[str, str]:
+        """Plano's `model_aliases`: {alias: {target: model}}; the target is a configured model (or its bare name)."""
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping of alias to {{target: model}}, got {_kind(value)}")
+            return {}
+        result = {}
+        for alias, entry in value.items():
+            where = _join(path, str(alias))
+            raw = self.mapping(entry, where, {"target"}, {"target"})
+            target = self.text(raw["target"], f"{where}.target") if raw and "target" in raw else None
+            if target is None:
+                continue
+            resolved = target if target in models else (bare.get(target) or [None])[0] if len(bare.get(target, ())) == 1 else None
+            if resolved is None:
+                self.problem(f"{where}.target", f"model {target!r} is not served by any provider (known: {', '.join(models)})")
+            elif str(alias) in models:
+                self.problem(where, f"{alias!r} is a model already; an alias must be a new name")
+            else:
+                result[str(alias)] = resolved
+        return result
 
     def base_url(self, value: str, path: str) -> tuple[str, str, int, str] | None:
         parts = urlsplit(value)

@@ -50,11 +50,14 @@ class Provider:
     default: bool = False
     retry_policy: RetryPolicy | None = None
     ca_file: str | None = None  # PEM bundle that verifies an https provider; None: the system's
+    #: The API the provider speaks when its model's prefix does not say (Plano's `provider_interface`, mapped).
+    interface: str | None = None
+    http_host: str | None = None  # the Host header to send, when not the base_url's (Plano's `http_host`)
 
     @property
     def kind(self) -> str:
-        """The provider kind: "openai" for "openai/gpt-4"."""
-        return self.model.partition("/")[0]
+        """The provider kind: "openai" for "openai/gpt-4", or the API its `provider_interface` names."""
+        return self.interface or self.model.partition("/")[0]
 
     @property
     def tls(self) -> bool:
@@ -85,6 +88,8 @@ class Provider:
     @property
     def authority(self) -> str:
         """Host header value: the port only when it is not the scheme's default."""
+        if self.http_host:
+            return self.http_host
         default_port = 443 if self.tls else 80
         host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal is bracketed (RFC 3986)
         return host if self.port == default_port else f"{host}:{self.port}"
@@ -193,6 +198,9 @@ class Config:
     cooldown: Cooldown = Cooldown()
     metrics: Metrics = Metrics()
     tracing: Tracing = Tracing()
+    #: Plano's `model_aliases`: a name clients may ask for -> the model it stands for.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    connect_timeout_s: float = 5.0  # to providers (Plano's `overrides.upstream_connect_timeout`)
     provider_errors: tuple[ProviderError, ...] = ()
 
     def chain_for_model(self, model: str) -> Chain | None:

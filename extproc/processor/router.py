@@ -115,6 +115,7 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
     elif not isinstance(model, str):
         return errors.invalid_request("The 'model' parameter must be a string.", "invalid_model")
     else:
+        model = config.aliases.get(model, model)
         model = model if model in config.models else config.bare_models.get(model, model)
         chain = config.chain_for_model(model)
         if chain is None:

@@ -339,3 +339,21 @@ def test_an_audio_upload_is_routed_by_its_form_model_and_fails_over_byte_for_byt
     for mock in (primary, secondary):
         received = mock.received[0]
         assert (received.path, received.header("content-type"), received.body) == ("/v1/audio/transcriptions", content_type, body)
+
+
+def test_plano_keys_an_alias_and_an_http_host_reach_the_provider(mocks, gateway):
+    local = mocks.start("local")
+    config = {
+        "listeners": [{"type": "model", "name": "llm", "address": "127.0.0.1", "port": 0}],
+        "llm_providers": [{"model": "local/qwen", "base_url": f"http://127.0.0.1:{local.port}", "provider_interface": "openai", "http_host": "models.internal", "access_key": "sk-local"}],
+        "model_aliases": {"fast": {"target": "local/qwen"}},
+    }
+    gw = gateway(config)
+
+    answer = chat(gw.port, {"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+
+    assert answer.status == 200
+    received = local.received[0]
+    assert received.header("host") == "models.internal"
+    assert received.header("authorization") == "Bearer sk-local"
+    assert received.json()["model"] == "qwen", "the alias resolved to local/qwen, sent as the provider's name"

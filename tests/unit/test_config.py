@@ -231,3 +231,49 @@ def test_lenient_mode_keeps_a_chain_whose_fallback_entry_is_broken_and_says_what
     assert config.chains["a"].providers == ("a",)
     [error] = config.provider_errors
     assert error.name == "m" and "openai/gpt-4 no longer falls back to openai/gpt-4o-mini" in error.message
+
+
+PLANO = """
+version: v0.1.0
+listeners:
+  - {type: model, name: egress_traffic, address: 0.0.0.0, port: 12000, timeout: 30s}
+llm_providers:
+  - model: openai/gpt-4o-mini
+    access_key: $OPENAI_API_KEY
+    default: true
+  - model: anthropic/claude-sonnet-4
+    access_key: $ANTHROPIC_API_KEY
+  - model: local/qwen
+    base_url: http://ollama:11434
+    provider_interface: openai
+    http_host: models.internal
+model_aliases:
+  arch.summarize.v1: {target: gpt-4o-mini}
+  fast: {target: local/qwen}
+overrides:
+  upstream_connect_timeout: 2s
+"""
+
+
+def test_a_plano_config_loads_as_it_is_written():
+    config = parse_config(PLANO, "plano.yaml", {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"})
+    local = config.providers["local/qwen@ollama:11434"]
+    assert (local.kind, local.authority) == ("openai", "models.internal"), "provider_interface decides the credential style; http_host the Host"
+    assert dict(config.aliases) == {"arch.summarize.v1": "openai/gpt-4o-mini", "fast": "local/qwen"}
+    assert config.connect_timeout_s == 2.0
+    from extproc.processor import router
+
+    decision = router.resolve(config, config.listeners[0], {":path": "/v1/chat/completions"}, router.parse(b'{"model": "arch.summarize.v1"}'))
+    assert decision.model == "openai/gpt-4o-mini"
+
+
+def test_plano_features_this_gateway_lacks_are_refused_by_name():
+    text = PLANO + "prompt_targets: []\nrouting: {model: x}\nmodel_providers: []\n"
+    text = text.replace("upstream_connect_timeout: 2s", "upstream_connect_timeout: 2s\n  optimize_context_window: true").replace("provider_interface: openai", "provider_interface: plano")
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "plano.yaml", {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"})
+    problems = [str(problem) for problem in error.value.problems]
+    assert "prompt_targets: a Plano feature this gateway does not have (it routes model traffic, with failover): remove it" in problems
+    assert "routing: a Plano feature this gateway does not have (it routes model traffic, with failover): remove it" in problems
+    assert "llm_providers: give model_providers or llm_providers (Plano's older name), not both" in problems
+    assert any(p.startswith("overrides.optimize_context_window: a Plano override this gateway does not have") for p in problems)
