@@ -18,11 +18,11 @@ import threading
 import time
 import urllib.request
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, cpu_seconds, ensure_wrk, free_port, post, sample_rss, static_proxy, wait_port, wrk  # noqa: E402
+from bench.run import Processes, cpu_seconds, ensure_wrk, free_port, post, sample_rss, static_proxy, wait_port, wrk
+
 
 def large_body(model: str) -> bytes:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "x" * 200} for _ in range(45000)]}).encode()

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.e2e.harness import GatewayProcess, MockServers, chat, gateway_config, provider  # noqa: E402
+from tests.e2e.harness import GatewayProcess, MockServers, chat, gateway_config, provider
 
 ROUNDS = 10
 

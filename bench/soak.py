@@ -16,11 +16,10 @@ import sys
 import threading
 import time
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, ensure_wrk, post, rss_mb, wrk  # noqa: E402
+from bench.run import Processes, ensure_wrk, post, rss_mb, wrk
 
 GROWTH_BOUND_MB = 5.0
 

@@ -19,7 +19,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, direct_listener, ensure_wrk, free_port, post, wait_port, wrk  # noqa: E402
+from bench.run import Processes, direct_listener, ensure_wrk, free_port, post, wait_port, wrk
 
 
 def main() -> None:

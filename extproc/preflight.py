@@ -43,7 +43,7 @@ def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> Prob
     try:
         connection.request("GET", path, headers=headers)
         status = connection.getresponse().status
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return ProbeResult(provider.name, False, f"timed out after {timeout_s:g}s")
     except ssl.SSLError as exc:
         return ProbeResult(provider.name, False, f"TLS failure: {exc.reason or exc}")

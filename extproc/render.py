@@ -29,11 +29,30 @@ from dataclasses import dataclass
 import yaml
 
 from .config import Chain, Config, Listener, Provider
+from .contract import (
+    ATTEMPT_TAG,
+    CLUSTER_METADATA_KEY,
+    DOWNSTREAM_LOG,
+    INPUT_TOKENS,
+    LISTENER_METADATA,
+    LISTENER_TAG,
+    METADATA_NAMESPACE,
+    MODEL_METADATA_KEY,
+    MODEL_TAG,
+    OUTPUT_TOKENS,
+    PHASE_METADATA,
+    PROVIDER_METADATA_KEY,
+    PROVIDER_MODEL_METADATA_KEY,
+    PROVIDER_TAG,
+    SYSTEM_METADATA_KEY,
+    UPSTREAM_LOG,
+    USAGE_NAMESPACE,
+    message_limit,
+)
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
-from .contract import METADATA_NAMESPACE, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY, CLUSTER_METADATA_KEY, PROVIDER_MODEL_METADATA_KEY, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, INPUT_TOKENS, OUTPUT_TOKENS, PHASE_METADATA, LISTENER_METADATA, UPSTREAM_LOG, DOWNSTREAM_LOG, PROVIDER_TAG, MODEL_TAG, LISTENER_TAG, ATTEMPT_TAG, message_limit
 
 SIDECAR_CLUSTER = "extproc_sidecar"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"

@@ -15,7 +15,16 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from .config import Provider, Tracing
-from .contract import METADATA_NAMESPACE, MODEL_METADATA_KEY, PROVIDER_METADATA_KEY, PROVIDER_MODEL_METADATA_KEY, SYSTEM_METADATA_KEY, USAGE_NAMESPACE, INPUT_TOKENS, OUTPUT_TOKENS
+from .contract import (
+    INPUT_TOKENS,
+    METADATA_NAMESPACE,
+    MODEL_METADATA_KEY,
+    OUTPUT_TOKENS,
+    PROVIDER_METADATA_KEY,
+    PROVIDER_MODEL_METADATA_KEY,
+    SYSTEM_METADATA_KEY,
+    USAGE_NAMESPACE,
+)
 
 TRACE_CLUSTER = "extproc_otlp_collector"
 #: Spans leave Envoy every second (Envoy's default is 5 s): a trace is in the collector by the time one looks.

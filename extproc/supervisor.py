@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
 from . import envoyadmin
 from .config import Config
 from .render import RenderOptions, render_dynamic, to_yaml

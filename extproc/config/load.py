@@ -18,7 +18,23 @@ from urllib.parse import urlsplit
 import yaml
 
 from .envsubst import UnsetVariable, expand
-from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, RETRY_CONDITIONS, Chain, Config, Cooldown, Listener, Metrics, Provider, ProviderError, RetryPolicy, TRACE_PROTOCOLS, Tracing, frozen_mapping
+from .model import (
+    CREDENTIAL_HEADERS,
+    DEFAULT_ALLOWED_METHODS,
+    DEFAULT_ALLOWED_PATHS,
+    RETRY_CONDITIONS,
+    TRACE_PROTOCOLS,
+    Chain,
+    Config,
+    Cooldown,
+    Listener,
+    Metrics,
+    Provider,
+    ProviderError,
+    RetryPolicy,
+    Tracing,
+    frozen_mapping,
+)
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024

@@ -119,7 +119,7 @@ def _handler(runtime: Runtime, server: MetricsServer) -> type[BaseHTTPRequestHan
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: scrapes are frequent
+        def log_message(self, format: str, *args) -> None:
             pass
 
     return Handler

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from .jsonbody import ModelSpan
 
 
-
 @dataclass(frozen=True)
 class RequestContext:
     path: str  # the client's :path, query included

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-import time
-
+from ..contract import ATTEMPT_TAG, INPUT_TOKENS_TAG, LISTENER_TAG, MODEL_TAG, OUTPUT_TOKENS_TAG, PROVIDER_MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
 from ..observability.observer import LogEntry, Observer
 from ..processor.cooldown import retry_after_seconds
 from ..processor.ratelimit import budget
-from ..contract import UPSTREAM_LOG, PROVIDER_TAG, MODEL_TAG, LISTENER_TAG, ATTEMPT_TAG, INPUT_TOKENS_TAG, OUTPUT_TOKENS_TAG, PROVIDER_MODEL_TAG
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,11 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..runtime import Runtime
-from .accesslog import AccessLogReceiver
-from . import wire
-from .servicer import ExternalProcessor
 from ..contract import EXT_PROC_SERVICE, message_limit
-
+from ..runtime import Runtime
+from . import wire
+from .accesslog import AccessLogReceiver
+from .servicer import ExternalProcessor
 
 
 class ListenError(ValueError):

@@ -10,12 +10,12 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from ..contract import LISTENER_METADATA, PHASE_METADATA
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
 from .streams import Request, Response, RouterStream, UpstreamStream, immediate
-from ..contract import PHASE_METADATA, LISTENER_METADATA
 
 log = logging.getLogger(__name__)
 

@@ -7,18 +7,19 @@ upstream-level stream sees one attempt. No decision is made here.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ..config.store import Live
+from ..contract import EXT_PROC_ATTRIBUTES, HOST_METADATA_ATTRIBUTE, METADATA_KEY, METADATA_NAMESPACE, MODEL_METADATA_KEY
 from ..processor import errors, router, upstream
-from ..processor.cooldown import ProviderHealth
 from ..processor.context import RequestContext
+from ..processor.cooldown import ProviderHealth
 from ..processor.headermutator import HeaderPlan
 from . import wire
-from ..contract import METADATA_NAMESPACE, METADATA_KEY, MODEL_METADATA_KEY, EXT_PROC_ATTRIBUTES, HOST_METADATA_ATTRIBUTE
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
 Request = pb.ProcessingRequest | wire.RequestBody
@@ -106,7 +107,7 @@ class RouterStream:
 class UpstreamStream:
     """One attempt at the upstream level: rewrite it for the provider Envoy picked."""
 
-    _cluster_cache: dict[str, str | None] = {}
+    _cluster_cache: ClassVar[dict[str, str | None]] = {}  # shared by every stream: host metadata texts are few
 
     def __init__(self, live: Live):
         self.live = live

@@ -1,5 +1,6 @@
 """Routing by model and failover across providers, through real Envoy and the real sidecar."""
 
+import itertools
 import json
 import time
 
@@ -175,7 +176,7 @@ def test_sse_after_failover_streams_chunk_by_chunk(mocks, gateway):
     # Five chunks 0.3 s apart: the first arrives long before the last, not all at the end.
     first_at, last_at = arrivals[0][0], arrivals[-1][0]
     assert last_at - first_at > 1.0
-    gaps = [later - earlier for (earlier, _), (later, _) in zip(arrivals, arrivals[1:])]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(arrivals)]
     assert min(gaps[:4]) > 0.15
 
 

@@ -70,12 +70,10 @@ def test_tcp_with_mutual_tls_serves_envoy_and_refuses_a_client_without_a_certifi
         wait_port(port)
         with open(pki["ca"], "rb") as handle:
             ca = handle.read()
-        with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
-            with pytest.raises(grpc.RpcError):
-                health_check(channel)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError):
-                health_check(channel)
+        with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca)) as channel, pytest.raises(grpc.RpcError):
+            health_check(channel)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
+            health_check(channel)
         with open(pki["client_key"], "rb") as key, open(pki["client_cert"], "rb") as cert:
             credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key.read(), certificate_chain=cert.read())
         with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
