@@ -27,9 +27,9 @@ COPY --from=build /opt/extproc /opt/extproc
 COPY envoy/envoy.yaml /etc/envoy/envoy.yaml
 ENV PATH=/opt/extproc/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001
-# 9092 metrics and health, 12000 the gateway listener (Envoy). The ext_proc service is a
+# 9092 metrics and health, 12000 the gateway listener (Envoy), 9902 Envoy's stats. The ext_proc service is a
 # Unix socket on the /run/extproc volume shared with Envoy: it is not a port.
-EXPOSE 9092 12000
+EXPOSE 9092 9902 12000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9092/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["extproc"]

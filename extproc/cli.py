@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--admin-port", type=int, default=9901)
     render.add_argument("--admin-address", default="127.0.0.1", help="Envoy's admin address, or unix:/path for a Unix socket")
     render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
+    render.add_argument("--envoy-stats-port", type=int, default=9902, help="a listener serving only Envoy's /stats/prometheus, for scraping (0: none)")
     render.add_argument("--max-heap-mb", type=int, default=200, help="Envoy's heap budget: near it Envoy sheds load instead of being OOM-killed (fit it under the container's memory limit)")
     render.add_argument("--sidecar-tls-cert", help="TCP sidecar with mutual TLS: Envoy's client certificate (PEM)")
     render.add_argument("--sidecar-tls-key", help="its private key (PEM)")
@@ -196,6 +197,7 @@ def _render(args) -> int:
         admin_address=args.admin_address,
         sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None,
         max_heap_bytes=args.max_heap_mb * 1024 * 1024,
+        envoy_stats_port=args.envoy_stats_port or None,
     )
     text = render_yaml(config, options, args.xds_dir)
     if args.output:

@@ -55,6 +55,7 @@ from .processor.router import CLIENT_HEADER_LIMIT
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 
 SIDECAR_CLUSTER = "extproc_sidecar"
+ADMIN_CLUSTER = "envoy_admin"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 
@@ -110,6 +111,8 @@ class RenderOptions:
     ca_file: str | None = None  # None: the first system CA bundle found
     #: Envoy's heap budget for the overload manager: fit it under the container's memory limit.
     max_heap_bytes: int = 200 * 1024 * 1024
+    #: A listener that serves only Envoy's Prometheus stats (`/stats/prometheus`, read from the admin API) for scraping; None: none.
+    envoy_stats_port: int | None = None
 
 
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:
@@ -138,11 +141,33 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
 
 
 def _fixed_clusters(config: Config, options: RenderOptions) -> list[dict]:
-    """The clusters fixed at start: the sidecar's, and the trace collector's when tracing is on."""
+    """The clusters fixed at start: the sidecar's, the trace collector's when tracing is on, Envoy's admin when its stats are served."""
     clusters = [_sidecar_cluster(options)]
     if config.tracing.endpoint:
         clusters.append(trace_cluster(config.tracing, options.ca_file or _system_ca_bundle()))
+    if options.envoy_stats_port is not None:
+        admin = {"lb_endpoints": [{"endpoint": {"address": _admin_address(options)}}]}
+        clusters.append({"name": ADMIN_CLUSTER, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": ADMIN_CLUSTER, "endpoints": [admin]}})
     return clusters
+
+
+def _stats_listener(port: int) -> dict:
+    """Envoy's Prometheus stats, and nothing else of the admin API (which can drain and reconfigure Envoy), for scraping."""
+    routes = [
+        {"match": {"path": "/stats/prometheus"}, "route": {"cluster": ADMIN_CLUSTER}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "only /stats/prometheus is served here\n"}}},
+    ]
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "envoy_stats",
+        "route_config": {"virtual_hosts": [{"name": "envoy_stats", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": "envoy_stats",
+        "address": _socket_address("0.0.0.0", port),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
 
 
 def cds_path(xds_dir: str) -> str:
@@ -205,6 +230,8 @@ def _file_source(path: str) -> dict:
 
 
 def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptions, config: Config) -> dict:
+    if options.envoy_stats_port is not None:
+        listeners = [*listeners, _stats_listener(options.envoy_stats_port)]
     bootstrap = {
         "node": {"id": "extproc-gateway", "cluster": "extproc"},
         "admin": {"address": _admin_address(options)},

@@ -126,3 +126,17 @@ def test_catch_all_route_refuses_a_request_without_the_provider_header(mocks, ba
     error = assert_openai_error(answer, 400, "invalid_request_error", "missing_provider_header")
     assert error["message"] == MISSING_ROUTE_MESSAGE
     assert main.received == []
+
+
+def test_envoys_stats_are_served_for_scraping_and_nothing_else_of_its_admin(mocks, bare_envoy, tmp_path):
+    main = mocks.start("main")
+    stats_port = free_port()
+    options = RenderOptions(sidecar=f"127.0.0.1:{free_port()}", admin_address=f"unix:{tmp_path}/admin.sock", envoy_stats_port=stats_port)
+    bare_envoy(render(parse_config(yaml.safe_dump(gateway_config(provider("main", GPT4, main))), "test.yaml", {}), options))
+
+    stats = request(stats_port, "GET", "/stats/prometheus")
+    drain = request(stats_port, "POST", "/drain_listeners")
+    dump = request(stats_port, "GET", "/config_dump")
+
+    assert stats.status == 200 and b"envoy_cluster_upstream_cx_total" in stats.body
+    assert drain.status == 404 and dump.status == 404, "the admin API's other endpoints stay unreachable"

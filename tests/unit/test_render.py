@@ -110,7 +110,7 @@ def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_p
     """What compose (tracing to its Jaeger) and Kubernetes run must be what `make envoy-config` renders today."""
     config = load_config(ROOT / config_path, environ)
     shipped = (ROOT / rendered_path).read_text()
-    expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock", admin_address=admin), "/run/extproc/xds")
+    expected = render_yaml(config, RenderOptions(sidecar="unix:/run/extproc/sidecar.sock", admin_address=admin, envoy_stats_port=9902), "/run/extproc/xds")
     assert shipped.split("\n", 1)[1] == expected.split("\n", 1)[1], "run `make envoy-config`"
 
 
