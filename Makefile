@@ -27,6 +27,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
+	$(BIN)/mypy
 
 ## The whole hermetic suite: lint, unit tests, then end-to-end tests through real Envoy.
 test: lint

@@ -173,7 +173,7 @@ def _check(args) -> int:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
         chain = config.chain_for_model(model)
-        print(f"  model {model}: {' -> '.join(chain.providers)}")
+        print(f"  model {model}: {' -> '.join(chain.providers) if chain else '(no provider)'}")
     return 0
 
 
@@ -245,7 +245,7 @@ def _serve(args) -> int:
 def _up(args) -> int:
     config = _load_serving(args.config)
 
-    async def run() -> None:
+    async def run() -> int:
         mocks = await _start_mocks(config) if args.mock_providers else []
         gateway = Gateway(
             config,
@@ -258,11 +258,13 @@ def _up(args) -> int:
         )
         try:
             await gateway.start()
+            assert gateway.sidecar is not None  # started
+            sidecar = gateway.sidecar
             stop = asyncio.Event()
-            install_signal_handlers(stop, reload=lambda: gateway.sidecar.reload_soon("SIGHUP"))  # before saying we serve
+            install_signal_handlers(stop, reload=lambda: sidecar.reload_soon("SIGHUP"))  # before saying we serve
             for name, port in gateway.listener_ports.items():
                 print_line(f"extproc gateway listening on http://{gateway.connect_host(name)}:{port} (listener {name})")
-            print_line(f"metrics and health on {gateway.sidecar.metrics_url} (/metrics, /healthz, /readyz)")
+            print_line(f"metrics and health on {sidecar.metrics_url} (/metrics, /healthz, /readyz)")
             print_line(f"envoy admin on {gateway.admin_url} (loopback only)")
             print_line(f"watching {args.config} for changes (also: kill -HUP {os.getpid()}, POST /reload)")
             print_line("press Ctrl-C to stop")

@@ -36,6 +36,7 @@ def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> Prob
     if with_keys:
         headers.update((name, value) for name, value in credential_headers(provider, {}).items() if value is not None)
         headers.update(provider.headers)
+    connection: http.client.HTTPConnection
     if provider.tls:
         connection = http.client.HTTPSConnection(provider.host, provider.port, timeout=timeout_s, context=ssl.create_default_context(cafile=provider.ca_file))
     else:

@@ -202,8 +202,8 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
             routes.setdefault(name, _chain_route(start, name, chain, listener, config.providers[start].model))
-    routes = list(routes.values())
-    routes.append(
+    ordered = list(routes.values())
+    ordered.append(
         {
             "name": "missing_provider_header",
             "match": {"prefix": "/"},
@@ -219,7 +219,7 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
                 "domains": ["*"],
                 "include_request_attempt_count": True,
                 "request_body_buffer_limit": listener.max_body_bytes,
-                "routes": routes,
+                "routes": ordered,
             }
         ],
     }
@@ -464,7 +464,7 @@ def _failed_attempts_log(listener: Listener, response_headers: Iterable[str]) ->
 
 
 def _access_log(
-    log_name: str, listener: Listener, response_headers: Iterable[str], buffer_bytes: int = 16384, extra_tags: list[dict] = (), log_filter: dict | None = None
+    log_name: str, listener: Listener, response_headers: Iterable[str], buffer_bytes: int = 16384, extra_tags: Iterable[dict] = (), log_filter: dict | None = None
 ) -> dict:
     """Entries reported to the sidecar, off the request path.
 

@@ -115,7 +115,7 @@ def hcm_tracing(tracing: Tracing) -> dict:
     if tracing.protocol == "grpc":
         exporter["grpc_service"] = {"envoy_grpc": {"cluster_name": TRACE_CLUSTER}, "timeout": "1s"}
     else:
-        parts = urlsplit(tracing.endpoint)
+        parts = urlsplit(tracing.endpoint or "")
         path = parts.path if parts.path.rstrip("/").endswith("/v1/traces") else parts.path.rstrip("/") + "/v1/traces"
         exporter["http_service"] = {"http_uri": {"uri": f"{parts.scheme}://{parts.netloc}{path}", "cluster": TRACE_CLUSTER, "timeout": "1s"}}
     return {
@@ -136,7 +136,7 @@ def hcm_tracing(tracing: Tracing) -> dict:
 
 def trace_cluster(tracing: Tracing, ca_file: str) -> dict:
     """The collector, as Envoy reaches it (DNS resolved by Envoy; for https, verified against `ca_file`)."""
-    parts = urlsplit(tracing.endpoint)
+    parts = urlsplit(tracing.endpoint or "")
     port = parts.port or (443 if parts.scheme == "https" else 4318 if tracing.protocol == "http/protobuf" else 4317)
     cluster: dict = {
         "name": TRACE_CLUSTER,

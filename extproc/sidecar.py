@@ -82,7 +82,7 @@ class Sidecar:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.config.metrics.address}:{self.metrics.port}"
+        return f"http://{self.config.metrics.address}:{self.metrics.port if self.metrics else self.metrics_port}"
 
     async def stop(self, grace_s: float) -> None:
         for task in list(self._tasks):

@@ -101,13 +101,14 @@ class Gateway:
         code = await asyncio.to_thread(envoy.wait)
         if envoy is self._envoy:  # not a stop of ours
             self.failure = f"Envoy exited unexpectedly with status {code}; no listener accepts requests"
-            self.sidecar.runtime.problems["envoy"] = self.failure
+            if self.sidecar is not None:
+                self.sidecar.runtime.problems["envoy"] = self.failure
             self.envoy_exited.set()
 
     async def _wait_ready(self, admin_path: str) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self._envoy.poll() is not None:
+            if self._envoy is not None and self._envoy.poll() is not None:
                 raise GatewayError(f"Envoy exited with status {self._envoy.returncode} while starting; its log above says why")
             if not self.admin_url and os.path.exists(admin_path):
                 with open(admin_path, encoding="utf-8") as handle:
@@ -129,7 +130,7 @@ class Gateway:
 
     def _active_requests(self) -> int:
         active = envoyadmin.stats(self.admin_url, "downstream_rq_active$")
-        return sum(int(value or 0) for name, value in active.items() if name.startswith("http.") and not name.startswith("http.admin."))
+        return sum(int(str(value or 0)) for name, value in active.items() if name.startswith("http.") and not name.startswith("http.admin."))
 
     async def stop(self) -> None:
         """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""

@@ -160,4 +160,5 @@ def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) ->
 
 
 def _skip(body: bytes | memoryview, index: int) -> int:
-    return _WHITESPACE.match(body, index).end()
+    match = _WHITESPACE.match(body, index)  # always matches (possibly empty)
+    return match.end() if match else index

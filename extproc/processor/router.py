@@ -38,7 +38,7 @@ class Forward:
     #: The body to send instead of the client's: its model set for `provider`, so
     #: attempts to providers with that same model name need no body rewrite.
     #: None when the client's body already names the provider's model (or has no body).
-    body: bytes | None = None
+    body: bytes | memoryview | None = None
 
 
 def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
@@ -92,7 +92,7 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
     decision = resolve(config, listener, headers, parsed, health)
-    if isinstance(decision, Forward):
+    if isinstance(decision, Forward) and parsed.span is not None:
         model_name = config.providers[decision.provider].model_name
         rewritten, span = rewrite_model(body, parsed.span, model_name)
         decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=None if rewritten is body else rewritten)
@@ -117,9 +117,10 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
     else:
         model = config.aliases.get(model, model)
         model = model if model in config.models else config.bare_models.get(model, model)
-        chain = config.chain_for_model(model)
-        if chain is None:
+        found = config.chain_for_model(model)
+        if found is None:
             return errors.model_not_found(model, list(config.models))
+        chain = found
     start = chain.providers[0]
     if health is not None:
         available, soonest = health.pick_start(chain.providers)

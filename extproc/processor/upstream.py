@@ -37,9 +37,10 @@ class Attempt:
 
     def body(self, sent: bytes | memoryview) -> bytes | memoryview:
         """The attempt's body: the request's bytes with this provider's model name."""
-        if not self.needs_body:
+        span = self.context.span
+        if not self.needs_body or span is None:
             return sent
-        return replace_model(sent, self.context.span, self.provider.model_name)
+        return replace_model(sent, span, self.provider.model_name)
 
 
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:

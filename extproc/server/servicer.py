@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -39,16 +40,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
         live = self.runtime.store.live  # one view of the config for the whole stream
+        stream: RouterStream | UpstreamStream
+        handle: Callable[[Request, str | None], Awaitable[Response]]
         if metadata.get(PHASE_METADATA) == "upstream":
             level, stream = "upstream", UpstreamStream(live)
+            handle = functools.partial(self._upstream_message, stream)
         else:
             level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
-        handle = self._router_message if level == "router" else self._upstream_message
+            handle = functools.partial(self._router_message, stream)
         in_flight = self._in_flight[level]
         in_flight.inc()
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
-                await context.write(await handle(stream, request, wire.kind(request)))
+                await context.write(await handle(request, wire.kind(request)))
                 if stream.done:
                     # Close the stream ourselves (status OK: "no more processing"): Envoy
                     # sends nothing more, and no stream waits out the whole request.
@@ -75,7 +79,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             response = work()
         except Exception as exc:  # never a traceback to Envoy or the client: a JSON 500 naming the request
             response = self._unexpected(stream, level, kind, exc)
-        timer = self._timers.get((level, kind))
+        timer = self._timers.get((level, kind or ""))
         if timer is not None:
             timer.observe(time.perf_counter() - started)
         if stream.reply is not None and stream.reply.reason:

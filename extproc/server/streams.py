@@ -7,7 +7,7 @@ upstream-level stream sees one attempt. No decision is made here.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
@@ -22,8 +22,8 @@ from ..processor.headermutator import HeaderPlan
 from . import wire
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
-Request = pb.ProcessingRequest | wire.RequestBody
-Response = pb.ProcessingResponse | bytes
+Request: TypeAlias = pb.ProcessingRequest | wire.RequestBody
+Response: TypeAlias = pb.ProcessingResponse | bytes
 
 _CLUSTER_IN_TEXT = re.compile(r'key: "cluster"\s+value \{\s*string_value: "([^"]*)"')
 
@@ -46,7 +46,7 @@ def apply_headers(mutation: pb.HeaderMutation, plan: HeaderPlan) -> None:
     mutation.remove_headers.extend(plan.remove)
 
 
-def with_body(response: pb.ProcessingResponse, kind: str, body: bytes) -> bytes:
+def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryview) -> bytes:
     """`response` replacing the body with `body`, and its content-length (Envoy refuses a new body without it)."""
     getattr(response, kind).response.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
     return wire.with_body(response, kind, body)
@@ -76,6 +76,7 @@ class RouterStream:
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
         if kind == "request_headers":
+            assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
             self.headers = headers_of(request.request_headers)
             message = request.request_headers
             decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
@@ -130,6 +131,7 @@ class UpstreamStream:
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
         if kind == "request_headers":
+            assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
             headers = self.headers or headers_of(request.request_headers)
             decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers, self.number)
             if isinstance(decision, errors.Reply):
@@ -149,6 +151,7 @@ class UpstreamStream:
             self.done = not self.attempt.last
             return with_body(pb.ProcessingResponse(), kind, self.attempt.body(wire.request_body(request)))
         if kind == "response_headers":
+            assert not isinstance(request, wire.RequestBody)
             headers = headers_of(request.response_headers)
             status = headers.get(":status", "")
             self.answer = (int(status) if status.isdigit() else 0, headers)

@@ -42,8 +42,9 @@ def decode_request(data: bytes) -> pb.ProcessingRequest | RequestBody:
         return pb.ProcessingRequest.FromString(data)
     view = memoryview(data)
     fields = _fields(view)
-    if fields is not None and _REQUEST_BODY in fields:
-        inner = _fields(fields[_REQUEST_BODY])
+    phase = fields.get(_REQUEST_BODY) if fields is not None else None
+    if isinstance(phase, memoryview):
+        inner = _fields(phase)
         if inner is not None:
             body = inner.get(_HTTP_BODY_BODY, view[0:0])
             return RequestBody(body if isinstance(body, memoryview) else view[0:0], bool(inner.get(_HTTP_BODY_END, 0)))
