@@ -145,6 +145,8 @@ def models_reply(config: Config, model_id: str) -> errors.Reply:
         model: {"id": model, "object": "model", "created": 0, "owned_by": model.split("/", 1)[0]}
         for model in config.models
     }
+    # Aliases are names clients may ask for too: listed as what they stand for.
+    entries.update((alias, {**entries[target], "id": alias}) for alias, target in config.aliases.items() if target in entries)
     if not model_id:
         return errors.json_reply(200, {"object": "list", "data": list(entries.values())})
     if model_id in entries:

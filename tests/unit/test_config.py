@@ -1,5 +1,6 @@
 """Config validation: every problem names the file, the key path and the reason."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,8 @@ def test_a_plano_config_loads_as_it_is_written():
 
     decision = router.resolve(config, config.listeners[0], {":path": "/v1/chat/completions"}, router.parse(b'{"model": "arch.summarize.v1"}'))
     assert decision.model == "openai/gpt-4o-mini"
+    listed = json.loads(router.models_reply(config, "").body)["data"]
+    assert {"id": "fast", "object": "model", "created": 0, "owned_by": "local"} in listed, "aliases are listed as models clients may ask for"
 
 
 def test_plano_features_this_gateway_lacks_are_refused_by_name():
