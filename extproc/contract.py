@@ -40,6 +40,21 @@ INPUT_TOKENS_TAG = INPUT_TOKENS  # request entries, with token accounting on
 OUTPUT_TOKENS_TAG = OUTPUT_TOKENS
 PROVIDER_MODEL_TAG = PROVIDER_MODEL_METADATA_KEY
 
+#: Requests whose content-length has 7 digits or more (>= 1,000,000 bytes) are processed by the
+#: sidecar's bulk lane (its own socket and threads): a large body never holds the event loop that
+#: serves every other request.
+BULK_CONTENT_LENGTH = r"^[0-9]{7,}$"
+
+
+def bulk_address(sidecar: str) -> str | None:
+    """The bulk lane's socket beside a Unix-socket sidecar (`unix:/run/x/sidecar.sock` -> `unix:/run/x/sidecar-bulk.sock`); None on TCP."""
+    if not sidecar.startswith("unix:"):
+        return None
+    path = sidecar.removeprefix("unix:").removeprefix("//")
+    stem, dot, suffix = path.rpartition(".")
+    return f"unix:{stem}-bulk.{suffix}" if dot and "/" not in suffix else f"unix:{path}-bulk"
+
+
 #: gRPC's default 4 MiB message limit is below a buffered request body of the
 #: default 10 MiB; messages carry the body once (plus headers and metadata).
 MESSAGE_LIMIT_FLOOR = 64 * 1024 * 1024

@@ -31,6 +31,7 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .contract import (
     ATTEMPT_TAG,
+    BULK_CONTENT_LENGTH,
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
     INPUT_TOKENS,
@@ -47,6 +48,7 @@ from .contract import (
     SYSTEM_METADATA_KEY,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
+    bulk_address,
     message_limit,
 )
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
@@ -55,6 +57,7 @@ from .processor.router import CLIENT_HEADER_LIMIT
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 
 SIDECAR_CLUSTER = "extproc_sidecar"
+BULK_CLUSTER = "extproc_sidecar_bulk"
 ADMIN_CLUSTER = "envoy_admin"
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
@@ -143,6 +146,9 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
 def _fixed_clusters(config: Config, options: RenderOptions) -> list[dict]:
     """The clusters fixed at start: the sidecar's, the trace collector's when tracing is on, Envoy's admin when its stats are served."""
     clusters = [_sidecar_cluster(options)]
+    bulk = bulk_address(options.sidecar)
+    if bulk is not None:
+        clusters.append(_sidecar_cluster(options, BULK_CLUSTER, bulk))
     if config.tracing.endpoint:
         clusters.append(trace_cluster(config.tracing, options.ca_file or _system_ca_bundle()))
     if options.envoy_stats_port is not None:
@@ -282,22 +288,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def _sidecar_cluster(options: RenderOptions) -> dict:
-    sidecar = options.sidecar
+def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sidecar: str | None = None) -> dict:
+    sidecar = sidecar or options.sidecar
     if sidecar.startswith("unix:"):
         address = {"pipe": {"path": sidecar.removeprefix("unix:").removeprefix("//")}}
     else:
         host, _, port = sidecar.rpartition(":")
         address = _socket_address(host.strip("[]") or "127.0.0.1", int(port))
     cluster = {
-        "name": SIDECAR_CLUSTER,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
         },
         "circuit_breakers": _CIRCUIT_BREAKERS,
-        "load_assignment": {"cluster_name": SIDECAR_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
     tls = options.sidecar_tls
     if tls is not None:
@@ -315,14 +321,42 @@ def _sidecar_cluster(options: RenderOptions) -> dict:
     return cluster
 
 
-def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None) -> dict:
+def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
+    """The router-level ext_proc; beside a Unix-socket sidecar, a large request's goes to its bulk lane instead.
+
+    A composite filter picks by `content-length` (7 digits or more), so a large
+    body never passes through the event loop that serves the other requests.
+    """
+    main = _ext_proc("router", options, listener.max_body_bytes, listener.name)
+    if bulk_address(options.sidecar) is None:
+        return main
+    bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
+
+    def action(name: str, ext_proc: dict) -> dict:
+        return {"action": {"name": name, "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc}}}
+
+    large = {"input": {"name": "content-length", "typed_config": {"@type": _HEADER_INPUT, "header_name": "content-length"}}, "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
+    return {
+        "name": "extproc.router",
+        "typed_config": {
+            "@type": _EXTENSION_WITH_MATCHER,
+            "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {"@type": _COMPOSITE}},
+            "xds_matcher": {
+                "matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": action("bulk", bulk)}]},
+                "on_no_match": action("main", main),
+            },
+        },
+    }
+
+
+def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER) -> dict:
     metadata = [{"key": PHASE_METADATA, "value": phase}]
     if listener is not None:
         metadata.append({"key": LISTENER_METADATA, "value": listener})
     config = {
         "@type": _EXT_PROC,
         "grpc_service": {
-            "envoy_grpc": {"cluster_name": SIDECAR_CLUSTER, "max_receive_message_length": message_limit(body_limit)},
+            "envoy_grpc": {"cluster_name": cluster, "max_receive_message_length": message_limit(body_limit)},
             "initial_metadata": metadata,
         },
         "failure_mode_allow": False,
@@ -374,7 +408,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
             *(usage_filters() if token_usage else ()),
-            _ext_proc("router", options, listener.max_body_bytes, listener.name),
+            _router_ext_proc(options, listener),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
         "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else ())]

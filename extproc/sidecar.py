@@ -45,12 +45,13 @@ class Sidecar:
         self.metrics: MetricsServer | None = None
         self.reloader: Reloader | None = None
         self._server: grpc.aio.Server | None = None
+        self._bulk: grpc.Server | None = None  # the bulk lane (large requests), beside a Unix socket
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         if self.xds is not None:
             self.xds.write([self.config])
-        self._server, self.port = await start_server(self.runtime, self.listen, self.tls)
+        self._server, self.port, self._bulk = await start_server(self.runtime, self.listen, self.tls)
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port, self.reload_token).start()
         if self.config.cooldown.redis_url:
             shared = SharedCooldowns(self.config.cooldown.redis_url, self.runtime.health, self.runtime.metrics, self.runtime.notes)
@@ -91,6 +92,9 @@ class Sidecar:
             self.runtime.serving = False
             await self._server.stop(grace=grace_s)
             self._server = None
+        bulk, self._bulk = self._bulk, None
+        if bulk is not None:
+            await asyncio.to_thread(lambda: bulk.stop(grace_s).wait())
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..contract import EXT_PROC_SERVICE, message_limit
+from ..contract import EXT_PROC_SERVICE, bulk_address, message_limit
 from ..runtime import Runtime
 from . import wire
 from .accesslog import AccessLogReceiver
-from .servicer import ExternalProcessor
+from .servicer import BulkProcessor, ExternalProcessor
+
+#: Threads of the bulk lane: large requests at once, each mostly waiting on gRPC or in C (msgspec).
+BULK_THREADS = 4
 
 
 class ListenError(ValueError):
@@ -60,12 +64,15 @@ def check_listen(listen: str, tls: ServerTls | None, insecure_tcp: bool) -> None
         )
 
 
-async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int]:
-    """Bind `unix:/path` (mode 0600) or `host:port` (mutual TLS when given) and start; returns the server and the bound TCP port (0 for a Unix socket)."""
+async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int, grpc.Server | None]:
+    """Bind `unix:/path` (mode 0600) or `host:port` (mutual TLS when given) and start.
+
+    Returns the server, the bound TCP port (0 for a Unix socket), and, beside a
+    Unix socket, the bulk lane's server (`contract.bulk_address`).
+    """
     limit = message_limit(max(listener.max_body_bytes for listener in runtime.store.current.listeners))
-    server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    server = grpc.aio.server(options=options)
     processor = ExternalProcessor(runtime)
     # Body messages are read and replies written around protobuf (see `wire`): the servicer is registered with those codecs.
     handler = grpc.stream_stream_rpc_method_handler(processor.Process, request_deserializer=wire.decode_request, response_serializer=wire.encode_response)
@@ -73,17 +80,18 @@ async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = No
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(runtime.observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bulk_server = None
     if listen.startswith("unix:"):
-        path = listen.removeprefix("unix:").removeprefix("//")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a stale socket of a previous run
-        previous = os.umask(0o177)  # the socket is created 0600: no moment where others could connect
-        try:
-            server.add_insecure_port(listen)
-        finally:
-            os.umask(previous)
+        _bind_unix(server, listen)
         port = 0
+        bulk = bulk_address(listen)
+        assert bulk is not None
+        # The bulk lane: a thread pool's own gRPC server, so a large body never holds the event loop.
+        bulk_server = grpc.server(futures.ThreadPoolExecutor(max_workers=BULK_THREADS, thread_name_prefix="bulk"), options=options)
+        bulk_handler = grpc.stream_stream_rpc_method_handler(BulkProcessor(processor).Process, request_deserializer=wire.decode_request, response_serializer=wire.encode_response)
+        bulk_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(EXT_PROC_SERVICE, {"Process": bulk_handler})])
+        _bind_unix(bulk_server, bulk)
+        bulk_server.start()
     else:
         port = server.add_secure_port(listen, tls.credentials()) if tls is not None else server.add_insecure_port(listen)
         if port == 0:
@@ -92,4 +100,17 @@ async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = No
     for service in ("", EXT_PROC_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     runtime.serving = True
-    return server, port
+    return server, port, bulk_server
+
+
+def _bind_unix(server: grpc.Server | grpc.aio.Server, listen: str) -> None:
+    """A Unix socket created mode 0600: no moment where others could connect."""
+    path = listen.removeprefix("unix:").removeprefix("//")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket of a previous run
+    previous = os.umask(0o177)
+    try:
+        server.add_insecure_port(listen)
+    finally:
+        os.umask(previous)

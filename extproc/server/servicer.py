@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -31,10 +31,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         metrics = runtime.metrics
         self._timers = {
             (level, kind): metrics.processing.labels(f"{level}_{kind}")
-            for level in ("router", "upstream")
+            for level in ("router", "upstream", "bulk")
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
-        self._in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream")}
+        self._in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk")}
         self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
@@ -108,3 +108,29 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         elif kind == "response_headers" and stream.answer is not None:
             status, headers = stream.answer
             self.runtime.observer.last_attempt_answered(stream.request_id, stream.number, provider, status, retry_after_seconds(headers))
+
+
+class BulkProcessor:
+    """The router level for large requests, on its own socket and threads (the bulk lane).
+
+    Envoy sends a request here when its content-length has 7 digits or more, so
+    receiving and reading a large body never holds the event loop that serves
+    every other request. The decisions, metrics and error handling are
+    `ExternalProcessor`'s, on the same runtime.
+    """
+
+    def __init__(self, processor: ExternalProcessor):
+        self.processor = processor
+
+    def Process(self, request_iterator, context: grpc.ServicerContext) -> Iterator[Response]:
+        metadata = dict(context.invocation_metadata() or ())
+        stream = RouterStream(self.processor.runtime.store.live, self.processor.runtime.health, metadata.get(LISTENER_METADATA, ""))
+        in_flight = self.processor._in_flight["bulk"]
+        in_flight.inc()
+        try:
+            for request in request_iterator:
+                yield self.processor._handle(stream, "bulk", wire.kind(request), functools.partial(stream.handle, request))
+                if stream.done:
+                    return
+        finally:
+            in_flight.dec()

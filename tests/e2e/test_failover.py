@@ -307,6 +307,10 @@ def test_a_body_near_the_default_limit_survives_failover(mocks, gateway):
     assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
     assert len(secondary.received[0].body) == len(primary.received[0].body) > 9 * 1024 * 1024
     assert secondary.received[0].json()["messages"] == big["messages"]
+    # Large: read in the sidecar's bulk lane (its own socket and threads), not on the event loop.
+    assert gw.metric("extproc_processing_seconds_count", phase="bulk_request_body") == 1
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0)
+    assert chat(gw.port, HELLO).status == 200 and gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 1
 
 
 def test_the_access_log_says_which_provider_answered_after_how_many_attempts(mocks, gateway):

@@ -1,5 +1,6 @@
 """The rendered bootstrap: Envoy accepts it, and it has the routing and failover shape."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_the_dynamic_bootstrap_reads_routes_and_clusters_from_files(tmp_path):
     assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == str(tmp_path / "cds.yaml")
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["rds"]["config_source"]["path_config_source"]["path"] == str(tmp_path / "rds_llm.yaml")
-    assert [cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]] == ["extproc_sidecar"]
+    assert [cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]] == ["extproc_sidecar", "extproc_sidecar_bulk"]
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(bootstrap))
     XdsFiles(str(tmp_path), RenderOptions()).write([CONFIG])
@@ -155,7 +156,7 @@ def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
     assert "tracing" not in hcm and "layered_runtime" not in bootstrap
     assert [f["name"] for f in hcm["http_filters"]][:2] == ["envoy.filters.http.json_to_metadata", "envoy.filters.http.sse_to_metadata"]
     off = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\nmetrics: {token_usage: false}", "t.yaml", {})
-    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["extproc.router", "envoy.filters.http.router"]
 
 
 @pytest.mark.parametrize(
@@ -187,3 +188,23 @@ def test_rendering_a_config_loads_neither_grpc_nor_the_servers():
     code = "import sys, extproc.render\nloaded = sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' or m.startswith('extproc.server'))\nprint(loaded)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only():
+    from extproc.contract import bulk_address
+
+    assert bulk_address("unix:/run/extproc/sidecar.sock") == "unix:/run/extproc/sidecar-bulk.sock"
+    assert bulk_address("unix:/tmp/s") == "unix:/tmp/s-bulk"
+    assert bulk_address("127.0.0.1:9090") is None, "a TCP sidecar (mutual TLS) has no bulk lane"
+    router = _hcm(render(CONFIG, RenderOptions(sidecar="unix:/run/x/sidecar.sock")))["http_filters"][-2]
+    matcher = router["typed_config"]["xds_matcher"]
+    large = matcher["matcher_list"]["matchers"][0]
+    clusters = {
+        "bulk": large["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+        "main": matcher["on_no_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+    }
+    assert clusters == {"bulk": "extproc_sidecar_bulk", "main": "extproc_sidecar"}
+    pattern = re.compile(large["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
+    assert [bool(pattern.match(length)) for length in ("999999", "1000000", "10485760", "12")] == [False, True, True, False]
+    tcp = _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"][-2]
+    assert tcp["name"] == "envoy.filters.http.ext_proc"
