@@ -46,6 +46,7 @@ def test_the_unix_socket_is_only_for_the_pods_user(mocks, tmp_path):
     process = serve(config, "--listen", f"unix:{socket_path}")
     try:
         assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(tmp_path / "run" / "sidecar-bulk.sock").st_mode) == 0o600, "the bulk lane's socket too"
     finally:
         stop(process)
 
