@@ -331,22 +331,31 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     if bulk_address(options.sidecar) is None:
         return main
     bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
+    large = {"input": _header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
+    return _composite(
+        "extproc.router",
+        {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": _execute("bulk", bulk)}]}, "on_no_match": _execute("main", main)},
+    )
 
-    def action(name: str, ext_proc: dict) -> dict:
-        return {"action": {"name": name, "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc}}}
 
-    large = {"input": {"name": "content-length", "typed_config": {"@type": _HEADER_INPUT, "header_name": "content-length"}}, "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
+def _composite(name: str, matcher: dict) -> dict:
+    """A filter that runs the ext_proc its `matcher` picks for the request (Envoy's composite filter)."""
     return {
-        "name": "extproc.router",
+        "name": name,
         "typed_config": {
             "@type": _EXTENSION_WITH_MATCHER,
             "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {"@type": _COMPOSITE}},
-            "xds_matcher": {
-                "matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": action("bulk", bulk)}]},
-                "on_no_match": action("main", main),
-            },
+            "xds_matcher": matcher,
         },
     }
+
+
+def _execute(name: str, ext_proc: dict) -> dict:
+    return {"action": {"name": name, "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc}}}
+
+
+def _header_input(header: str) -> dict:
+    return {"name": header, "typed_config": {"@type": _HEADER_INPUT, "header_name": header}}
 
 
 def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER) -> dict:
@@ -666,23 +675,11 @@ def _retries_only(ext_proc: dict, chain: Chain) -> dict:
     rebuilt for its own provider.
     """
     attempts = chain.num_retries + 1
-    action = {
-        "name": "rewrite_retry",
-        "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc},
-    }
-    return {
-        "name": "extproc.retries",
-        "typed_config": {
-            "@type": _EXTENSION_WITH_MATCHER,
-            "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {"@type": _COMPOSITE}},
-            "xds_matcher": {
-                "matcher_tree": {
-                    "input": {"name": "attempt", "typed_config": {"@type": _HEADER_INPUT, "header_name": "x-envoy-attempt-count"}},
-                    "exact_match_map": {"map": {str(number): {"action": action} for number in range(2, max(attempts, 2) + 1)}},
-                }
-            },
-        },
-    }
+    retry = _execute("rewrite_retry", ext_proc)
+    return _composite(
+        "extproc.retries",
+        {"matcher_tree": {"input": _header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}},
+    )
 
 
 def _is_ip(host: str) -> bool:
