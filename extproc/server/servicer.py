@@ -34,7 +34,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             for level in ("router", "upstream", "bulk")
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
-        self._in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk")}
+        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk")}
         self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
@@ -48,7 +48,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         else:
             level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
             handle = functools.partial(self._router_message, stream)
-        in_flight = self._in_flight[level]
+        in_flight = self.in_flight[level]
         in_flight.inc()
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
@@ -61,18 +61,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             in_flight.dec()
 
     async def _router_message(self, stream: RouterStream, request: Request, kind: str | None) -> Response:
-        return self._handle(stream, "router", kind, lambda: stream.handle(request))
+        return self.step(stream, "router", kind, lambda: stream.handle(request))
 
     async def _upstream_message(self, stream: UpstreamStream, request: Request, kind: str | None) -> Response:
         if kind == "request_headers":
             stream.identify(request)
             if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
                 await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
-        response = self._handle(stream, "upstream", kind, lambda: stream.handle(request))
+        response = self.step(stream, "upstream", kind, lambda: stream.handle(request))
         self._observe(stream, kind)
         return response
 
-    def _handle(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, work: Callable[[], Response]) -> Response:
+    def step(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, work: Callable[[], Response]) -> Response:
         """Run the stream's decision for one message: timed, counted, and never an exception to Envoy."""
         started = time.perf_counter()
         try:
@@ -125,11 +125,11 @@ class BulkProcessor:
     def Process(self, request_iterator, context: grpc.ServicerContext) -> Iterator[Response]:
         metadata = dict(context.invocation_metadata() or ())
         stream = RouterStream(self.processor.runtime.store.live, self.processor.runtime.health, metadata.get(LISTENER_METADATA, ""))
-        in_flight = self.processor._in_flight["bulk"]
+        in_flight = self.processor.in_flight["bulk"]
         in_flight.inc()
         try:
             for request in request_iterator:
-                yield self.processor._handle(stream, "bulk", wire.kind(request), functools.partial(stream.handle, request))
+                yield self.processor.step(stream, "bulk", wire.kind(request), functools.partial(stream.handle, request))
                 if stream.done:
                     return
         finally:
