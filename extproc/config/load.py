@@ -580,7 +580,8 @@ class _Reader:
             target = self.text(raw["target"], f"{where}.target") if raw and "target" in raw else None
             if target is None:
                 continue
-            resolved = target if target in models else (bare.get(target) or [None])[0] if len(bare.get(target, ())) == 1 else None
+            candidates = [target] if target in models else bare.get(target, [])
+            resolved = candidates[0] if len(candidates) == 1 else None
             if resolved is None:
                 self.problem(f"{where}.target", f"model {target!r} is not served by any provider (known: {', '.join(models)})")
             elif str(alias) in models:

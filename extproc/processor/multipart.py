@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from email.message import Message
 
+_HEAD_END = re.compile(b"\r\n\r\n")  # a part's headers end at the first blank line
+
 
 class MultipartError(ValueError):
     """The body is not the multipart/form-data its content-type says."""
@@ -37,23 +39,18 @@ def form_field(body: bytes | memoryview, separator: bytes, name: str) -> str | N
         start = match.end()
         if bytes(body[start : start + 2]) == b"--":
             return None  # the closing delimiter
-        head_end = _find(body, b"\r\n\r\n", start)
-        following = delimiter.search(body, head_end + 4)
+        head_end = _HEAD_END.search(body, start)
+        if head_end is None:
+            raise MultipartError("a part's headers do not end")
+        following = delimiter.search(body, head_end.end())
         if following is None:
             raise MultipartError("a part has no closing boundary")
-        if _field_name(bytes(body[start:head_end]).decode("latin-1")) == name:
+        if _field_name(bytes(body[start : head_end.start()]).decode("latin-1")) == name:
             try:
-                return bytes(body[head_end + 4 : following.start()]).decode("utf-8")
+                return bytes(body[head_end.end() : following.start()]).decode("utf-8")
             except UnicodeDecodeError:
                 raise MultipartError(f"the {name!r} field is not UTF-8 text") from None
         match = following
-
-
-def _find(body: bytes | memoryview, needle: bytes, start: int) -> int:
-    found = re.compile(re.escape(needle)).search(body, start)
-    if found is None:
-        raise MultipartError("a part's headers do not end")
-    return found.start()
 
 
 def _field_name(head: str) -> str | None:

@@ -16,7 +16,6 @@ from ..processor.ratelimit import budget
 log = logging.getLogger(__name__)
 
 
-
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
     common = entry.common_properties
     response = entry.response
