@@ -1,10 +1,11 @@
-"""The `extproc` command: check, render, serve, up, mock."""
+"""The `extproc` command: check, schema, render, serve, up, mock."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from . import __version__, envoyadmin
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, json_schema, load_config
 from .mock import MockProvider, serve_forever
 from .preflight import EXIT_DOWN, preflight
 from .render import RenderOptions, SidecarTls, render_yaml
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[after], help="validate a config file; exit 2 with every problem listed")
     check.add_argument("config")
     check.set_defaults(run=_check)
+
+    schema = commands.add_parser("schema", parents=[after], help="print the config file's JSON Schema (for editors and CI validation)")
+    schema.add_argument("-o", "--output", help="file to write (default: stdout)")
+    schema.set_defaults(run=_schema)
 
     render = commands.add_parser("render", parents=[after], help="write the Envoy bootstrap for a config")
     render.add_argument("config")
@@ -174,6 +179,16 @@ def _check(args) -> int:
     for model in config.models:
         chain = config.chain_for_model(model)
         print(f"  model {model}: {' -> '.join(chain.providers) if chain else '(no provider)'}")
+    return 0
+
+
+def _schema(args) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

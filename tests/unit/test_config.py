@@ -204,8 +204,8 @@ def test_cooldown_reads_rate_limit_headers_and_a_redis_url_that_is_never_echoed(
     with pytest.raises(ConfigError) as error:
         parse_config(base + "cooldown: {redis_url: 'http://:s3cret@redis', rate_limit_headers: 'yes'}", "t.yaml", {})
     assert [str(problem) for problem in error.value.problems] == [
-        "cooldown.redis_url: expected a redis://, rediss:// or unix:// URL",
         "cooldown.rate_limit_headers: expected true or false, got a string",
+        "cooldown.redis_url: expected a redis://, rediss:// or unix:// URL",
     ]
 
 
@@ -280,3 +280,61 @@ def test_plano_features_this_gateway_lacks_are_refused_by_name():
     assert "routing: a Plano feature this gateway does not have (it routes model traffic, with failover): remove it" in problems
     assert "llm_providers: give model_providers or llm_providers (Plano's older name), not both" in problems
     assert any(p.startswith("overrides.optimize_context_window: a Plano override this gateway does not have") for p in problems)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ["config_failover.yaml", "deploy/kubernetes/config.yaml"]
+
+
+def test_the_published_json_schema_is_what_extproc_schema_prints(capsys):
+    from extproc.cli import main
+
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((ROOT / "config.schema.json").read_text()), "run `extproc schema -o config.schema.json`"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_name_the_schema_and_pass_it(name):
+    import jsonschema
+    import yaml
+
+    text = (ROOT / name).read_text()
+    modeline = text.splitlines()[0]
+    assert modeline.startswith("# yaml-language-server: $schema=")
+    assert (ROOT / name).parent.joinpath(modeline.partition("=")[2]).resolve() == ROOT / "config.schema.json"
+    jsonschema.validate(yaml.safe_load(text), json.loads((ROOT / "config.schema.json").read_text()))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (("port: 12000", "port: 70000"), "listeners[0].port: 70000 is out of range: must be between 0 and 65535"),
+        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key (allowed: access_log, address, allowed_methods, allowed_paths, max_body_bytes, name, on_all_cooling, port, timeout, type)"),
+        (("max_attempts: 3", "max_attempts: 11"), "model_providers[0].retry_policy.max_attempts: 11 is out of range: must be between 1 and 10"),
+        (("per_try_timeout: 30s", "per_try_timeout: 30 parsecs"), "model_providers[0].retry_policy.per_try_timeout: expected a duration like 30s, 500ms or 5m, got '30 parsecs'"),
+    ],
+)
+def test_the_schema_and_the_loader_refuse_the_same_mistakes(change, problem):
+    """An editor using the JSON Schema flags what `extproc check` refuses, at the same key."""
+    import jsonschema
+    import yaml
+
+    text = BASE.replace(*change)
+    assert problem in problems(text, {"PRIMARY_KEY": "k"})
+    errors = list(jsonschema.Draft202012Validator(json.loads((ROOT / "config.schema.json").read_text())).iter_errors(yaml.safe_load(text)))
+    assert errors, "the JSON Schema accepts what the loader refuses"
+
+
+def test_one_broken_entry_hides_no_problem_of_another():
+    """Each provider entry is validated on its own: a later duplicate is reported beside an earlier entry's bad URL."""
+    text = BASE.replace("base_url: https://api.example.com/proxy/", "base_url: nope") + "  - name: primary\n    model: openai/gpt-4\n    base_url: http://h\n"
+    assert problems(text, {"PRIMARY_KEY": "k"}) == [
+        "model_providers[1].base_url: 'nope' is not an http:// or https:// URL with a host",
+        "model_providers[3].name: duplicate provider name 'primary' (names must be unique; set name: on each)",
+    ]
+
+
+def test_a_typed_key_may_come_from_the_environment():
+    config = parse_config(BASE.replace("port: 12000", "port: ${PORT}").replace("max_attempts: 3", "max_attempts: $ATTEMPTS"), "gw.yaml", {"PRIMARY_KEY": "k", "PORT": "8080", "ATTEMPTS": "2"})
+    assert config.listeners[0].port == 8080 and config.chain_for_model("openai/gpt-4").num_retries == 1
+    assert problems(BASE.replace("port: 12000", "port: ${PORT}"), {"PRIMARY_KEY": "k"}) == ["listeners[0].port: environment variable PORT is not set (give a default with ${PORT:-value})"]

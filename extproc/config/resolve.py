@@ -1,0 +1,260 @@
+"""Resolve a validated config file into the frozen `Config` the data path uses.
+
+The schema checked each key on its own; here the keys meet: provider names
+and defaults, one retry policy per model, fallbacks to models somebody
+serves, aliases, chains, and the OTEL_* variables over the `tracing:` block.
+Problems are collected, never raised one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pydantic_core import PydanticCustomError
+
+from . import model, schema
+from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
+
+#: base_url used when a provider of a well-known kind gives none.
+KNOWN_BASE_URLS = {
+    "openai": "https://api.openai.com",
+    "mistral": "https://api.mistral.ai",
+    "groq": "https://api.groq.com/openai",
+    "deepseek": "https://api.deepseek.com",
+    "anthropic": "https://api.anthropic.com",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    #: A problem of the environment (an unset variable), not of one entry: never skipped over.
+    environmental: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclass
+class Resolver:
+    """Builds a `Config` from a validated file, collecting problems in `problems`."""
+
+    source: str
+    environ: Mapping[str, str]
+    providers_key: str = "model_providers"
+    #: Models of entries left out in lenient mode: a fallback to them is skipped, not an error.
+    dropped_models: frozenset[str] = frozenset()
+    problems: list[Problem] = field(default_factory=list)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def config(self, file: schema.ConfigFile, entries: list[tuple[int, schema.Provider]], declared: set[str]) -> Config | None:
+        """`entries`: the provider entries that passed the schema, with their index in the file.
+
+        `declared`: every model the file names, valid entry or not (a fallback to a broken entry is not a second problem).
+        """
+        ca_default = file.overrides.upstream_tls_ca_path
+        providers = {index: self.provider(entry, f"{self.providers_key}[{index}]", ca_default) for index, entry in entries}
+        listeners = self.listeners(file.listeners)
+        by_name = self.unique_providers(providers)
+        models: dict[str, list[str]] = {}
+        for provider in by_name.values():
+            models.setdefault(provider.model, []).append(provider.name)
+        policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
+        bare: dict[str, list[str]] = {}
+        for name in models:
+            bare.setdefault(name.partition("/")[2], []).append(name)
+        aliases = self.aliases(file.model_aliases, models, bare)
+        tracing = self.tracing(file.tracing)
+        if self.problems:
+            return None
+        chains = {}
+        for name_of_model, names in models.items():
+            policy = policies.get(name_of_model, model.RetryPolicy())
+            tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
+            for index, name in enumerate(names):
+                chains[name] = Chain(tuple(dict.fromkeys(names[index:] + tail)), policy)
+        owned = set(CREDENTIAL_HEADERS)
+        for provider in by_name.values():
+            owned.update(name for name, _ in provider.headers)
+        cooldown = file.cooldown
+        return Config(
+            source=self.source,
+            listeners=tuple(listeners),
+            providers=frozen_mapping(by_name),
+            models=frozen_mapping((name, tuple(names)) for name, names in models.items()),
+            chains=frozen_mapping(chains),
+            default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
+            owned_headers=frozenset(owned),
+            bare_models=frozen_mapping((name, full[0]) for name, full in bare.items() if len(full) == 1 and name not in models),
+            cooldown=model.Cooldown(
+                enabled=cooldown.enabled,
+                default_s=cooldown.default_cooldown,
+                max_s=cooldown.max_cooldown,
+                failure_threshold=cooldown.failure_threshold,
+                rate_limit_headers=cooldown.rate_limit_headers,
+                min_remaining_tokens=cooldown.min_remaining_tokens,
+                redis_url=cooldown.redis_url or None,
+            ),
+            metrics=model.Metrics(address=file.metrics.address, port=file.metrics.port, token_usage=file.metrics.token_usage),
+            tracing=tracing,
+            aliases=frozen_mapping(aliases),
+            connect_timeout_s=file.overrides.upstream_connect_timeout or 5.0,
+        )
+
+    def listeners(self, entries: list[schema.Listener]) -> list[model.Listener]:
+        result: list[model.Listener] = []
+        names: set[str] = set()
+        ports: set[int] = set()
+        for index, entry in enumerate(entries):
+            name = entry.name or f"listener_{index}"
+            if name in names:
+                self.problem(f"listeners[{index}].name", f"duplicate listener name {name!r}")
+            if entry.port and entry.port in ports:
+                self.problem(f"listeners[{index}].port", f"port {entry.port} is used by another listener")
+            names.add(name)
+            ports.add(entry.port)
+            result.append(
+                model.Listener(
+                    name=name,
+                    address=entry.address,
+                    port=entry.port,
+                    timeout_s=entry.timeout,
+                    max_body_bytes=entry.max_body_bytes,
+                    on_all_cooling=entry.on_all_cooling,
+                    access_log=entry.access_log,
+                    allowed_paths=tuple(item.rstrip("/") or "/" for item in entry.allowed_paths) if entry.allowed_paths is not None else DEFAULT_ALLOWED_PATHS,
+                    allowed_methods=tuple(entry.allowed_methods) if entry.allowed_methods is not None else DEFAULT_ALLOWED_METHODS,
+                )
+            )
+        if not entries:
+            self.problem("listeners", "at least one listener is required")
+        return result
+
+    def provider(self, entry: schema.Provider, path: str, ca_default: str | None) -> model.Provider | None:
+        before = len(self.problems)
+        kind, _, model_name = entry.model.partition("/")
+        base_url = entry.base_url or KNOWN_BASE_URLS.get(kind)
+        if base_url is None:
+            self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(sorted(KNOWN_BASE_URLS))})")
+            return None
+        parts = urlsplit(base_url)
+        if not parts.hostname:
+            return None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if entry.access_key == "":
+            self.problem(f"{path}.access_key", "is empty (is its environment variable set to an empty value?)")
+        if entry.passthrough_auth and entry.access_key:
+            self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
+        name = entry.name or f"{entry.model}@{parts.hostname}:{port}"
+        if not schema.NAME.match(name):
+            self.problem(f"{path}.model", f"{name!r} cannot name a provider: give the entry a name: of letters, digits and . _ : / @ -")
+        if len(self.problems) > before:
+            return None
+        policy = entry.retry_policy
+        return model.Provider(
+            name=name,
+            model=entry.model,
+            model_name=model_name,
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            path_prefix=parts.path.rstrip("/"),
+            access_key=entry.access_key,
+            passthrough_auth=entry.passthrough_auth,
+            headers=tuple(entry.headers.items()),
+            default=entry.default,
+            retry_policy=model.RetryPolicy(
+                status_codes=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, int))),
+                conditions=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, str))),
+                max_attempts=policy.max_attempts,
+                per_try_timeout_s=policy.per_try_timeout,
+                fallback_models=tuple(dict.fromkeys(policy.fallback_models)),
+            )
+            if policy
+            else None,
+            ca_file=entry.ca_file or ca_default,
+            interface=schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None,
+            http_host=entry.http_host,
+        )
+
+    def unique_providers(self, providers: dict[int, model.Provider | None]) -> dict[str, model.Provider]:
+        by_name: dict[str, model.Provider] = {}
+        default = None
+        for index, provider in providers.items():
+            if provider is None:
+                continue
+            path = f"{self.providers_key}[{index}]"
+            if provider.name in by_name:
+                self.problem(f"{path}.name", f"duplicate provider name {provider.name!r} (names must be unique; set name: on each)")
+                continue
+            by_name[provider.name] = provider
+            if provider.default and default:
+                self.problem(f"{path}.default", f"only one provider can be the default; {default} already is")
+            elif provider.default:
+                default = path
+        return by_name
+
+    def model_policies(self, by_name: dict[str, model.Provider], models: dict[str, list[str]], declared: set[str], providers: dict[int, model.Provider | None]) -> dict[str, model.RetryPolicy]:
+        """One retry policy per model: the first of its providers that declares one."""
+        indexes = {provider.name: index for index, provider in providers.items() if provider is not None}
+        policies: dict[str, tuple[str, model.RetryPolicy]] = {}
+        for provider in by_name.values():
+            if provider.retry_policy is None:
+                continue
+            path = f"{self.providers_key}[{indexes[provider.name]}].retry_policy"
+            if provider.model in policies:
+                owner, policy = policies[provider.model]
+                if policy != provider.retry_policy:
+                    self.problem(path, f"model {provider.model!r} already has a different retry_policy on provider {owner!r}; declare it once per model")
+                continue
+            for index, fallback in enumerate(provider.retry_policy.fallback_models):
+                if fallback == provider.model:
+                    self.problem(f"{path}.fallback_models[{index}]", "a model cannot fall back to itself")
+                elif fallback not in declared:
+                    self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
+            policies[provider.model] = (provider.name, provider.retry_policy)
+        return {name: policy for name, (_, policy) in policies.items()}
+
+    def aliases(self, entries: Mapping[str, schema.Alias], models: dict[str, list[str]], bare: dict[str, list[str]]) -> dict[str, str]:
+        """Plano's `model_aliases`: the target is a configured model, or a bare name only one model has."""
+        result = {}
+        for alias, entry in entries.items():
+            candidates = [entry.target] if entry.target in models else bare.get(entry.target, [])
+            if len(candidates) != 1:
+                self.problem(f"model_aliases.{alias}.target", f"model {entry.target!r} is not served by any provider (known: {', '.join(models)})")
+            elif alias in models:
+                self.problem(f"model_aliases.{alias}", f"{alias!r} is a model already; an alias must be a new name")
+            else:
+                result[alias] = candidates[0]
+        return result
+
+    def tracing(self, block: schema.Tracing) -> model.Tracing:
+        """The `tracing:` block, then the standard OTEL_* variables, which win (so a deployment can point at its collector)."""
+        env = self.environ
+        endpoint, where = block.endpoint, "tracing.endpoint"
+        for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            if env.get(variable):
+                endpoint, where = env[variable], variable
+                break
+        if endpoint and where != "tracing.endpoint" and (reason := schema.check_endpoint(endpoint)):
+            self.problem(where, reason)
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or block.protocol
+        if protocol and protocol not in model.TRACE_PROTOCOLS:
+            self.problem("OTEL_EXPORTER_OTLP_PROTOCOL", f"{protocol!r} is not supported (use {' or '.join(model.TRACE_PROTOCOLS)})")
+        percent = block.sampling if block.sampling is not None else block.random_sampling
+        if env.get("OTEL_TRACES_SAMPLER_ARG"):
+            try:
+                percent = schema.check_ratio(env["OTEL_TRACES_SAMPLER_ARG"], 1.0)
+            except PydanticCustomError as error:
+                self.problem("OTEL_TRACES_SAMPLER_ARG", error.message())
+        return model.Tracing(
+            endpoint=endpoint or None,
+            protocol=protocol if protocol in model.TRACE_PROTOCOLS else model.Tracing.protocol,
+            service_name=env.get("OTEL_SERVICE_NAME") or block.service_name or model.Tracing.service_name,
+            sampling_percent=percent if percent is not None else model.Tracing.sampling_percent,
+        )

@@ -1,0 +1,361 @@
+"""The config file's shape, as pydantic models: what each key may hold, checked one key at a time.
+
+These models validate the YAML (after `$VAR` expansion) and are the source of
+the published JSON Schema (`extproc schema`). They say nothing about how keys
+relate to each other (duplicate names, fallbacks to unknown models, one
+default): `resolve` checks that while building the frozen `Config`.
+
+Custom checks raise `invalid(...)` so the message a user reads is ours, not
+pydantic's; `load.problems_from` turns pydantic's built-in errors into the same
+voice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import PydanticCustomError, core_schema
+
+from .model import RETRY_CONDITIONS, TRACE_PROTOCOLS
+
+#: Plano's `provider_interface` values -> the API kind they speak here (credentials, telemetry names).
+#: Most are OpenAI-compatible APIs; `plano` (Plano's own routing model) has no meaning here.
+PLANO_INTERFACES = {
+    "openai": "openai", "chatgpt": "openai", "openrouter": "openai", "moonshotai": "openai", "xiaomi": "openai",
+    "digitalocean": "openai", "vercel": "openai", "gemini": "openai", "deepseek": "deepseek", "groq": "groq",
+    "mistral": "mistral", "claude": "anthropic", "anthropic": "anthropic", "azure_openai": "azure_openai",
+}  # fmt: skip
+
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
+_PATH_PREFIX = re.compile(r"^/(?!.*(?:^|/)\.\.?(?:/|$))[^?#\s]*$")
+_METHOD = re.compile(r"^[A-Z]+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: A value an editor should accept for a typed key: the value itself, or a `$VAR` to be expanded at load.
+_VARIABLE = {"type": "string", "pattern": r"\$"}
+
+
+def invalid(message: str) -> PydanticCustomError:
+    """A validation error whose message is exactly `message`."""
+    return PydanticCustomError("config", "{reason}", {"reason": message})
+
+
+def kind(value: Any) -> str:
+    """What a YAML value is, in words."""
+    if value is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: typing hashes annotations, and `schema` is a dict
+class Checked:
+    """Annotation: the value is converted by `check` (or refused with `invalid`) and documented as `schema`."""
+
+    check: Callable[[Any], Any]
+    schema: dict[str, Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return self.schema
+
+
+def integer(low: int, high: int | None = None) -> Checked:
+    def check(value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise invalid(f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(f"expected an integer, got {kind(value)}")
+        if value < low or (high is not None and value > high):
+            raise invalid(f"{value} is out of range: must be {f'between {low} and {high}' if high is not None else f'at least {low}'}")
+        return value
+
+    bounds = {"minimum": low} | ({"maximum": high} if high is not None else {})
+    return Checked(check, {"anyOf": [{"type": "integer", **bounds}, _VARIABLE]})
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise invalid(f"expected a duration like 30s, 500ms or 5m, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise invalid(f"expected a duration like 30s, 500ms or 5m, got {kind(value)}")
+    if seconds <= 0:
+        raise invalid("must be greater than zero")
+    return seconds
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise invalid(f"expected a size like 10MiB or 1048576, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise invalid(f"expected a size like 10MiB or 1048576, got {kind(value)}")
+    if size < 1024:
+        raise invalid(f"{size} bytes is too small: must be at least 1KiB")
+    return size
+
+
+def _text(pattern: re.Pattern[str], what: str) -> Checked:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise invalid(f"expected a string, got {kind(value)}")
+        if not pattern.match(value):
+            raise invalid(f"{value!r} is not {what}")
+        return value
+
+    return Checked(check, {"type": "string", "pattern": pattern.pattern, "description": what})
+
+
+def _model(value: Any) -> Any:
+    if isinstance(value, str) and not all(value.partition("/")[::2]):
+        raise invalid(f"{value!r} must be provider/model, like openai/gpt-4")
+    return value
+
+
+def _base_url(value: Any) -> Any:
+    """An http(s) URL with a host; never repeated in a message when it holds credentials."""
+    if not isinstance(value, str):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid(f"{value!r} is not an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise invalid("must not hold credentials (user:password@): use access_key")
+    if parts.query or parts.fragment:
+        raise invalid(f"{value!r} must not hold a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        raise invalid(f"{value!r} has an invalid port") from None
+    return value
+
+
+def _readable_file(value: Any) -> Any:
+    if isinstance(value, str) and not os.path.isfile(value):
+        raise invalid(f"{value!r} is not a readable file")
+    return value
+
+
+def _header_name(value: Any) -> Any:
+    name = str(value).lower()
+    if not _HEADER_NAME.match(name) or name in _RESERVED_HEADERS or name.startswith("x-arch-"):
+        raise invalid(f"{value!r} cannot be set per provider (reserved or not a valid header name)")
+    if name == "authorization":
+        raise invalid("set the provider's credential with access_key, not headers")
+    return name
+
+
+def _retry_on(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 400 <= value <= 599:
+            raise invalid(f"status {value} is not an HTTP error status (400-599)")
+        return value
+    if isinstance(value, str) and value in RETRY_CONDITIONS:
+        return value
+    raise invalid(f"{value!r} is neither a status code nor one of: {', '.join(sorted(RETRY_CONDITIONS))}")
+
+
+def _retry_list(value: Any) -> Any:
+    if value == []:
+        raise invalid("an empty list would turn failover off; list at least one status or condition (the default is [429])")
+    return value
+
+
+def _non_empty(value: Any) -> Any:
+    if value == []:
+        raise invalid("is empty: nothing could be called")
+    return value
+
+
+def _one_of(*choices: str, what: str = "") -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value not in choices:
+            raise invalid(what.format(value=value) if what else f"{value!r} must be {' or '.join(choices)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _interface(value: Any) -> Any:
+    if isinstance(value, str) and value not in PLANO_INTERFACES:
+        reason = "Plano's own routing model is not served here" if value == "plano" else f"use one of: {', '.join(sorted(PLANO_INTERFACES))}"
+        raise invalid(f"{value!r} is not supported ({reason})")
+    return value
+
+
+def _url(schemes: tuple[str, ...], message: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value:
+            parts = urlsplit(value)
+            if parts.scheme not in schemes or (not parts.hostname and parts.scheme != "unix"):
+                raise invalid(message.format(value=value))
+        return value
+
+    return BeforeValidator(check)
+
+
+def check_endpoint(value: str) -> str | None:
+    """Why `value` is not an OTLP collector URL, or None (shared with the OTEL_* variables)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL with a host, got {value!r}"
+    return None
+
+
+def check_ratio(value: Any, scale: float) -> float:
+    """A number between 0 and `scale`, as a percentage (shared with OTEL_TRACES_SAMPLER_ARG)."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 <= number <= scale:
+        raise invalid(f"expected a number between 0 and {scale:g}, got {value!r}")
+    return number * 100.0 / scale
+
+
+def _ratio(scale: float) -> Checked:
+    return Checked(lambda value: check_ratio(value, scale), {"type": "number", "minimum": 0, "maximum": scale})
+
+
+def _endpoint(value: Any) -> Any:
+    if isinstance(value, str) and (reason := check_endpoint(value)):
+        raise invalid(reason)
+    return value
+
+
+Text = Annotated[str, Field(strict=True)]
+Duration = Annotated[float, Checked(_duration, {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]})]
+Size = Annotated[int, Checked(_size, {"anyOf": [{"type": "integer", "minimum": 1024}, {"type": "string", "pattern": _SIZE.pattern}]})]
+Port = Annotated[int, integer(0, 65535)]
+RetryOn = Annotated[int | str, Checked(_retry_on, {"anyOf": [{"type": "integer", "minimum": 400, "maximum": 599}, {"enum": sorted(RETRY_CONDITIONS)}]})]
+
+
+class Section(BaseModel):
+    """A mapping of the config file: unknown keys refused, types strict, nothing coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
+    #: What an unknown key in this section is told; `{allowed}` lists the keys that are.
+    unknown_key: ClassVar[str] = "unknown key (allowed: {allowed})"
+
+
+class RetryPolicy(Section):
+    """When a request moves on to the next provider of its chain."""
+
+    retry_on: Annotated[list[RetryOn], BeforeValidator(_retry_list)] = Field(
+        default=[429], min_length=1, description="HTTP statuses (400-599) and Envoy retry conditions that fail over"
+    )
+    max_attempts: Annotated[int, integer(1, 10)] | None = Field(default=None, description="attempts in all, the first included (default: one per provider of the chain)")
+    per_try_timeout: Duration | None = None
+    fallback_models: list[Text] = Field(default=[], description="models whose providers are tried after this model's own, in order")
+
+
+class Provider(Section):
+    """One `model_providers` entry: a model served at a base_url, with its credentials."""
+
+    model: Annotated[Text, BeforeValidator(_model)] = Field(description="provider/model, as clients ask for it: openai/gpt-4o")
+    name: Annotated[str, _text(NAME, "a name of letters, digits and . _ : / @ - (not starting with a symbol)")] | None = None
+    base_url: Annotated[Text, BeforeValidator(_base_url)] | None = Field(default=None, description="http(s)://host[:port][/path]; known kinds have a default")
+    access_key: Text | None = Field(default=None, description="the provider's key, usually $ENV_VAR; never logged")
+    default: bool = Field(default=False, description="serves requests whose model no provider serves")
+    retry_policy: RetryPolicy | None = None
+    passthrough_auth: bool = Field(default=False, description="forward the client's own credential instead of access_key")
+    headers: dict[Annotated[str, BeforeValidator(_header_name)], Text] = Field(default={}, description="extra headers sent to this provider only")
+    ca_file: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(default=None, description="PEM bundle that verifies this provider's TLS certificate")
+    provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
+    http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
+
+
+class Listener(Section):
+    type: Annotated[Literal["model"], _one_of("model", what="listener type {value!r} is not supported: only 'model' listeners are")]
+    port: Port
+    name: Text | None = None
+    address: Text = "0.0.0.0"
+    timeout: Duration = Field(default=300.0, description="the whole request, every attempt included")
+    max_body_bytes: Size = Field(default=10 * 1024 * 1024, description="larger request bodies get 413")
+    on_all_cooling: Annotated[Literal["reject", "try_anyway"], _one_of("reject", "try_anyway")] = "reject"
+    access_log: bool = False
+    allowed_paths: Annotated[list[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")]], BeforeValidator(_non_empty)] | None = None
+    allowed_methods: Annotated[list[Annotated[str, _text(_METHOD, "an upper-case HTTP method")]], BeforeValidator(_non_empty)] | None = None
+
+
+class Cooldown(Section):
+    enabled: bool = True
+    default_cooldown: Duration = Field(default=5.0, description="after a 429 without Retry-After")
+    max_cooldown: Duration = Field(default=60.0, description="cap on Retry-After and rate-limit resets")
+    failure_threshold: Annotated[int, integer(1, 1000)] = 3
+    rate_limit_headers: bool = True
+    min_remaining_tokens: Annotated[int, integer(0)] = 0
+    #: Never echoed in a message: it may hold a password.
+    redis_url: Annotated[Text, _url(("redis", "rediss", "unix"), "expected a redis://, rediss:// or unix:// URL")] | None = None
+
+
+class Metrics(Section):
+    address: Text = "0.0.0.0"
+    port: Port = 9092
+    token_usage: bool = True
+
+
+class Tracing(Section):
+    """Overridden by the standard OTEL_* environment variables."""
+
+    endpoint: Annotated[Text, BeforeValidator(_endpoint)] | None = None
+    protocol: Annotated[Literal["http/protobuf", "grpc"], _one_of(*TRACE_PROTOCOLS, what="{value!r} is not supported (use http/protobuf or grpc)")] | None = None
+    service_name: Text | None = None
+    random_sampling: Annotated[float, _ratio(100.0)] | None = Field(default=None, description="percent of requests traced (Plano)")
+    sampling: Annotated[float, _ratio(1.0)] | None = Field(default=None, description="ratio of requests traced, 0-1")
+
+
+class Alias(Section):
+    target: Text
+
+
+class Overrides(Section):
+    unknown_key: ClassVar[str] = "a Plano override this gateway does not have (it understands: {allowed})"
+
+    upstream_connect_timeout: Duration | None = None
+    upstream_tls_ca_path: Annotated[Text, BeforeValidator(_readable_file)] | None = None
+
+
+class ConfigFile(Section):
+    """The whole file. Plano's config shape is accepted (`llm_providers`, `model_aliases`, `overrides`)."""
+
+    model_config = ConfigDict(title="extproc gateway config", json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"})
+
+    listeners: list[Listener]
+    model_providers: list[Provider] | None = None
+    llm_providers: list[Provider] | None = Field(default=None, description="Plano's older name for model_providers")
+    version: Text | None = None
+    cooldown: Cooldown = Cooldown()
+    metrics: Metrics = Metrics()
+    tracing: Tracing = Tracing()
+    model_aliases: dict[str, Alias] = Field(default={}, description="a name clients may ask for -> {target: model}")
+    overrides: Overrides = Overrides()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema editors and CI can check a config file against (`extproc schema`)."""
+    return ConfigFile.model_json_schema()
