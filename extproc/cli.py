@@ -137,12 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     preflight.add_argument("--with-keys", action="store_true", help="send each provider its key (default: unauthenticated)")
     preflight.set_defaults(run=_preflight)
 
-    mock = commands.add_parser("mock", parents=[after], help="a mock OpenAI-compatible provider")
+    mock = commands.add_parser("mock", parents=[after], help="a mock provider: OpenAI-compatible, or Anthropic's Messages API")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, required=True)
     mock.add_argument("--name", default="mock")
     mock.add_argument("--status", type=int, default=200, help="200 echoes the request as a chat.completion; any other status answers an error")
     mock.add_argument("--retry-after", help="Retry-After header value on error answers")
+    mock.add_argument("--api", choices=("openai", "anthropic"), default="openai", help="anthropic: answer (and check requests) as Anthropic's Messages API")
     mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
     mock.set_defaults(run=_mock)
     return parser
@@ -314,9 +315,10 @@ async def _start_mocks(config: Config) -> list[MockProvider]:
             if provider.tls or not _is_loopback(provider.host):
                 continue
             failing = index == 0 and len(names) > 1
-            mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None)
+            api = "anthropic" if provider.kind == "anthropic" else "openai"
+            mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None, api=api)
             await mock.start(provider.host, provider.port)
-            behaviour = "429 with Retry-After: 7" if failing else "200, echoing the request"
+            behaviour = "429 with Retry-After: 7" if failing else ("200, in Anthropic's Messages API" if api == "anthropic" else "200, echoing the request")
             print_line(f"mock provider {name} ({model}) on http://{provider.host}:{provider.port}: answers {behaviour}")
             mocks.append(mock)
     return mocks
@@ -332,7 +334,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _mock(args) -> int:
-    mock = MockProvider(name=args.name, status=args.status, retry_after=args.retry_after, chunk_interval_s=args.chunk_interval)
+    mock = MockProvider(name=args.name, status=args.status, retry_after=args.retry_after, chunk_interval_s=args.chunk_interval, api=args.api)
     _run(serve_forever(mock, args.host, args.port))
     return 0
 

@@ -1,10 +1,11 @@
-"""A mock OpenAI-compatible provider, for demos, tests and benchmarks.
+"""A mock provider, OpenAI-compatible or Anthropic's Messages API (`api`), for demos, tests and benchmarks.
 
 In its default mode it answers a chat.completion that echoes what it received
 (path, headers with credentials masked, model), or an SSE stream when the
 request asks for `stream: true`. With another status it answers an
-OpenAI-style error (429 with Retry-After, say). Every request is recorded so a
-test can assert exactly what a provider saw.
+OpenAI-style error (429 with Retry-After, say). With `api="anthropic"` it
+speaks the Messages API instead (see `mock_anthropic`). Every request is
+recorded so a test can assert exactly what a provider saw.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+from . import mock_anthropic
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+    502: "Bad Gateway", 503: "Service Unavailable", 529: "Overloaded",
+}  # fmt: skip
 _ERROR_TYPES = {429: "rate_limit_error", 401: "authentication_error", 404: "not_found_error"}
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -49,6 +55,7 @@ class MockProvider:
     received: list[ReceivedRequest] = field(default_factory=list)
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this context
+    api: str = "openai"  # or "anthropic": the Messages API
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -84,6 +91,9 @@ class MockProvider:
 
     async def _answer(self, request: ReceivedRequest, writer: asyncio.StreamWriter) -> None:
         headers = [("x-mock-provider", self.name), *self.extra_headers]
+        if self.api == "anthropic":
+            await self._answer_anthropic(request, headers, writer)
+            return
         if self.status != 200:
             if self.retry_after is not None:
                 headers.append(("retry-after", self.retry_after))
@@ -104,6 +114,28 @@ class MockProvider:
         _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         await writer.drain()
 
+    async def _answer_anthropic(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+        refused = mock_anthropic.refusal(request.path, dict(request.headers), request.body)
+        if self.status != 200 or refused is not None:
+            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
+            if self.retry_after is not None and refused is None:
+                headers.append(("retry-after", self.retry_after))
+            _write_response(writer, status, headers, mock_anthropic.error_body(status, message))
+            await writer.drain()
+            return
+        payload = json.loads(request.body)
+        if payload.get("stream") is True:
+            _write_head(writer, headers)
+            for event in mock_anthropic.events(self.name, payload, len(self.received)):
+                _write_chunk(writer, event)
+                await writer.drain()
+                await asyncio.sleep(self.chunk_interval_s)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return
+        _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, len(self.received))).encode())
+        await writer.drain()
+
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
         return {
             "id": f"chatcmpl-{self.name}-{len(self.received)}",
@@ -121,9 +153,7 @@ class MockProvider:
         }
 
     async def _stream(self, payload: dict, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
-        head = ["HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
-        head += [f"{key}: {value}\r\n" for key, value in headers]
-        writer.write(("".join(head) + "\r\n").encode())
+        _write_head(writer, headers)
         words = _reply_text(self.name, payload).split(" ")
         for index in range(max(self.chunks, len(words))):
             delta = {"content": f"{words[index % len(words)]} "}
@@ -196,6 +226,13 @@ def _write_response(writer: asyncio.StreamWriter, status: int, headers: list[tup
     head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n", "content-type: application/json\r\n", f"content-length: {len(body)}\r\n"]
     head += [f"{key}: {value}\r\n" for key, value in headers]
     writer.write(("".join(head) + "\r\n").encode() + body)
+
+
+def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]]) -> None:
+    """The head of a 200 event stream (chunked)."""
+    head = ["HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
+    head += [f"{key}: {value}\r\n" for key, value in headers]
+    writer.write(("".join(head) + "\r\n").encode())
 
 
 def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:

@@ -51,7 +51,8 @@ from .contract import (
     bulk_address,
     message_limit,
 )
-from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
+from .processor.cooldown import OVERLOADED
+from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
@@ -480,7 +481,9 @@ def _retry_policy(chain: Chain) -> dict | None:
         "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.005s"},
     }
     if policy.status_codes:
-        retry["retriable_status_codes"] = list(policy.status_codes)
+        # Anthropic's 529 (overloaded) is its 429: wherever 429 fails over, so does 529.
+        extra = [OVERLOADED] if 429 in policy.status_codes and OVERLOADED not in policy.status_codes else []
+        retry["retriable_status_codes"] = [*policy.status_codes, *extra]
     if policy.per_try_timeout_s:
         retry["per_try_timeout"] = _duration(policy.per_try_timeout_s)
     return retry
@@ -659,7 +662,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _retries_only(_ext_proc("upstream", options, body_limit), chain),
+                    _retries_only(_ext_proc("upstream", options, body_limit), chain, any(config.providers[member].kind == "anthropic" for member in chain.providers)),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
@@ -667,18 +670,23 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
     }
 
 
-def _retries_only(ext_proc: dict, chain: Chain) -> dict:
-    """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …).
+def _retries_only(ext_proc: dict, chain: Chain, translating: bool) -> dict:
+    """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
 
     The router level already made the request right for the chain's first
-    provider, so attempt 1 needs no second gRPC stream; a retry must be
-    rebuilt for its own provider.
+    provider, so attempt 1 needs no second gRPC stream, unless that provider
+    speaks another API than the client (`translating`: the chain has such a
+    provider); a retry must be rebuilt for its own provider.
     """
     attempts = chain.num_retries + 1
     retry = _execute("rewrite_retry", ext_proc)
+    retries = {"matcher_tree": {"input": _header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}}
+    if not translating:
+        return _composite("extproc.retries", retries)
+    marked = {"input": _header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}
     return _composite(
         "extproc.retries",
-        {"matcher_tree": {"input": _header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}},
+        {"matcher_list": {"matchers": [{"predicate": {"single_predicate": marked}, "on_match": _execute("translate", ext_proc)}]}, "on_no_match": {"matcher": retries}},
     )
 
 

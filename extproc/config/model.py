@@ -16,6 +16,9 @@ from types import MappingProxyType
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
+#: The Messages API's version header: the gateway sets it on attempts it translates for an Anthropic provider.
+ANTHROPIC_VERSION_HEADER = "anthropic-version"
+
 #: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.
 RETRY_CONDITIONS = frozenset(
     {"connect-failure", "reset", "reset-before-request", "refused-stream", "5xx", "gateway-error", "retriable-4xx"}
@@ -53,6 +56,8 @@ class Provider:
     #: The API the provider speaks when its model's prefix does not say (Plano's `provider_interface`, mapped).
     interface: str | None = None
     http_host: str | None = None  # the Host header to send, when not the base_url's (Plano's `http_host`)
+    #: `max_tokens` sent to an Anthropic provider when a translated request gives none (the Messages API requires one).
+    default_max_tokens: int = 4096
 
     @property
     def kind(self) -> str:

@@ -287,6 +287,7 @@ class Provider(Section):
     ca_file: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(default=None, description="PEM bundle that verifies this provider's TLS certificate")
     provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
     http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
+    default_max_tokens: Annotated[int, integer(1)] = Field(default=4096, description="Anthropic providers: max_tokens for a translated request that gives none")
 
 
 class Listener(Section):

@@ -36,6 +36,8 @@ class GatewayMetrics:
         self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
         self.remaining = Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r)
         self.malformed_rate_limit_headers = Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r)
+        self.translated = Counter("extproc_translated_attempts", "Attempts whose request and answer were translated between APIs, by provider and API pair.", ["provider", "api"], registry=r)
+        self.dropped_fields = Counter("extproc_translation_dropped_fields", "Client request fields with no equivalent in the provider's API: dropped, never sent raw.", ["provider", "field"], registry=r)
         self.rejected = Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r)
         self.processing = Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r)
         self.in_flight = Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r)

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..processor.cooldown import Outcome, ProviderHealth, classify
+from ..processor.cooldown import RATE_LIMIT_STATUSES, Outcome, ProviderHealth, classify
 from ..processor.ratelimit import Budget
 from .metrics import GatewayMetrics
 
@@ -94,7 +94,7 @@ class Observer:
         for header in budget.malformed:
             self.metrics.malformed_rate_limit_headers.labels(provider, header).inc()
         policy = self.health.policy
-        if not policy.rate_limit_headers or status == 429:  # a 429 started its own cooldown
+        if not policy.rate_limit_headers or status in RATE_LIMIT_STATUSES:  # a 429 (or 529) started its own cooldown
             return
         wait = budget.exhausted_for(policy.min_remaining_tokens)
         if wait is not None:

@@ -34,6 +34,11 @@ class Outcome:
     started: float | None = None
 
 
+#: Anthropic's "overloaded" status: treated as a 429 for failover and cooldowns.
+OVERLOADED = 529
+RATE_LIMIT_STATUSES = (429, OVERLOADED)
+
+
 def classify(status: int, response_flags: Iterable[str] = ()) -> str:
     """What an attempt came to, from its status and Envoy's response flags.
 
@@ -41,7 +46,7 @@ def classify(status: int, response_flags: Iterable[str] = ()) -> str:
     went away, Envoy reset it) is "cancelled": it says nothing about the provider.
     """
     flags = set(response_flags)
-    if status == 429:
+    if status in RATE_LIMIT_STATUSES:
         return "rate_limited"
     if "upstream_connection_failure" in flags or "upstream_overflow" in flags:
         return "connect_failure"

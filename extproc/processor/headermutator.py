@@ -22,6 +22,8 @@ ROUTE_HEADER = "x-arch-llm-provider"
 #: Names the chain's Envoy cluster (content-named, see `Config.chain_clusters`) for the route
 #: match; the route removes it before the request goes upstream.
 CHAIN_HEADER = "x-arch-route"
+#: Set by the router level when attempt 1 must be translated: Envoy then runs the upstream level on attempt 1 too.
+TRANSLATE_HEADER = "x-arch-translate"
 
 
 def client_values(config: Config, headers: Mapping[str, str]) -> dict[str, str]:
@@ -46,18 +48,24 @@ class HeaderPlan:
     remove: tuple[str, ...]
 
 
-def plan(config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None) -> HeaderPlan:
+def plan(
+    config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None, extra: Mapping[str, str] | None = None
+) -> HeaderPlan:
     """The header mutations that make this attempt's request exactly right for `provider`.
 
     `chain` (router level only) names the chain cluster Envoy must route to;
-    there the client's own `x-envoy-*` headers are dropped too.
+    there the client's own `x-envoy-*` headers are dropped too. `extra`: what
+    this attempt adds (a translated attempt's API version, say).
     """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
     values.update(credential_headers(provider, originals))
+    values.update(extra or {})
     values.update(provider.headers)
     values[ROUTE_HEADER] = provider.name
     values[":path"] = provider.upstream_path(path)
     for name in present:
+        if name in values and name in (extra or {}):
+            continue
         if (name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER) or (chain is not None and name.startswith(ENVOY_PREFIX)):
             values[name] = None
     if chain is not None:

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..config import Config, Listener
+from ..translator import needs_translation
 from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
-from .headermutator import HeaderPlan, carried, client_values, plan
+from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ParsedBody, is_blank, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
@@ -135,7 +136,9 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
         originals=carried(config, originals, config.chains[start]),
         span=body.span if body is not None else None,
     )
-    first_attempt = plan(config, config.providers[start], context.path, originals, headers, config.chain_clusters[start])
+    # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
+    extra = {TRANSLATE_HEADER: "1"} if needs_translation(context.path, config.providers[start]) else None
+    first_attempt = plan(config, config.providers[start], context.path, originals, headers, config.chain_clusters[start], extra)
     return Forward(provider=start, context=context, model=model, headers=first_attempt)
 
 

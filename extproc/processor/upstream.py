@@ -7,11 +7,14 @@ the headers the previous attempt left behind.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..config import Provider
+from ..config.model import ANTHROPIC_VERSION_HEADER
 from ..config.store import Live
+from ..translator import needs_translation, openai_anthropic
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
@@ -24,6 +27,8 @@ class Attempt:
     headers: HeaderPlan
     context: RequestContext
     number: int = 0  # x-envoy-attempt-count
+    #: The client speaks OpenAI's chat.completions and this provider Anthropic's Messages: body and answer are translated.
+    translate: bool = False
 
     @property
     def last(self) -> bool:
@@ -32,8 +37,16 @@ class Attempt:
 
     @property
     def needs_body(self) -> bool:
-        """False when the body Envoy re-sends already names this provider's model."""
-        return self.context.span is not None and self.context.body_model != self.provider.model_name
+        """False when the body Envoy re-sends already names this provider's model (and is in its API)."""
+        return self.translate or (self.context.span is not None and self.context.body_model != self.provider.model_name)
+
+    def translated(self, sent: bytes | memoryview) -> openai_anthropic.Request | errors.Reply:
+        """The attempt's body in the Messages API, or the client's error when it has no translation."""
+        try:
+            return openai_anthropic.request(json.loads(bytes(sent)), self.provider.model_name, self.provider.default_max_tokens)
+        except (ValueError, openai_anthropic.TranslationError) as exc:
+            message = f"This request cannot be sent to provider {self.provider.name!r} (Anthropic's Messages API): {exc}."
+            return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
 
     def body(self, sent: bytes | memoryview) -> bytes | memoryview:
         """The attempt's body: the request's bytes with this provider's model name."""
@@ -55,5 +68,8 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
     if provider is None:
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
+    if needs_translation(context.path, provider):
+        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra={ANTHROPIC_VERSION_HEADER: openai_anthropic.API_VERSION})
+        return Attempt(provider=provider, headers=headers, context=context, number=number, translate=True)
     headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context, number=number)

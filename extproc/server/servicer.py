@@ -103,6 +103,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         if stream.attempt is None:
             return
         provider = stream.attempt.provider.name
+        if kind == "request_body" and stream.attempt.translate and stream.reply is None:
+            metrics = self.runtime.metrics
+            metrics.translated.labels(provider, "openai_chat->anthropic_messages").inc()
+            for name in stream.dropped:
+                metrics.dropped_fields.labels(provider, name).inc()
         if kind == "request_headers" and stream.number >= 2:
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
         elif kind == "response_headers" and stream.answer is not None:

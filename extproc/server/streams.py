@@ -6,6 +6,7 @@ upstream-level stream sees one attempt. No decision is made here.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import ClassVar, TypeAlias
 
@@ -19,6 +20,7 @@ from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
 from ..processor.cooldown import ProviderHealth
 from ..processor.headermutator import HeaderPlan
+from ..translator import openai_anthropic
 from . import wire
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
@@ -120,6 +122,9 @@ class UpstreamStream:
         self.number = 0  # the attempt's number
         #: The last attempt's response headers (status, headers), before Envoy passes them on.
         self.answer: tuple[int, dict[str, str]] | None = None
+        #: A translated attempt: the client's request fields the provider's API had no place for.
+        self.dropped: tuple[str, ...] = ()
+        self._answer_translation: _AnswerTranslation | None = None
 
     def identify(self, request: pb.ProcessingRequest) -> None:
         """Read the attempt's headers: which request, which attempt."""
@@ -141,22 +146,46 @@ class UpstreamStream:
             self.attempt = decision
             response = pb.ProcessingResponse()
             apply_headers(response.request_headers.response.header_mutation, decision.headers)
-            if decision.last:
+            if decision.translate:  # the body now, the answer's headers later (and from them, its body)
+                response.mode_override.CopyFrom(_WATCH)
+            elif decision.last:
                 response.mode_override.CopyFrom(_WATCH if decision.needs_body else _WATCH_NO_BODY)
             elif not decision.needs_body:
                 response.mode_override.CopyFrom(_NO_BODY)
                 self.done = True
             return response
         if kind == "request_body" and self.attempt is not None:
+            if self.attempt.translate:
+                return self._translate_request(wire.request_body(request))
             self.done = not self.attempt.last
             return with_body(pb.ProcessingResponse(), kind, self.attempt.body(wire.request_body(request)))
         if kind == "response_headers":
             assert not isinstance(request, wire.RequestBody)
             headers = headers_of(request.response_headers)
             status = headers.get(":status", "")
-            self.answer = (int(status) if status.isdigit() else 0, headers)
+            code = int(status) if status.isdigit() else 0
+            if self.attempt is None or self.attempt.last:
+                self.answer = (code, headers)
+            if self._answer_translation is not None:
+                return self._answer_translation.on_headers(code, headers)
             self.done = True
+        if kind == "response_body" and self._answer_translation is not None:
+            assert not isinstance(request, wire.RequestBody)
+            response = self._answer_translation.on_body(request.response_body.body, request.response_body.end_of_stream)
+            self.done = self._answer_translation.finished
+            return response
         return _continue(kind)
+
+    def _translate_request(self, body: bytes | memoryview) -> Response:
+        assert self.attempt is not None
+        translated = self.attempt.translated(body)
+        if isinstance(translated, errors.Reply):
+            self.reply = translated
+            self.done = True
+            return immediate(translated)
+        self.dropped = translated.dropped
+        self._answer_translation = _AnswerTranslation(self.attempt.provider.name, translated.include_usage)
+        return with_body(pb.ProcessingResponse(), "request_body", json.dumps(translated.body, separators=(",", ":")).encode())
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
         """The picked endpoint's cluster, from its metadata (Envoy sends it as text-format proto)."""
@@ -178,6 +207,58 @@ class UpstreamStream:
         if namespace is None or METADATA_KEY not in namespace.fields:
             return None
         return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+
+
+class _AnswerTranslation:
+    """A translated attempt's answer, Messages -> chat.completion: whole when JSON, event by event when a stream."""
+
+    def __init__(self, provider: str, include_usage: bool):
+        self.provider = provider
+        self.status = 0
+        self.stream: openai_anthropic.StreamTranslator | None = None
+        self.include_usage = include_usage
+        self.finished = False
+
+    def on_headers(self, status: int, headers: dict[str, str]) -> pb.ProcessingResponse:
+        """Ask for the body: chunk by chunk for an event stream (Envoy drops content-length), else whole."""
+        self.status = status
+        streamed = status == 200 and headers.get("content-type", "").startswith("text/event-stream")
+        if streamed:
+            self.stream = openai_anthropic.StreamTranslator(self.include_usage)
+        response = pb.ProcessingResponse()
+        response.response_headers.response.header_mutation.set_headers.append(header_option("content-type", "text/event-stream" if streamed else "application/json"))
+        response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
+        return response
+
+    def on_body(self, body: bytes, end: bool) -> Response:
+        if self.stream is not None:
+            self.finished = end
+            return wire.with_body(pb.ProcessingResponse(), "response_body", self.stream.feed(body, end))
+        self.finished = True
+        if self.status >= 400 or self.status < 200:
+            answer = openai_anthropic.error(self.status, body, self.provider)
+        else:
+            try:
+                answer = openai_anthropic.response(json.loads(body))
+            except (ValueError, AttributeError, TypeError):
+                answer = openai_anthropic.error(502, b"", self.provider)
+        return with_body(pb.ProcessingResponse(), "response_body", json.dumps(answer, separators=(",", ":")).encode())
+
+
+def _answer_mode(body_mode: int) -> ext_proc_pb2.ProcessingMode:
+    return ext_proc_pb2.ProcessingMode(
+        request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+        response_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+        request_body_mode=ext_proc_pb2.ProcessingMode.BUFFERED,
+        response_body_mode=body_mode,
+        request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+        response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    )
+
+
+#: Whole processing modes for a translated answer (Envoy replaces the mode wholesale).
+_ANSWER_BUFFERED = _answer_mode(ext_proc_pb2.ProcessingMode.BUFFERED)
+_ANSWER_STREAMED = _answer_mode(ext_proc_pb2.ProcessingMode.STREAMED)
 
 
 #: The whole processing mode for the rest of an attempt that needs no body rewrite

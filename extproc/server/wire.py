@@ -21,7 +21,7 @@ _LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
 #: Field numbers, from external_processor.proto.
 _REQUEST_BODY = 4  # ProcessingRequest.request_body (HttpBody)
 _HTTP_BODY_BODY, _HTTP_BODY_END = 1, 2  # HttpBody.body, HttpBody.end_of_stream
-_RESPONSE_FIELDS = {"request_headers": 1, "request_body": 3}  # ProcessingResponse.<kind> (HeadersResponse / BodyResponse)
+_RESPONSE_FIELDS = {"request_headers": 1, "request_body": 3, "response_body": 4}  # ProcessingResponse.<kind> (HeadersResponse / BodyResponse)
 _COMMON_RESPONSE = 1  # HeadersResponse.response / BodyResponse.response (CommonResponse)
 _BODY_MUTATION = 3  # CommonResponse.body_mutation (BodyMutation)
 _MUTATION_BODY = 1  # BodyMutation.body

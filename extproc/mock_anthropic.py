@@ -1,0 +1,130 @@
+"""The mock provider's Anthropic Messages API (`extproc mock --api anthropic`).
+
+It refuses what Anthropic refuses, so a test through the gateway proves the
+translation, not just the plumbing: the wrong auth header, no
+`anthropic-version`, no `max_tokens`, a `system` role inside `messages`, a
+field the Messages API does not know. It answers text, or a `tool_use` of the
+first tool when tools are offered and the last turn is not a tool result; as
+JSON, or as Anthropic's event stream when `stream: true`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: Top-level request fields of the Messages API; anything else is refused (as Anthropic does).
+KNOWN_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences", "stream",
+    "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+})  # fmt: skip
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
+
+
+def error_body(status: int, message: str) -> bytes:
+    return json.dumps({"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}).encode()
+
+
+def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] | None:
+    """(status, message) for a request Anthropic would refuse; None when it is well formed."""
+    if not path.split("?", 1)[0].endswith("/v1/messages"):
+        return 404, f"Not found: {path} (the Messages API is POST /v1/messages)"
+    if "authorization" in headers or not headers.get("x-api-key"):
+        return 401, "x-api-key header is required (Authorization: Bearer is not accepted)"
+    if not headers.get("anthropic-version"):
+        return 400, "anthropic-version: header is required"
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return 400, "The request body is not valid JSON."
+    if not isinstance(payload, dict):
+        return 400, "The request body must be a JSON object."
+    unknown = sorted(set(payload) - KNOWN_FIELDS)
+    if unknown:
+        return 400, f"{unknown[0]}: Extra inputs are not permitted"
+    if not isinstance(payload.get("max_tokens"), int):
+        return 400, "max_tokens: Field required"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return 400, "messages: Field required"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            role = message.get("role") if isinstance(message, dict) else None
+            return 400, f'messages.{index}.role: Unexpected role "{role}". The Messages API accepts a top-level `system` parameter, not "system" as an input message role.'
+    return None
+
+
+def answer(name: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
+    """A Messages response to a well-formed request."""
+    blocks = _reply_blocks(name, payload, number)
+    stop_reason = "tool_use" if any(block["type"] == "tool_use" for block in blocks) else "end_turn"
+    return {
+        "id": f"msg_{name}_{number}",
+        "type": "message",
+        "role": "assistant",
+        "model": payload.get("model", "unknown"),
+        "content": blocks,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": _prompt_words(payload), "output_tokens": _output_words(blocks)},
+    }
+
+
+def events(name: str, payload: dict[str, Any], number: int) -> list[bytes]:
+    """The same answer as Anthropic's event stream, one event per item (text word by word, tool input in pieces)."""
+    message = answer(name, payload, number)
+    start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 1}}
+    out = [_event("message_start", {"type": "message_start", "message": start}), _event("ping", {"type": "ping"})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            out.append(_event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))
+            words = block["text"].split(" ")
+            out += [_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word if i == 0 else f" {word}"}}) for i, word in enumerate(words)]
+        else:
+            out.append(_event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}}))
+            text = json.dumps(block["input"])
+            middle = len(text) // 2
+            out += [_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}}) for part in (text[:middle], text[middle:])]
+        out.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    delta = {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None}, "usage": {"output_tokens": message["usage"]["output_tokens"]}}
+    out += [_event("message_delta", delta), _event("message_stop", {"type": "message_stop"})]
+    return out
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    texts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            texts += _texts(block.get("content"))
+    return texts
+
+
+def _reply_blocks(name: str, payload: dict[str, Any], number: int) -> list[dict[str, Any]]:
+    last = payload["messages"][-1]
+    content = last.get("content")
+    said = " ".join(_texts(content))
+    tool_results = isinstance(content, list) and any(isinstance(block, dict) and block.get("type") == "tool_result" for block in content)
+    tools = payload.get("tools")
+    if isinstance(tools, list) and tools and not tool_results and payload.get("tool_choice", {}).get("type") != "none":
+        return [{"type": "tool_use", "id": f"toolu_{name}_{number}", "name": tools[0].get("name", "tool"), "input": {"echo": said}}]
+    return [{"type": "text", "text": f"[{name}] you said: {said}"}]
+
+
+def _prompt_words(payload: dict[str, Any]) -> int:
+    system = payload.get("system")
+    words = len(system.split()) if isinstance(system, str) else 0
+    return words + sum(len(text.split()) for message in payload["messages"] for text in _texts(message.get("content")))
+
+
+def _output_words(blocks: list[dict[str, Any]]) -> int:
+    return sum(len(block["text"].split()) if block["type"] == "text" else 1 for block in blocks)

@@ -1,0 +1,305 @@
+"""OpenAI chat.completions (the client's API) to Anthropic Messages (the provider's), and back.
+
+Pure functions over parsed JSON, plus `StreamTranslator`, which turns
+Anthropic's server-sent events into `chat.completion.chunk` events as each
+arrives. Nothing here knows about Envoy or gRPC.
+
+A request field with no Messages equivalent is dropped and reported (never
+sent raw); see `DROPPED` and the README's translation table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The Messages API path, under the provider's base_url path.
+PATH = "/v1/messages"
+API_VERSION = "2023-06-01"
+
+#: OpenAI request fields with no Messages equivalent: dropped, counted.
+DROPPED = frozenset({
+    "n", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
+    "service_tier", "store", "reasoning_effort", "modalities", "audio", "prediction", "metadata", "functions",
+    "function_call", "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier",
+})  # fmt: skip
+
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
+_ERROR_TYPES = {"overloaded_error": "server_error", "api_error": "server_error"}
+
+
+class TranslationError(ValueError):
+    """The request cannot be expressed in the Messages API; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A translated request: the Messages body, and what of the client's was dropped."""
+
+    body: dict[str, Any]
+    dropped: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+def request(payload: Any, model: str, default_max_tokens: int) -> Request:
+    """chat.completions request -> Messages request, for `model` (the provider's name for it)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+        raise TranslationError("a chat completion request needs a 'messages' list")
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    dropped = sorted(key for key in payload if key in DROPPED)
+    for index, message in enumerate(payload["messages"]):
+        if not isinstance(message, dict):
+            raise TranslationError(f"messages[{index}] is not an object")
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(block["text"] for block in _content(message.get("content"), index) if block["type"] == "text")
+        elif role == "user":
+            _append(turns, "user", _content(message.get("content"), index))
+        elif role == "assistant":
+            blocks = _content(message.get("content"), index) if message.get("content") is not None else []
+            blocks += [_tool_use(call, index) for call in message.get("tool_calls") or ()]
+            _append(turns, "assistant", blocks)
+        elif role == "tool":
+            result = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id", "")), "content": _tool_result_content(message.get("content"), index)}
+            _append(turns, "user", [result])
+        else:
+            raise TranslationError(f"messages[{index}] has role {role!r}, which the Messages API has no place for")
+    body: dict[str, Any] = {"model": model, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    maximum = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    body["max_tokens"] = maximum if isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0 else default_max_tokens
+    if isinstance(payload.get("temperature"), (int, float)):
+        body["temperature"] = min(float(payload["temperature"]), 1.0)  # OpenAI allows 0-2, Anthropic 0-1
+    if isinstance(payload.get("top_p"), (int, float)):
+        body["top_p"] = payload["top_p"]
+    stop = payload.get("stop")
+    if stop:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else [item for item in stop if isinstance(item, str)]
+    if isinstance(payload.get("user"), str):
+        body["metadata"] = {"user_id": payload["user"]}
+    tools = payload.get("tools")
+    if isinstance(tools, list) and tools:
+        body["tools"] = [_tool(tool, index) for index, tool in enumerate(tools)]
+    choice = _tool_choice(payload.get("tool_choice"), payload.get("parallel_tool_calls"))
+    if choice is not None and choice.get("type") == "none":
+        body.pop("tools", None)  # Anthropic's "none" still wants tools listed; without them the model cannot call any
+        choice = None
+    if choice is not None and "tools" in body:
+        body["tool_choice"] = choice
+    stream = payload.get("stream") is True
+    if stream:
+        body["stream"] = True
+    options = payload.get("stream_options")
+    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    return Request(body=body, dropped=tuple(dropped), stream=stream, include_usage=include_usage)
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Consecutive turns of one role become one (tool results after each other, say): Messages alternates roles."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _content(content: Any, index: int) -> list[dict[str, Any]]:
+    """A message's content (a string or a list of parts) as Messages content blocks."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise TranslationError(f"messages[{index}].content must be a string or a list of parts")
+    blocks = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            blocks.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            blocks.append(_image(part.get("image_url"), index))
+        else:
+            raise TranslationError(f"messages[{index}] has a {kind!r} content part, which is not translated to the Messages API")
+    return blocks
+
+
+def _image(image: Any, index: int) -> dict[str, Any]:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise TranslationError(f"messages[{index}] has an image_url part without a url")
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[len("data:") :].split(";")[0]
+        if ";base64" not in header or not media_type:
+            raise TranslationError(f"messages[{index}]: an image data URL must be base64 with a media type")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _tool_use(call: Any, index: int) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise TranslationError(f"messages[{index}].tool_calls holds a call without a function name")
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        raise TranslationError(f"messages[{index}].tool_calls: the arguments of {function['name']!r} are not JSON") from None
+    return {"type": "tool_use", "id": str(call.get("id", "")), "name": function["name"], "input": arguments if isinstance(arguments, dict) else {"value": arguments}}
+
+
+def _tool_result_content(content: Any, index: int) -> str | list[dict[str, Any]]:
+    return content if isinstance(content, str) else [block for block in _content(content, index) if block["type"] == "text"]
+
+
+def _tool(tool: Any, index: int) -> dict[str, Any]:
+    function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise TranslationError(f"tools[{index}] is not a function tool with a name")
+    result = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    if isinstance(function.get("description"), str):
+        result["description"] = function["description"]
+    return result
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None and parallel is not False:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        result: dict[str, Any] = {"type": "tool", "name": name} if isinstance(name, str) else {"type": "auto"}
+    else:
+        result = {"type": {"required": "any", "none": "none"}.get(choice, "auto") if isinstance(choice, str) else "auto"}
+    if parallel is False and result["type"] != "none":
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def response(payload: Any, created: int | None = None) -> dict[str, Any]:
+    """A Messages response -> a chat.completion (the model is the provider's)."""
+    text = "".join(block.get("text", "") for block in payload.get("content", ()) if block.get("type") == "text")
+    calls = [
+        {"id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}}
+        for block in payload.get("content", ())
+        if block.get("type") == "tool_use"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": payload.get("id", ""),
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": payload.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": _FINISH_REASONS.get(payload.get("stop_reason") or "", "stop")}],
+        "usage": usage(payload.get("usage") or {}),
+    }
+
+
+def usage(counts: dict[str, Any]) -> dict[str, Any]:
+    """Messages usage -> OpenAI usage: the prompt counts cached input too (OpenAI's prompt_tokens include it)."""
+    cached = int(counts.get("cache_read_input_tokens") or 0)
+    prompt = int(counts.get("input_tokens") or 0) + int(counts.get("cache_creation_input_tokens") or 0) + cached
+    completion = int(counts.get("output_tokens") or 0)
+    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached:
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    return result
+
+
+def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
+    """A Messages error answer -> an OpenAI-style error, for the same status."""
+    try:
+        detail = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    if not isinstance(detail, dict):
+        return {"error": {"message": f"Provider {provider!r} answered status {status}.", "type": "server_error" if status >= 500 else "invalid_request_error", "code": "upstream_error"}}
+    kind = str(detail.get("type", "api_error"))
+    return {"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}
+
+
+@dataclass
+class StreamTranslator:
+    """Anthropic's event stream -> chat.completion.chunk events, one input chunk at a time (nothing held back but a partial event)."""
+
+    include_usage: bool = False
+    _pending: bytes = b""
+    _id: str = ""
+    _model: str = ""
+    _created: int = field(default_factory=lambda: int(time.time()))
+    _usage: dict[str, Any] = field(default_factory=dict)
+    _tools: dict[int, int] = field(default_factory=dict)  # content block index -> tool call index
+    _done: bool = False
+
+    def feed(self, data: bytes, end: bool = False) -> bytes:
+        """The OpenAI events for what `data` completes; at `end`, the stream's close (`[DONE]`)."""
+        self._pending += data.replace(b"\r\n", b"\n")
+        *events, self._pending = self._pending.split(b"\n\n")
+        out = [chunk for event in events for chunk in self._event(event)]
+        if end:
+            if self._pending.strip():
+                out.extend(self._event(self._pending))
+            self._pending = b""
+            if not self._done:
+                out.append(b"data: [DONE]\n\n")
+                self._done = True
+        return b"".join(out)
+
+    def _event(self, raw: bytes) -> Iterable[bytes]:
+        data = b"\n".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            return ()
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return ()
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self._id, self._model = message.get("id", ""), message.get("model", "")
+            self._usage.update(message.get("usage") or {})
+            return (self._chunk({"role": "assistant", "content": ""}),)
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                number = self._tools[event.get("index", 0)] = len(self._tools)
+                call = {"index": number, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
+                return (self._chunk({"tool_calls": [call]}),)
+            return ()
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return (self._chunk({"content": delta.get("text", "")}),)
+            if delta.get("type") == "input_json_delta" and event.get("index", 0) in self._tools:
+                call = {"index": self._tools[event.get("index", 0)], "function": {"arguments": delta.get("partial_json", "")}}
+                return (self._chunk({"tool_calls": [call]}),)
+            return ()
+        if kind == "message_delta":
+            self._usage.update(event.get("usage") or {})
+            reason = (event.get("delta") or {}).get("stop_reason")
+            return (self._chunk({}, _FINISH_REASONS.get(reason or "", "stop")),) if reason else ()
+        if kind == "message_stop":
+            usage_chunk = (_sse({**self._base(), "choices": [], "usage": usage(self._usage)}),) if self.include_usage else ()
+            self._done = True
+            return (*usage_chunk, b"data: [DONE]\n\n")
+        if kind == "error":
+            detail = event.get("error") or {}
+            kind = str(detail.get("type", "api_error"))
+            self._done = True
+            return (_sse({"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}), b"data: [DONE]\n\n")
+        return ()  # ping, content_block_stop, and events this translation does not know
+
+    def _base(self) -> dict[str, Any]:
+        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return _sse({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"

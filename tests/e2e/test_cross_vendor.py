@@ -1,0 +1,181 @@
+"""OpenAI-format clients served by Anthropic providers, through real Envoy and the real sidecar.
+
+The Anthropic mock refuses what Anthropic refuses (Bearer auth, no
+anthropic-version, no max_tokens, a system role in messages, unknown fields),
+so a 200 here means the provider got a real Messages request.
+"""
+
+import json
+
+import pytest
+
+from .harness import chat, gateway_config, http_stream, provider
+
+GPT4O = "openai/gpt-4o"
+CLAUDE = "anthropic/claude-sonnet-4"
+ASK = {
+    "model": GPT4O,
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}],
+    "temperature": 0.5,
+    "seed": 7,
+    "user": "u-42",
+}
+
+
+def cross_vendor(mocks, gateway, first_fails: bool = True, claude_first: bool = False, **claude_behaviour):
+    """gpt-4o falls back to Claude (or the reverse); the first of the chain answers 429 when `first_fails`."""
+    openai = mocks.start("openai", **({"status": 429, "retry_after": "1"} if first_fails and not claude_first else {}))
+    claude = mocks.start("claude", api="anthropic", **({"status": 429} if first_fails and claude_first else {}), **claude_behaviour)
+    openai_entry = provider("openai", GPT4O, openai, access_key="sk-openai-0001")
+    claude_entry = provider("claude", CLAUDE, claude, access_key="sk-ant-0002")
+    if claude_first:
+        claude_entry["retry_policy"] = {"fallback_models": [GPT4O]}
+        return openai, claude, gateway(gateway_config(claude_entry, openai_entry))
+    openai_entry["retry_policy"] = {"fallback_models": [CLAUDE]}
+    return openai, claude, gateway(gateway_config(openai_entry, claude_entry))
+
+
+def test_an_openai_429_fails_over_to_claude_with_a_translated_request_and_answer(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway)
+
+    answer = chat(gw.port, ASK, headers={"authorization": "Bearer client-key"})
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-arch-llm-provider"] == "claude"
+    body = answer.json()
+    assert body["object"] == "chat.completion" and body["model"] == "claude-sonnet-4"
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "[claude] you said: hi there"}, "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.body)
+    # What each provider received, in order: OpenAI's request as sent, then a Messages request with only Claude's key.
+    [first], [second] = openai.received, claude.received
+    assert first.path == "/v1/chat/completions" and first.header("authorization") == "Bearer sk-openai-0001"
+    assert second.path == "/v1/messages"
+    assert second.header("x-api-key") == "sk-ant-0002" and second.header("authorization") is None
+    assert second.header("anthropic-version") == "2023-06-01"
+    assert second.header("x-envoy-attempt-count") == "2"
+    assert second.json() == {
+        "model": "claude-sonnet-4",
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+        "max_tokens": 4096,
+        "temperature": 0.5,
+        "metadata": {"user_id": "u-42"},
+    }, "seed has no Messages equivalent: dropped, never sent raw"
+    assert gw.metric("extproc_translation_dropped_fields_total", provider="claude", field="seed") == 1
+    assert gw.metric("extproc_translated_attempts_total", provider="claude", api="openai_chat->anthropic_messages") == 1
+
+
+def test_claude_first_is_translated_on_attempt_one_and_falls_back_to_openai_untranslated(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway, claude_first=True, retry_after="1")
+
+    answer = chat(gw.port, {**ASK, "model": CLAUDE, "max_tokens": 50})
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-arch-llm-provider"] == "openai"
+    assert answer.json()["choices"][0]["message"]["content"] == "[openai] you said: hi there"
+    [first], [second] = claude.received, openai.received
+    assert first.path == "/v1/messages" and first.header("x-envoy-attempt-count") == "1"
+    assert first.json()["max_tokens"] == 50 and first.header("x-api-key") == "sk-ant-0002"
+    # The retry to OpenAI carries the client's own body and headers, none of Claude's.
+    assert second.path == "/v1/chat/completions"
+    assert second.header("authorization") == "Bearer sk-openai-0001"
+    assert second.header("x-api-key") is None and second.header("anthropic-version") is None
+    assert second.header("x-arch-translate") is None
+    assert second.json()["messages"] == ASK["messages"] and second.json()["model"] == "gpt-4o"
+
+
+def test_claude_alone_answers_an_openai_client_on_attempt_one(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True)
+
+    answer = chat(gw.port, {**ASK, "model": CLAUDE})
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: hi there"
+    assert not openai.received
+    assert claude.received[0].header("x-arch-translate") is None, "the internal marker never reaches a provider"
+
+
+def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway, chunk_interval_s=0.1)
+
+    status, headers, events = http_stream(gw.port, {**ASK, "stream": True, "stream_options": {"include_usage": True}})
+
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert events[-1][1] == "[DONE]"
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" and chunk["model"] == "claude-sonnet-4" for chunk in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if chunk["choices"])
+    assert text == "[claude] you said: hi there"
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk["choices"]][-1] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+    assert claude.received[0].json()["stream"] is True and "stream_options" not in claude.received[0].json()
+    # Each event was passed on as the provider sent it (0.1 s apart), not held until the end.
+    times = [moment for moment, _ in events]
+    assert times[-1] - times[1] >= 0.5, "the chunks arrived all at once: the answer was buffered"
+
+
+def test_tool_calls_round_trip_through_claude(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway)
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+
+    answer = chat(gw.port, {"model": GPT4O, "messages": [{"role": "user", "content": "find cats"}], "tools": tools, "tool_choice": "required"})
+
+    assert answer.status == 200, answer.body
+    choice = answer.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "lookup" and json.loads(call["function"]["arguments"]) == {"echo": "find cats"}
+    sent = claude.received[0].json()
+    assert sent["tools"] == [{"name": "lookup", "description": "Look it up", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    assert sent["tool_choice"] == {"type": "any"}
+
+    follow_up = [
+        {"role": "user", "content": "find cats"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "3 cats"},
+    ]
+    answer = chat(gw.port, {"model": GPT4O, "messages": follow_up, "tools": tools})
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: 3 cats"
+    assert claude.received[1].json()["messages"][1:] == [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": call["id"], "name": "lookup", "input": {"echo": "find cats"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "3 cats"}]},
+    ]
+
+
+@pytest.mark.parametrize("status", [400, 529])
+def test_an_anthropic_error_reaches_the_client_as_openai_json_with_its_status(mocks, gateway, status):
+    openai, claude, gw = cross_vendor(mocks, gateway, status=status)
+
+    answer = chat(gw.port, ASK)
+
+    assert answer.status == status
+    error = answer.json()["error"]
+    assert error["code"] == {400: "invalid_request_error", 529: "overloaded_error"}[status]
+    assert error["message"] == f"claude: mock status {status}" and "type" in error
+
+
+def test_a_529_fails_over_like_a_429_and_cools_claude_down(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True, status=529, retry_after="30")
+
+    first = chat(gw.port, {**ASK, "model": CLAUDE})
+    second = chat(gw.port, {**ASK, "model": CLAUDE})
+
+    assert (first.status, second.status) == (200, 200)
+    assert first.headers["x-arch-llm-provider"] == second.headers["x-arch-llm-provider"] == "openai"
+    assert len(claude.received) == 1, "a 529 cools its provider down like a 429"
+
+
+def test_what_cannot_be_translated_is_a_clear_400_and_reaches_no_provider(mocks, gateway):
+    openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True)
+
+    answer = chat(gw.port, {"model": CLAUDE, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]})
+
+    assert answer.status == 400
+    assert answer.json()["error"]["code"] == "untranslatable_request"
+    assert "input_audio" in answer.json()["error"]["message"]
+    assert not claude.received and not openai.received
