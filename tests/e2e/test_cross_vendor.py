@@ -98,7 +98,7 @@ def test_claude_alone_answers_an_openai_client_on_attempt_one(mocks, gateway):
 
 
 def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks, gateway):
-    openai, claude, gw = cross_vendor(mocks, gateway, chunk_interval_s=0.1)
+    _openai, claude, gw = cross_vendor(mocks, gateway, chunk_interval_s=0.1)
 
     status, headers, events = http_stream(gw.port, {**ASK, "stream": True, "stream_options": {"include_usage": True}})
 
@@ -118,7 +118,7 @@ def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks
 
 
 def test_tool_calls_round_trip_through_claude(mocks, gateway):
-    openai, claude, gw = cross_vendor(mocks, gateway)
+    _openai, claude, gw = cross_vendor(mocks, gateway)
     tools = [{"type": "function", "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
 
     answer = chat(gw.port, {"model": GPT4O, "messages": [{"role": "user", "content": "find cats"}], "tools": tools, "tool_choice": "required"})
@@ -149,7 +149,7 @@ def test_tool_calls_round_trip_through_claude(mocks, gateway):
 
 @pytest.mark.parametrize("status", [400, 529])
 def test_an_anthropic_error_reaches_the_client_as_openai_json_with_its_status(mocks, gateway, status):
-    openai, claude, gw = cross_vendor(mocks, gateway, status=status)
+    _openai, _claude, gw = cross_vendor(mocks, gateway, status=status)
 
     answer = chat(gw.port, ASK)
 
@@ -160,7 +160,7 @@ def test_an_anthropic_error_reaches_the_client_as_openai_json_with_its_status(mo
 
 
 def test_a_529_fails_over_like_a_429_and_cools_claude_down(mocks, gateway):
-    openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True, status=529, retry_after="30")
+    _openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True, status=529, retry_after="30")
 
     first = chat(gw.port, {**ASK, "model": CLAUDE})
     second = chat(gw.port, {**ASK, "model": CLAUDE})
