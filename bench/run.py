@@ -6,9 +6,11 @@
   bottleneck (an Envoy `direct_response` upstream held "Envoy alone" to 6.8k
   req/s at c=64, against 18.6k with this one);
 - baseline: Envoy alone, a static route to the 200 port;
-- gateway: `extproc up` with two models: `bench/ok` (one provider, the 200
-  port) and `bench/failover` (the 429 port, then the 200 port: every request
-  fails over).
+- gateway: `extproc up` with `bench/ok` (one provider, the 200 port),
+  `bench/failover` (the 429 port, then the 200 port: every request fails
+  over), `anthropic/bench` (a port answering a Messages response: every
+  request and answer translated) and `bench/cross` (the 429 port, then that
+  Anthropic provider: every request fails over across vendors).
 
 Each is driven by wrk at 1 and 64 connections. Then the burst scenario: a
 provider that answers in 200 ms (an Envoy with a fixed fault delay), driven at
@@ -51,6 +53,13 @@ COMPLETION = json.dumps(
         "usage": {"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17},
     }
 )
+#: What an Anthropic provider answers: a Messages response (the gateway translates it to a chat.completion).
+MESSAGE = json.dumps(
+    {
+        "id": "msg_bench", "type": "message", "role": "assistant", "model": "bench", "content": [{"type": "text", "text": "Hello!"}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 3},
+    }
+)  # fmt: skip
 
 
 def ensure_wrk() -> str:
@@ -116,16 +125,19 @@ class Processes:
 
     def fixed_upstreams(self) -> tuple[int, int]:
         """The lightest providers (`fixed_upstream.py`): one answering a chat.completion, one 429; their ports."""
-        completion = os.path.join(self.workdir, "completion.json")
-        with open(completion, "w") as handle:
-            handle.write(COMPLETION)
-        fixed = os.path.join(ROOT, "bench", "fixed_upstream.py")
-        ok_port, limited_port = free_port(), free_port()
-        self.spawn([sys.executable, fixed, str(ok_port), "200", completion])
-        self.spawn([sys.executable, fixed, str(limited_port), "429"])
-        for port in (ok_port, limited_port):
-            wait_port(port)
-        return ok_port, limited_port
+        return self.fixed_upstream(200, COMPLETION), self.fixed_upstream(429)
+
+    def fixed_upstream(self, status: int, body: str | None = None) -> int:
+        """A `fixed_upstream.py` answering `status` with `body` (default: an OpenAI-style 429 error); its port."""
+        command = [sys.executable, os.path.join(ROOT, "bench", "fixed_upstream.py"), str(port := free_port()), str(status)]
+        if body is not None:
+            path = os.path.join(self.workdir, f"answer-{port}.json")
+            with open(path, "w") as handle:
+                handle.write(body)
+            command.append(path)
+        self.spawn(command)
+        wait_port(port)
+        return port
 
     def gateway(self, config: dict) -> tuple[subprocess.Popen, int]:
         """`extproc up` on `config` (Envoy --concurrency 1); returns the process and its listener's port."""
@@ -234,6 +246,7 @@ def main() -> None:
     with Processes("extproc-bench-") as processes:
         workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
+        messages_port = processes.fixed_upstream(200, MESSAGE)
         baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(3))
         processes.envoy("upstream", {"static_resources": {"listeners": [slow_listener("slow", slow_port, 200)]}})
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
@@ -246,6 +259,9 @@ def main() -> None:
                 {"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key"},
                 {"name": "limited", "model": "bench/failover", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-1"},
                 {"name": "fallback", "model": "bench/failover", "base_url": f"http://127.0.0.1:{ok_port}", "access_key": "bench-key-2"},
+                {"name": "claude", "model": "anthropic/bench", "base_url": f"http://127.0.0.1:{messages_port}", "access_key": "bench-key-4"},
+                # OpenAI rate limited, Claude answers: the cross-vendor failover, translated.
+                {"name": "limited-openai", "model": "bench/cross", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-5", "retry_policy": {"fallback_models": ["anthropic/bench"]}},
                 {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
@@ -258,6 +274,7 @@ def main() -> None:
             time.sleep(0.01)
         startup_s = time.monotonic() - started
         assert post(gateway_port, "bench/failover") == 200, "the failover scenario must succeed through the fallback"
+        assert post(gateway_port, "anthropic/bench") == post(gateway_port, "bench/cross") == 200, "the translated scenarios must succeed"
 
         rows = []
         peak_rss = 0.0
@@ -265,6 +282,8 @@ def main() -> None:
             ("Envoy alone, static route", baseline_port, "bench/ok"),
             ("gateway (extproc up)", gateway_port, "bench/ok"),
             ("gateway, every request fails over", gateway_port, "bench/failover"),
+            ("gateway, translated for Anthropic", gateway_port, "anthropic/bench"),
+            ("gateway, fails over to Anthropic", gateway_port, "bench/cross"),
         ):
             for connections in (1, 64):
                 sampler_stop = threading.Event()

@@ -307,14 +307,14 @@ async def _first(*waits) -> None:
 
 
 async def _start_mocks(config: Config) -> list[MockProvider]:
-    """A mock per loopback provider; the first of a multi-provider model answers 429 to show failover."""
+    """A mock per loopback provider; the first of a chain with somewhere to fail over to answers 429, to show failover."""
     mocks = []
     for model, names in config.models.items():
         for index, name in enumerate(names):
             provider = config.providers[name]
             if provider.tls or not _is_loopback(provider.host):
                 continue
-            failing = index == 0 and len(names) > 1
+            failing = index == 0 and len(config.chains[name].providers) > 1
             api = "anthropic" if provider.kind == "anthropic" else "openai"
             mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None, api=api)
             await mock.start(provider.host, provider.port)

@@ -59,14 +59,13 @@ def plan(
     """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
     values.update(credential_headers(provider, originals))
-    values.update(extra or {})
+    if extra:
+        values.update(extra)
     values.update(provider.headers)
     values[ROUTE_HEADER] = provider.name
     values[":path"] = provider.upstream_path(path)
     for name in present:
-        if name in values and name in (extra or {}):
-            continue
-        if (name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER) or (chain is not None and name.startswith(ENVOY_PREFIX)):
+        if ((name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER) or (chain is not None and name.startswith(ENVOY_PREFIX))) and not (extra and name in extra):
             values[name] = None
     if chain is not None:
         values[CHAIN_HEADER] = chain

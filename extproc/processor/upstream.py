@@ -69,7 +69,8 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
     if needs_translation(context.path, provider):
-        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra={ANTHROPIC_VERSION_HEADER: openai_anthropic.API_VERSION})
+        extra = {ANTHROPIC_VERSION_HEADER: openai_anthropic.API_VERSION, "accept-encoding": "identity"}
+        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra=extra)
         return Attempt(provider=provider, headers=headers, context=context, number=number, translate=True)
     headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context, number=number)

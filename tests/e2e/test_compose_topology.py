@@ -42,7 +42,7 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
     processes: list[subprocess.Popen] = []
     try:
         addresses = {}
-        for name in ("mock-primary", "mock-secondary"):
+        for name in (service for service in services if service.startswith("mock-")):
             command = list(services[name]["command"])
             port = free_port()
             addresses[f"{name}:{command[command.index('--port') + 1]}"] = f"127.0.0.1:{port}"
@@ -76,6 +76,12 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
         echo = answer.json()["echo"]
         assert echo["provider"] == "secondary"
         assert echo["headers"]["authorization"].startswith("Bearer secon"), "the secondary's own (demo) key"
+
+        # Across vendors: gpt-4o's mock answers 429, Claude's (Anthropic's API) answers, translated back.
+        answer = chat(envoy.port, {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status == 200, answer.body
+        assert answer.headers["x-arch-llm-provider"] == "claude"
+        assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: hi"
 
         # The sidecar confirms updates through Envoy's admin socket on the shared volume: a reload applies.
         metrics_port = int(re.search(r":(\d+) \(/metrics", sidecar.stdout.readline()).group(1))

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from .harness import chat, gateway_config, http_stream, provider
+from .harness import chat, gateway_config, http_stream, provider, wait_for
 
 GPT4O = "openai/gpt-4o"
 CLAUDE = "anthropic/claude-sonnet-4"
@@ -38,7 +38,7 @@ def cross_vendor(mocks, gateway, first_fails: bool = True, claude_first: bool = 
 def test_an_openai_429_fails_over_to_claude_with_a_translated_request_and_answer(mocks, gateway):
     openai, claude, gw = cross_vendor(mocks, gateway)
 
-    answer = chat(gw.port, ASK, headers={"authorization": "Bearer client-key"})
+    answer = chat(gw.port, ASK, headers={"authorization": "Bearer client-key", "accept-encoding": "gzip"})
 
     assert answer.status == 200, answer.body
     assert answer.headers["x-arch-llm-provider"] == "claude"
@@ -54,6 +54,7 @@ def test_an_openai_429_fails_over_to_claude_with_a_translated_request_and_answer
     assert second.path == "/v1/messages"
     assert second.header("x-api-key") == "sk-ant-0002" and second.header("authorization") is None
     assert second.header("anthropic-version") == "2023-06-01"
+    assert (first.header("accept-encoding"), second.header("accept-encoding")) == ("gzip", "identity"), "the sidecar must read Claude's answer"
     assert second.header("x-envoy-attempt-count") == "2"
     assert second.json() == {
         "model": "claude-sonnet-4",
@@ -64,13 +65,17 @@ def test_an_openai_429_fails_over_to_claude_with_a_translated_request_and_answer
         "metadata": {"user_id": "u-42"},
     }, "seed has no Messages equivalent: dropped, never sent raw"
     assert gw.metric("extproc_translation_dropped_fields_total", provider="claude", field="seed") == 1
+    # Envoy reads the translated answer's usage: tokens are counted for Claude like for any provider.
+    wait_for(lambda: gw.metric("extproc_requests_total", model=GPT4O) == 1)
+    assert gw.metric("extproc_tokens_total", provider="claude", model=CLAUDE, type="input") == 4
+    assert gw.metric("extproc_tokens_total", provider="claude", model=CLAUDE, type="output") == 5
     assert gw.metric("extproc_translated_attempts_total", provider="claude", api="openai_chat->anthropic_messages") == 1
 
 
 def test_claude_first_is_translated_on_attempt_one_and_falls_back_to_openai_untranslated(mocks, gateway):
     openai, claude, gw = cross_vendor(mocks, gateway, claude_first=True, retry_after="1")
 
-    answer = chat(gw.port, {**ASK, "model": CLAUDE, "max_tokens": 50})
+    answer = chat(gw.port, {**ASK, "model": CLAUDE, "max_tokens": 50}, headers={"accept-encoding": "gzip"})
 
     assert answer.status == 200, answer.body
     assert answer.headers["x-arch-llm-provider"] == "openai"
@@ -82,6 +87,7 @@ def test_claude_first_is_translated_on_attempt_one_and_falls_back_to_openai_untr
     assert second.path == "/v1/chat/completions"
     assert second.header("authorization") == "Bearer sk-openai-0001"
     assert second.header("x-api-key") is None and second.header("anthropic-version") is None
+    assert second.header("accept-encoding") == "gzip", "the client's own, restored after Claude's attempt"
     assert second.header("x-arch-translate") is None
     assert second.json()["messages"] == ASK["messages"] and second.json()["model"] == "gpt-4o"
 

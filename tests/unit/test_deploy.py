@@ -133,10 +133,11 @@ def test_compose_mocks_answer_where_the_config_sends_the_providers():
     services = compose()["services"]
     environment = services["extproc"]["environment"]
     config = load_config(ROOT / "config_failover.yaml", {key: value for key, value in environment.items() if "${" not in value})
-    expected_status = {"primary": "429", "secondary": "200"}
+    expected_status = {"primary": "429", "secondary": "200", "gpt-4o": "429", "claude": "200"}
     for provider in config.providers.values():
         mock = services[provider.host]
         assert mock["command"][0] == "mock"
+        assert (flag(mock["command"], "--api") if "--api" in mock["command"] else "openai") == ("anthropic" if provider.kind == "anthropic" else "openai")
         assert int(flag(mock["command"], "--port")) == provider.port
         assert flag(mock["command"], "--host") == "0.0.0.0"
         status = flag(mock["command"], "--status") if "--status" in mock["command"] else "200"

@@ -79,7 +79,7 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert route["request_headers_to_remove"] == ["x-arch-route"], "the chain header never reaches a provider"
     retry = route["route"]["retry_policy"]
     assert retry["retry_on"] == "connect-failure,retriable-status-codes"
-    assert retry["retriable_status_codes"] == [429, 503]
+    assert retry["retriable_status_codes"] == [429, 503, 529], "Anthropic's 529 (overloaded) fails over wherever 429 does"
     assert retry["num_retries"] == 1
     assert retry["per_try_timeout"] == "10.000s"
     assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
