@@ -140,14 +140,21 @@ def replace_model(body: bytes | memoryview, span: ModelSpan, model_name: str) ->
     return rewrite_model(body, span, model_name)[0]
 
 
-def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> tuple[bytes | memoryview, ModelSpan]:
-    """The body with `model_name` at `span`, and where the model value now sits.
+@dataclass(frozen=True)
+class Patch:
+    """Bytes `start:end` of the body become `value`; `span` is where the model sits afterwards."""
 
-    A body that already carries exactly that value is returned itself: no copy, no body mutation.
-    """
+    start: int
+    end: int
+    value: bytes
+    span: ModelSpan
+
+
+def model_patch(body: bytes | memoryview, span: ModelSpan, model_name: str) -> Patch | None:
+    """What sets the model at `span` to `model_name`; None when the body already carries exactly that value."""
     value = json.dumps(model_name).encode()
     if not span.insert and body[span.start : span.end] == value:
-        return body, span
+        return None
     start = span.start
     if span.insert:
         start += len(b'"model":')
@@ -155,8 +162,19 @@ def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) ->
         end = start + len(value) - len(b'"model":') - (1 if span.needs_comma else 0)
     else:
         end = start + len(value)
+    return Patch(span.start, span.end, value, ModelSpan(start, end))
+
+
+def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> tuple[bytes | memoryview, ModelSpan]:
+    """The body with `model_name` at `span`, and where the model value now sits.
+
+    A body that already carries exactly that value is returned itself: no copy, no body mutation.
+    """
+    patch = model_patch(body, span, model_name)
+    if patch is None:
+        return body, span
     view = memoryview(body)
-    return b"".join((view[: span.start], value, view[span.end :])), ModelSpan(start, end)  # one copy of a large body, not three
+    return b"".join((view[: patch.start], patch.value, view[patch.end :])), patch.span  # one copy of a large body, not three
 
 
 def _skip(body: bytes | memoryview, index: int) -> int:

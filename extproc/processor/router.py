@@ -16,7 +16,7 @@ from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
-from .jsonbody import BodyError, ParsedBody, is_blank, parse, rewrite_model
+from .jsonbody import BodyError, ParsedBody, Patch, is_blank, model_patch, parse, rewrite_model
 
 MODELS_PATH = "/v1/models"
 #: Header entries a request may have when it reaches the sidecar: a client's 100
@@ -40,6 +40,8 @@ class Forward:
     #: attempts to providers with that same model name need no body rewrite.
     #: None when the client's body already names the provider's model (or has no body).
     body: bytes | memoryview | None = None
+    #: Instead of `body` (a large request, `in_place`): the model's bytes to replace, which Envoy applies itself.
+    patch: Patch | None = None
 
 
 def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
@@ -76,8 +78,10 @@ def on_headers(
     return None
 
 
-def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None) -> errors.Reply | Forward:
-    """Decide from the body."""
+def on_body(
+    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None, in_place: bool = False
+) -> errors.Reply | Forward:
+    """Decide from the body. `in_place`: a model rewrite comes back as a `Patch` for Envoy, not as a new body."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if is_blank(body):
@@ -95,6 +99,10 @@ def on_body(config: Config, listener: Listener, headers: Mapping[str, str], body
     decision = resolve(config, listener, headers, parsed, health)
     if isinstance(decision, Forward) and parsed.span is not None:
         model_name = config.providers[decision.provider].model_name
+        if in_place:
+            patch = model_patch(body, parsed.span, model_name)
+            span = patch.span if patch is not None else parsed.span
+            return replace(decision, context=replace(decision.context, span=span, body_model=model_name), patch=patch)
         rewritten, span = rewrite_model(body, parsed.span, model_name)
         decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=None if rewritten is body else rewritten)
     return decision

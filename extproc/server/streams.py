@@ -15,7 +15,16 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ..config.store import Live
-from ..contract import EXT_PROC_ATTRIBUTES, HOST_METADATA_ATTRIBUTE, METADATA_KEY, METADATA_NAMESPACE, MODEL_METADATA_KEY
+from ..contract import (
+    EXT_PROC_ATTRIBUTES,
+    HOST_METADATA_ATTRIBUTE,
+    METADATA_KEY,
+    METADATA_NAMESPACE,
+    MODEL_METADATA_KEY,
+    PATCH_END_KEY,
+    PATCH_START_KEY,
+    PATCH_VALUE_KEY,
+)
 from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
 from ..processor.cooldown import ProviderHealth
@@ -67,8 +76,9 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, live: Live, health: ProviderHealth | None, listener: str):
+    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, in_place: bool = False):
         config = self.config = live.current
+        self.in_place = in_place  # the bulk lane: a model rewrite goes back as a patch Envoy applies, not as the body
         self.health = health
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
@@ -84,7 +94,7 @@ class RouterStream:
             decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
             return self._respond("request_headers", decision)
         if kind == "request_body":
-            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
+            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health, self.in_place)
             return self._respond("request_body", decision)
         return _continue(kind)
 
@@ -104,6 +114,10 @@ class RouterStream:
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
         namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
+        if decision.patch is not None:
+            namespace.fields[PATCH_START_KEY].number_value = decision.patch.start
+            namespace.fields[PATCH_END_KEY].number_value = decision.patch.end
+            namespace.fields[PATCH_VALUE_KEY].string_value = decision.patch.value.decode()
         return response if decision.body is None else with_body(response, kind, decision.body)
 
 

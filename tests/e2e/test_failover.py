@@ -4,6 +4,8 @@ import itertools
 import json
 import time
 
+import pytest
+
 from .harness import chat, free_port, gateway_config, http_stream, provider, request
 
 GPT4 = "openai/gpt-4"
@@ -307,10 +309,36 @@ def test_a_body_near_the_default_limit_survives_failover(mocks, gateway):
     assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
     assert len(secondary.received[0].body) == len(primary.received[0].body) > 9 * 1024 * 1024
     assert secondary.received[0].json()["messages"] == big["messages"]
+    assert primary.received[0].json()["model"] == secondary.received[0].json()["model"] == "gpt-4"
     # Large: read in the sidecar's bulk lane (its own socket and threads), not on the event loop.
     assert gw.metric("extproc_processing_seconds_count", phase="bulk_request_body") == 1
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0)
     assert chat(gw.port, HELLO).status == 200 and gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 1
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b', \n  "model"  :  "openai/gpt-4" , "temperature": 0.5}', b', \n  "model"  :  "gpt-4" , "temperature": 0.5}'),  # after 9 MiB, odd spacing
+        (b', "temperature": 0.5}', None),  # no model: the default provider's, inserted after the brace
+    ],
+)
+def test_a_large_body_has_its_model_patched_by_envoy_and_nothing_else_changed(mocks, gateway, tail, expected):
+    """The bulk lane sends back where the model is, not the body; Envoy (a Lua filter) patches those bytes."""
+    primary = mocks.start("primary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary, default=True)))
+    head = b'{"messages": [{"role": "user", "content": "' + b"y" * (9 * 1024 * 1024) + b'"}]'
+
+    answer = request(gw.port, "POST", "/v1/chat/completions", head + tail, {"content-type": "application/json"})
+
+    assert answer.status == 200, answer.body
+    received = primary.received[0]
+    if expected is not None:
+        assert received.body == head + expected
+    else:
+        assert received.body == b'{"model":"gpt-4",' + head[1:] + tail
+    assert int(received.header("content-length")) == len(received.body)
+    assert gw.metric("extproc_processing_seconds_count", phase="bulk_request_body") == 1
 
 
 def test_the_access_log_says_which_provider_answered_after_how_many_attempts(mocks, gateway):

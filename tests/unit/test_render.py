@@ -156,7 +156,7 @@ def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
     assert "tracing" not in hcm and "layered_runtime" not in bootstrap
     assert [f["name"] for f in hcm["http_filters"]][:2] == ["envoy.filters.http.json_to_metadata", "envoy.filters.http.sse_to_metadata"]
     off = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\nmetrics: {token_usage: false}", "t.yaml", {})
-    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["extproc.router", "envoy.filters.http.router"]
+    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["extproc.router", "extproc.bulk_patch", "envoy.filters.http.router"]
 
 
 @pytest.mark.parametrize(
@@ -196,8 +196,8 @@ def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only
     assert bulk_address("unix:/run/extproc/sidecar.sock") == "unix:/run/extproc/sidecar-bulk.sock"
     assert bulk_address("unix:/tmp/s") == "unix:/tmp/s-bulk"
     assert bulk_address("127.0.0.1:9090") is None, "a TCP sidecar (mutual TLS) has no bulk lane"
-    router = _hcm(render(CONFIG, RenderOptions(sidecar="unix:/run/x/sidecar.sock")))["http_filters"][-2]
-    matcher = router["typed_config"]["xds_matcher"]
+    filters = {f["name"]: f for f in _hcm(render(CONFIG, RenderOptions(sidecar="unix:/run/x/sidecar.sock")))["http_filters"]}
+    matcher = filters["extproc.router"]["typed_config"]["xds_matcher"]
     large = matcher["matcher_list"]["matchers"][0]
     clusters = {
         "bulk": large["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
@@ -206,5 +206,8 @@ def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only
     assert clusters == {"bulk": "extproc_sidecar_bulk", "main": "extproc_sidecar"}
     pattern = re.compile(large["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
     assert [bool(pattern.match(length)) for length in ("999999", "1000000", "10485760", "12")] == [False, True, True, False]
-    tcp = _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"][-2]
-    assert tcp["name"] == "envoy.filters.http.ext_proc"
+    patch = filters["extproc.bulk_patch"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+    assert patch["predicate"] == large["predicate"], "the Lua patch runs on the bulk lane's requests only"
+    assert patch["on_match"]["action"]["typed_config"]["typed_config"]["name"] == "envoy.filters.http.lua"
+    tcp = _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"]
+    assert [f["name"] for f in tcp][-2:] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"], "no bulk lane, no patch"
