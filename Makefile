@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-bodies-floor bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-telemetry: $(STAMP)
 ## Small-request latency with and without 10 MiB bodies posted alongside.
 bench-bodies: $(STAMP)
 	$(BIN)/python bench/bodies.py
+
+## The floor of large bodies through any Python ext_proc: Envoy alone vs a bare ext_proc reading them.
+bench-bodies-floor: $(STAMP)
+	$(BIN)/python bench/bodies_floor.py
 
 ## 5 minutes at 32 connections, every request failing over: the sidecar's RSS must stay flat (within 5 MB after the first minute).
 soak: $(STAMP)

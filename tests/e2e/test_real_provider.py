@@ -1,8 +1,9 @@
-"""Opt-in: the full stack (`extproc up`) against a real OpenAI-compatible provider.
+"""Opt-in: the full stack (`extproc up`) against a real OpenAI-compatible provider, and Anthropic's.
 
 Run with `make e2e-smoke`. Needs OPENAI_API_KEY; OPENAI_BASE_URL (as the
 OpenAI SDK takes it, e.g. https://api.openai.com/v1) and OPENAI_MODEL are
-optional. Without a key the test is skipped and says why.
+optional. The cross-vendor tests need ANTHROPIC_API_KEY (ANTHROPIC_MODEL
+optional). Without a key a test is skipped and says why.
 """
 
 import json
@@ -45,4 +46,32 @@ def test_streamed_completion_through_the_gateway(real_gateway):
         if data != "[DONE]"
     )
     assert EXPECTED in text
+    assert events[-1][1] == "[DONE]"
+
+
+@pytest.fixture
+def real_anthropic(gateway):
+    """An OpenAI-format client served by Anthropic's real Messages API, translated both ways."""
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        pytest.skip("ANTHROPIC_API_KEY is not set: the cross-vendor smoke test needs a key (set it, optionally ANTHROPIC_MODEL)")
+    model = os.environ.get("ANTHROPIC_MODEL", "claude-3-5-haiku-latest")
+    config = gateway_config({"name": "claude", "model": f"anthropic/{model}", "access_key": "$ANTHROPIC_API_KEY", "default_max_tokens": 64})
+    return gateway(config), f"anthropic/{model}"
+
+
+def test_an_openai_client_is_answered_by_anthropic(real_anthropic):
+    gw, model = real_anthropic
+    answer = chat(gw.port, {"model": model, "messages": [{"role": "system", "content": "Follow instructions exactly."}, {"role": "user", "content": f"Reply with exactly: {EXPECTED}"}], "temperature": 0, "seed": 1})
+    assert answer.status == 200, answer.body[:500]
+    body = answer.json()
+    assert body["object"] == "chat.completion" and EXPECTED in body["choices"][0]["message"]["content"]
+    assert body["usage"]["prompt_tokens"] > 0 and body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_an_openai_client_streams_from_anthropic(real_anthropic):
+    gw, model = real_anthropic
+    status, headers, events = http_stream(gw.port, {"model": model, "stream": True, "messages": [{"role": "user", "content": f"Reply with exactly: {EXPECTED}"}], "temperature": 0})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    chunks = [json.loads(data) for _, data in events if data != "[DONE]"]
+    assert EXPECTED in "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk.get("choices"))
     assert events[-1][1] == "[DONE]"
