@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## The gateway on config_failover.yaml, with mock providers (primary answers 429, secondary echoes).
+## The gateway on config_failover.yaml, with mock providers (primary answers 429, secondary echoes; gpt-4o answers 429, claude answers in Anthropic's API).
 run: $(STAMP)
 	$(BIN)/extproc up $(CONFIG) --mock-providers
 
