@@ -179,7 +179,8 @@ def _check(args) -> int:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
         chain = config.chain_for_model(model)
-        print(f"  model {model}: {' -> '.join(chain.providers) if chain else '(no provider)'}")
+        members = [f"{name} (Anthropic API: chat.completions translated)" if config.providers[name].kind == "anthropic" else name for name in chain.providers] if chain else []
+        print(f"  model {model}: {' -> '.join(members) or '(no provider)'}")
     return 0
 
 
