@@ -35,6 +35,19 @@ def cross_vendor(mocks, gateway, first_fails: bool = True, claude_first: bool = 
     return openai, claude, gateway(gateway_config(openai_entry, claude_entry))
 
 
+#: Claude answering as a retry (after OpenAI's 429: attempt 2) or first (attempt 1, which the router level marks for translation).
+ORDERS = ["after_openai_429", "claude_first"]
+
+
+def claude_answers(mocks, gateway, order: str, **claude_behaviour):
+    """(claude mock, gateway, the model to ask for, the attempt Claude answers) for one chain order."""
+    if order == "claude_first":
+        _openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True, **claude_behaviour)
+        return claude, gw, CLAUDE, "1"
+    _openai, claude, gw = cross_vendor(mocks, gateway, **claude_behaviour)
+    return claude, gw, GPT4O, "2"
+
+
 def test_an_openai_429_fails_over_to_claude_with_a_translated_request_and_answer(mocks, gateway):
     openai, claude, gw = cross_vendor(mocks, gateway)
 
@@ -103,10 +116,11 @@ def test_claude_alone_answers_an_openai_client_on_attempt_one(mocks, gateway):
     assert claude.received[0].header("x-arch-translate") is None, "the internal marker never reaches a provider"
 
 
-def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks, gateway):
-    _openai, claude, gw = cross_vendor(mocks, gateway, chunk_interval_s=0.1)
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks, gateway, order):
+    claude, gw, model, attempt = claude_answers(mocks, gateway, order, chunk_interval_s=0.1)
 
-    status, headers, events = http_stream(gw.port, {**ASK, "stream": True, "stream_options": {"include_usage": True}})
+    status, headers, events = http_stream(gw.port, {**ASK, "model": model, "stream": True, "stream_options": {"include_usage": True}})
 
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert events[-1][1] == "[DONE]"
@@ -118,16 +132,18 @@ def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks
     assert [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk["choices"]][-1] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
     assert claude.received[0].json()["stream"] is True and "stream_options" not in claude.received[0].json()
+    assert claude.received[0].header("x-envoy-attempt-count") == attempt
     # Each event was passed on as the provider sent it (0.1 s apart), not held until the end.
     times = [moment for moment, _ in events]
     assert times[-1] - times[1] >= 0.5, "the chunks arrived all at once: the answer was buffered"
 
 
-def test_tool_calls_round_trip_through_claude(mocks, gateway):
-    _openai, claude, gw = cross_vendor(mocks, gateway)
+@pytest.mark.parametrize("order", ORDERS)
+def test_tool_calls_round_trip_through_claude(mocks, gateway, order):
+    claude, gw, model, attempt = claude_answers(mocks, gateway, order)
     tools = [{"type": "function", "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
 
-    answer = chat(gw.port, {"model": GPT4O, "messages": [{"role": "user", "content": "find cats"}], "tools": tools, "tool_choice": "required"})
+    answer = chat(gw.port, {"model": model, "messages": [{"role": "user", "content": "find cats"}], "tools": tools, "tool_choice": "required"})
 
     assert answer.status == 200, answer.body
     choice = answer.json()["choices"][0]
@@ -137,13 +153,14 @@ def test_tool_calls_round_trip_through_claude(mocks, gateway):
     sent = claude.received[0].json()
     assert sent["tools"] == [{"name": "lookup", "description": "Look it up", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
     assert sent["tool_choice"] == {"type": "any"}
+    assert claude.received[0].header("x-envoy-attempt-count") == attempt
 
     follow_up = [
         {"role": "user", "content": "find cats"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": call["id"], "content": "3 cats"},
     ]
-    answer = chat(gw.port, {"model": GPT4O, "messages": follow_up, "tools": tools})
+    answer = chat(gw.port, {"model": model, "messages": follow_up, "tools": tools})
 
     assert answer.status == 200, answer.body
     assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: 3 cats"
@@ -153,16 +170,19 @@ def test_tool_calls_round_trip_through_claude(mocks, gateway):
     ]
 
 
-@pytest.mark.parametrize("status", [400, 529])
-def test_an_anthropic_error_reaches_the_client_as_openai_json_with_its_status(mocks, gateway, status):
-    _openai, _claude, gw = cross_vendor(mocks, gateway, status=status)
+@pytest.mark.parametrize(("order", "status"), [("after_openai_429", 400), ("after_openai_429", 529), ("claude_first", 400)])
+def test_an_anthropic_error_reaches_the_client_as_openai_json_with_its_status(mocks, gateway, order, status):
+    """(Claude first with a 529 fails over to OpenAI instead: see the next test.)"""
+    claude, gw, model, attempt = claude_answers(mocks, gateway, order, status=status)
 
-    answer = chat(gw.port, ASK)
+    answer = chat(gw.port, {**ASK, "model": model})
 
     assert answer.status == status
     error = answer.json()["error"]
     assert error["code"] == {400: "invalid_request_error", 529: "overloaded_error"}[status]
     assert error["message"] == f"claude: mock status {status}" and "type" in error
+    assert answer.headers["content-type"] == "application/json" and answer.headers["x-arch-llm-provider"] == "claude"
+    assert claude.received[0].header("x-envoy-attempt-count") == attempt
 
 
 def test_a_529_fails_over_like_a_429_and_cools_claude_down(mocks, gateway):
