@@ -20,7 +20,13 @@ from typing import Any
 PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
 
-#: OpenAI request fields with no Messages equivalent: dropped, counted.
+#: The OpenAI request fields translated (or, `stream_options`, read).
+MAPPED = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream", "stream_options",
+    "user", "tools", "tool_choice", "parallel_tool_calls",
+})  # fmt: skip
+#: OpenAI request fields with no Messages equivalent, reported by name when dropped; any other unmapped field is "other"
+#: (a client's field names never become metric labels of their own).
 DROPPED = frozenset({
     "n", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
     "service_tier", "store", "reasoning_effort", "modalities", "audio", "prediction", "metadata", "functions",
@@ -37,7 +43,7 @@ class TranslationError(ValueError):
 
 @dataclass(frozen=True)
 class Request:
-    """A translated request: the Messages body, and what of the client's was dropped."""
+    """A translated request: the Messages body, and what of the client's was dropped (by name, or "other")."""
 
     body: dict[str, Any]
     dropped: tuple[str, ...]
@@ -51,7 +57,7 @@ def request(payload: Any, model: str, default_max_tokens: int) -> Request:
         raise TranslationError("a chat completion request needs a 'messages' list")
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    dropped = sorted(key for key in payload if key in DROPPED)
+    dropped = sorted({key if key in DROPPED else "other" for key in payload if key not in MAPPED})
     for index, message in enumerate(payload["messages"]):
         if not isinstance(message, dict):
             raise TranslationError(f"messages[{index}] is not an object")

@@ -84,6 +84,7 @@ def test_a_chat_request_becomes_a_messages_request():
         "parallel_tool_calls": False,
         "n": 1,
         "logit_bias": {"1": 2},
+        "x_vendor_extension": True,
     }
 
     translated = t.request(payload, "claude-sonnet-4", 4096)
@@ -105,7 +106,7 @@ def test_a_chat_request_becomes_a_messages_request():
         "tools": [{"name": "look", "input_schema": {"type": "object", "properties": {"at": {"type": "string"}}}}],
         "tool_choice": {"type": "tool", "name": "look", "disable_parallel_tool_use": True},
     }
-    assert translated.dropped == ("logit_bias", "n")
+    assert translated.dropped == ("logit_bias", "n", "other"), "an unknown field is dropped too, counted as other"
     assert (translated.stream, translated.include_usage) == (True, True)
 
 
