@@ -7,9 +7,10 @@ the headers the previous attempt left behind.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import msgspec
 
 from ..config import Provider
 from ..config.model import ANTHROPIC_VERSION_HEADER
@@ -43,7 +44,7 @@ class Attempt:
     def translated(self, sent: bytes | memoryview) -> openai_anthropic.Request | errors.Reply:
         """The attempt's body in the Messages API, or the client's error when it has no translation."""
         try:
-            return openai_anthropic.request(json.loads(bytes(sent)), self.provider.model_name, self.provider.default_max_tokens)
+            return openai_anthropic.request(msgspec.json.decode(sent), self.provider.model_name, self.provider.default_max_tokens)
         except (ValueError, openai_anthropic.TranslationError) as exc:
             message = f"This request cannot be sent to provider {self.provider.name!r} (Anthropic's Messages API): {exc}."
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")

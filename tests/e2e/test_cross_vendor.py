@@ -5,6 +5,7 @@ anthropic-version, no max_tokens, a system role in messages, unknown fields),
 so a 200 here means the provider got a real Messages request.
 """
 
+import base64
 import json
 
 import pytest
@@ -205,3 +206,19 @@ def test_what_cannot_be_translated_is_a_clear_400_and_reaches_no_provider(mocks,
     assert answer.json()["error"]["code"] == "untranslatable_request"
     assert "input_audio" in answer.json()["error"]["message"]
     assert not claude.received and not openai.received
+
+
+def test_a_large_image_request_is_translated_through_the_bulk_lane(mocks, gateway):
+    """Over 1 MB: the router level runs on the bulk lane (model patched by Envoy), then the attempt is translated."""
+    _openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True)
+    image = base64.b64encode(bytes(range(256)) * 6000).decode()  # ~2 MB of base64
+    content = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]
+
+    answer = chat(gw.port, {"model": CLAUDE, "messages": [{"role": "user", "content": content}]})
+
+    assert answer.status == 200, answer.body[:300]
+    assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: what is this"
+    sent = claude.received[0].json()
+    assert sent["model"] == "claude-sonnet-4"
+    assert sent["messages"][0]["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}}
+    assert gw.metric("extproc_processing_seconds_count", phase="bulk_request_body") == 1
