@@ -16,10 +16,6 @@ from types import MappingProxyType
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
-#: The Messages API's version header: the gateway sets it on attempts it translates for an Anthropic provider.
-ANTHROPIC_VERSION_HEADER = "anthropic-version"
-#: What a translated attempt sets: the API version, and an uncompressed answer (the sidecar reads it).
-TRANSLATED_HEADERS = (ANTHROPIC_VERSION_HEADER, "accept-encoding")
 
 #: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.
 RETRY_CONDITIONS = frozenset(

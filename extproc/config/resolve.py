@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
+from ..translator import openai_anthropic
 from . import model, schema
-from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, TRANSLATED_HEADERS, Chain, Config, frozen_mapping
+from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
 
 #: base_url used when a provider of a well-known kind gives none.
 KNOWN_BASE_URLS = {
@@ -80,7 +81,7 @@ class Resolver:
                 chains[name] = Chain(tuple(dict.fromkeys(names[index:] + tail)), policy)
         owned = set(CREDENTIAL_HEADERS)
         if any(provider.kind == "anthropic" for provider in by_name.values()):
-            owned.update(TRANSLATED_HEADERS)  # set on translated attempts only: restored or dropped on the others
+            owned.update(openai_anthropic.REQUEST_HEADERS)  # set on translated attempts only: restored or dropped on the others
         for provider in by_name.values():
             owned.update(name for name, _ in provider.headers)
         cooldown = file.cooldown

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import msgspec
 
 from ..config import Provider
-from ..config.model import ANTHROPIC_VERSION_HEADER
 from ..config.store import Live
 from ..translator import needs_translation, openai_anthropic
 from . import errors
@@ -70,8 +69,7 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
     if needs_translation(context.path, provider):
-        extra = {ANTHROPIC_VERSION_HEADER: openai_anthropic.API_VERSION, "accept-encoding": "identity"}
-        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra=extra)
+        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra=openai_anthropic.REQUEST_HEADERS)
         return Attempt(provider=provider, headers=headers, context=context, number=number, translate=True)
     headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context, number=number)

@@ -6,8 +6,12 @@ provider of the client's own API shape needs none and costs nothing extra.
 
 from __future__ import annotations
 
-from ..config import Provider
+from typing import TYPE_CHECKING
+
 from . import openai_anthropic
+
+if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
+    from ..config import Provider
 
 #: The client paths whose requests are translated for an Anthropic provider.
 CHAT_COMPLETIONS = "/v1/chat/completions"

@@ -19,6 +19,9 @@ from typing import Any
 #: The Messages API path, under the provider's base_url path.
 PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
+#: What a translated attempt sets beyond its credentials: the API version, and an uncompressed answer (the sidecar reads it).
+#: The config owns these names when an Anthropic provider exists, so other attempts get the client's values back.
+REQUEST_HEADERS = {"anthropic-version": API_VERSION, "accept-encoding": "identity"}
 
 #: The OpenAI request fields translated (or, `stream_options`, read).
 MAPPED = frozenset({
