@@ -4,8 +4,9 @@ In its default mode it answers a chat.completion that echoes what it received
 (path, headers with credentials masked, model), or an SSE stream when the
 request asks for `stream: true`. With another status it answers an
 OpenAI-style error (429 with Retry-After, say). With `api="anthropic"` it
-speaks the Messages API instead (see `mock_anthropic`). Every request is
-recorded so a test can assert exactly what a provider saw.
+speaks the Messages API instead (see `mock_anthropic`). The latest `history`
+requests are recorded so a test can assert exactly what a provider saw, and a
+long-running demo (`make run`, compose) does not grow without bound.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class MockProvider:
     delay_s: float = 0.0  # before answering
     chunks: int = 5  # SSE chunks in a streamed answer (at least one per word of the reply)
     chunk_interval_s: float = 0.05
-    received: list[ReceivedRequest] = field(default_factory=list)
+    received: list[ReceivedRequest] = field(default_factory=list)  # the latest `history` requests, oldest first
+    history: int = 1000
+    served: int = 0  # requests received in all
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this context
     api: str = "openai"  # or "anthropic": the Messages API
@@ -79,7 +82,10 @@ class MockProvider:
                 request = await _read_request(reader)
                 if request is None:
                     break
+                self.served += 1
                 self.received.append(request)
+                if len(self.received) > self.history:
+                    del self.received[: len(self.received) - self.history]
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 await self._answer(request, writer)
@@ -126,19 +132,19 @@ class MockProvider:
         payload = json.loads(request.body)
         if payload.get("stream") is True:
             _write_head(writer, headers)
-            for event in mock_anthropic.events(self.name, payload, len(self.received)):
+            for event in mock_anthropic.events(self.name, payload, self.served):
                 _write_chunk(writer, event)
                 await writer.drain()
                 await asyncio.sleep(self.chunk_interval_s)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             return
-        _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, len(self.received))).encode())
+        _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, self.served)).encode())
         await writer.drain()
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
         return {
-            "id": f"chatcmpl-{self.name}-{len(self.received)}",
+            "id": f"chatcmpl-{self.name}-{self.served}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": payload.get("model", "unknown"),

@@ -488,7 +488,8 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
         "route": action,
         # The request's span is named for the model it asked for (Envoy's default name is "ingress").
         "decorator": {"operation": f"llm {model}"},
-        "request_headers_to_remove": [CHAIN_HEADER],
+        # Routing is done: neither header goes to a provider (retries are rebuilt without them too).
+        "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
 

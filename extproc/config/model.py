@@ -15,6 +15,10 @@ from types import MappingProxyType
 
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+#: Headers meant for the gateway's own hop, never for a provider: the client's session cookies, its
+#: credentials for a proxy, and where it came from. Stripped on every attempt unless a provider's
+#: `headers:` sets them.
+CLIENT_ONLY_HEADERS = frozenset({"cookie", "proxy-authorization", "forwarded"})
 
 
 #: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config import Chain, Config, Provider
-from ..config.model import CREDENTIAL_HEADERS
+from ..config.model import CLIENT_ONLY_HEADERS, CREDENTIAL_HEADERS
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
@@ -53,21 +53,24 @@ def plan(
 ) -> HeaderPlan:
     """The header mutations that make this attempt's request exactly right for `provider`.
 
-    `chain` (router level only) names the chain cluster Envoy must route to;
-    there the client's own `x-envoy-*` headers are dropped too. `extra`: what
-    this attempt adds (a translated attempt's API version, say).
+    `chain` (router level only) names the chain cluster Envoy must route to
+    and sets the routing header (the route removes both before the request
+    goes upstream); there the client's own `x-envoy-*` headers are dropped
+    too. `extra`: what this attempt adds (a translated attempt's API version,
+    say). No provider gets the gateway's internal headers or the client's
+    `CLIENT_ONLY_HEADERS`.
     """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}
+    for name in present:
+        if name in CLIENT_ONLY_HEADERS or name.startswith(INTERNAL_PREFIX) or (chain is not None and name.startswith(ENVOY_PREFIX)):
+            values[name] = None
     values.update(credential_headers(provider, originals))
     if extra:
         values.update(extra)
     values.update(provider.headers)
-    values[ROUTE_HEADER] = provider.name
     values[":path"] = provider.upstream_path(path)
-    for name in present:
-        if ((name.startswith(INTERNAL_PREFIX) and name != ROUTE_HEADER) or (chain is not None and name.startswith(ENVOY_PREFIX))) and not (extra and name in extra):
-            values[name] = None
     if chain is not None:
+        values[ROUTE_HEADER] = provider.name
         values[CHAIN_HEADER] = chain
     to_set = tuple((name, value) for name, value in values.items() if value is not None)
     to_remove = tuple(name for name, value in values.items() if value is None)

@@ -40,6 +40,15 @@ def test_body_not_json(one_provider):
     assert main.received == []
 
 
+def test_invalid_utf8_anywhere_in_the_body_is_not_json(one_provider):
+    gw, main = one_provider
+    body = b'{"model": "openai/gpt-4", "messages": [{"role": "user", "content": "caf\xe9 \xff"}]}'
+    answer = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    error = assert_openai_error(answer, 400, "invalid_request_error", "invalid_json")
+    assert "UTF-8" in error["message"]
+    assert main.received == [], "JSON must be UTF-8: a provider is never sent a body it would refuse"
+
+
 def test_body_json_but_not_an_object(one_provider):
     gw, main = one_provider
     answer = request(gw.port, "POST", "/v1/chat/completions", b'["openai/gpt-4"]', {"content-type": "application/json"})

@@ -34,7 +34,10 @@ def test_secondary_receives_the_request_as_sent_with_its_own_credentials(mocks, 
     gw = gateway(
         gateway_config(
             provider("primary", GPT4, primary, access_key="sk-primary-0001", headers={"x-tenant": "primary-tenant", "x-org": "primary-org"}),
-            provider("secondary", GPT4, secondary, access_key="sk-secondary-0002", base_url=f"http://127.0.0.1:{secondary.port}/proxy/", headers={"x-org": "secondary-org"}),
+            provider(
+                "secondary", GPT4, secondary, access_key="sk-secondary-0002", base_url=f"http://127.0.0.1:{secondary.port}/proxy/",
+                headers={"x-org": "secondary-org", "cookie": "provider-session=2"},
+            ),
         )
     )
     # Odd spacing, key order, unicode and a nested "model" key: only the top-level model may change.
@@ -48,6 +51,9 @@ def test_secondary_receives_the_request_as_sent_with_its_own_credentials(mocks, 
         "openai-organization": "org-client",
         "x-arch-llm-provider": "secondary",
         "x-arch-internal": "forged",
+        "cookie": "gateway-session=secret",
+        "proxy-authorization": "Basic cHJveHk6cGFzcw==",
+        "forwarded": "for=10.1.2.3;by=10.0.0.1",
     }
     path = "/v1/chat/completions?api-version=2024-06-01&x=1"
 
@@ -68,8 +74,11 @@ def test_secondary_receives_the_request_as_sent_with_its_own_credentials(mocks, 
     assert second.header("x-tenant") is None, "a header only the primary sets must not leak into the retry"
     for name in ("x-trace-id", "x-custom", "openai-organization", "content-type"):
         assert second.header(name) == headers[name]
-    assert [name for name, _ in second.headers if name.startswith("x-arch-")] == ["x-arch-llm-provider"]
-    assert second.header("x-arch-llm-provider") == "secondary"
+    for seen in (first, second):
+        assert [name for name, _ in seen.headers if name.startswith("x-arch-")] == [], "the gateway's routing headers are its own"
+        assert seen.header("proxy-authorization") is None and seen.header("forwarded") is None
+    assert first.header("cookie") is None, "the client's cookies are for the gateway's hop only"
+    assert second.header_values("cookie") == ["provider-session=2"], "a provider's own headers: may still set one"
     assert second.body == body.replace('"openai/gpt-4"', '"gpt-4"').encode()
     assert int(second.header("content-length")) == len(second.body)
     assert "sk-primary-0001" not in json.dumps(second.headers)

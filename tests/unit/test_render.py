@@ -76,7 +76,7 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
         {"name": "x-arch-route", "string_match": {"exact": CHAIN["primary"]}},
     ]
     assert route["route"]["cluster"] == CHAIN["primary"]
-    assert route["request_headers_to_remove"] == ["x-arch-route"], "the chain header never reaches a provider"
+    assert route["request_headers_to_remove"] == ["x-arch-route", "x-arch-llm-provider"], "the routing headers never reach a provider"
     retry = route["route"]["retry_policy"]
     assert retry["retry_on"] == "connect-failure,retriable-status-codes"
     assert retry["retriable_status_codes"] == [429, 503, 529], "Anthropic's 529 (overloaded) fails over wherever 429 does"
