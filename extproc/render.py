@@ -70,6 +70,7 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
@@ -335,6 +336,16 @@ def _large_request() -> dict:
     return {"single_predicate": {"input": _header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}}
 
 
+def _whole_body(listener: Listener) -> dict:
+    """Envoy takes in the whole request before the sidecar hears of it.
+
+    A client that trickles its body then costs only its own request (Envoy's
+    buffer), never a sidecar stream or a bulk-lane thread waiting on it;
+    past `max_body_bytes` Envoy answers 413 itself (JSON, `_local_replies`).
+    """
+    return {"name": "envoy.filters.http.buffer", "typed_config": {"@type": _BUFFER, "max_request_bytes": listener.max_body_bytes}}
+
+
 def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     """The router-level ext_proc; beside a Unix-socket sidecar, a large request's goes to its bulk lane instead.
 
@@ -452,6 +463,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
             *(usage_filters() if token_usage else ()),
+            _whole_body(listener),
             _router_ext_proc(options, listener),
             *_bulk_patch(options),
             {"name": "envoy.filters.http.router", "typed_config": router},
