@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ class MockProvider:
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this context
     api: str = "openai"  # or "anthropic": the Messages API
+    #: How SSE lines end ("\n", "\r\n" or "\r"); with a CR, each event goes out in pieces split just after every CR,
+    #: so a read can end between CR and LF (as on a real network).
+    sse_line_end: str = "\n"
+    #: An event sent as it is after the first one (a provider's malformed event, say).
+    sse_odd_event: bytes | None = None
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -132,10 +138,14 @@ class MockProvider:
         payload = json.loads(request.body)
         if payload.get("stream") is True:
             _write_head(writer, headers)
-            for event in mock_anthropic.events(self.name, payload, self.served):
-                _write_chunk(writer, event)
-                await writer.drain()
-                await asyncio.sleep(self.chunk_interval_s)
+            events = mock_anthropic.events(self.name, payload, self.served)
+            if self.sse_odd_event is not None:
+                events.insert(1, self.sse_odd_event)
+            for event in events:
+                for piece in _pieces(event, self.sse_line_end.encode()):
+                    _write_chunk(writer, piece)
+                    await writer.drain()
+                    await asyncio.sleep(self.chunk_interval_s)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             return
@@ -239,6 +249,14 @@ def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]]) ->
     head = ["HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
     head += [f"{key}: {value}\r\n" for key, value in headers]
     writer.write(("".join(head) + "\r\n").encode())
+
+
+def _pieces(event: bytes, line_end: bytes) -> list[bytes]:
+    """An event framed with `line_end`, cut just after every CR."""
+    framed = event.replace(b"\n", line_end)
+    if b"\r" not in line_end:
+        return [framed]
+    return [piece for piece in re.split(rb"(?<=\r)", framed) if piece]
 
 
 def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:

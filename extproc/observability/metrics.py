@@ -38,6 +38,9 @@ class GatewayMetrics:
         self.malformed_rate_limit_headers = Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r)
         self.translated = Counter("extproc_translated_attempts", "Attempts whose request and answer were translated between APIs, by provider and API pair.", ["provider", "api"], registry=r)
         self.dropped_fields = Counter("extproc_translation_dropped_fields", "Client request fields with no equivalent in the provider's API: dropped, never sent raw.", ["provider", "field"], registry=r)
+        self.malformed_events = Counter(
+            "extproc_translation_malformed_events", "Events of a translated answer stream that could not be read: each reached the client as an error event.", ["provider"], registry=r
+        )
         self.rejected = Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r)
         self.processing = Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r)
         self.in_flight = Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r)

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 RETRY_WAIT_S = 0.05
 
 
-
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -108,6 +107,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             metrics.translated.labels(provider, "openai_chat->anthropic_messages").inc()
             for name in stream.dropped:
                 metrics.dropped_fields.labels(provider, name).inc()
+        if kind == "response_body" and stream.malformed_events:
+            self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)
         if kind == "request_headers" and stream.number >= 2:
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
         elif kind == "response_headers" and stream.answer is not None:

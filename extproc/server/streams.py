@@ -138,6 +138,8 @@ class UpstreamStream:
         self.answer: tuple[int, dict[str, str]] | None = None
         #: A translated attempt: the client's request fields the provider's API had no place for.
         self.dropped: tuple[str, ...] = ()
+        #: A translated answer stream: events the last body message held that could not be read (each sent on as an error event).
+        self.malformed_events = 0
         self._answer_translation: _AnswerTranslation | None = None
 
     def identify(self, request: pb.ProcessingRequest) -> None:
@@ -185,7 +187,9 @@ class UpstreamStream:
             self.done = True
         if kind == "response_body" and self._answer_translation is not None:
             assert not isinstance(request, wire.RequestBody)
+            before = self._answer_translation.malformed
             response = self._answer_translation.on_body(request.response_body.body, request.response_body.end_of_stream)
+            self.malformed_events = self._answer_translation.malformed - before
             self.done = self._answer_translation.finished
             return response
         return _continue(kind)
@@ -244,6 +248,10 @@ class _AnswerTranslation:
         response.response_headers.response.header_mutation.set_headers.append(header_option("content-type", "text/event-stream" if streamed else "application/json"))
         response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
         return response
+
+    @property
+    def malformed(self) -> int:
+        return self.stream.malformed if self.stream is not None else 0
 
     def on_body(self, body: bytes, end: bool) -> Response:
         if self.stream is not None:

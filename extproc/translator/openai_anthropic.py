@@ -11,6 +11,7 @@ sent raw); see `DROPPED` and the README's translation table.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -232,12 +233,25 @@ def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     return {"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}
 
 
+#: SSE line ends: CRLF, LF or a lone CR (the event-stream format allows all three).
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 @dataclass
 class StreamTranslator:
-    """Anthropic's event stream -> chat.completion.chunk events, one input chunk at a time (nothing held back but a partial event)."""
+    """Anthropic's event stream -> chat.completion.chunk events, one input chunk at a time (nothing held back but a partial line).
+
+    Lines are split by the event-stream rules across chunk boundaries (a CR at
+    the end of a chunk waits for the next one: it may be the first half of a
+    CRLF). An event that cannot be read, or a stream that ends before
+    `message_stop`, becomes an error event for the client, never silence;
+    `malformed` counts the unreadable events.
+    """
 
     include_usage: bool = False
+    malformed: int = 0
     _pending: bytes = b""
+    _data: list[bytes] = field(default_factory=list)  # the `data:` lines of the event being read
     _id: str = ""
     _model: str = ""
     _created: int = field(default_factory=lambda: int(time.time()))
@@ -247,26 +261,52 @@ class StreamTranslator:
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
         """The OpenAI events for what `data` completes; at `end`, the stream's close (`[DONE]`)."""
-        self._pending += data.replace(b"\r\n", b"\n")
-        *events, self._pending = self._pending.split(b"\n\n")
-        out = [chunk for event in events for chunk in self._event(event)]
+        buffer = self._pending + data
+        out: list[bytes] = []
+        position = 0
+        for match in _LINE_END.finditer(buffer):
+            if match.end() == len(buffer) and match.group() == b"\r" and not end:
+                break
+            self._line(buffer[position : match.start()], out)
+            position = match.end()
+        self._pending = buffer[position:]
         if end:
-            if self._pending.strip():
-                out.extend(self._event(self._pending))
-            self._pending = b""
+            if self._pending:
+                self._line(self._pending, out)
+                self._pending = b""
+            self._line(b"", out)
             if not self._done:
+                out.append(_error_event("the provider's event stream ended before its message_stop event", "incomplete_stream"))
                 out.append(b"data: [DONE]\n\n")
                 self._done = True
         return b"".join(out)
 
-    def _event(self, raw: bytes) -> Iterable[bytes]:
-        data = b"\n".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-        if not data:
+    def _line(self, line: bytes, out: list[bytes]) -> None:
+        if not line:  # a blank line ends an event
+            if self._data:
+                out.extend(self._event(b"\n".join(self._data)))
+                self._data = []
+            return
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+
+    def _event(self, data: bytes) -> Iterable[bytes]:
+        if self._done:
             return ()
         try:
             event = json.loads(data)
         except ValueError:
-            return ()
+            event = None
+        if isinstance(event, dict):
+            try:
+                return self._translate(event)
+            except (AttributeError, TypeError, ValueError):  # a field of an unexpected type
+                pass
+        self.malformed += 1
+        return (_error_event("the provider sent an event the gateway could not read", "malformed_event"),)
+
+    def _translate(self, event: dict[str, Any]) -> tuple[bytes, ...]:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
@@ -308,6 +348,10 @@ class StreamTranslator:
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return _sse({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+
+
+def _error_event(message: str, code: str) -> bytes:
+    return _sse({"error": {"message": message, "type": "server_error", "code": code}})
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -139,6 +139,36 @@ def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks
     assert times[-1] - times[1] >= 0.5, "the chunks arrived all at once: the answer was buffered"
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr"])
+def test_a_stream_framed_with_cr_and_cut_at_every_cr_loses_no_text(mocks, gateway, line_end):
+    """SSE allows CRLF and CR line ends; a network read may end between CR and LF."""
+    claude, gw, model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_line_end=line_end)
+    words = " ".join(f"w{index}" for index in range(10))
+
+    status, _, events = http_stream(gw.port, {**ASK, "messages": [{"role": "user", "content": words}], "stream": True})
+
+    assert status == 200
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert not [chunk for chunk in chunks if "error" in chunk], chunks
+    assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks) == f"[claude] you said: {words}"
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks][-1] == "stop"
+    assert events[-1][1] == "[DONE]"
+    assert gw.metric("extproc_translation_malformed_events_total", provider="claude") is None, "nothing was unreadable"
+
+
+def test_an_unreadable_event_reaches_the_client_as_an_error_event_and_is_counted(mocks, gateway):
+    claude, gw, model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_odd_event=b"event: x\ndata: [1,2,3]\n\n")
+
+    status, _, events = http_stream(gw.port, {**ASK, "stream": True})
+
+    assert status == 200
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert [chunk["error"]["code"] for chunk in chunks if "error" in chunk] == ["malformed_event"]
+    assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if "choices" in chunk) == "[claude] you said: hi there"
+    assert events[-1][1] == "[DONE]"
+    wait_for(lambda: gw.metric("extproc_translation_malformed_events_total", provider="claude") == 1)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_tool_calls_round_trip_through_claude(mocks, gateway, order):
     claude, gw, model, attempt = claude_answers(mocks, gateway, order)

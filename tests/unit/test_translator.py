@@ -200,6 +200,40 @@ def test_a_stream_is_translated_event_by_event_whatever_the_chunking():
     assert chunks[-1] == {"id": "msg_014p7gG3wDgGV9EUtLvnow3U", "object": "chat.completion.chunk", "created": chunks[0]["created"], "model": "claude-sonnet-4-20250514", "choices": [], "usage": {"prompt_tokens": 472, "completion_tokens": 89, "total_tokens": 561}}
 
 
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\r", b"\n"], ids=["crlf", "cr", "lf"])
+def test_any_line_end_split_at_every_byte_gives_the_same_events(line_end):
+    """A read may end between CR and LF: that CR waits for the next chunk instead of ending an empty line."""
+    whole = _events(t.StreamTranslator(include_usage=True).feed(STREAM, end=True))
+    framed = STREAM.replace(b"\n", line_end)
+    translator = t.StreamTranslator(include_usage=True)
+    pieces = [translator.feed(framed[i : i + 1]) for i in range(len(framed))] + [translator.feed(b"", end=True)]
+    assert _events(b"".join(pieces)) == whole
+    translator = t.StreamTranslator(include_usage=True)
+    at_each_cr = [piece + b"\r" for piece in framed.split(b"\r")[:-1]] + [framed.split(b"\r")[-1]]
+    assert _events(b"".join(translator.feed(piece) for piece in at_each_cr) + translator.feed(b"", end=True)) == whole
+    assert translator.malformed == 0
+
+
+@pytest.mark.parametrize("data", [b"[1,2,3]", b"not json", b'{"type": "message_start", "message": "a string"}', b'{"type": "content_block_delta", "delta": [1]}'])
+def test_an_unreadable_event_becomes_an_error_event_and_is_counted(data):
+    events = STREAM.split(b"\n\n")
+    stream = b"\n\n".join([*events[:3], b"event: odd\ndata: " + data, *events[3:]])
+    translator = t.StreamTranslator()
+    out = _events(translator.feed(stream, end=True))
+    errors = [json.loads(event)["error"] for event in out[:-1] if "error" in json.loads(event)]
+    assert [error["code"] for error in errors] == ["malformed_event"]
+    assert translator.malformed == 1
+    assert out[-1] == "[DONE]" and out.count("[DONE]") == 1
+    assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in out[:-1] if json.loads(e).get("choices")) == "Okay, let's check."
+
+
+def test_a_stream_cut_before_message_stop_says_so():
+    cut = STREAM.split(b"event: message_delta")[0]
+    out = _events(t.StreamTranslator().feed(cut, end=True))
+    assert json.loads(out[-2])["error"]["code"] == "incomplete_stream"
+    assert out[-1] == "[DONE]"
+
+
 def test_a_partial_event_is_held_back_until_complete():
     translator = t.StreamTranslator()
     start = STREAM.split(b"\n\n")[0] + b"\n\n"
