@@ -142,7 +142,7 @@ def test_a_streamed_answer_is_translated_chunk_by_chunk_and_ends_with_done(mocks
 @pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr"])
 def test_a_stream_framed_with_cr_and_cut_at_every_cr_loses_no_text(mocks, gateway, line_end):
     """SSE allows CRLF and CR line ends; a network read may end between CR and LF."""
-    claude, gw, model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_line_end=line_end)
+    _claude, gw, _model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_line_end=line_end)
     words = " ".join(f"w{index}" for index in range(10))
 
     status, _, events = http_stream(gw.port, {**ASK, "messages": [{"role": "user", "content": words}], "stream": True})
@@ -157,7 +157,7 @@ def test_a_stream_framed_with_cr_and_cut_at_every_cr_loses_no_text(mocks, gatewa
 
 
 def test_an_unreadable_event_reaches_the_client_as_an_error_event_and_is_counted(mocks, gateway):
-    claude, gw, model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_odd_event=b"event: x\ndata: [1,2,3]\n\n")
+    _claude, gw, _model, _ = claude_answers(mocks, gateway, "after_openai_429", chunk_interval_s=0.01, sse_odd_event=b"event: x\ndata: [1,2,3]\n\n")
 
     status, _, events = http_stream(gw.port, {**ASK, "stream": True})
 
