@@ -16,8 +16,8 @@ class Reply:
     reason: str = ""  # the error code, for metrics; "" for a normal answer
 
 
-def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = (), param: str | None = None) -> Reply:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
     return Reply(status, body, (("content-type", "application/json"), *headers), code or type_)
 
 

@@ -44,6 +44,8 @@ class Attempt:
         """The attempt's body in the Messages API, or the client's error when it has no translation."""
         try:
             return openai_anthropic.request(msgspec.json.decode(sent), self.provider.model_name, self.provider.default_max_tokens)
+        except openai_anthropic.InvalidField as exc:
+            return errors.error_reply(400, str(exc), "invalid_request_error", "invalid_type", param=exc.param)
         except (ValueError, openai_anthropic.TranslationError) as exc:
             message = f"This request cannot be sent to provider {self.provider.name!r} (Anthropic's Messages API): {exc}."
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")

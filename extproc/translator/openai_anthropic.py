@@ -45,6 +45,63 @@ class TranslationError(ValueError):
     """The request cannot be expressed in the Messages API; the message says what to change."""
 
 
+class InvalidField(TranslationError):
+    """A request field of the wrong type or out of range: the client's error, as OpenAI's own API would report it."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _expect(ok: bool, param: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise InvalidField(param, f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(payload: dict[str, Any]) -> None:
+    """The typed fields a translation reads, checked as OpenAI checks them: a wrong type is the client's 400, never our 500."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        if payload.get(name) is not None:
+            value = payload[name]
+            _expect(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+            if value < 1:
+                raise InvalidField(name, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.")
+    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
+        if payload.get(name) is not None:
+            _expect(_number(payload[name]), name, "a number", payload[name])
+            if not low <= payload[name] <= high:
+                raise InvalidField(name, f"Invalid '{name}': expected a value between {low} and {high}, but got {payload[name]} instead.")
+    stop = payload.get("stop")
+    if stop is not None:
+        _expect(isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(item, str) for item in stop)), "stop", "a string or an array of strings", stop)
+    for name, kind, expected in (("user", str, "a string"), ("stream", bool, "a boolean"), ("parallel_tool_calls", bool, "a boolean"), ("stream_options", dict, "an object"), ("tools", list, "an array")):
+        if payload.get(name) is not None:
+            _expect(isinstance(payload[name], kind), name, expected, payload[name])
+    choice = payload.get("tool_choice")
+    if choice is not None:
+        named = isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
+        _expect(choice in ("none", "auto", "required") or named, "tool_choice", "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}", choice)
+    for index, message in enumerate(payload["messages"]):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is None:
+            continue
+        _expect(isinstance(calls, list), f"messages[{index}].tool_calls", "an array", calls)
+        for number, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if arguments is not None:
+                _expect(isinstance(arguments, str), f"messages[{index}].tool_calls[{number}].function.arguments", "a string (JSON text)", arguments)
+
+
 @dataclass(frozen=True)
 class Request:
     """A translated request: the Messages body, and what of the client's was dropped (by name, or "other")."""
@@ -59,6 +116,7 @@ def request(payload: Any, model: str, default_max_tokens: int) -> Request:
     """chat.completions request -> Messages request, for `model` (the provider's name for it)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
         raise TranslationError("a chat completion request needs a 'messages' list")
+    _check_fields(payload)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     dropped = sorted({key if key in DROPPED else "other" for key in payload if key not in MAPPED})
@@ -83,15 +141,15 @@ def request(payload: Any, model: str, default_max_tokens: int) -> Request:
     if system:
         body["system"] = "\n\n".join(system)
     maximum = payload.get("max_completion_tokens", payload.get("max_tokens"))
-    body["max_tokens"] = maximum if isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0 else default_max_tokens
-    if isinstance(payload.get("temperature"), (int, float)):
+    body["max_tokens"] = maximum if maximum is not None else default_max_tokens
+    if payload.get("temperature") is not None:
         body["temperature"] = min(float(payload["temperature"]), 1.0)  # OpenAI allows 0-2, Anthropic 0-1
-    if isinstance(payload.get("top_p"), (int, float)):
+    if payload.get("top_p") is not None:
         body["top_p"] = payload["top_p"]
     stop = payload.get("stop")
     if stop:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else [item for item in stop if isinstance(item, str)]
-    if isinstance(payload.get("user"), str):
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    if payload.get("user") is not None:
         body["metadata"] = {"user_id": payload["user"]}
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
@@ -179,11 +237,10 @@ def _tool(tool: Any, index: int) -> dict[str, Any]:
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     if choice is None and parallel is not False:
         return None
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        result: dict[str, Any] = {"type": "tool", "name": name} if isinstance(name, str) else {"type": "auto"}
+    if isinstance(choice, dict):  # checked: {"type": "function", "function": {"name": ...}}
+        result: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
     else:
-        result = {"type": {"required": "any", "none": "none"}.get(choice, "auto") if isinstance(choice, str) else "auto"}
+        result = {"type": {"required": "any", "none": "none"}.get(choice, "auto")}
     if parallel is False and result["type"] != "none":
         result["disable_parallel_tool_use"] = True
     return result

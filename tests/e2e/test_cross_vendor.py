@@ -238,6 +238,30 @@ def test_what_cannot_be_translated_is_a_clear_400_and_reaches_no_provider(mocks,
     assert not claude.received and not openai.received
 
 
+ODD_FIELDS = [
+    ({"stop": 5}, "stop"),
+    ({"max_tokens": "many"}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"tool_choice": {"type": "function", "function": "x"}}, "tool_choice"),
+    ({"messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}]}, "messages[0].tool_calls[0].function.arguments"),
+]
+
+
+def test_a_field_of_the_wrong_type_is_the_clients_400_naming_it(mocks, gateway):
+    """As OpenAI's own API answers: never a 500 (counted against the provider), never silently replaced."""
+    openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True)
+    for fields, param in ODD_FIELDS:
+        answer = chat(gw.port, {"model": CLAUDE, "messages": [{"role": "user", "content": "hi"}], **fields})
+        assert answer.status == 400, (fields, answer.body)
+        error = answer.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_type", param), fields
+        assert param.split(".")[-1].split("[")[0] in error["message"]
+    assert not claude.received and not openai.received
+    assert gw.metric("extproc_rejected_requests_total", reason="invalid_type") == len(ODD_FIELDS)
+
+
 def test_a_large_image_request_is_translated_through_the_bulk_lane(mocks, gateway):
     """Over 1 MB: the router level runs on the bulk lane (model patched by Envoy), then the attempt is translated."""
     _openai, claude, gw = cross_vendor(mocks, gateway, first_fails=False, claude_first=True)
