@@ -218,6 +218,25 @@ def _url(schemes: tuple[str, ...], message: str) -> Any:
     return BeforeValidator(check)
 
 
+def _redis_url(value: Any) -> Any:
+    """A URL redis-py can connect with, checked by redis-py's own parser (never echoed: it may hold a password)."""
+    if not isinstance(value, str) or not value:
+        return value
+    from redis.connection import parse_url  # only configs that share cooldowns pay for importing redis
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or (not parts.hostname and parts.scheme != "unix"):
+        raise invalid("expected a redis://, rediss:// or unix:// URL")
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise invalid(f"not a URL Redis can be reached at: {exc}") from None
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise invalid(f"the database (the URL's path) must be a number, got {database!r}")
+    return value
+
+
 def check_endpoint(value: str) -> str | None:
     """Why `value` is not an OTLP collector URL, or None (shared with the OTEL_* variables)."""
     parts = urlsplit(value)
@@ -311,7 +330,7 @@ class Cooldown(Section):
     rate_limit_headers: bool = True
     min_remaining_tokens: Annotated[int, integer(0)] = 0
     #: Never echoed in a message: it may hold a password.
-    redis_url: Annotated[Text, _url(("redis", "rediss", "unix"), "expected a redis://, rediss:// or unix:// URL")] | None = None
+    redis_url: Annotated[Text, BeforeValidator(_redis_url)] | None = None
 
 
 class Metrics(Section):

@@ -209,6 +209,25 @@ def test_cooldown_reads_rate_limit_headers_and_a_redis_url_that_is_never_echoed(
     ]
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://:s3cret@127.0.0.1:abc/0", "not a URL Redis can be reached at: Port could not be cast to integer value as 'abc'"),
+        ("redis://:s3cret@redis:99999", "not a URL Redis can be reached at: Port out of range 0-65535"),
+        ("redis://:s3cret@redis:6379/cache", "the database (the URL's path) must be a number, got 'cache'"),
+        ("redis:///0", "expected a redis://, rediss:// or unix:// URL"),
+    ],
+)
+def test_a_redis_url_redis_cannot_use_fails_the_check_naming_the_key_never_the_password(url, reason):
+    """Found by `extproc check` and at start, not as a /readyz that never turns 200."""
+    base = "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(base + f"cooldown: {{redis_url: '{url}'}}", "t.yaml", {})
+    assert [str(problem) for problem in error.value.problems] == [f"cooldown.redis_url: {reason}"]
+    assert "s3cret" not in str(error.value)
+    assert parse_config(base + "cooldown: {redis_url: 'unix:///run/redis.sock?db=1'}", "t.yaml", {}).cooldown.redis_url
+
+
 def test_an_empty_retry_on_is_refused_not_a_silent_end_of_failover():
     with pytest.raises(ConfigError, match=r"retry_policy\.retry_on: an empty list would turn failover off"):
         parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h', retry_policy: {retry_on: []}}]", "t.yaml", {})
