@@ -18,9 +18,12 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 
 import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .observability.metrics import GatewayMetrics
 from .processor.cooldown import ProviderHealth
@@ -33,6 +36,10 @@ PART = "shared state (redis)"
 #: Cooldowns waiting to be written while Redis is slow or away; past this, the oldest are dropped (each replica still has its own).
 _OUTBOX = 1000
 _BACKOFF_S = (0.2, 10.0)
+#: Seconds any one exchange with Redis may take, and between pings of an idle connection.
+_DEADLINE_S = 2.0
+_PING_EVERY_S = 1.0
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 class SharedCooldowns:
@@ -54,27 +61,54 @@ class SharedCooldowns:
         self._outbox.put_nowait((provider, until, reason))
 
     async def run(self) -> None:
-        """Connect, catch up, then exchange cooldowns until the connection fails; again, with backoff, for ever."""
+        """Connect, catch up, then exchange cooldowns until anything fails; again, with backoff, for ever.
+
+        Whatever ends a session (an error, a deadline, a Redis that stopped
+        answering) is "down": gauge 0, a note on /readyz, one log line.
+        """
         self.up_gauge.set(0)
         self.notes[PART] = "connecting"
         delay = _BACKOFF_S[0]
         while True:
-            client = redis.from_url(self._url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=2)
             try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    await self._catch_up(client)
-                    self._state(True)
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as failure:  # every failure of Redis is "down, reconnect", never the end of sharing
+                if self._up:
                     delay = _BACKOFF_S[0]
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._receive(pubsub))
-                        group.create_task(self._send(client))
-            except* (redis.RedisError, OSError, TimeoutError) as failure:
                 self._state(False, _reason(failure))
-            finally:
-                await client.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_S[1])
+
+    async def _session(self) -> None:
+        """One connection's life: it only ends by raising.
+
+        redis-py retries nothing here (`_NO_RETRY`): a hidden retry loop turned
+        a cancellation into endless reconnects to a stopped Redis. Each step has
+        a deadline and an idle connection is pinged, so a Redis that stops
+        answering is noticed within `_PING_EVERY_S + _DEADLINE_S`.
+        """
+        client = redis.from_url(self._url, socket_connect_timeout=_DEADLINE_S, socket_timeout=_DEADLINE_S, retry=_NO_RETRY)
+        pubsub = client.pubsub()
+        tasks: list[asyncio.Task] = []
+        try:
+            async with asyncio.timeout(2 * _DEADLINE_S):
+                await pubsub.subscribe(CHANNEL)
+                await self._catch_up(client)
+            self._state(True)
+            tasks = [asyncio.create_task(work) for work in (self._receive(pubsub), self._send(client), self._heartbeat(client))]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise ConnectionError("the shared state session ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=_DEADLINE_S)
+            await _bounded(pubsub.aclose())
+            await _bounded(client.aclose())
 
     async def _catch_up(self, client: redis.Redis) -> None:
         """Cooldowns other replicas started before this one listened (their keys are alive exactly as long)."""
@@ -85,7 +119,7 @@ class SharedCooldowns:
 
     async def _receive(self, pubsub) -> None:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_EVERY_S)
             if message is not None and message.get("type") == "message":
                 self._apply(message["data"])
 
@@ -95,9 +129,17 @@ class SharedCooldowns:
             if until <= time.time():
                 continue
             value = json.dumps({"provider": provider, "until": until, "reason": reason, "origin": self.origin})
-            await client.set(f"{KEY_PREFIX}{provider}", value, pxat=int(until * 1000))
-            await client.publish(CHANNEL, value)
+            async with asyncio.timeout(2 * _DEADLINE_S):
+                await client.set(f"{KEY_PREFIX}{provider}", value, pxat=int(until * 1000))
+                await client.publish(CHANNEL, value)
             self.exchanged.labels("published").inc()
+
+    async def _heartbeat(self, client: redis.Redis) -> None:
+        """A connection that only listens hears nothing from a stopped Redis: ask it something now and then."""
+        while True:
+            await asyncio.sleep(_PING_EVERY_S)
+            async with asyncio.timeout(_DEADLINE_S):
+                await client.ping()
 
     def _apply(self, raw: bytes | str) -> None:
         try:
@@ -124,8 +166,16 @@ class SharedCooldowns:
         self._up = up
 
 
-def _reason(failure: BaseExceptionGroup) -> str:
-    first = failure.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return f"{type(first).__name__}: {first}"
+def _reason(failure: BaseException) -> str:
+    if isinstance(failure, TimeoutError):
+        return f"no answer within {_DEADLINE_S:.0f}s"
+    return f"{type(failure).__name__}: {failure}"
+
+
+async def _bounded(closing: Awaitable[object]) -> None:
+    """Close a client or subscription without ever waiting on a Redis that does not answer."""
+    try:
+        async with asyncio.timeout(_DEADLINE_S):
+            await closing
+    except Exception:  # the connection is being dropped anyway
+        log.debug("closing a Redis connection failed", exc_info=True)

@@ -86,8 +86,11 @@ class Sidecar:
         return f"http://{self.config.metrics.address}:{self.metrics.port if self.metrics else self.metrics_port}"
 
     async def stop(self, grace_s: float) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # bounded: a task stuck on an unanswering peer (Redis) must not hold the stop
+            await asyncio.wait(tasks, timeout=grace_s)
         if self._server is not None:
             self.runtime.serving = False
             await self._server.stop(grace=grace_s)

