@@ -93,6 +93,10 @@ class _State:
     failing_since: float = 0.0  # when it started
     failures: int = 0  # consecutive, towards failure_threshold
     last_failure: float = 0.0
+    #: Half-open: a cooldown ended and no attempt started after it has succeeded yet.
+    probation: bool = False
+    cooled_at: float = 0.0  # when the latest cooldown started
+    trial_until: float = 0.0  # a trial request is out until then; the others start elsewhere
 
 
 class ProviderHealth:
@@ -102,8 +106,11 @@ class ProviderHealth:
     finishes later, says nothing about a budget that ran out after it started);
     a success clears the failure count, and a failure-threshold cooldown, only
     when its attempt started after the last failure, or that cooldown, was
-    recorded. The clock is the wall clock by default because attempts' start
-    times come from Envoy's (same machine, same clock).
+    recorded. When a cooldown ends the provider is half-open: one request is
+    its trial (`pick_start`), the others start on the next provider until the
+    trial succeeds; a failure then cools it again at once. The clock is the
+    wall clock by default because attempts' start times come from Envoy's
+    (same machine, same clock).
     """
 
     def __init__(self, policy: Cooldown, clock: Callable[[], float] = time.time):
@@ -121,23 +128,31 @@ class ProviderHealth:
                 state.failures = 0
             if started > state.failing_since:
                 state.failing_until = 0.0
+            if started > state.cooled_at:
+                state.probation, state.trial_until = False, 0.0
             return 0.0
         if not self.policy.enabled:
             return 0.0
         if outcome.kind in RATE_LIMIT_KINDS:
             seconds = self._seconds(outcome.retry_after_s)
             state.rate_limited_until = max(state.rate_limited_until, now + seconds)
+            self._cooled(state, now)
             return seconds
         if outcome.kind in FAILURE_KINDS:
             state.failures += 1
             state.last_failure = now
-            if state.failures >= self.policy.failure_threshold:
+            if state.failures >= self.policy.failure_threshold or (state.probation and state.trial_until):
                 state.failures = 0
                 seconds = self._seconds(outcome.retry_after_s)
                 state.failing_until = max(state.failing_until, now + seconds)
                 state.failing_since = now
+                self._cooled(state, now)
                 return seconds
         return 0.0
+
+    @staticmethod
+    def _cooled(state: _State, now: float) -> None:
+        state.probation, state.cooled_at, state.trial_until = True, now, 0.0
 
     def _seconds(self, retry_after_s: float | None) -> float:
         seconds = self.policy.default_s if retry_after_s is None else retry_after_s
@@ -148,10 +163,12 @@ class ProviderHealth:
         if not self.policy.enabled:
             return False
         state = self._states.setdefault(provider, _State())
-        until = min(until, self.clock() + self.policy.max_s)
+        now = self.clock()
+        until = min(until, now + self.policy.max_s)
         if until <= state.rate_limited_until:
             return False
         state.rate_limited_until = until
+        self._cooled(state, now)
         return True
 
     def remaining(self, provider: str) -> float:
@@ -163,14 +180,33 @@ class ProviderHealth:
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
 
-    def pick_start(self, providers: Iterable[str]) -> tuple[str | None, float]:
-        """The first provider not cooling down, or (None, soonest remaining cooldown)."""
+    def pick_start(self, providers: Iterable[str], trial_s: float = 10.0) -> tuple[str | None, float]:
+        """The first provider not cooling down, or (None, soonest remaining cooldown).
+
+        A provider whose cooldown just ended is picked by one request, its
+        trial, which has `trial_s` (the attempt's timeout) to show how it went;
+        meanwhile the others pass it over for a provider that is not on
+        trial, and come back to it only when there is none.
+        """
         soonest = math.inf
+        on_trial = None
+        now = self.clock()
         for name in providers:
-            left = self.remaining(name)
-            if left <= 0:
+            state = self._states.get(name)
+            if state is None:
                 return name, 0.0
-            soonest = min(soonest, left)
+            left = max(state.rate_limited_until - now, state.failing_until - now, 0.0)
+            if left > 0:
+                soonest = min(soonest, left)
+            elif not state.probation:
+                return name, 0.0
+            elif state.trial_until <= now:
+                state.trial_until = now + trial_s
+                return name, 0.0
+            elif on_trial is None:
+                on_trial = name
+        if on_trial is not None:
+            return on_trial, 0.0
         return None, soonest
 
     def retain(self, providers: Iterable[str]) -> None:

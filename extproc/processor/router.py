@@ -132,7 +132,8 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
         chain = found
     start = chain.providers[0]
     if health is not None:
-        available, soonest = health.pick_start(chain.providers)
+        trial_s = chain.policy.per_try_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
+        available, soonest = health.pick_start(chain.providers, trial_s)
         if available is not None:
             start = available
         elif listener.on_all_cooling == "reject":

@@ -158,3 +158,42 @@ def test_a_client_hanging_up_does_not_count_against_the_provider(mocks, gateway)
     wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", code="none", outcome="cancelled"))
     assert cooling_seconds(gw, "slow") == 0
     assert chat(gw.port, HELLO).status == 200
+
+
+def test_after_a_cooldown_one_trial_request_waits_on_a_hanging_provider_not_everyone(mocks, gateway):
+    """Half-open: when a cooldown ends, one request finds out; the rest keep going to the next provider meanwhile."""
+    import threading
+
+    hanging = mocks.start("hanging", delay_s=30)
+    backup = mocks.start("backup")
+    policy = {"retry_on": [429, "reset"], "per_try_timeout": "1s"}
+    gw = gateway(
+        {
+            **gateway_config(provider("hanging", GPT4, hanging, retry_policy=policy), provider("backup", GPT4, backup)),
+            "cooldown": {"failure_threshold": 1, "default_cooldown": "2s"},
+        }
+    )
+    assert chat(gw.port, HELLO).headers["x-arch-llm-provider"] == "backup"
+    wait_for(lambda: cooling_seconds(gw, "hanging") > 0)
+    wait_for(lambda: cooling_seconds(gw, "hanging") == 0, timeout=5)
+    tried = len(hanging.received)
+
+    times: list[float] = []
+
+    def ask() -> None:
+        started = time.monotonic()
+        answer = chat(gw.port, HELLO)
+        assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "backup"
+        times.append(time.monotonic() - started)
+
+    clients = [threading.Thread(target=ask) for _ in range(16)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(10)
+
+    assert len(times) == 16
+    assert len(hanging.received) - tried == 1, "one trial, not every open request"
+    slow = [seconds for seconds in times if seconds >= 0.9]
+    assert len(slow) == 1, f"only the trial waits out the per-try timeout: {sorted(times)}"
+    assert cooling_seconds(gw, "hanging") > 0, "the failed trial cooled it again at once"

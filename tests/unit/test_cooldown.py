@@ -36,6 +36,34 @@ def test_a_429_cools_for_retry_after_and_ends_by_itself(clock):
     assert states.pick_start(["a", "b"]) == ("a", 0.0)
 
 
+def test_after_a_cooldown_one_trial_request_finds_out_and_the_others_go_on(clock):
+    states = health(clock, failure_threshold=3, default_s=10)
+    for _ in range(3):
+        states.record(Outcome("a", 0, "timeout"))
+    clock.now += 10.5
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0), "the trial"
+    assert states.pick_start(["a", "b"], trial_s=5) == ("b", 0.0), "while the trial is out, the others start on b"
+    assert states.pick_start(["a"], trial_s=5) == ("a", 0.0), "with nowhere else to go they wait on the trial's provider, never 429"
+    states.record(Outcome("a", 200, "ok", started=clock.now - 0.1))
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0)
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0), "the trial succeeded: a takes everything again"
+
+
+def test_a_failed_trial_cools_at_once_and_an_unanswered_one_gives_way_to_the_next_trial(clock):
+    states = health(clock, failure_threshold=3, default_s=10)
+    states.record(Outcome("a", 429, "rate_limited", 2))
+    clock.now += 2.5
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0)
+    assert states.record(Outcome("a", 0, "timeout")) == 10, "one failure of a trial, not failure_threshold of them"
+    assert states.pick_start(["a", "b"], trial_s=5) == ("b", 0.0)
+    clock.now += 10.5
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0)
+    clock.now += 5.5  # the trial was never heard of (its client went away, say)
+    assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0), "a new trial"
+    states.record(Outcome("a", 200, "ok", started=clock.now - 100))
+    assert states.pick_start(["a", "b"], trial_s=5) == ("b", 0.0), "a success that started before the cooldown proves nothing"
+
+
 def test_default_and_cap(clock):
     states = health(clock, default_s=5, max_s=60)
     assert states.record(Outcome("a", 429, "rate_limited", None)) == 5
