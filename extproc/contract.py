@@ -23,6 +23,8 @@ SYSTEM_METADATA_KEY = "system"
 USAGE_NAMESPACE = "extproc.usage"
 INPUT_TOKENS = "input_tokens"
 OUTPUT_TOKENS = "output_tokens"
+#: Set instead of the counts when an answer was too large for Envoy to read whole: its content-length.
+USAGE_SKIPPED = "skipped_bytes"
 
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -42,6 +44,7 @@ ATTEMPT_TAG = "attempt"  # failed-attempt entries: the attempt's number (its `x-
 INPUT_TOKENS_TAG = INPUT_TOKENS  # request entries, with token accounting on
 OUTPUT_TOKENS_TAG = OUTPUT_TOKENS
 PROVIDER_MODEL_TAG = PROVIDER_MODEL_METADATA_KEY
+USAGE_SKIPPED_TAG = USAGE_SKIPPED
 
 #: Requests whose content-length has 7 digits or more (>= 1,000,000 bytes) are processed by the
 #: sidecar's bulk lane (its own socket and threads): a large body never holds the event loop that

@@ -63,6 +63,8 @@ class MockProvider:
     #: How SSE lines end ("\n", "\r\n" or "\r"); with a CR, each event goes out in pieces split just after every CR,
     #: so a read can end between CR and LF (as on a real network).
     sse_line_end: str = "\n"
+    #: Bytes of filler in each chat.completion (a large answer: embeddings batches, b64 images).
+    padding: int = 0
     #: An event sent as it is after the first one (a provider's malformed event, say).
     sse_odd_event: bytes | None = None
     _server: asyncio.AbstractServer | None = None
@@ -160,6 +162,7 @@ class MockProvider:
             "model": payload.get("model", "unknown"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": _reply_text(self.name, payload)}, "finish_reason": "stop"}],
             "usage": _usage(payload, _reply_text(self.name, payload)),
+            **({"padding": "x" * self.padding} if self.padding else {}),
             "echo": {
                 "provider": self.name,
                 "method": request.method,

@@ -58,6 +58,7 @@ from .processor.cooldown import OVERLOADED
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
+from .render_composite import composite, execute, header_input
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 
 SIDECAR_CLUSTER = "extproc_sidecar"
@@ -76,10 +77,6 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 _PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_EXTENSION_WITH_MATCHER = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
-_COMPOSITE = "type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite"
-_EXECUTE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction"
-_HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
@@ -327,13 +324,9 @@ def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sideca
     return cluster
 
 
-def _header_input(header: str) -> dict:
-    return {"name": header, "typed_config": {"@type": _HEADER_INPUT, "header_name": header}}
-
-
 def _large_request() -> dict:
     """The bulk lane's requests: content-length of 7 digits or more."""
-    return {"single_predicate": {"input": _header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}}
+    return {"single_predicate": {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}}
 
 
 def _whole_body(listener: Listener) -> dict:
@@ -356,9 +349,9 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     if bulk_address(options.sidecar) is None:
         return main
     bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
-    return _composite(
+    return composite(
         "extproc.router",
-        {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": _execute("bulk", bulk)}]}, "on_no_match": _execute("main", main)},
+        {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": execute("bulk", bulk)}]}, "on_no_match": execute("main", main)},
     )
 
 
@@ -385,23 +378,7 @@ def _bulk_patch(options: RenderOptions) -> list[dict]:
     if bulk_address(options.sidecar) is None:
         return []
     lua = {"name": "envoy.filters.http.lua", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _PATCH_LUA}}}
-    return [_composite("extproc.bulk_patch", {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": _execute("patch", lua)}]}})]
-
-
-def _composite(name: str, matcher: dict) -> dict:
-    """A filter that runs the ext_proc its `matcher` picks for the request (Envoy's composite filter)."""
-    return {
-        "name": name,
-        "typed_config": {
-            "@type": _EXTENSION_WITH_MATCHER,
-            "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {"@type": _COMPOSITE}},
-            "xds_matcher": matcher,
-        },
-    }
-
-
-def _execute(name: str, ext_proc: dict) -> dict:
-    return {"action": {"name": name, "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": ext_proc}}}
+    return [composite("extproc.bulk_patch", {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": execute("patch", lua)}]}})]
 
 
 def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER) -> dict:
@@ -462,7 +439,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "request_headers_timeout": "10s",
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
-            *(usage_filters() if token_usage else ()),
+            *(usage_filters(listener.max_body_bytes) if token_usage else ()),
             _whole_body(listener),
             _router_ext_proc(options, listener),
             *_bulk_patch(options),
@@ -727,14 +704,14 @@ def _retries_only(ext_proc: dict, chain: Chain, translating: bool) -> dict:
     provider); a retry must be rebuilt for its own provider.
     """
     attempts = chain.num_retries + 1
-    retry = _execute("rewrite_retry", ext_proc)
-    retries = {"matcher_tree": {"input": _header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}}
+    retry = execute("rewrite_retry", ext_proc)
+    retries = {"matcher_tree": {"input": header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}}
     if not translating:
-        return _composite("extproc.retries", retries)
-    marked = {"input": _header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}
-    return _composite(
+        return composite("extproc.retries", retries)
+    marked = {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}
+    return composite(
         "extproc.retries",
-        {"matcher_list": {"matchers": [{"predicate": {"single_predicate": marked}, "on_match": _execute("translate", ext_proc)}]}, "on_no_match": {"matcher": retries}},
+        {"matcher_list": {"matchers": [{"predicate": {"single_predicate": marked}, "on_match": execute("translate", ext_proc)}]}, "on_no_match": {"matcher": retries}},
     )
 
 

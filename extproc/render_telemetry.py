@@ -24,13 +24,17 @@ from .contract import (
     PROVIDER_MODEL_METADATA_KEY,
     SYSTEM_METADATA_KEY,
     USAGE_NAMESPACE,
+    USAGE_SKIPPED,
 )
+from .render_composite import composite, execute, header_input
 
 TRACE_CLUSTER = "extproc_otlp_collector"
 #: Spans leave Envoy every second (Envoy's default is 5 s): a trace is in the collector by the time one looks.
 TRACE_RUNTIME = {"tracing.opentelemetry.flush_interval_ms": 1000}
 
 _JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
+_HEADER_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
+
 _SSE_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 _JSON_CONTENT_PARSER = "type.googleapis.com/envoy.extensions.content_parsers.json.v3.JsonContentParser"
 _OPENTELEMETRY = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
@@ -70,13 +74,33 @@ def _usage_rule(selectors: tuple[str, ...], key: str) -> dict:
     return {"selectors": [{"key": name} for name in selectors], "on_present": {"metadata_namespace": USAGE_NAMESPACE, "key": key, "type": "NUMBER"}}
 
 
-def usage_filters() -> list[dict]:
-    """Read `usage` from JSON answers (buffered by Envoy: they are small) and from event streams (as they pass)."""
-    return [
-        {
-            "name": "envoy.filters.http.json_to_metadata",
-            "typed_config": {"@type": _JSON_TO_METADATA, "response_rules": {"rules": [_usage_rule(selectors, key) for selectors, key in _JSON_USAGE]}},
+def usage_filters(buffer_limit: int) -> list[dict]:
+    """Read `usage` from JSON answers (buffered by Envoy) and from event streams (as they pass).
+
+    Envoy can buffer an answer only up to `buffer_limit`: a JSON answer whose
+    content-length says it may not fit (embeddings batches, b64 images) passes
+    unread, and its size is noted instead (`USAGE_SKIPPED`), so the sidecar
+    counts the skip. The choice is made on the response headers (a composite
+    filter), before a byte is buffered.
+    """
+    digits = len(str(buffer_limit)) - 1  # content-lengths below 10**digits fit
+    large = {"input": header_input("content-length", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": f"^[0-9]{{{digits + 1},}}$"}}}
+    note_size = {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": _HEADER_TO_METADATA,
+            "response_rules": [{"header": "content-length", "on_header_present": {"metadata_namespace": USAGE_NAMESPACE, "key": USAGE_SKIPPED, "type": "NUMBER"}}],
         },
+    }
+    read_usage = {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {"@type": _JSON_TO_METADATA, "response_rules": {"rules": [_usage_rule(selectors, key) for selectors, key in _JSON_USAGE]}},
+    }
+    return [
+        composite(
+            "extproc.usage_json",
+            {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("note_size", note_size)}]}, "on_no_match": execute("read_usage", read_usage)},
+        ),
         {
             "name": "envoy.filters.http.sse_to_metadata",
             "typed_config": {
@@ -94,9 +118,9 @@ def usage_filters() -> list[dict]:
 
 
 def usage_tags() -> list[dict]:
-    """Access-log custom tags: the request's token counts (absent when the answer had none) and the model that answered."""
+    """Access-log custom tags: the request's token counts (absent when the answer had none, or was too large to read) and the model that answered."""
     return [
-        *(_metadata_tag(key, "request", USAGE_NAMESPACE, key) for key in (INPUT_TOKENS, OUTPUT_TOKENS)),
+        *(_metadata_tag(key, "request", USAGE_NAMESPACE, key) for key in (INPUT_TOKENS, OUTPUT_TOKENS, USAGE_SKIPPED)),
         _metadata_tag(PROVIDER_MODEL_METADATA_KEY, "host", METADATA_NAMESPACE, PROVIDER_MODEL_METADATA_KEY),
     ]
 

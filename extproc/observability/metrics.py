@@ -34,6 +34,9 @@ class GatewayMetrics:
         self.failovers = Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r)
         self.cooldowns = Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r)
         self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
+        self.usage_skipped = Counter(
+            "extproc_token_usage_skipped", "Successful answers whose tokens were not counted, by provider and reason (answer_too_large: over what Envoy buffers).", ["provider", "reason"], registry=r
+        )
         self.remaining = Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r)
         self.malformed_rate_limit_headers = Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r)
         self.translated = Counter("extproc_translated_attempts", "Attempts whose request and answer were translated between APIs, by provider and API pair.", ["provider", "api"], registry=r)

@@ -51,6 +51,7 @@ class LogEntry:
     provider_model: str = ""  # downstream: the model of the provider that answered
     input_tokens: int | None = None  # downstream: the answer's usage, when it had one
     output_tokens: int | None = None
+    usage_skipped: bool = False  # downstream: the answer was too large for Envoy to read its usage
     budget: Budget | None = None  # what the answer's rate-limit headers say is left
     attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
 
@@ -150,6 +151,8 @@ class Observer:
         if entry.provider and succeeded(entry.status):
             self._attempt(entry.provider, entry.status, "ok", entry.attempt_s)
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
+            if entry.usage_skipped:
+                self.metrics.usage_skipped.labels(entry.provider, "answer_too_large").inc()
             for kind, count in (("input", entry.input_tokens), ("output", entry.output_tokens)):
                 if count:
                     self.metrics.tokens.labels(entry.provider, entry.provider_model or entry.model or "none", kind).inc(count)

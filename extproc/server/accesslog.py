@@ -8,7 +8,17 @@ import time
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from ..contract import ATTEMPT_TAG, INPUT_TOKENS_TAG, LISTENER_TAG, MODEL_TAG, OUTPUT_TOKENS_TAG, PROVIDER_MODEL_TAG, PROVIDER_TAG, UPSTREAM_LOG
+from ..contract import (
+    ATTEMPT_TAG,
+    INPUT_TOKENS_TAG,
+    LISTENER_TAG,
+    MODEL_TAG,
+    OUTPUT_TOKENS_TAG,
+    PROVIDER_MODEL_TAG,
+    PROVIDER_TAG,
+    UPSTREAM_LOG,
+    USAGE_SKIPPED_TAG,
+)
 from ..observability.observer import LogEntry, Observer
 from ..processor.cooldown import retry_after_seconds
 from ..processor.ratelimit import budget
@@ -38,6 +48,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         provider_model=tags.get(PROVIDER_MODEL_TAG, ""),
         input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),
         output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
+        usage_skipped=_count(tags.get(USAGE_SKIPPED_TAG)) is not None,
     )
 
 

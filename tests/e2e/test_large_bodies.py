@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from .harness import chat, gateway_config, provider, request
+from .harness import chat, gateway_config, provider, request, wait_for
 
 GPT4 = "openai/gpt-4"
 
@@ -61,3 +61,21 @@ def test_slow_uploads_cost_only_their_own_requests(mocks, gateway):
         for upload in slow:
             upload.close()
     assert len(upstream.received) == 4, "the unfinished uploads never reached the provider"
+
+
+def test_a_large_answer_passes_whole_and_its_uncounted_tokens_are_counted_as_skipped(mocks, gateway):
+    """Envoy buffers a JSON answer to read its usage, up to the listener's buffer: a larger one passes unread."""
+    large = mocks.start("large", padding=12 * 1024 * 1024)
+    medium = mocks.start("medium", padding=5_000_000)
+    gw = gateway(gateway_config(provider("large", GPT4, large), provider("medium", "openai/gpt-4o", medium)))
+
+    answer = chat(gw.port, {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status == 200, answer.body[:300]
+    assert len(answer.body) == int(answer.headers["content-length"]) > 12 * 1024 * 1024
+    assert answer.json()["usage"]["completion_tokens"] > 0, "the provider's whole answer, usage included"
+    wait_for(lambda: gw.metric("extproc_token_usage_skipped_total", provider="large", reason="answer_too_large") == 1)
+    assert gw.metric("extproc_tokens_total", provider="large", model="openai/gpt-4", type="output") is None
+
+    assert chat(gw.port, {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).status == 200
+    wait_for(lambda: (gw.metric("extproc_tokens_total", provider="medium", model="openai/gpt-4o", type="output") or 0) > 0)
+    assert gw.metric("extproc_token_usage_skipped_total", provider="medium", reason="answer_too_large") is None, "5 MB fits: counted"
