@@ -125,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("config")
     up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: one per core)")
     up.add_argument("--envoy-log-level", default="warning")
-    up.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let in-flight requests finish on stop")
+    up.add_argument("--drain-time", type=int, default=5, help="on stop, seconds the listeners keep accepting (answering `connection: close`) after readiness turns 503")
+    up.add_argument("--drain-timeout", type=float, default=30.0, help="on stop, seconds to let open connections and in-flight requests finish")
     up.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     up.add_argument("--reload-token-file", help="a file holding a token: POST /reload then needs `Authorization: Bearer <token>` (default: loopback callers only)")
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
@@ -270,6 +271,7 @@ def _up(args) -> int:
             concurrency=args.concurrency,
             log_level=args.envoy_log_level,
             drain_timeout_s=args.drain_timeout,
+            drain_time_s=args.drain_time,
             metrics_port=args.metrics_port,
             reload_token=_token(args.reload_token_file),
         )

@@ -50,6 +50,9 @@ class Gateway:
     concurrency: int | None = None
     log_level: str = "warning"
     drain_timeout_s: float = 30.0
+    #: On stop, how long the listeners keep accepting (answering with `connection: close`) before Envoy closes them:
+    #: time for load balancers and clients to move on after readiness turns 503.
+    drain_time_s: int = 5
     start_timeout_s: float = 30.0
     workdir: str = ""
     admin_url: str = ""
@@ -72,6 +75,7 @@ class Gateway:
         xds_dir = os.path.join(self.workdir, "xds")
         xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
         self.sidecar = Sidecar(self.config, f"unix:{socket_path}", self.config_path, self.metrics_port, xds, reload_token=self.reload_token)
+        self.sidecar.runtime.problems["envoy"] = "starting: its listeners do not accept yet"  # ready means requests are served
         await self.sidecar.start()
         bootstrap = os.path.join(self.workdir, "envoy.yaml")
         with open(bootstrap, "w", encoding="utf-8") as handle:
@@ -84,7 +88,7 @@ class Gateway:
             "--admin-address-path", admin_path,
             "--log-level", self.log_level,
             "--component-log-level", ",".join(f"{component}:{_without_secrets(self.log_level)}" for component in SECRET_LOGGING_COMPONENTS),
-            "--drain-time-s", "2",
+            "--drain-time-s", str(self.drain_time_s),
             "--drain-strategy", "immediate",
         ]
         if self.concurrency:
@@ -95,6 +99,7 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
+        self.sidecar.runtime.problems.pop("envoy", None)
         self.sidecar.spawn(self._watch_envoy(self._envoy), "envoy")
 
     async def _watch_envoy(self, envoy: subprocess.Popen) -> None:
@@ -128,13 +133,18 @@ class Gateway:
         address = next((item.address for item in self.config.listeners if item.name == listener), "0.0.0.0")
         return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
 
-    def _active_requests(self) -> int:
-        active = envoyadmin.stats(self.admin_url, "downstream_rq_active$")
-        return sum(int(str(value or 0)) for name, value in active.items() if name.startswith("http.") and not name.startswith("http.admin."))
+    def _open_connections(self) -> int:
+        """Client connections still open on the listeners (a request may be on its way on any of them)."""
+        active = envoyadmin.stats(self.admin_url, "downstream_cx_active$")
+        return sum(int(str(value or 0)) for name, value in active.items() if name.startswith("http.") and not name.startswith(("http.admin.", "http.envoy_stats.")))
 
     async def stop(self) -> None:
-        """Drain Envoy, wait for in-flight requests, stop Envoy, then the sidecar."""
+        """Drain: readiness 503 at once, listeners open for `drain_time_s` (every answer says `connection: close`),
+        then until every client connection has closed (at most `drain_timeout_s`); then stop Envoy, then the sidecar.
+        """
         envoy, self._envoy = self._envoy, None
+        if self.sidecar is not None:
+            self.sidecar.runtime.problems["gateway"] = "draining: stopping, send new requests elsewhere"
         if envoy is not None and envoy.poll() is None:
             if self.admin_url:
                 await asyncio.to_thread(self._drain)
@@ -152,9 +162,12 @@ class Gateway:
     def _drain(self) -> None:
         if not envoyadmin.drain_listeners(self.admin_url):
             return
-        deadline = time.monotonic() + self.drain_timeout_s
-        while time.monotonic() < deadline and self._active_requests() > 0:
-            time.sleep(0.1)
+        deadline = time.monotonic() + max(self.drain_timeout_s, self.drain_time_s)
+        # Waiting for no *request* in flight is not enough: a kept-alive client sends its next one a moment
+        # later, on a connection that Envoy's exit would reset. Connections end once they got `connection: close`.
+        time.sleep(self.drain_time_s)
+        while time.monotonic() < deadline and self._open_connections() > 0:
+            time.sleep(0.05)
 
 
 #: Envoy components whose debug output prints request headers or header mutations, provider keys included.

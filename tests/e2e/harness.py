@@ -261,7 +261,7 @@ class GatewayProcess:
         self.write_config(config)
         self.log_path = os.path.join(directory, "gateway.log")
         self.log = open(self.log_path, "w+", encoding="utf-8")
-        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", *extra_args]
+        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", "--drain-time", "0", *extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
         self.ports: dict[str, int] = {}
         self.metrics_port = 0

@@ -106,6 +106,103 @@ def test_sigterm_drains_a_request_in_flight_before_stopping(mocks, gateway):
     assert "stopping: draining in-flight requests" in gw.process.stdout.read()
 
 
+def test_a_drain_turns_readiness_off_at_once_and_resets_no_kept_alive_connection(mocks, gateway):
+    """Kept-alive clients sending back to back while the gateway stops: every request sent is answered.
+
+    During the drain every answer says `connection: close`; once the listeners close, a new
+    connection is refused (the client's cue to go elsewhere), never cut in the middle of a request.
+    """
+    import http.client
+
+    main = mocks.start("main")
+    gw = gateway(gateway_config(provider("main", GPT4, main)), "--drain-time", "2")
+    body = json.dumps({"model": GPT4}).encode()
+    outcomes: list[tuple[float, str]] = []
+    stopping = threading.Event()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        served = 0  # answers on the current connection
+        while True:
+            try:
+                if connection.sock is None:
+                    connection.connect()
+                    served = 0
+            except ConnectionRefusedError:
+                outcomes.append((time.monotonic(), "refused"))
+                return
+            try:
+                connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                served += 1
+                outcomes.append((time.monotonic(), f"{answer.status} {answer.getheader('connection', 'keep-alive')}"))
+            except (OSError, http.client.HTTPException) as exc:
+                # A connection the listener had not accepted yet when it closed is reset by the kernel: the same as refused.
+                outcomes.append((time.monotonic(), f"cut: {exc!r}" if served else "refused"))
+                connection.close()
+                if not served:
+                    return
+                continue
+            if answer.getheader("connection") == "close":
+                connection.close()
+                if not stopping.is_set():
+                    return
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    wait_for(lambda: len(outcomes) > 200)
+    signalled = time.monotonic()
+    stopping.set()
+    gw.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: gw.get("/readyz").status == 503, timeout=1)
+    assert b"draining" in gw.get("/readyz").body
+    for thread in clients:
+        thread.join(30)
+
+    assert gw.process.wait(30) == 0
+    assert not [outcome for _, outcome in outcomes if outcome.startswith("cut")], "a request on a kept-alive connection was cut"
+    refused = [moment - signalled for moment, outcome in outcomes if outcome == "refused"]
+    assert min(refused, default=2.0) > 1.5, "connections were refused only once the drain time (2 s) was over"
+    during = [outcome for moment, outcome in outcomes if moment > signalled + 0.5 and not outcome.startswith("refused")]
+    assert during and set(during) == {"200 close"}, "the listeners stayed open for the drain time, and told every client to close"
+    assert {outcome for _, outcome in outcomes if outcome != "refused"} <= {"200 keep-alive", "200 close"}
+
+
+def test_readyz_turns_200_only_once_the_listener_accepts(mocks, tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from .harness import free_port
+
+    main = mocks.start("main")
+    config = gateway_config(provider("main", GPT4, main))
+    listener_port, metrics_port = free_port(), free_port()
+    config["listeners"][0]["port"] = listener_port
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "extproc", "up", str(path), "--metrics-port", str(metrics_port), "--drain-time", "0"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as answer:
+                    ready = answer.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                ready = False
+            if ready:
+                socket.create_connection(("127.0.0.1", listener_port), timeout=1).close()  # refused if ready came too soon
+                break
+            time.sleep(0.005)
+        else:
+            raise AssertionError("never ready")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
 def test_up_notices_a_dead_envoy_and_exits_non_zero(mocks, tmp_path):
     from .harness import GatewayProcess
 
