@@ -335,8 +335,12 @@ def _whole_body(listener: Listener) -> dict:
     A client that trickles its body then costs only its own request (Envoy's
     buffer), never a sidecar stream or a bulk-lane thread waiting on it;
     past `max_body_bytes` Envoy answers 413 itself (JSON, `_local_replies`).
+    A CONNECT has no body to wait for (its stream stays open): it goes on to
+    the sidecar, which refuses it at once.
     """
-    return {"name": "envoy.filters.http.buffer", "typed_config": {"@type": _BUFFER, "max_request_bytes": listener.max_body_bytes}}
+    buffer = {"name": "envoy.filters.http.buffer", "typed_config": {"@type": _BUFFER, "max_request_bytes": listener.max_body_bytes}}
+    connect = {"single_predicate": {"input": header_input(":method"), "value_match": {"exact": "CONNECT"}}}
+    return composite("extproc.whole_body", {"matcher_list": {"matchers": [{"predicate": {"not_matcher": connect}, "on_match": execute("buffer", buffer)}]}})
 
 
 def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
@@ -596,11 +600,19 @@ def _stdout_access_log(token_usage: bool) -> dict:
 
 
 def _local_replies() -> dict:
-    """Envoy's own error replies (body too large, sidecar or providers unreachable) as OpenAI JSON."""
+    """Envoy's own error replies as OpenAI JSON: body too large, a request it could not read, sidecar or providers unreachable.
 
-    def mapper(status_filter: dict, type_: str, code: str, message: str) -> dict:
+    "Could not read" is a 4xx Envoy answered before a request id was given,
+    i.e. before any filter ran (header too large, an underscore in a header
+    name, an escaped slash in the path): the sidecar's and the routes' own
+    4xx answers carry an id and are JSON already.
+    """
+
+    def mapper(status_filter: dict, type_: str, code: str, message: str, unread: bool = False) -> dict:
+        status = {"status_code_filter": {"comparison": status_filter}}
+        no_id = {"header_filter": {"header": {"name": "x-request-id", "present_match": True, "invert_match": True}}}
         return {
-            "filter": {"status_code_filter": {"comparison": status_filter}},
+            "filter": {"and_filter": {"filters": [status, no_id]}} if unread else status,
             "body_format_override": {
                 "json_format": {"error": {"message": message, "type": type_, "param": None, "code": code, "details": "%RESPONSE_CODE_DETAILS%"}},
                 "content_type": "application/json",
@@ -608,11 +620,13 @@ def _local_replies() -> dict:
         }
 
     too_large = {"op": "EQ", "value": {"default_value": 413, "runtime_key": "extproc.local_reply.too_large"}}
+    client_error = {"op": "GE", "value": {"default_value": 400, "runtime_key": "extproc.local_reply.client_error"}}
     server_error = {"op": "GE", "value": {"default_value": 500, "runtime_key": "extproc.local_reply.server_error"}}
     return {
         "mappers": [
             mapper(too_large, "invalid_request_error", "request_too_large", "The request body is over this gateway's size limit."),
             mapper(server_error, "api_error", "gateway_error", "The gateway could not complete the request. %LOCAL_REPLY_BODY%"),
+            mapper(client_error, "invalid_request_error", "invalid_request", "The gateway could not read this request (%LOCAL_REPLY_BODY%).", unread=True),
         ]
     }
 

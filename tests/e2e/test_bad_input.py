@@ -1,6 +1,7 @@
 """Bad input gets an OpenAI-style JSON error and reaches no provider."""
 
 import http.client
+import json
 
 import pytest
 import yaml
@@ -149,3 +150,52 @@ def test_envoys_stats_are_served_for_scraping_and_nothing_else_of_its_admin(mock
 
     assert stats.status == 200 and b"envoy_cluster_upstream_cx_total" in stats.body
     assert drain.status == 404 and dump.status == 404, "the admin API's other endpoints stay unreachable"
+
+
+def _raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library tidying them up); the status, headers and body of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(data)
+        except ConnectionResetError:  # Envoy answers and closes before reading a too-large head to its end
+            pass
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < _length(received):
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def _length(received: bytes) -> int:
+    head = received.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    return next((int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:")), 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /v1/models HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+        (b"GET /v1/models HTTP/1.1\r\nhost: gw\r\nx_api_key: k\r\n\r\n", 400),
+        (b"GET /v1%2Fmodels HTTP/1.1\r\nhost: gw\r\n\r\n", 400),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n", 404),
+    ],
+    ids=["header-too-large", "underscore-header", "escaped-slash", "connect"],
+)
+def test_what_envoy_refuses_before_routing_is_json_too(one_provider, raw, status):
+    gw, main = one_provider
+    got, headers, body = _raw(gw.port, raw)
+    assert got == status, body
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["code"]
+    assert main.received == []

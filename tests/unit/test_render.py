@@ -156,7 +156,7 @@ def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
     assert "tracing" not in hcm and "layered_runtime" not in bootstrap
     assert [f["name"] for f in hcm["http_filters"]][:2] == ["extproc.usage_json", "envoy.filters.http.sse_to_metadata"]
     off = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\nmetrics: {token_usage: false}", "t.yaml", {})
-    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["envoy.filters.http.buffer", "extproc.router", "extproc.bulk_patch", "envoy.filters.http.router"]
+    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["extproc.whole_body", "extproc.router", "extproc.bulk_patch", "envoy.filters.http.router"]
 
 
 @pytest.mark.parametrize(
