@@ -11,6 +11,7 @@ from __future__ import annotations
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
 MODEL_METADATA_KEY = "model"  # the model a request resolved to, for access logs and traces
+PATH_METADATA_KEY = "path"  # the path the client asked for (attempts rewrite `:path` for their provider), for access logs
 #: A large request's model rewrite, applied by Envoy (a Lua filter) instead of the body coming back over gRPC:
 #: bytes [start, end) of the body become the value.
 PATCH_START_KEY, PATCH_END_KEY, PATCH_VALUE_KEY = "patch_start", "patch_end", "patch_value"

@@ -44,6 +44,7 @@ from .contract import (
     PATCH_END_KEY,
     PATCH_START_KEY,
     PATCH_VALUE_KEY,
+    PATH_METADATA_KEY,
     PHASE_METADATA,
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
@@ -449,7 +450,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
             *_bulk_patch(options),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
-        "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else ())]
+        "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=_REQUESTS_ONLY)]
         + ([_stdout_access_log(token_usage)] if listener.access_log else []),
         "local_reply_config": _local_replies(),
     }
@@ -572,6 +573,17 @@ def _access_log(
     return logger
 
 
+#: Request entries only: not a connection that closed before a request (a port check, a half-sent head), which has neither.
+_REQUESTS_ONLY = {
+    "or_filter": {
+        "filters": [
+            {"header_filter": {"header": {"name": ":method", "present_match": True}}},
+            {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 1, "runtime_key": "extproc.access_log.min_status"}}}},
+        ]
+    }
+}
+
+
 def _stdout_access_log(token_usage: bool) -> dict:
     """One JSON line per request for people: which model, which provider answered, after how many attempts.
 
@@ -581,9 +593,10 @@ def _stdout_access_log(token_usage: bool) -> dict:
         "time": "%START_TIME%",
         "request_id": "%REQ(X-REQUEST-ID)%",
         "method": "%REQ(:METHOD)%",
-        "path": "%REQ(:PATH)%",
+        "path": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{PATH_METADATA_KEY})%",  # the client's: `:path` is the last attempt's by now
         "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{MODEL_METADATA_KEY})%",
         "provider": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%",
+        "provider_model": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_MODEL_METADATA_KEY})%",
         "status": "%RESPONSE_CODE%",
         "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "duration_ms": "%DURATION%",
@@ -595,6 +608,7 @@ def _stdout_access_log(token_usage: bool) -> dict:
         fields[OUTPUT_TOKENS] = f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:{OUTPUT_TOKENS})%"
     return {
         "name": "envoy.access_loggers.stdout",
+        "filter": _REQUESTS_ONLY,
         "typed_config": {"@type": _STDOUT_ACCESS_LOG, "log_format": {"json_format": fields}},
     }
 

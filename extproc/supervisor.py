@@ -90,6 +90,7 @@ class Gateway:
             "--component-log-level", ",".join(f"{component}:{_without_secrets(self.log_level)}" for component in SECRET_LOGGING_COMPONENTS),
             "--drain-time-s", str(self.drain_time_s),
             "--drain-strategy", "immediate",
+            "--file-flush-interval-msec", "1000",  # access-log lines reach stdout within a second (Envoy's default: 10 s)
         ]
         if self.concurrency:
             command += ["--concurrency", str(self.concurrency)]

@@ -24,6 +24,7 @@ from ..contract import (
     PATCH_END_KEY,
     PATCH_START_KEY,
     PATCH_VALUE_KEY,
+    PATH_METADATA_KEY,
 )
 from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
@@ -102,7 +103,9 @@ class RouterStream:
         if isinstance(decision, errors.Reply):
             self.reply = decision
             self.done = True
-            return immediate(decision)
+            response = immediate(decision)
+            self._log_path(response)
+            return response
         response = pb.ProcessingResponse()
         common = getattr(response, kind).response
         common.SetInParent()
@@ -111,7 +114,7 @@ class RouterStream:
         self.done = True
         apply_headers(common.header_mutation, decision.headers)
         common.clear_route_cache = True
-        namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
+        namespace = self._log_path(response)
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
         namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
         if decision.patch is not None:
@@ -119,6 +122,12 @@ class RouterStream:
             namespace.fields[PATCH_END_KEY].number_value = decision.patch.end
             namespace.fields[PATCH_VALUE_KEY].string_value = decision.patch.value.decode()
         return response if decision.body is None else with_body(response, kind, decision.body)
+
+    def _log_path(self, response: pb.ProcessingResponse):
+        """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""
+        namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
+        namespace.fields[PATH_METADATA_KEY].string_value = self.headers.get(":path", "")
+        return namespace
 
 
 class UpstreamStream:

@@ -276,3 +276,36 @@ def test_a_large_image_request_is_translated_through_the_bulk_lane(mocks, gatewa
     assert sent["model"] == "claude-sonnet-4"
     assert sent["messages"][0]["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}}
     assert gw.metric("extproc_processing_seconds_count", phase="bulk_request_body") == 1
+
+
+def test_the_access_log_names_the_clients_path_and_model_and_the_answering_provider_and_its_model_within_a_second(mocks, gateway):
+    import select
+    import socket
+    import time
+
+    openai = mocks.start("openai", status=429)
+    claude = mocks.start("claude", api="anthropic")
+    gw = gateway(
+        gateway_config(
+            provider("openai", GPT4O, openai, retry_policy={"fallback_models": [CLAUDE]}),
+            provider("claude", CLAUDE, claude, access_key="sk-ant", base_url=f"http://127.0.0.1:{claude.port}/anthro"),
+            access_log=True,
+        )
+    )
+    with socket.create_connection(("127.0.0.1", gw.port)) as half_sent:  # a port check, a head never finished: no request
+        half_sent.sendall(b"POST /v1/chat/comp")
+    assert chat(gw.port, {**ASK, "model": "openai/gpt-9"}).status == 404
+    assert chat(gw.port, ASK).status == 200
+    assert claude.received[0].path == "/anthro/v1/messages"
+
+    lines = []
+    deadline = time.monotonic() + 1.5
+    while len(lines) < 2 and select.select([gw.process.stdout], [], [], max(deadline - time.monotonic(), 0))[0]:
+        line = gw.process.stdout.readline()
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    assert len(lines) == 2, f"the two requests' lines, within 1.5 s: {lines}"
+    refused, served = lines
+    assert (refused["path"], refused["status"], refused["provider"]) == ("/v1/chat/completions", 404, None)
+    assert (served["path"], served["model"], served["provider"], served["provider_model"]) == ("/v1/chat/completions", GPT4O, "claude", CLAUDE)
+    assert (served["status"], served["attempts"]) == (200, 2)
