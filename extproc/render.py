@@ -181,11 +181,11 @@ def _stats_listener(port: int) -> dict:
 
 
 def cds_path(xds_dir: str) -> str:
-    return os.path.join(xds_dir, "cds.yaml")
+    return os.path.join(xds_dir, "cds.json")
 
 
 def rds_path(xds_dir: str, listener: str) -> str:
-    return os.path.join(xds_dir, f"rds_{listener}.yaml")
+    return os.path.join(xds_dir, f"rds_{listener}.json")
 
 
 def route_config_name(listener: Listener) -> str:

@@ -11,7 +11,9 @@ only ever adds resources beside the old ones:
    under it can still be running (`prune`, called by the reloader later).
 
 Each file is written whole to a temporary name and renamed into place, which
-is what Envoy's directory watch picks up. When Envoy's admin address is known
+is what Envoy's directory watch picks up. Files are JSON (a reload to 200
+providers took 570 ms of pure-Python YAML) and written off the event loop,
+which keeps serving requests meanwhile. When Envoy's admin address is known
 (`extproc up`, `extproc serve --envoy-admin`) each step waits until Envoy
 reports the new version, and a rejected update is rolled back; otherwise it
 waits a fixed settle time and cannot tell a rejection.
@@ -20,6 +22,7 @@ waits a fixed settle time and cannot tell a rejection.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import tempfile
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from . import envoyadmin
 from .config import Config
-from .render import RenderOptions, cds_path, rds_path, route_config, route_config_name, to_yaml, upstream_clusters
+from .render import RenderOptions, cds_path, rds_path, route_config, route_config_name, upstream_clusters
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class XdsFiles:
             await self._step(lambda: self._write_clusters(configs), "cds", new)
             await self._step(lambda: self._write_routes(configs), "rds", new)
         except XdsRejected:
-            self.write(live)
+            await asyncio.to_thread(self.write, live)
             raise
         # Envoy confirms a route table on its main thread and hands it to its
         # workers asynchronously: give them a moment before naming new routes.
@@ -87,7 +90,7 @@ class XdsFiles:
         names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners]
         before = await asyncio.to_thread(self._stats) if self.admin_url() else {}
         self.version += 1
-        write()
+        await asyncio.to_thread(write)
         if not self.admin_url():
             await asyncio.sleep(self.settle_s)
             return
@@ -113,7 +116,7 @@ class XdsFiles:
 
     def _publish(self, path: str, type_url: str, resources: list[dict]) -> None:
         document = {"version_info": str(self.version), "resources": [{"@type": type_url, **resource} for resource in resources]}
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".yaml")
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(to_yaml(document))
+            json.dump(document, stream, separators=(",", ":"))
         os.replace(temporary, path)

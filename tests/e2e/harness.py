@@ -98,7 +98,8 @@ class MockServers:
         await asyncio.gather(*pending, return_exceptions=True)
 
     def start(self, name: str, **behaviour) -> MockProvider:
-        mock = MockProvider(name=name, **behaviour)
+        """A mock that keeps every request it receives (tests count them), unless told `history`."""
+        mock = MockProvider(name=name, **{"history": 10**7, **behaviour})
         asyncio.run_coroutine_threadsafe(mock.start(), self.loop).result(5)
         self.mocks.append(mock)
         return mock

@@ -22,9 +22,9 @@ def test_a_rate_limit_is_known_before_the_client_has_the_answer(mocks, gateway):
     healthy = mocks.start("healthy")
     entries = []
     for index in range(PAIRS):  # one model per pair, so each pair starts from a provider nobody has tried
-        entries += [provider(f"lim{index}", f"openai/m{index}", limited), provider(f"ok{index}", f"openai/m{index}", healthy)]
+        entries += [provider(f"lim{index}", f"openai/m{index}", limited, headers={"x-test-as": f"lim{index}"}), provider(f"ok{index}", f"openai/m{index}", healthy)]
     for index in range(ALL_COOLING_PAIRS):
-        entries += [provider(f"a{index}", f"openai/c{index}", limited), provider(f"b{index}", f"openai/c{index}", limited)]
+        entries += [provider(f"{name}{index}", f"openai/c{index}", limited, headers={"x-test-as": f"{name}{index}"}) for name in ("a", "b")]
     entries.append(provider("busy", "openai/busy", healthy))
     gw = gateway(gateway_config(*entries))
 
@@ -48,7 +48,7 @@ def test_a_rate_limit_is_known_before_the_client_has_the_answer(mocks, gateway):
     assert violations == [], f"{len(violations)} violations: {violations[:5]}"
     per_provider = {}
     for received in limited.received:
-        name = received.header("x-arch-llm-provider")
+        name = received.header("x-test-as")  # which provider entry the shared mock was called as
         per_provider[name] = per_provider.get(name, 0) + 1
     assert set(per_provider.values()) == {1}, "each rate-limited provider was called once, by the first request of its pair"
     assert len(per_provider) == PAIRS + 2 * ALL_COOLING_PAIRS
