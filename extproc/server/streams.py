@@ -6,16 +6,17 @@ upstream-level stream sees one attempt. No decision is made here.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar, TypeAlias
 
 import msgspec
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import text_format
 
 from ..config.store import Live
 from ..contract import (
+    CLUSTER_METADATA_KEY,
     EXT_PROC_ATTRIBUTES,
     HOST_METADATA_ATTRIBUTE,
     METADATA_KEY,
@@ -36,8 +37,6 @@ from . import wire
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
 Request: TypeAlias = pb.ProcessingRequest | wire.RequestBody
 Response: TypeAlias = pb.ProcessingResponse | bytes
-
-_CLUSTER_IN_TEXT = re.compile(r'key: "cluster"\s+value \{\s*string_value: "([^"]*)"')
 
 
 def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
@@ -216,17 +215,16 @@ class UpstreamStream:
         return with_body(pb.ProcessingResponse(), "request_body", msgspec.json.encode(translated.body))
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
-        """The picked endpoint's cluster, from its metadata (Envoy sends it as text-format proto)."""
+        """The picked endpoint's cluster, from its metadata (Envoy sends `xds.upstream_host_metadata` as text-format proto)."""
         attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
         if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
             return None
         text = attributes.fields[HOST_METADATA_ATTRIBUTE].string_value
         cache = UpstreamStream._cluster_cache
         if text not in cache:
-            match = _CLUSTER_IN_TEXT.search(text)
             if len(cache) > 4096:
                 cache.clear()
-            cache[text] = match.group(1) if match else None
+            cache[text] = _cluster_of(text)
         return cache[text]
 
     @staticmethod
@@ -235,6 +233,18 @@ class UpstreamStream:
         if namespace is None or METADATA_KEY not in namespace.fields:
             return None
         return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+
+
+def _cluster_of(host_metadata: str) -> str | None:
+    """The `extproc` cluster key of a host's metadata, parsed by protobuf's own text-format parser."""
+    try:
+        metadata = text_format.Parse(host_metadata, base_pb2.Metadata())
+    except text_format.ParseError:
+        return None
+    namespace = metadata.filter_metadata.get(METADATA_NAMESPACE)
+    if namespace is None or CLUSTER_METADATA_KEY not in namespace.fields:
+        return None
+    return namespace.fields[CLUSTER_METADATA_KEY].string_value
 
 
 class _AnswerTranslation:

@@ -331,3 +331,34 @@ def test_a_broken_form_gets_a_clear_400(body, content_type, message):
     assert isinstance(decision, Reply) and decision.status == 400
     error = json.loads(decision.body)["error"]
     assert error["code"] == "invalid_multipart" and message in error["message"]
+
+
+def test_parsing_does_not_depend_on_the_wording_of_msgspecs_errors(monkeypatch):
+    """A msgspec release that words its errors otherwise costs speed (Python's decoder steps in), never correctness."""
+    from extproc.processor import jsonbody
+
+    bodies = [
+        b' {\n  "a" : [1, {"b": "}"}] ,\n  "model"\t:  "m"  \n}\n',
+        b'{"messages": [{"model": "inner"}], "model": "openai/gpt-4", "n": 2}',
+        b'{"model": null, "a": {}}',
+        b'{"a": "caf\xc3\xa9", "model": "x"}',
+    ]
+    expected = [(parse(body).model, parse(body).span) for body in bodies]
+    never = re.compile(r"(?!)")
+    monkeypatch.setattr(jsonbody, "_TRAILING", never)
+    monkeypatch.setattr(jsonbody, "_MALFORMED", never)
+    assert [(parse(body).model, parse(body).span) for body in bodies] == expected
+    for bad, says in ((b'{"a": [1, }', "at byte 10"), (b'{"a": 1 "b": 2}', "expected ',' or '}' at byte 8"), (b'{"a": 1', "ends before")):
+        with pytest.raises(BodyError, match=re.escape(says)):
+            parse(bad)
+
+
+def test_msgspec_still_words_its_errors_as_the_fast_path_reads_them():
+    """The fast path's assumption, checked against the msgspec installed: if this fails, parsing is only slower."""
+    import msgspec
+
+    from extproc.processor import jsonbody
+
+    with pytest.raises(msgspec.DecodeError) as trailing:
+        msgspec.json.Decoder(msgspec.Raw).decode(b'"m" , "n"')
+    assert jsonbody._TRAILING.fullmatch(str(trailing.value))

@@ -111,7 +111,9 @@ model_providers:
     metadata = message(routed.handle(body_message(b'{"model": "openai/gpt-4"}'))).dynamic_metadata.fields["extproc"].struct_value
     request = headers_message({":path": "/v1/chat/completions"})
     request.metadata_context.filter_metadata["extproc"].CopyFrom(metadata)
-    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = f'key: "cluster" value {{ string_value: "{config.providers["o"].cluster}" }}'
+    request.attributes["envoy.filters.http.ext_proc"].fields["xds.upstream_host_metadata"].string_value = (
+        f'filter_metadata {{ key: "extproc" value {{ fields {{ key: "cluster" value {{ string_value: "{config.providers["o"].cluster}" }} }} }} }}'
+    )
     stream = UpstreamStream(Live.of(config))
     assert not stream.handle(request).HasField("mode_override")
     body = message(stream.handle(body_message(b'{"model": "gpt-4"}'))).request_body.response
