@@ -1,6 +1,6 @@
 """Render the Envoy bootstrap for a config: listeners, routes, chain and provider clusters.
 
-The shape (see DESIGN.md in the shared notes for why each piece is there):
+The shape (docs/envoy-behaviour.md says which Envoy behaviour each piece rests on, and which test holds it):
 
 - per listener, an HCM whose router-level ext_proc picks the chain and sets
   `x-arch-llm-provider`; one route per chain start matches that header
