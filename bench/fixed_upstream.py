@@ -2,9 +2,11 @@
 
 A raw asyncio protocol on uvloop (no HTTP framework, no per-request objects
 beyond the bytes): it reads a request's head and body and writes one fixed
-response, keep-alive. Run it in its own process:
+response, keep-alive (or, with `--close`, closing the connection after each
+answer, as Python's `http.server` and some real providers do after a 429).
+Run it in its own process:
 
-    python bench/fixed_upstream.py PORT STATUS [BODY_FILE]
+    python bench/fixed_upstream.py PORT STATUS [BODY_FILE] [--close]
 
 It is lighter than an Envoy `direct_response` listener, which on this 2-core
 machine held "Envoy alone" back (the baseline must not be limited by its
@@ -20,8 +22,9 @@ _REASONS = {200: "OK", 429: "Too Many Requests"}
 
 
 class FixedAnswer(asyncio.Protocol):
-    def __init__(self, answer: bytes):
+    def __init__(self, answer: bytes, close: bool = False):
         self.answer = answer
+        self.close = close
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -41,10 +44,15 @@ class FixedAnswer(asyncio.Protocol):
                 return
             del self.buffer[: end + 4 + length]
             self.transport.write(self.answer)
+            if self.close:
+                self.transport.close()
+                return
 
 
-def answer(status: int, body: bytes) -> bytes:
+def answer(status: int, body: bytes, close: bool = False) -> bytes:
     head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    if close:
+        head += "connection: close\r\n"
     if status == 429:
         head += "retry-after: 1\r\n"
     else:  # what every OpenAI answer carries: plenty left, so no cooldown, but the gateway reads them
@@ -52,19 +60,21 @@ def answer(status: int, body: bytes) -> bytes:
     return (head + "\r\n").encode() + body
 
 
-async def serve(port: int, status: int, body: bytes) -> None:
+async def serve(port: int, status: int, body: bytes, close: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FixedAnswer(answer(status, body)), "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(lambda: FixedAnswer(answer(status, body, close), close), "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    port, status = int(sys.argv[1]), int(sys.argv[2])
-    body = open(sys.argv[3], "rb").read() if len(sys.argv) > 3 else b'{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}'
+    close = "--close" in sys.argv
+    arguments = [argument for argument in sys.argv[1:] if argument != "--close"]
+    port, status = int(arguments[0]), int(arguments[1])
+    body = open(arguments[2], "rb").read() if len(arguments) > 2 else b'{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_error"}}'
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(port, status, body))
+        asyncio.run(serve(port, status, body, close))
     else:
-        uvloop.run(serve(port, status, body))
+        uvloop.run(serve(port, status, body, close))

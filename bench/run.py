@@ -127,14 +127,16 @@ class Processes:
         """The lightest providers (`fixed_upstream.py`): one answering a chat.completion, one 429; their ports."""
         return self.fixed_upstream(200, COMPLETION), self.fixed_upstream(429)
 
-    def fixed_upstream(self, status: int, body: str | None = None) -> int:
-        """A `fixed_upstream.py` answering `status` with `body` (default: an OpenAI-style 429 error); its port."""
+    def fixed_upstream(self, status: int, body: str | None = None, close: bool = False) -> int:
+        """A `fixed_upstream.py` answering `status` with `body` (default: an OpenAI-style 429 error), closing each connection if `close`; its port."""
         command = [sys.executable, os.path.join(ROOT, "bench", "fixed_upstream.py"), str(port := free_port()), str(status)]
         if body is not None:
             path = os.path.join(self.workdir, f"answer-{port}.json")
             with open(path, "w") as handle:
                 handle.write(body)
             command.append(path)
+        if close:
+            command.append("--close")
         self.spawn(command)
         wait_port(port)
         return port

@@ -30,11 +30,14 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline sample")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--closing", action="store_true", help="the failing provider closes its connection after each 429 (as http.server does)")
     args = parser.parse_args()
     binary = ensure_wrk()
     with Processes("extproc-soak-") as processes:
         workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
+        if args.closing:
+            limited_port = processes.fixed_upstream(429, close=True)
         config = {
             "listeners": [{"type": "model", "name": "soak", "address": "127.0.0.1", "port": 0}],
             "cooldown": {"enabled": False},
