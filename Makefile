@@ -63,7 +63,7 @@ bench-bodies: $(STAMP)
 bench-bodies-floor: $(STAMP)
 	$(BIN)/python bench/bodies_floor.py
 
-## 5 minutes at 32 connections, every request failing over: the sidecar's RSS must stay flat (within 5 MB after the first minute).
+## 5 minutes at 32 connections, every request failing over from a provider that closes its connection after each 429: the sidecar's RSS must stay flat (within 5 MB after the first minute).
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 

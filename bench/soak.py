@@ -1,8 +1,10 @@
 """Soak: the sidecar's memory stays flat while every request fails over (`make soak`).
 
-A fixed-response upstream (`fixed_upstream.py`: 429 on one port, 200 on another), the
-gateway (`extproc up`, cooldown off so every request tries the 429 provider
-first, then fails over), wrk at 32 connections for 5 minutes. The `extproc up`
+A fixed-response upstream (`fixed_upstream.py`: 429 on one port, closing the
+connection after each one as Python's `http.server` and some real providers
+do, and 200 on another), the gateway (`extproc up`, cooldown off so every
+request tries the 429 provider first, then fails over), wrk at 32 connections
+for 5 minutes (`--keep-alive`: a 429 provider that keeps its connections). The `extproc up`
 process's RSS (the sidecar lives in it; Envoy is its child) is sampled every
 15 s; the growth after the first minute (warm-up) must stay within 5 MB.
 Prints every sample and the verdict; exit 1 when the growth is over the bound.
@@ -30,13 +32,13 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline sample")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--closing", action="store_true", help="the failing provider closes its connection after each 429 (as http.server does)")
+    parser.add_argument("--keep-alive", action="store_true", help="the failing provider keeps its connections (by default it closes each after its 429)")
     args = parser.parse_args()
     binary = ensure_wrk()
     with Processes("extproc-soak-") as processes:
         workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
-        if args.closing:
+        if not args.keep_alive:
             limited_port = processes.fixed_upstream(429, close=True)
         config = {
             "listeners": [{"type": "model", "name": "soak", "address": "127.0.0.1", "port": 0}],
