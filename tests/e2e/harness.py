@@ -305,8 +305,13 @@ class GatewayProcess:
         return request(self.metrics_port, "GET", path)
 
     def metric(self, name: str, **labels: str) -> float | None:
-        """One sample from /metrics, or None when the series does not exist."""
-        for family in text_string_to_metric_families(self.get("/metrics").body.decode()):
+        """One sample from /metrics, or None when the series does not exist.
+
+        Only the lines of that series are parsed (with Prometheus' own parser): a config of
+        hundreds of providers exposes thousands of lines, and tests read metrics often.
+        """
+        lines = [line for line in self.get("/metrics").body.decode().splitlines() if line.startswith((f"{name}{{", f"{name} "))]
+        for family in text_string_to_metric_families("\n".join(lines) + "\n"):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
                     return sample.value
