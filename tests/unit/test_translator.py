@@ -1,6 +1,7 @@
 """OpenAI chat.completions <-> Anthropic Messages, as pure functions, on the payload shapes each API documents."""
 
 import json
+import types
 
 import pytest
 
@@ -172,6 +173,12 @@ def test_errors_keep_their_kind_and_message():
     body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
     assert t.error(529, body, "claude") == {"error": {"message": "Overloaded", "type": "server_error", "code": "overloaded_error"}}
     assert t.error(502, b"<html>bad gateway</html>", "claude") == {"error": {"message": "Provider 'claude' answered status 502.", "type": "server_error", "code": "upstream_error"}}
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    """`created` is stamped from the clock: streams translated a second apart must still compare equal."""
+    monkeypatch.setattr(t, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
 
 
 def _events(data: bytes) -> list:
