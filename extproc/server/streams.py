@@ -12,7 +12,7 @@ import msgspec
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import text_format
+from google.protobuf import struct_pb2, text_format
 
 from ..config.store import Live
 from ..contract import (
@@ -122,7 +122,7 @@ class RouterStream:
             namespace.fields[PATCH_VALUE_KEY].string_value = decision.patch.value.decode()
         return response if decision.body is None else with_body(response, kind, decision.body)
 
-    def _log_path(self, response: pb.ProcessingResponse):
+    def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
         """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[PATH_METADATA_KEY].string_value = self.headers.get(":path", "")
