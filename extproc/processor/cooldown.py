@@ -99,6 +99,11 @@ class _State:
     trial_until: float = 0.0  # a trial request is out until then; the others start elsewhere
 
 
+def _left(state: _State, now: float) -> float:
+    """Seconds of cooldown left (0 when none), whichever kind ends last."""
+    return max(state.rate_limited_until - now, state.failing_until - now, 0.0)
+
+
 class ProviderHealth:
     """Cooldown state per provider.
 
@@ -173,9 +178,7 @@ class ProviderHealth:
 
     def remaining(self, provider: str) -> float:
         state = self._states.get(provider)
-        if state is None:
-            return 0.0
-        return max(state.rate_limited_until - self.clock(), state.failing_until - self.clock(), 0.0)
+        return 0.0 if state is None else _left(state, self.clock())
 
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
@@ -195,7 +198,7 @@ class ProviderHealth:
             state = self._states.get(name)
             if state is None:
                 return name, 0.0
-            left = max(state.rate_limited_until - now, state.failing_until - now, 0.0)
+            left = _left(state, now)
             if left > 0:
                 soonest = min(soonest, left)
             elif not state.probation:
