@@ -15,6 +15,12 @@ PATH_METADATA_KEY = "path"  # the path the client asked for (attempts rewrite `:
 #: A large request's model rewrite, applied by Envoy (a Lua filter) instead of the body coming back over gRPC:
 #: bytes [start, end) of the body become the value.
 PATCH_START_KEY, PATCH_END_KEY, PATCH_VALUE_KEY = "patch_start", "patch_end", "patch_value"
+#: What Envoy finds in a JSON request body before the router-level ext_proc (namespace `extproc.body`,
+#: forwarded to it): whether the whole body is valid JSON (`json_to_metadata`), and its top-level `model`
+#: string with the bytes [start, end) of its token (a Lua scan). With both, the sidecar never receives the body.
+BODY_NAMESPACE = "extproc.body"
+BODY_JSON_KEY = "json"  # "valid" or "invalid"
+BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_MODEL_END_KEY = "model", "model_start", "model_end"
 #: Endpoint metadata: the provider of an Envoy host, its cluster, its model, its `gen_ai.provider.name`.
 PROVIDER_METADATA_KEY = "provider"
 CLUSTER_METADATA_KEY = "cluster"

@@ -31,6 +31,11 @@ import yaml
 from .config import Chain, Config, Listener, Provider
 from .contract import (
     ATTEMPT_TAG,
+    BODY_JSON_KEY,
+    BODY_MODEL_END_KEY,
+    BODY_MODEL_KEY,
+    BODY_MODEL_START_KEY,
+    BODY_NAMESPACE,
     BULK_CONTENT_LENGTH,
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
@@ -57,6 +62,7 @@ from .contract import (
 )
 from .processor.cooldown import OVERLOADED
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
+from .processor.jsonbody import MAX_TOP_LEVEL_KEYS
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
 from .render_composite import composite, execute, header_input
@@ -73,6 +79,7 @@ _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.Exter
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+_JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
 _CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
@@ -81,6 +88,8 @@ _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTl
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+#: How deep the Lua scan follows nested values; a deeper body goes to the sidecar, which reads ~1000 levels.
+_SCAN_MAX_DEPTH = 128
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 _FIXED_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
@@ -347,10 +356,13 @@ def _whole_body(listener: Listener) -> dict:
 def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     """The router-level ext_proc; beside a Unix-socket sidecar, a large request's goes to its bulk lane instead.
 
-    A composite filter picks by `content-length` (7 digits or more), so a large
-    body never passes through the event loop that serves the other requests.
+    The main lane receives the request headers and what Envoy found in the
+    body (`_find_model`), not the body: the sidecar asks for it (a mode
+    override) only when Envoy found no model. A composite filter picks by
+    `content-length` (7 digits or more), so a large body never passes through
+    the event loop that serves the other requests.
     """
-    main = _ext_proc("router", options, listener.max_body_bytes, listener.name)
+    main = _ext_proc("router", options, listener.max_body_bytes, listener.name, body_mode="NONE")
     if bulk_address(options.sidecar) is None:
         return main
     bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
@@ -360,7 +372,140 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     )
 
 
-#: Applies the bulk lane's model rewrite to the buffered body in Envoy: the body never travels back over gRPC
+#: Finds a JSON body's top-level `model` string and where its token sits, for the router-level ext_proc
+#: (which then never receives the body). It runs after `json_to_metadata` said the whole body is valid JSON,
+#: so it only walks the top level, skipping strings and nested values; anything it does not expect (a
+#: second `model`, an escape in a key or in the model, more than MAX_TOP_LEVEL_KEYS keys, deep nesting,
+#: bytes after the object) leaves no model, and the sidecar asks for the body and decides as before.
+_SCAN_LUA = rf"""
+local function skip(s, i)
+  return s:match("^[ \t\r\n]*()", i)
+end
+
+local function string_end(s, i)
+  local j = i + 1
+  while true do
+    local k = s:find('["\\]', j)
+    if k == nil then return nil end
+    if s:byte(k) == 34 then return k end
+    j = k + 2
+  end
+end
+
+local function value_end(s, i)
+  local c = s:byte(i)
+  if c == 34 then
+    local e = string_end(s, i)
+    return e and e + 1
+  end
+  if c ~= 123 and c ~= 91 then
+    return s:find("[,}}%]%s]", i)
+  end
+  local depth, j = 0, i
+  while true do
+    local k = s:find('[%[%]{{}}"]', j)
+    if k == nil then return nil end
+    local b = s:byte(k)
+    if b == 34 then
+      local e = string_end(s, k)
+      if e == nil then return nil end
+      j = e + 1
+    elseif b == 123 or b == 91 then
+      depth = depth + 1
+      if depth > {_SCAN_MAX_DEPTH} then return nil end
+      j = k + 1
+    else
+      depth = depth - 1
+      j = k + 1
+      if depth == 0 then return j end
+    end
+  end
+end
+
+local function find_model(s)
+  local i = skip(s, 1)
+  if s:byte(i) ~= 123 then return nil end
+  i = skip(s, i + 1)
+  local keys, first, last = 0, nil, nil
+  while true do
+    if s:byte(i) ~= 34 then return nil end
+    local e = string_end(s, i)
+    if e == nil then return nil end
+    local key = s:sub(i + 1, e - 1)
+    if key:find("\\", 1, true) then return nil end
+    i = skip(s, e + 1)
+    if s:byte(i) ~= 58 then return nil end
+    local start = skip(s, i + 1)
+    local stop = value_end(s, start)
+    if stop == nil then return nil end
+    keys = keys + 1
+    if keys > {MAX_TOP_LEVEL_KEYS} then return nil end
+    if key == "model" then
+      if first ~= nil then return nil end
+      first, last = start, stop
+    end
+    i = skip(s, stop)
+    if s:byte(i) == 125 then break end
+    if s:byte(i) ~= 44 then return nil end
+    i = skip(s, i + 1)
+  end
+  if skip(s, i + 1) <= #s or first == nil or s:byte(first) ~= 34 then return nil end
+  local token = s:sub(first, last - 1)
+  if token:find("\\", 1, true) then return nil end
+  return first - 1, last - 1, token:sub(2, -2)
+end
+
+function envoy_on_request(handle)
+  local found = handle:streamInfo():dynamicMetadata():get("{BODY_NAMESPACE}")
+  if found == nil or found["{BODY_JSON_KEY}"] ~= "valid" then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local first, last, model = find_model(body:getBytes(0, body:length()))
+  if first ~= nil then
+    local metadata = handle:streamInfo():dynamicMetadata()  -- got after body(): Lua objects do not outlive a yield
+    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_KEY}", model)
+    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_START_KEY}", first)
+    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_END_KEY}", last)
+  end
+end
+"""
+
+#: Content types `json_to_metadata` reads (it matches them exactly); a body of any other type goes to the sidecar.
+_JSON_CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"]
+
+
+def _find_model() -> list[dict]:
+    """Envoy checks a request's JSON and finds its model before the router-level ext_proc: one message per request.
+
+    `json_to_metadata` runs only where a composite lets it: not on CONNECT (no
+    body: it would wait forever) or a large request (content-length of 7
+    digits or more: parsed in Envoy's worker, it would hold every request
+    behind it; the bulk lane reads it off that worker). The Lua scan runs only
+    after it said "valid".
+    """
+    valid = {"metadata_namespace": BODY_NAMESPACE, "key": BODY_JSON_KEY, "value": "valid"}
+    json_check = {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": _JSON_TO_METADATA,
+            "request_rules": {
+                "rules": [{"selectors": [{"key": "model"}], "on_present": valid, "on_missing": valid, "on_error": {**valid, "value": "invalid"}}],
+                "allow_content_types": _JSON_CONTENT_TYPES,
+            },
+        },
+    }
+    skipped = {"or_matcher": {"predicate": [{"single_predicate": {"input": header_input(":method"), "value_match": {"exact": "CONNECT"}}}, _large_request()]}}
+    return [
+        composite("extproc.json_check", {"matcher_list": {"matchers": [{"predicate": {"not_matcher": skipped}, "on_match": execute("json_check", json_check)}]}}),
+        {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA}}},
+    ]
+
+
+#: Applies the router level's model rewrite to the buffered body in Envoy: the body never travels back over gRPC
 #: (receiving a 10 MiB body mutation held Envoy's worker, and every small request behind it, ~100 ms).
 _PATCH_LUA = f"""
 function envoy_on_request(handle)
@@ -377,16 +522,12 @@ function envoy_on_request(handle)
 end
 """
 
-
-def _bulk_patch(options: RenderOptions) -> list[dict]:
-    """Beside the bulk lane, the Lua filter that applies its model patch (large requests only)."""
-    if bulk_address(options.sidecar) is None:
-        return []
-    lua = {"name": "envoy.filters.http.lua", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _PATCH_LUA}}}
-    return [composite("extproc.bulk_patch", {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": execute("patch", lua)}]}})]
+_MODEL_PATCH = {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _PATCH_LUA}}}
 
 
-def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER) -> dict:
+def _ext_proc(
+    phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER, body_mode: str = "BUFFERED"
+) -> dict:
     metadata = [{"key": PHASE_METADATA, "value": phase}]
     if listener is not None:
         metadata.append({"key": LISTENER_METADATA, "value": listener})
@@ -401,7 +542,7 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
         "message_timeout": _duration(options.message_timeout_s),
         "processing_mode": {
             "request_header_mode": "SEND",
-            "request_body_mode": "BUFFERED",
+            "request_body_mode": body_mode,
             "request_trailer_mode": "SKIP",
             "response_header_mode": "SKIP",
             "response_body_mode": "NONE",
@@ -409,11 +550,15 @@ def _ext_proc(phase: str, options: RenderOptions, body_limit: int, listener: str
         },
     }
     if phase == "router":
-        config["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        namespaces: dict = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        config["metadata_options"] = namespaces
         # The router level drops a client's own x-envoy-* headers (x-envoy-original-path, …).
         config["mutation_rules"] = {"allow_envoy": True}
-        # The headers decide nothing that the body must wait for: save a round trip.
-        config["send_body_without_waiting_for_header_response"] = True
+        if body_mode == "NONE":  # the model comes from Envoy; the body only when Envoy found none
+            namespaces["forwarding_namespaces"] = {"untyped": [BODY_NAMESPACE]}
+            config["allow_mode_override"] = True
+        else:  # the headers decide nothing that the body must wait for: save a round trip
+            config["send_body_without_waiting_for_header_response"] = True
     else:
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}}
         config["request_attributes"] = ["xds.upstream_host_metadata"]
@@ -446,8 +591,9 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "http_filters": [
             *(usage_filters(listener.max_body_bytes) if token_usage else ()),
             _whole_body(listener),
+            *_find_model(),
             _router_ext_proc(options, listener),
-            *_bulk_patch(options),
+            _MODEL_PATCH,
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
         "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=_REQUESTS_ONLY)]

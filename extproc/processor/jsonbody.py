@@ -156,9 +156,6 @@ def _string(view: memoryview, what: str) -> str:
         raise BodyError(f"{what} is not a valid JSON string ({exc})") from None
 
 
-def replace_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> bytes | memoryview:
-    """The body with the model value at `span` set to `model_name`."""
-    return rewrite_model(body, span, model_name)[0]
 
 
 @dataclass(frozen=True)
@@ -170,11 +167,16 @@ class Patch:
     value: bytes
     span: ModelSpan
 
+    def apply(self, body: bytes | memoryview) -> bytes:
+        """The patched body (what Envoy's Lua filter does with it at the router level)."""
+        view = memoryview(body)
+        return b"".join((view[: self.start], self.value, view[self.end :]))  # one copy of a large body, not three
 
-def model_patch(body: bytes | memoryview, span: ModelSpan, model_name: str) -> Patch | None:
-    """What sets the model at `span` to `model_name`; None when the body already carries exactly that value."""
+
+def model_patch(token: bytes, span: ModelSpan, model_name: str) -> Patch | None:
+    """What sets the model at `span` (now `token`) to `model_name`; None when the body already carries exactly that value."""
     value = json.dumps(model_name).encode()
-    if not span.insert and body[span.start : span.end] == value:
+    if not span.insert and token == value:
         return None
     start = span.start
     if span.insert:
@@ -186,16 +188,10 @@ def model_patch(body: bytes | memoryview, span: ModelSpan, model_name: str) -> P
     return Patch(span.start, span.end, value, ModelSpan(start, end))
 
 
-def rewrite_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> tuple[bytes | memoryview, ModelSpan]:
-    """The body with `model_name` at `span`, and where the model value now sits.
-
-    A body that already carries exactly that value is returned itself: no copy, no body mutation.
-    """
-    patch = model_patch(body, span, model_name)
-    if patch is None:
-        return body, span
-    view = memoryview(body)
-    return b"".join((view[: patch.start], patch.value, view[patch.end :])), patch.span  # one copy of a large body, not three
+def replace_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> bytes | memoryview:
+    """The body with `model_name` at `span`; a body that already carries exactly that value is returned itself (no copy)."""
+    patch = model_patch(bytes(body[span.start : span.end]), span, model_name)
+    return body if patch is None else patch.apply(body)
 
 
 def _skip(body: bytes | memoryview, index: int) -> int:

@@ -16,7 +16,7 @@ from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
-from .jsonbody import BodyError, ParsedBody, Patch, is_blank, model_patch, parse, rewrite_model
+from .jsonbody import BodyError, ModelSpan, ParsedBody, Patch, is_blank, model_patch, parse
 
 MODELS_PATH = "/v1/models"
 #: Header entries a request may have when it reaches the sidecar: a client's 100
@@ -36,12 +36,19 @@ class Forward:
     #: The headers of attempt 1, made right for `provider` here so that attempt
     #: needs no upstream-level processing (retries are rebuilt there).
     headers: HeaderPlan
-    #: The body to send instead of the client's: its model set for `provider`, so
+    #: The body's model set for `provider` (bytes to replace, which Envoy applies itself), so
     #: attempts to providers with that same model name need no body rewrite.
     #: None when the client's body already names the provider's model (or has no body).
-    body: bytes | memoryview | None = None
-    #: Instead of `body` (a large request, `in_place`): the model's bytes to replace, which Envoy applies itself.
     patch: Patch | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """What Envoy found in a JSON body before the sidecar heard of the request: its top-level model string, and where its token is."""
+
+    model: str
+    start: int
+    end: int
 
 
 def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
@@ -57,9 +64,18 @@ def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
 
 
 def on_headers(
-    config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None, count: int = 0
+    config: Config,
+    listener: Listener,
+    headers: Mapping[str, str],
+    end_of_stream: bool,
+    health: ProviderHealth | None = None,
+    count: int = 0,
+    found: Found | None = None,
 ) -> errors.Reply | Forward | None:
-    """Decide from the headers alone when possible; None means: wait for the body. `count`: header lines as sent."""
+    """Decide from the headers (and what Envoy `found` in the body) when possible; None means: wait for the body.
+
+    `count`: header lines as sent.
+    """
     if count > CLIENT_HEADER_LIMIT:
         return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
     max_body_bytes = listener.max_body_bytes
@@ -75,13 +91,16 @@ def on_headers(
         return errors.too_large(int(length), max_body_bytes)
     if end_of_stream:
         return resolve(config, listener, headers, None, health)
+    if found is not None:
+        token = b'"' + found.model.encode() + b'"'  # Envoy found no escape in it: the model's JSON text
+        return _routed(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), token, health)
     return None
 
 
 def on_body(
-    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None, in_place: bool = False
+    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None
 ) -> errors.Reply | Forward:
-    """Decide from the body. `in_place`: a model rewrite comes back as a `Patch` for Envoy, not as a new body."""
+    """Decide from the body (Envoy found no model in it, or is not the kind to look)."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if is_blank(body):
@@ -96,16 +115,19 @@ def on_body(
         parsed = parse(body)
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
+    span = parsed.span
+    return _routed(config, listener, headers, parsed, b"" if span is None else bytes(body[span.start : span.end]), health)
+
+
+def _routed(config: Config, listener: Listener, headers: Mapping[str, str], parsed: ParsedBody, token: bytes, health: ProviderHealth | None) -> errors.Reply | Forward:
+    """`resolve`, then the patch that sets the body's model (now `token`) for the provider the chain starts at."""
     decision = resolve(config, listener, headers, parsed, health)
-    if isinstance(decision, Forward) and parsed.span is not None:
-        model_name = config.providers[decision.provider].model_name
-        if in_place:
-            patch = model_patch(body, parsed.span, model_name)
-            span = patch.span if patch is not None else parsed.span
-            return replace(decision, context=replace(decision.context, span=span, body_model=model_name), patch=patch)
-        rewritten, span = rewrite_model(body, parsed.span, model_name)
-        decision = replace(decision, context=replace(decision.context, span=span, body_model=model_name), body=None if rewritten is body else rewritten)
-    return decision
+    if not isinstance(decision, Forward) or parsed.span is None:
+        return decision
+    model_name = config.providers[decision.provider].model_name
+    patch = model_patch(token, parsed.span, model_name)
+    span = patch.span if patch is not None else parsed.span
+    return replace(decision, context=replace(decision.context, span=span, body_model=model_name), patch=patch)
 
 
 def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None) -> errors.Reply | Forward:

@@ -130,7 +130,7 @@ class BulkProcessor:
 
     def Process(self, request_iterator, context: grpc.ServicerContext) -> Iterator[Response]:
         metadata = dict(context.invocation_metadata() or ())
-        stream = RouterStream(self.processor.runtime.store.live, self.processor.runtime.health, metadata.get(LISTENER_METADATA, ""), in_place=True)
+        stream = RouterStream(self.processor.runtime.store.live, self.processor.runtime.health, metadata.get(LISTENER_METADATA, ""))
         in_flight = self.processor.in_flight["bulk"]
         in_flight.inc()
         try:

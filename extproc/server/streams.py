@@ -16,6 +16,11 @@ from google.protobuf import struct_pb2, text_format
 
 from ..config.store import Live
 from ..contract import (
+    BODY_JSON_KEY,
+    BODY_MODEL_END_KEY,
+    BODY_MODEL_KEY,
+    BODY_MODEL_START_KEY,
+    BODY_NAMESPACE,
     CLUSTER_METADATA_KEY,
     EXT_PROC_ATTRIBUTES,
     HOST_METADATA_ATTRIBUTE,
@@ -76,9 +81,8 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, in_place: bool = False):
+    def __init__(self, live: Live, health: ProviderHealth | None, listener: str):
         config = self.config = live.current
-        self.in_place = in_place  # the bulk lane: a model rewrite goes back as a patch Envoy applies, not as the body
         self.health = health
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
@@ -91,10 +95,11 @@ class RouterStream:
             assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
             self.headers = headers_of(request.request_headers)
             message = request.request_headers
-            decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, len(message.headers.headers))
+            count = len(message.headers.headers)
+            decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, count, _found(request))
             return self._respond("request_headers", decision)
         if kind == "request_body":
-            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health, self.in_place)
+            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
             return self._respond("request_body", decision)
         return _continue(kind)
 
@@ -108,7 +113,8 @@ class RouterStream:
         response = pb.ProcessingResponse()
         common = getattr(response, kind).response
         common.SetInParent()
-        if decision is None:
+        if decision is None:  # Envoy found no model: the body decides (the main lane sends it only when asked)
+            response.mode_override.CopyFrom(_SEND_BODY)
             return response
         self.done = True
         apply_headers(common.header_mutation, decision.headers)
@@ -120,13 +126,24 @@ class RouterStream:
             namespace.fields[PATCH_START_KEY].number_value = decision.patch.start
             namespace.fields[PATCH_END_KEY].number_value = decision.patch.end
             namespace.fields[PATCH_VALUE_KEY].string_value = decision.patch.value.decode()
-        return response if decision.body is None else with_body(response, kind, decision.body)
+        return response
 
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
         """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
         namespace.fields[PATH_METADATA_KEY].string_value = self.headers.get(":path", "")
         return namespace
+
+
+def _found(request: pb.ProcessingRequest) -> router.Found | None:
+    """The model Envoy found in the body (`render._find_model`), if it found one."""
+    namespace = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+    if namespace is None:
+        return None
+    fields = namespace.fields
+    if BODY_MODEL_KEY not in fields or fields[BODY_JSON_KEY].string_value != "valid":
+        return None
+    return router.Found(fields[BODY_MODEL_KEY].string_value, int(fields[BODY_MODEL_START_KEY].number_value), int(fields[BODY_MODEL_END_KEY].number_value))
 
 
 class UpstreamStream:
@@ -301,6 +318,17 @@ def _answer_mode(body_mode: int) -> ext_proc_pb2.ProcessingMode:
 #: Whole processing modes for a translated answer (Envoy replaces the mode wholesale).
 _ANSWER_BUFFERED = _answer_mode(ext_proc_pb2.ProcessingMode.BUFFERED)
 _ANSWER_STREAMED = _answer_mode(ext_proc_pb2.ProcessingMode.STREAMED)
+
+
+#: The router level's whole processing mode once it asks for the body.
+_SEND_BODY = ext_proc_pb2.ProcessingMode(
+    request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
+    response_header_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    request_body_mode=ext_proc_pb2.ProcessingMode.BUFFERED,
+    response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
+    request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+)
 
 
 #: The whole processing mode for the rest of an attempt that needs no body rewrite

@@ -135,7 +135,8 @@ def test_metrics_and_health_after_a_failover(mocks, gateway):
     assert gw.metric("extproc_provider_state", provider="secondary", model=GPT4, state="enabled") == 1
     assert gw.metric("extproc_provider_state", provider="primary", model=GPT4, state="enabled") == 0, "every state has its series, 0 or 1"
     assert gw.metric("extproc_upstream_attempt_duration_seconds_count", provider="secondary") == 1
-    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") >= 1
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_headers") >= 1
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 0, "Envoy found the model: no body message"
     assert gw.metric("extproc_processing_seconds_count", phase="upstream_request_headers") == 1, "only the retry needs the upstream level"
     exposition = gw.get("/metrics").body.decode()
     samples = "\n".join(line for line in exposition.splitlines() if not line.startswith("#"))  # help texts are prose

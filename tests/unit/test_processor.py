@@ -55,6 +55,11 @@ def forward(body: bytes, headers=CLIENT) -> router.Forward:
     return decision
 
 
+def sent(body: bytes, decision: router.Forward) -> bytes:
+    """The body attempt 1 carries: the client's, with the router level's patch applied by Envoy."""
+    return body if decision.patch is None else decision.patch.apply(body)
+
+
 def apply(headers: dict, attempt: upstream.Attempt) -> dict:
     """What Envoy does with the mutations: the same map carries over to the next attempt."""
     result = dict(headers)
@@ -80,7 +85,7 @@ def test_client_credentials_are_not_carried_when_no_provider_of_the_chain_takes_
 def test_a_bare_model_name_resolves_when_it_is_unambiguous():
     decision = forward(b'{"model": "gpt-4o-mini"}')
     assert (decision.provider, decision.model) == ("mini", "openai/gpt-4o-mini")
-    assert decision.body is None, "the body already names the provider's model: sent as it came"
+    assert decision.patch is None, "the body already names the provider's model: sent as it came"
     ambiguous = parse_config(
         "listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/llama, base_url: 'http://a'}, {model: groq/llama, base_url: 'http://b'}]",
         "t.yaml",
@@ -205,19 +210,19 @@ def test_unknown_provider_or_missing_context_is_an_error_not_a_guess():
 def test_body_model_is_replaced_in_place_once_per_model_name():
     body = '{"messages":[{"content":"héllo","model":"x"}],  "model" :"openai/gpt-4" ,"n":1}'.encode()
     decision = forward(body)
-    assert decision.body == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4" ,"n":1}'.encode()
+    assert sent(body, decision) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4" ,"n":1}'.encode()
     same_name = attempt(CONFIG, "b", decision.context, [])
     assert not same_name.needs_body, "b serves gpt-4 too: the router's body is already right"
     other = attempt(CONFIG, "mini", decision.context, [])
     assert other.needs_body
-    assert other.body(decision.body) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
+    assert other.body(sent(body, decision)) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
 
 
 def test_default_provider_inserts_the_model_and_later_attempts_replace_it():
     decision = forward(b'{"n": 1}')
-    assert decision.body == b'{"model":"gpt-4o-mini","n": 1}'
+    assert sent(b'{"n": 1}', decision) == b'{"model":"gpt-4o-mini","n": 1}'
     later = attempt(CONFIG, "a", decision.context, [])
-    assert later.body(decision.body) == b'{"model":"gpt-4","n": 1}'
+    assert later.body(sent(b'{"n": 1}', decision)) == b'{"model":"gpt-4","n": 1}'
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b"{}", b'{"model":"m"}'), (b' { "a": 1 }', b' { "model":"m","a": 1 }')])
@@ -313,7 +318,7 @@ def test_a_multipart_form_is_routed_by_its_model_field_and_passed_on_untouched()
     form = {**CLIENT, ":path": "/v1/audio/transcriptions", "content-type": 'multipart/form-data; boundary="xYz-123"'}
     decision = router.on_body(CONFIG, LISTENER, form, memoryview(body))
     assert isinstance(decision, router.Forward) and decision.model == "openai/gpt-4o-mini"
-    assert decision.body is None and decision.context.span is None, "the form is sent as it came, on every attempt"
+    assert decision.patch is None and decision.context.span is None, "the form is sent as it came, on every attempt"
     nameless = router.on_body(CONFIG, LISTENER, form, _form([("file", b"x", "")]))
     assert isinstance(nameless, router.Forward) and nameless.model == "openai/gpt-4o-mini", "no model field: the default provider"
 

@@ -156,7 +156,14 @@ def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
     assert "tracing" not in hcm and "layered_runtime" not in bootstrap
     assert [f["name"] for f in hcm["http_filters"]][:2] == ["extproc.usage_json", "envoy.filters.http.sse_to_metadata"]
     off = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4, base_url: 'http://h'}]\nmetrics: {token_usage: false}", "t.yaml", {})
-    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == ["extproc.whole_body", "extproc.router", "extproc.bulk_patch", "envoy.filters.http.router"]
+    assert [f["name"] for f in _hcm(render(off))["http_filters"]] == [
+        "extproc.whole_body",
+        "extproc.json_check",
+        "extproc.find_model",
+        "extproc.router",
+        "extproc.model_patch",
+        "envoy.filters.http.router",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -206,8 +213,11 @@ def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only
     assert clusters == {"bulk": "extproc_sidecar_bulk", "main": "extproc_sidecar"}
     pattern = re.compile(large["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
     assert [bool(pattern.match(length)) for length in ("999999", "1000000", "10485760", "12")] == [False, True, True, False]
-    patch = filters["extproc.bulk_patch"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
-    assert patch["predicate"] == large["predicate"], "the Lua patch runs on the bulk lane's requests only"
-    assert patch["on_match"]["action"]["typed_config"]["typed_config"]["name"] == "envoy.filters.http.lua"
+    main = matcher["on_no_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
+    bulk = large["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
+    assert (main["processing_mode"]["request_body_mode"], main["allow_mode_override"]) == ("NONE", True), "the body only when asked"
+    assert bulk["processing_mode"]["request_body_mode"] == "BUFFERED"
+    skipped = filters["extproc.json_check"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["not_matcher"]["or_matcher"]["predicate"]
+    assert large["predicate"] in skipped, "Envoy does not parse the bulk lane's bodies on its worker"
     tcp = _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"]
-    assert [f["name"] for f in tcp][-2:] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"], "no bulk lane, no patch"
+    assert [f["name"] for f in tcp][-3:] == ["envoy.filters.http.ext_proc", "extproc.model_patch", "envoy.filters.http.router"], "no bulk lane"

@@ -60,9 +60,10 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
         "x-arch-llm-provider": b"a",
         "x-arch-route": CONFIG.chain_clusters["a"].encode(),
         ":path": b"/v1/chat/completions",
-        "content-length": b"18",
     }, "attempt 1 is made right for a here: no upstream-level stream for it"
-    assert common.body_mutation.body == b'{"model": "gpt-4"}', "the body names the start provider's model"
+    assert not common.HasField("body_mutation"), "the body never comes back over gRPC"
+    patch = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in response.dynamic_metadata.fields["extproc"].struct_value.fields.items()}
+    assert (patch["patch_start"], patch["patch_end"], patch["patch_value"]) == (10, 24, '"gpt-4"'), "Envoy sets the start provider's model"
     assert set(common.header_mutation.remove_headers) == {"x-arch-other", "x-api-key", "api-key"}
     assert "ctx" in response.dynamic_metadata.fields["extproc"].struct_value.fields
 
@@ -189,3 +190,35 @@ def test_wire_replies_parse_as_the_protobuf_reply_they_stand_for():
     expected.request_body.response.body_mutation.body = body
     assert pb.ProcessingResponse.FromString(wire.with_body(response, "request_body", memoryview(body))) == expected
     assert wire.encode_response(response) == response.SerializeToString()
+
+
+def test_router_stream_routes_from_the_headers_message_when_envoy_found_the_model():
+    body = b'{"model": "openai/gpt-4"}'
+    request = headers_message({":method": "POST", ":path": "/v1/chat/completions", "content-length": str(len(body))})
+    found = request.metadata_context.filter_metadata["extproc.body"]
+    found.fields["json"].string_value = "valid"
+    found.fields["model"].string_value = "openai/gpt-4"
+    found.fields["model_start"].number_value = 10
+    found.fields["model_end"].number_value = 24
+    stream = RouterStream(Live.of(CONFIG), None, "llm")
+
+    response = message(stream.handle(request))
+
+    assert stream.done, "nothing more is needed from this stream: the sidecar closes it"
+    common = response.request_headers.response
+    assert common.clear_route_cache and not response.HasField("mode_override")
+    assert {item.header.key: item.header.raw_value for item in common.header_mutation.set_headers}["x-arch-llm-provider"] == b"a"
+    fields = response.dynamic_metadata.fields["extproc"].struct_value.fields
+    patched = body[: int(fields["patch_start"].number_value)] + fields["patch_value"].string_value.encode() + body[int(fields["patch_end"].number_value) :]
+    assert patched == b'{"model": "gpt-4"}'
+
+
+def test_router_stream_asks_for_the_body_when_envoy_found_no_model():
+    stream = RouterStream(Live.of(CONFIG), None, "llm")
+
+    response = message(stream.handle(headers_message({":method": "POST", ":path": "/v1/chat/completions", "content-length": "12"})))
+
+    assert not stream.done
+    assert response.mode_override.request_body_mode == ProcessingMode.BUFFERED
+    assert response.mode_override.response_header_mode == ProcessingMode.SKIP, "the whole mode is replaced: nothing else is asked for"
+    assert not response.request_headers.response.clear_route_cache

@@ -1,0 +1,163 @@
+"""One gRPC message per ordinary request: Envoy finds the model, the sidecar never receives the body.
+
+Envoy's finding (`json_to_metadata` + the Lua scan in `render._find_model`) is
+checked against the sidecar's own parser on bodies chosen to trip a scanner:
+it must find exactly what `jsonbody.parse` finds, or find nothing (and the
+sidecar then reads the body itself). A wrong finding would route a request to
+another model, or patch bytes that are not its model.
+"""
+
+import json
+
+import pytest
+
+from extproc.contract import BODY_MODEL_END_KEY, BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_NAMESPACE
+from extproc.processor.jsonbody import BodyError, parse
+from extproc.render import _find_model
+
+from .harness import chat, gateway_config, provider, request
+
+GPT4 = "openai/gpt-4"
+_KEYS = (BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_MODEL_END_KEY)
+
+
+def _finder(bare_envoy):
+    """Envoy with only the model-finding filters; a direct response echoes what they found."""
+    echoed = [{"header": {"key": f"x-found-{key}", "value": f"%DYNAMIC_METADATA({BODY_NAMESPACE}:{key})%"}} for key in _KEYS]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "finder",
+        "route_config": {
+            "virtual_hosts": [
+                {"name": "finder", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}, "response_headers_to_add": echoed}]}
+            ]
+        },
+        "http_filters": [*_find_model(), {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    listener = {
+        "name": "finder",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
+    return bare_envoy({"static_resources": {"listeners": [listener]}})
+
+
+BODIES = [
+    b'{"model":"x"}',
+    b'{"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]}',
+    b' {\n "messages" :[{"role":"user","content":"\\"model\\": \\"evil\\" } { [","model":"inner"}],\n  "model" :  "openai/gpt-4" , "n":1 }\r\n',
+    b'{"tools":[{"function":{"parameters":{"properties":{"model":{"type":"string"}}}}}],"model":"gpt-4"}',
+    b'{"a":"\\\\","model":"b\\\\"}',
+    b'{"a":"x\\\\\\"y","model":"m"}',
+    '{"content":"h\u00e9llo \u2713","model":"mod\u00e8le"}'.encode(),
+    b'{"n":-1.5e+3,"b":true,"c":null,"model":"m","d":[]}',
+    b'{"model":"m"}  junk',
+    b'{"model":"m"}\x00junk',
+    b'{"model":"a","model":"b"}',
+    b'{"mod\\u0065l":"x","model":"y"}',
+    b'{"model":"a\\"b"}',
+    b'{"model":"\\u0067pt-4"}',
+    b'{"model":1}',
+    b'{"model":null}',
+    b'{"model":["gpt-4"]}',
+    b"{}",
+    b"[]",
+    b'"model"',
+    b'{"messages":[]}',
+    b'{"model":"m","a":' + b"[" * 100 + b"]" * 100 + b"}",
+    b'{"model":"m","a":' + b"[" * 200 + b"]" * 200 + b"}",
+    b'{"model":"m","a":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"model":"x", "c":"\xff"}',
+    b'{"model":"x", "c":"\xed\xa0\x80"}',
+    b'{"model":"x",}',
+    b'{"model":"x" "y":1}',
+    b'{"model":"x"',
+    b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(300)) + b',"model":"m"}',
+    b'{"model":"' + b"m" * 20000 + b'"}',
+]
+
+
+def _python_finding(body: bytes) -> tuple[str, int, int] | None:
+    try:
+        parsed = parse(body)
+    except BodyError:
+        return None
+    if not isinstance(parsed.model, str) or parsed.span is None or parsed.span.insert:
+        return None
+    return parsed.model, parsed.span.start, parsed.span.end
+
+
+def test_envoy_finds_the_model_the_sidecar_would_or_nothing(bare_envoy):
+    envoy = _finder(bare_envoy)
+    found_some = 0
+    for body in BODIES:
+        answer = request(envoy.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        assert answer.status == 200
+        model, start, end = (answer.headers.get(f"x-found-{key}") or None for key in _KEYS)
+        if model is None:
+            continue  # nothing found: the sidecar reads this body itself
+        found_some += 1
+        expected = _python_finding(body)
+        assert expected is not None, f"Envoy found a model in a body the sidecar refuses or routes otherwise: {body[:80]!r}"
+        assert (model.encode("latin-1").decode(), int(start), int(end)) == expected, body[:80]
+    assert found_some >= 8, "the ordinary bodies are found by Envoy"
+
+
+def test_a_json_content_type_with_charset_is_found_and_other_types_are_left_to_the_sidecar(bare_envoy):
+    envoy = _finder(bare_envoy)
+    body = b'{"model":"x"}'
+    for content_type, found in [("application/json", "x"), ("application/json; charset=utf-8", "x"), ("text/plain", None), ("", None)]:
+        answer = request(envoy.port, "POST", "/v1/chat/completions", body, {"content-type": content_type} if content_type else {})
+        assert (answer.headers.get("x-found-model") or None) == found, content_type
+
+
+def test_a_plain_request_costs_one_message_and_reaches_the_provider_with_its_model_patched(mocks, gateway):
+    primary = mocks.start("primary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary)))
+    body = b'{ "messages": [{"role": "user", "content": "hi", "model": "inner"}],\n "model" : "openai/gpt-4", "temperature": 0.25 }'
+
+    answers = [request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"}) for _ in range(5)]
+
+    assert [answer.status for answer in answers] == [200] * 5
+    assert [received.body for received in primary.received] == [body.replace(b'"openai/gpt-4"', b'"gpt-4"')] * 5
+    assert int(primary.received[0].header("content-length")) == len(body) - len("openai/")
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_headers") == 5
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0), "the body never crossed gRPC"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "model_sent"),
+    [
+        (b'{"messages": []}', "application/json", 200, "gpt-4"),  # no model: the default provider, inserted
+        (b'{"model": "openai/gpt-4"}', "text/plain", 200, "gpt-4"),  # not a JSON type to Envoy: the sidecar reads it
+        (b'{"mod\\u0065l": "openai/gpt-4"}', "application/json", 200, "gpt-4"),  # an escaped key
+        (b'{"model": "open\\u0061i/gpt-4"}', "application/json", 200, "gpt-4"),  # an escaped model
+        (b'{"model": "openai/gpt-4", "model": "x"}', "application/json", 400, None),  # two models: refused as before
+        (b'{"model": "openai/gpt-4"} x', "application/json", 400, None),
+    ],
+)
+def test_a_body_envoy_cannot_read_goes_to_the_sidecar_and_is_decided_as_before(mocks, gateway, body, content_type, status, model_sent):
+    primary = mocks.start("primary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary, default=True)))
+
+    answer = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": content_type})
+
+    assert answer.status == status, answer.body
+    if model_sent is None:
+        assert answer.json()["error"]["code"] == "invalid_json" and primary.received == []
+    else:
+        assert json.loads(primary.received[0].body)["model"] == model_sent
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 1, "the sidecar read the body"
+
+
+def test_the_one_message_path_fails_over_with_each_providers_model(mocks, gateway):
+    primary = mocks.start("primary", status=429)
+    secondary = mocks.start("secondary")
+    gw = gateway(
+        gateway_config(provider("primary", GPT4, primary, retry_policy={"retry_on": [429], "fallback_models": ["openai/gpt-4o"]}), provider("secondary", "openai/gpt-4o", secondary))
+    )
+
+    answer = chat(gw.port, {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]})
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
+    assert [json.loads(mock.received[0].body)["model"] for mock in (primary, secondary)] == ["gpt-4", "gpt-4o"]
