@@ -12,9 +12,12 @@ METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
 MODEL_METADATA_KEY = "model"  # the model a request resolved to, for access logs and traces
 PATH_METADATA_KEY = "path"  # the path the client asked for (attempts rewrite `:path` for their provider), for access logs
-#: A large request's model rewrite, applied by Envoy (a Lua filter) instead of the body coming back over gRPC:
-#: bytes [start, end) of the body become the value.
+#: The model rewrite, applied by Envoy (a Lua filter) instead of the body coming back over gRPC:
+#: bytes [start, end) of the body become the value (an empty value: no rewrite).
 PATCH_START_KEY, PATCH_END_KEY, PATCH_VALUE_KEY = "patch_start", "patch_end", "patch_value"
+#: A retry's model patch (the same keys), set by the upstream level for the Lua filter after it: a namespace
+#: of its own, since Envoy keeps the router level's `extproc` keys (its patch, already applied) for every attempt.
+ATTEMPT_NAMESPACE = "extproc.attempt"
 #: What Envoy finds in a JSON request body before the router-level ext_proc (namespace `extproc.body`,
 #: forwarded to it): whether the whole body is valid JSON (`json_to_metadata`), and its top-level `model`
 #: string with the bytes [start, end) of its token (a Lua scan). With both, the sidecar never receives the body.

@@ -30,6 +30,7 @@ import yaml
 
 from .config import Chain, Config, Listener, Provider
 from .contract import (
+    ATTEMPT_NAMESPACE,
     ATTEMPT_TAG,
     BODY_JSON_KEY,
     BODY_MODEL_END_KEY,
@@ -505,24 +506,37 @@ def _find_model() -> list[dict]:
     ]
 
 
-#: Applies the router level's model rewrite to the buffered body in Envoy: the body never travels back over gRPC
-#: (receiving a 10 MiB body mutation held Envoy's worker, and every small request behind it, ~100 ms).
-_PATCH_LUA = f"""
+def _model_patch(namespace: str) -> dict:
+    """Applies a model patch the sidecar left in `namespace` to the buffered body: the body never travels back over gRPC.
+
+    (Receiving a 10 MiB body mutation held Envoy's worker, and every small
+    request behind it, ~100 ms.) At the router level it patches what every
+    attempt is sent; at the upstream level, one retry's copy. A retry always
+    has the namespace (an empty value: no patch) and always gets its own
+    `content-length`: Envoy keeps one header map for all attempts, so an
+    earlier attempt's patched or translated length would otherwise stay.
+    """
+    lua = f"""
 function envoy_on_request(handle)
-  local extproc = handle:streamInfo():dynamicMetadata():get("{METADATA_NAMESPACE}")
-  if extproc == nil or extproc["{PATCH_VALUE_KEY}"] == nil then
+  local patch = handle:streamInfo():dynamicMetadata():get("{namespace}")
+  if patch == nil or patch["{PATCH_VALUE_KEY}"] == nil then
     return
   end
+  local value = patch["{PATCH_VALUE_KEY}"]
+  local first, last = patch["{PATCH_START_KEY}"], patch["{PATCH_END_KEY}"]
   local body = handle:body()
+  if body == nil then
+    return
+  end
   local length = body:length()
-  local first, last = extproc["{PATCH_START_KEY}"], extproc["{PATCH_END_KEY}"]
-  local patched = body:getBytes(0, first) .. extproc["{PATCH_VALUE_KEY}"] .. body:getBytes(last, length - last)
-  body:setBytes(patched)
-  handle:headers():replace("content-length", tostring(#patched))
+  if value ~= "" then
+    body:setBytes(body:getBytes(0, first) .. value .. body:getBytes(last, length - last))
+    length = body:length()
+  end
+  handle:headers():replace("content-length", tostring(length))
 end
 """
-
-_MODEL_PATCH = {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _PATCH_LUA}}}
+    return {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": lua}}}
 
 
 def _ext_proc(
@@ -560,9 +574,9 @@ def _ext_proc(
         else:  # the headers decide nothing that the body must wait for: save a round trip
             config["send_body_without_waiting_for_header_response"] = True
     else:
-        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}, "receiving_namespaces": {"untyped": [ATTEMPT_NAMESPACE]}}
         config["request_attributes"] = ["xds.upstream_host_metadata"]
-        # An attempt whose body already names its provider's model skips the body phase.
+        # The body only for a translated attempt; the answer's headers only for a last one (mode overrides).
         config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
@@ -593,7 +607,7 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
             _whole_body(listener),
             *_find_model(),
             _router_ext_proc(options, listener),
-            _MODEL_PATCH,
+            _model_patch(METADATA_NAMESPACE),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
         "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=_REQUESTS_ONLY)]
@@ -861,7 +875,8 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _retries_only(_ext_proc("upstream", options, body_limit), chain, any(config.providers[member].kind == "anthropic" for member in chain.providers)),
+                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain, any(config.providers[member].kind == "anthropic" for member in chain.providers)),
+                    _model_patch(ATTEMPT_NAMESPACE),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }

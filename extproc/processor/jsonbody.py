@@ -168,7 +168,7 @@ class Patch:
     span: ModelSpan
 
     def apply(self, body: bytes | memoryview) -> bytes:
-        """The patched body (what Envoy's Lua filter does with it at the router level)."""
+        """The patched body (what Envoy's Lua filter does with the bytes it holds)."""
         view = memoryview(body)
         return b"".join((view[: self.start], self.value, view[self.end :]))  # one copy of a large body, not three
 
@@ -186,12 +186,6 @@ def model_patch(token: bytes, span: ModelSpan, model_name: str) -> Patch | None:
     else:
         end = start + len(value)
     return Patch(span.start, span.end, value, ModelSpan(start, end))
-
-
-def replace_model(body: bytes | memoryview, span: ModelSpan, model_name: str) -> bytes | memoryview:
-    """The body with `model_name` at `span`; a body that already carries exactly that value is returned itself (no copy)."""
-    patch = model_patch(bytes(body[span.start : span.end]), span, model_name)
-    return body if patch is None else patch.apply(body)
 
 
 def _skip(body: bytes | memoryview, index: int) -> int:

@@ -7,6 +7,7 @@ the headers the previous attempt left behind.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from ..translator import needs_translation, openai_anthropic
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
-from .jsonbody import replace_model
+from .jsonbody import Patch, model_patch
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,15 @@ class Attempt:
         return self.number >= self.context.attempts
 
     @property
-    def needs_body(self) -> bool:
-        """False when the body Envoy re-sends already names this provider's model (and is in its API)."""
-        return self.translate or (self.context.span is not None and self.context.body_model != self.provider.model_name)
+    def patch(self) -> Patch | None:
+        """What sets the body Envoy re-sends (the router level's) to this provider's model; None when it names it already.
+
+        Applied by Envoy (a Lua filter after the upstream-level ext_proc): the body never crosses gRPC.
+        """
+        span, body_model = self.context.span, self.context.body_model
+        if self.translate or span is None or body_model is None or body_model == self.provider.model_name:
+            return None
+        return model_patch(json.dumps(body_model).encode(), span, self.provider.model_name)
 
     def translated(self, sent: bytes | memoryview) -> openai_anthropic.Request | errors.Reply:
         """The attempt's body in the Messages API, or the client's error when it has no translation."""
@@ -50,12 +57,6 @@ class Attempt:
             message = f"This request cannot be sent to provider {self.provider.name!r} (Anthropic's Messages API): {exc}."
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
 
-    def body(self, sent: bytes | memoryview) -> bytes | memoryview:
-        """The attempt's body: the request's bytes with this provider's model name."""
-        span = self.context.span
-        if not self.needs_body or span is None:
-            return sent
-        return replace_model(sent, span, self.provider.model_name)
 
 
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:

@@ -16,6 +16,7 @@ from google.protobuf import struct_pb2, text_format
 
 from ..config.store import Live
 from ..contract import (
+    ATTEMPT_NAMESPACE,
     BODY_JSON_KEY,
     BODY_MODEL_END_KEY,
     BODY_MODEL_KEY,
@@ -36,6 +37,7 @@ from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
 from ..processor.cooldown import ProviderHealth
 from ..processor.headermutator import HeaderPlan
+from ..processor.jsonbody import Patch
 from ..translator import openai_anthropic
 from . import wire
 
@@ -66,6 +68,13 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
     """`response` replacing the body with `body`, and its content-length (Envoy refuses a new body without it)."""
     getattr(response, kind).response.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
     return wire.with_body(response, kind, body)
+
+
+def set_patch(namespace: struct_pb2.Struct, patch: Patch | None) -> None:
+    """The model patch Envoy's Lua filter applies to the body (`render._PATCH_LUA`); no patch is an empty value."""
+    namespace.fields[PATCH_START_KEY].number_value = patch.start if patch is not None else 0
+    namespace.fields[PATCH_END_KEY].number_value = patch.end if patch is not None else 0
+    namespace.fields[PATCH_VALUE_KEY].string_value = patch.value.decode() if patch is not None else ""
 
 
 def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
@@ -123,9 +132,7 @@ class RouterStream:
         namespace.fields[METADATA_KEY].string_value = decision.context.encode()
         namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
         if decision.patch is not None:
-            namespace.fields[PATCH_START_KEY].number_value = decision.patch.start
-            namespace.fields[PATCH_END_KEY].number_value = decision.patch.end
-            namespace.fields[PATCH_VALUE_KEY].string_value = decision.patch.value.decode()
+            set_patch(namespace, decision.patch)
         return response
 
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
@@ -188,18 +195,17 @@ class UpstreamStream:
             response = pb.ProcessingResponse()
             apply_headers(response.request_headers.response.header_mutation, decision.headers)
             if decision.translate:  # the body now, the answer's headers later (and from them, its body)
+                response.mode_override.CopyFrom(_TRANSLATE)
+                return response
+            # Every retry says which patch its body needs, "none" included: Envoy keeps one metadata map for all attempts.
+            set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
+            if decision.last:
                 response.mode_override.CopyFrom(_WATCH)
-            elif decision.last:
-                response.mode_override.CopyFrom(_WATCH if decision.needs_body else _WATCH_NO_BODY)
-            elif not decision.needs_body:
-                response.mode_override.CopyFrom(_NO_BODY)
+            else:
                 self.done = True
             return response
-        if kind == "request_body" and self.attempt is not None:
-            if self.attempt.translate:
-                return self._translate_request(wire.request_body(request))
-            self.done = not self.attempt.last
-            return with_body(pb.ProcessingResponse(), kind, self.attempt.body(wire.request_body(request)))
+        if kind == "request_body" and self.attempt is not None and self.attempt.translate:
+            return self._translate_request(wire.request_body(request))
         if kind == "response_headers":
             assert not isinstance(request, wire.RequestBody)
             headers = headers_of(request.response_headers)
@@ -331,20 +337,11 @@ _SEND_BODY = ext_proc_pb2.ProcessingMode(
 )
 
 
-#: The whole processing mode for the rest of an attempt that needs no body rewrite
-#: (Envoy replaces the mode wholesale: a field left at DEFAULT would mean SEND).
-_NO_BODY = ext_proc_pb2.ProcessingMode(
-    request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-    response_header_mode=ext_proc_pb2.ProcessingMode.SKIP,
-    request_body_mode=ext_proc_pb2.ProcessingMode.NONE,
-    response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
-    request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-    response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-)
-
-
 def _watching(request_body_mode: int) -> ext_proc_pb2.ProcessingMode:
-    """A last attempt: its response headers come to the sidecar before they go on to the client."""
+    """An attempt whose response headers come to the sidecar before they go on to the client.
+
+    (Envoy replaces the mode wholesale: a field left at DEFAULT would mean SEND.)
+    """
     return ext_proc_pb2.ProcessingMode(
         request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
         response_header_mode=ext_proc_pb2.ProcessingMode.SEND,
@@ -355,8 +352,8 @@ def _watching(request_body_mode: int) -> ext_proc_pb2.ProcessingMode:
     )
 
 
-_WATCH = _watching(ext_proc_pb2.ProcessingMode.BUFFERED)
-_WATCH_NO_BODY = _watching(ext_proc_pb2.ProcessingMode.NONE)
+_TRANSLATE = _watching(ext_proc_pb2.ProcessingMode.BUFFERED)  # the body to translate, then the answer's headers
+_WATCH = _watching(ext_proc_pb2.ProcessingMode.NONE)  # a last attempt
 
 
 def _continue(kind: str | None) -> pb.ProcessingResponse:

@@ -309,3 +309,26 @@ def test_the_access_log_names_the_clients_path_and_model_and_the_answering_provi
     assert (refused["path"], refused["status"], refused["provider"]) == ("/v1/chat/completions", 404, None)
     assert (served["path"], served["model"], served["provider"], served["provider_model"]) == ("/v1/chat/completions", GPT4O, "claude", CLAUDE)
     assert (served["status"], served["attempts"]) == (200, 2)
+
+
+def test_a_retry_after_a_translated_attempt_carries_its_own_body_and_length(mocks, gateway):
+    """OpenAI 429 -> Claude (translated, 429) -> OpenAI again: Envoy keeps one header map for all attempts,
+    so the third must not inherit the translated attempt's content-length (it would hang, or be cut)."""
+    first = mocks.start("first", status=429)
+    claude = mocks.start("claude", api="anthropic", status=429)
+    last = mocks.start("last")
+    gw = gateway(
+        gateway_config(
+            provider("first", GPT4O, first, retry_policy={"fallback_models": [CLAUDE, "local/gpt-4o"]}),
+            provider("claude", CLAUDE, claude, access_key="sk-ant-0002"),
+            provider("last", "local/gpt-4o", last, provider_interface="openai"),
+        )
+    )
+
+    answer = chat(gw.port, ASK)
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "last", answer.body
+    assert json.loads(claude.received[0].body)["system"] == "Be brief.", "attempt 2 was translated"
+    received = last.received[0]
+    assert json.loads(received.body) == {**ASK, "model": "gpt-4o"}
+    assert int(received.header("content-length")) == len(received.body) == len(first.received[0].body)

@@ -15,7 +15,7 @@ from extproc.contract import BODY_MODEL_END_KEY, BODY_MODEL_KEY, BODY_MODEL_STAR
 from extproc.processor.jsonbody import BodyError, parse
 from extproc.render import _find_model
 
-from .harness import chat, gateway_config, provider, request
+from .harness import gateway_config, provider, request
 
 GPT4 = "openai/gpt-4"
 _KEYS = (BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_MODEL_END_KEY)
@@ -150,14 +150,26 @@ def test_a_body_envoy_cannot_read_goes_to_the_sidecar_and_is_decided_as_before(m
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 1, "the sidecar read the body"
 
 
-def test_the_one_message_path_fails_over_with_each_providers_model(mocks, gateway):
-    primary = mocks.start("primary", status=429)
-    secondary = mocks.start("secondary")
+def test_each_retry_gets_its_own_providers_model_patched_by_envoy_and_no_body_crosses_grpc(mocks, gateway):
+    """gpt-4 (429) -> gpt-4o (429) -> a gpt-4 again: the third attempt must not inherit the second's patch."""
+    first, second, third = mocks.start("first", status=429), mocks.start("second", status=429), mocks.start("third")
+    policy = {"retry_on": [429], "fallback_models": ["openai/gpt-4o", "local/gpt-4"]}
     gw = gateway(
-        gateway_config(provider("primary", GPT4, primary, retry_policy={"retry_on": [429], "fallback_models": ["openai/gpt-4o"]}), provider("secondary", "openai/gpt-4o", secondary))
+        gateway_config(
+            provider("first", GPT4, first, retry_policy=policy),
+            provider("second", "openai/gpt-4o", second),
+            provider("third", "local/gpt-4", third, provider_interface="openai"),
+        )
     )
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "model": "openai/gpt-4", "n": 1}'
 
-    answer = chat(gw.port, {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]})
+    answer = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
 
-    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "secondary"
-    assert [json.loads(mock.received[0].body)["model"] for mock in (primary, secondary)] == ["gpt-4", "gpt-4o"]
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "third"
+    received = [mock.received[0] for mock in (first, second, third)]
+    assert [item.body for item in received] == [body.replace(b'"openai/gpt-4"', b'"%s"' % name) for name in (b"gpt-4", b"gpt-4o", b"gpt-4")]
+    assert [int(item.header("content-length")) for item in received] == [len(item.body) for item in received]
+    assert [item.header("x-envoy-attempt-count") for item in received] == ["1", "2", "3"]
+    for phase in ("router_request_body", "upstream_request_body"):
+        assert gw.metric("extproc_processing_seconds_count", phase=phase) in (None, 0), f"{phase}: the body stayed in Envoy"
+    assert gw.metric("extproc_processing_seconds_count", phase="upstream_request_headers") == 2, "one message per retry"

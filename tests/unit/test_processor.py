@@ -11,7 +11,7 @@ from extproc.config.store import Live
 from extproc.processor import router, upstream
 from extproc.processor.context import RequestContext
 from extproc.processor.errors import Reply
-from extproc.processor.jsonbody import BodyError, parse, replace_model
+from extproc.processor.jsonbody import BodyError, model_patch, parse
 
 CONFIG = parse_config(
     """
@@ -53,6 +53,17 @@ def forward(body: bytes, headers=CLIENT) -> router.Forward:
     decision = router.on_body(CONFIG, LISTENER, headers, body)
     assert isinstance(decision, router.Forward), decision
     return decision
+
+
+def replace_model(body: bytes, span, model_name: str) -> bytes:
+    """The body with `model_name` at `span`, as Envoy's Lua filter patches it."""
+    patch = model_patch(bytes(body[span.start : span.end]), span, model_name)
+    return body if patch is None else patch.apply(body)
+
+
+def retried(body: bytes, attempt: upstream.Attempt) -> bytes:
+    """The body a retry carries: the router level's, with the attempt's patch applied by Envoy."""
+    return body if attempt.patch is None else attempt.patch.apply(body)
 
 
 def sent(body: bytes, decision: router.Forward) -> bytes:
@@ -212,17 +223,16 @@ def test_body_model_is_replaced_in_place_once_per_model_name():
     decision = forward(body)
     assert sent(body, decision) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4" ,"n":1}'.encode()
     same_name = attempt(CONFIG, "b", decision.context, [])
-    assert not same_name.needs_body, "b serves gpt-4 too: the router's body is already right"
+    assert same_name.patch is None, "b serves gpt-4 too: the router's body is already right"
     other = attempt(CONFIG, "mini", decision.context, [])
-    assert other.needs_body
-    assert other.body(sent(body, decision)) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
+    assert retried(sent(body, decision), other) == '{"messages":[{"content":"héllo","model":"x"}],  "model" :"gpt-4o-mini" ,"n":1}'.encode()
 
 
 def test_default_provider_inserts_the_model_and_later_attempts_replace_it():
     decision = forward(b'{"n": 1}')
     assert sent(b'{"n": 1}', decision) == b'{"model":"gpt-4o-mini","n": 1}'
     later = attempt(CONFIG, "a", decision.context, [])
-    assert later.body(sent(b'{"n": 1}', decision)) == b'{"model":"gpt-4","n": 1}'
+    assert retried(sent(b'{"n": 1}', decision), later) == b'{"model":"gpt-4","n": 1}'
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b"{}", b'{"model":"m"}'), (b' { "a": 1 }', b' { "model":"m","a": 1 }')])

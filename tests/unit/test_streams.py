@@ -92,11 +92,12 @@ def test_upstream_stream_rewrites_the_attempt_for_the_hosts_provider():
         ":path": b"/p/v1/chat/completions",
     }
     assert "x-arch-llm-provider" in mutation.remove_headers, "the routing header never reaches a provider"
-    mode = response.mode_override
-    assert (mode.request_body_mode, mode.response_header_mode) == (ProcessingMode.NONE, ProcessingMode.SKIP), "b serves gpt-4 like a: no body phase"
+    assert not response.HasField("mode_override") and stream.done, "b serves gpt-4 like a: no body phase, nothing more to watch"
+    patch = response.dynamic_metadata.fields["extproc.attempt"].struct_value.fields
+    assert patch["patch_value"].string_value == "", "an explicit 'no patch': an earlier retry's must not apply to this one"
 
 
-def test_upstream_stream_rewrites_the_body_for_another_model_name():
+def test_upstream_stream_patches_the_body_for_another_model_name_without_receiving_it():
     config = parse_config(
         """
 listeners: [{type: model, name: llm, port: 0}]
@@ -116,10 +117,18 @@ model_providers:
         f'filter_metadata {{ key: "extproc" value {{ fields {{ key: "cluster" value {{ string_value: "{config.providers["o"].cluster}" }} }} }} }}'
     )
     stream = UpstreamStream(Live.of(config))
-    assert not stream.handle(request).HasField("mode_override")
-    body = message(stream.handle(body_message(b'{"model": "gpt-4"}'))).request_body.response
-    assert body.body_mutation.body == b'{"model": "gpt-4o"}'
-    assert [(item.header.key, item.header.raw_value) for item in body.header_mutation.set_headers] == [("content-length", b"19")]
+    response = stream.handle(request)
+    assert not response.HasField("mode_override") and stream.done, "the body stays in Envoy"
+    patch = response.dynamic_metadata.fields["extproc.attempt"].struct_value.fields
+    start, end, value = int(patch["patch_start"].number_value), int(patch["patch_end"].number_value), patch["patch_value"].string_value
+    body = b'{"model": "gpt-4"}'  # what the router level's patch left in Envoy's buffer
+    assert body[:start] + value.encode() + body[end:] == b'{"model": "gpt-4o"}'
+    last = headers_message({":path": "/v1/chat/completions", "x-envoy-attempt-count": "2"})
+    last.MergeFrom(request)
+    watched = UpstreamStream(Live.of(config))
+    watched.identify(last)
+    mode = watched.handle(last).mode_override
+    assert (mode.request_body_mode, mode.response_header_mode) == (ProcessingMode.NONE, ProcessingMode.SEND), "the last attempt's answer is watched"
 
 
 def test_an_unexpected_error_is_a_json_500_naming_the_request_and_never_its_text(monkeypatch, caplog):
