@@ -55,6 +55,7 @@ from .contract import (
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
     PROVIDER_TAG,
+    SMALL_CONTENT_LENGTH,
     SYSTEM_METADATA_KEY,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
@@ -337,7 +338,16 @@ def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sideca
 
 def _large_request() -> dict:
     """The bulk lane's requests: content-length of 7 digits or more."""
-    return {"single_predicate": {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}}
+    return _content_length(BULK_CONTENT_LENGTH)
+
+
+def _small_request() -> dict:
+    """Requests whose model Envoy finds itself (`SMALL_CONTENT_LENGTH`)."""
+    return _content_length(SMALL_CONTENT_LENGTH)
+
+
+def _content_length(regex: str) -> dict:
+    return {"single_predicate": {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": regex}}}}
 
 
 def _whole_body(listener: Listener) -> dict:
@@ -355,22 +365,24 @@ def _whole_body(listener: Listener) -> dict:
 
 
 def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
-    """The router-level ext_proc; beside a Unix-socket sidecar, a large request's goes to its bulk lane instead.
+    """The router-level ext_proc, in three lanes picked by `content-length` (a composite filter).
 
-    The main lane receives the request headers and what Envoy found in the
-    body (`_find_model`), not the body: the sidecar asks for it (a mode
-    override) only when Envoy found no model. A composite filter picks by
-    `content-length` (7 digits or more), so a large body never passes through
-    the event loop that serves the other requests.
+    - small (`SMALL_CONTENT_LENGTH`): the sidecar receives the request headers
+      and what Envoy found in the body (`_find_model`), not the body; it asks
+      for the body (a mode override) only when Envoy found no model;
+    - large (7 digits or more, beside a Unix-socket sidecar): the bulk lane,
+      so a large body never passes through the event loop that serves the
+      other requests;
+    - the rest: the body with the headers, as Envoy's JSON parser would cost
+      its worker more than the sidecar's message (bench/find_model.py).
     """
-    main = _ext_proc("router", options, listener.max_body_bytes, listener.name, body_mode="NONE")
-    if bulk_address(options.sidecar) is None:
-        return main
-    bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
-    return composite(
-        "extproc.router",
-        {"matcher_list": {"matchers": [{"predicate": _large_request(), "on_match": execute("bulk", bulk)}]}, "on_no_match": execute("main", main)},
-    )
+    found = _ext_proc("router", options, listener.max_body_bytes, listener.name, body_mode="NONE")
+    main = _ext_proc("router", options, listener.max_body_bytes, listener.name)
+    lanes = [{"predicate": _small_request(), "on_match": execute("found", found)}]
+    if bulk_address(options.sidecar) is not None:
+        bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
+        lanes.append({"predicate": _large_request(), "on_match": execute("bulk", bulk)})
+    return composite("extproc.router", {"matcher_list": {"matchers": lanes}, "on_no_match": execute("main", main)})
 
 
 #: Finds a JSON body's top-level `model` string and where its token sits, for the router-level ext_proc
@@ -379,22 +391,29 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
 #: second `model`, an escape in a key or in the model, more than MAX_TOP_LEVEL_KEYS keys, deep nesting,
 #: bytes after the object) leaves no model, and the sidecar asks for the body and decides as before.
 _SCAN_LUA = rf"""
+local byte = string.byte
+
 local function skip(s, i)
   return s:match("^[ \t\r\n]*()", i)
 end
 
+-- The closing quote of the string opening at i: the next quote after an even run of backslashes
+-- (plain find runs at memory speed; long text is most of a request).
 local function string_end(s, i)
   local j = i + 1
   while true do
-    local k = s:find('["\\]', j)
+    local k = s:find('"', j, true)
     if k == nil then return nil end
-    if s:byte(k) == 34 then return k end
-    j = k + 2
+    local p = k - 1
+    while byte(s, p) == 92 do p = p - 1 end
+    if (k - 1 - p) % 2 == 0 then return k end
+    j = k + 1
   end
 end
 
+-- Just past the value that starts at i; nil when it is not what a request body holds.
 local function value_end(s, i)
-  local c = s:byte(i)
+  local c = byte(s, i)
   if c == 34 then
     local e = string_end(s, i)
     return e and e + 1
@@ -404,22 +423,21 @@ local function value_end(s, i)
   end
   local depth, j = 0, i
   while true do
-    local k = s:find('[%[%]{{}}"]', j)
-    if k == nil then return nil end
-    local b = s:byte(k)
-    if b == 34 then
-      local e = string_end(s, k)
-      if e == nil then return nil end
-      j = e + 1
-    elseif b == 123 or b == 91 then
-      depth = depth + 1
-      if depth > {_SCAN_MAX_DEPTH} then return nil end
-      j = k + 1
-    else
-      depth = depth - 1
-      j = k + 1
-      if depth == 0 then return j end
+    local q = s:find('"', j, true)
+    for k = j, (q or #s + 1) - 1 do
+      local b = byte(s, k)
+      if b == 123 or b == 91 then
+        depth = depth + 1
+        if depth > {_SCAN_MAX_DEPTH} then return nil end
+      elseif b == 125 or b == 93 then
+        depth = depth - 1
+        if depth == 0 then return k + 1 end
+      end
     end
+    if q == nil then return nil end
+    local e = string_end(s, q)
+    if e == nil then return nil end
+    j = e + 1
   end
 end
 
@@ -429,7 +447,7 @@ local function find_model(s)
   i = skip(s, i + 1)
   local keys, first, last = 0, nil, nil
   while true do
-    if s:byte(i) ~= 34 then return nil end
+    if byte(s, i) ~= 34 then return nil end
     local e = string_end(s, i)
     if e == nil then return nil end
     local key = s:sub(i + 1, e - 1)
@@ -482,11 +500,11 @@ _JSON_CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "a
 def _find_model() -> list[dict]:
     """Envoy checks a request's JSON and finds its model before the router-level ext_proc: one message per request.
 
-    `json_to_metadata` runs only where a composite lets it: not on CONNECT (no
-    body: it would wait forever) or a large request (content-length of 7
-    digits or more: parsed in Envoy's worker, it would hold every request
-    behind it; the bulk lane reads it off that worker). The Lua scan runs only
-    after it said "valid".
+    `json_to_metadata` runs only on small requests (`SMALL_CONTENT_LENGTH`,
+    the router's lane that waits for it): Envoy's JSON parser holds its
+    worker, and every request behind it, about 20 ns a byte. Never on a
+    CONNECT (no content-length: it would wait forever for a body). The Lua
+    scan runs only after it said "valid".
     """
     valid = {"metadata_namespace": BODY_NAMESPACE, "key": BODY_JSON_KEY, "value": "valid"}
     json_check = {
@@ -499,9 +517,8 @@ def _find_model() -> list[dict]:
             },
         },
     }
-    skipped = {"or_matcher": {"predicate": [{"single_predicate": {"input": header_input(":method"), "value_match": {"exact": "CONNECT"}}}, _large_request()]}}
     return [
-        composite("extproc.json_check", {"matcher_list": {"matchers": [{"predicate": {"not_matcher": skipped}, "on_match": execute("json_check", json_check)}]}}),
+        composite("extproc.json_check", {"matcher_list": {"matchers": [{"predicate": _small_request(), "on_match": execute("json_check", json_check)}]}}),
         {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA}}},
     ]
 

@@ -129,7 +129,7 @@ def test_catch_all_route_refuses_a_request_without_the_provider_header(mocks, ba
     main = mocks.start("main")
     bootstrap = render_for(gateway_config(provider("main", GPT4, main)), "127.0.0.1:1")
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [item for item in hcm["http_filters"] if item["name"] != "envoy.filters.http.ext_proc"]
+    hcm["http_filters"] = [item for item in hcm["http_filters"] if item["name"] != "extproc.router"]
     envoy = bare_envoy(bootstrap)
 
     answer = chat(envoy.port, {"model": GPT4, "messages": []})

@@ -7,6 +7,7 @@ sidecar then reads the body itself). A wrong finding would route a request to
 another model, or patch bytes that are not its model.
 """
 
+import http.client
 import json
 
 import pytest
@@ -123,6 +124,35 @@ def test_a_plain_request_costs_one_message_and_reaches_the_provider_with_its_mod
     assert int(primary.received[0].header("content-length")) == len(body) - len("openai/")
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_headers") == 5
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0), "the body never crossed gRPC"
+
+
+def test_a_body_past_the_small_lane_comes_with_its_headers_and_is_still_patched_by_envoy(mocks, gateway):
+    """20,000 bytes or more: Envoy's JSON check would cost its worker more than the body message costs the sidecar."""
+    primary = mocks.start("primary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary)))
+    body = json.dumps({"model": GPT4, "messages": [{"role": "user", "content": "x" * 30_000}]}).encode()
+
+    answer = request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+
+    assert answer.status == 200, answer.body
+    assert primary.received[0].body == body.replace(b'"openai/gpt-4"', b'"gpt-4"')
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") == 1
+
+
+def test_a_chunked_upload_is_measured_once_buffered_and_takes_the_small_lane(mocks, gateway):
+    """No content-length from the client: Envoy's buffer filter sets it before the lanes are picked."""
+    primary = mocks.start("primary")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary)))
+    body = b'{"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]}'
+    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=iter([body[:20], body[20:]]), headers={"content-type": "application/json"}, encode_chunked=True)
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+
+    assert answer.status == 200
+    assert primary.received[0].body == body.replace(b'"openai/gpt-4"', b'"gpt-4"')
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0)
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ def test_rendering_a_config_loads_neither_grpc_nor_the_servers():
     assert result.stdout.strip() == "[]"
 
 
-def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only():
+def test_the_router_level_has_three_lanes_by_content_length_and_a_bulk_lane_beside_a_unix_socket_sidecar_only():
     from extproc.contract import bulk_address
 
     assert bulk_address("unix:/run/extproc/sidecar.sock") == "unix:/run/extproc/sidecar-bulk.sock"
@@ -205,19 +205,26 @@ def test_a_large_request_goes_to_the_bulk_lane_beside_a_unix_socket_sidecar_only
     assert bulk_address("127.0.0.1:9090") is None, "a TCP sidecar (mutual TLS) has no bulk lane"
     filters = {f["name"]: f for f in _hcm(render(CONFIG, RenderOptions(sidecar="unix:/run/x/sidecar.sock")))["http_filters"]}
     matcher = filters["extproc.router"]["typed_config"]["xds_matcher"]
-    large = matcher["matcher_list"]["matchers"][0]
-    clusters = {
-        "bulk": large["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
-        "main": matcher["on_no_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+    small, large = matcher["matcher_list"]["matchers"]
+
+    def ext_proc(on_match: dict) -> dict:
+        return on_match["action"]["typed_config"]["typed_config"]["typed_config"]
+
+    def lengths(predicate: dict) -> list[bool]:
+        pattern = re.compile(predicate["single_predicate"]["value_match"]["safe_regex"]["regex"])
+        return [bool(pattern.fullmatch(length)) for length in ("0", "12", "19999", "20000", "999999", "1000000", "10485760")]
+
+    lanes = {name: ext_proc(on_match) for name, on_match in (("small", small["on_match"]), ("large", large["on_match"]), ("main", matcher["on_no_match"]))}
+    assert {name: lane["grpc_service"]["envoy_grpc"]["cluster_name"] for name, lane in lanes.items()} == {
+        "small": "extproc_sidecar",
+        "large": "extproc_sidecar_bulk",
+        "main": "extproc_sidecar",
     }
-    assert clusters == {"bulk": "extproc_sidecar_bulk", "main": "extproc_sidecar"}
-    pattern = re.compile(large["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
-    assert [bool(pattern.match(length)) for length in ("999999", "1000000", "10485760", "12")] == [False, True, True, False]
-    main = matcher["on_no_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-    bulk = large["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-    assert (main["processing_mode"]["request_body_mode"], main["allow_mode_override"]) == ("NONE", True), "the body only when asked"
-    assert bulk["processing_mode"]["request_body_mode"] == "BUFFERED"
-    skipped = filters["extproc.json_check"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["not_matcher"]["or_matcher"]["predicate"]
-    assert large["predicate"] in skipped, "Envoy does not parse the bulk lane's bodies on its worker"
-    tcp = _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"]
-    assert [f["name"] for f in tcp][-3:] == ["envoy.filters.http.ext_proc", "extproc.model_patch", "envoy.filters.http.router"], "no bulk lane"
+    assert lengths(small["predicate"]) == [True, True, True, False, False, False, False]
+    assert lengths(large["predicate"]) == [False, False, False, False, False, True, True]
+    assert (lanes["small"]["processing_mode"]["request_body_mode"], lanes["small"]["allow_mode_override"]) == ("NONE", True), "the body only when asked"
+    assert lanes["large"]["processing_mode"]["request_body_mode"] == lanes["main"]["processing_mode"]["request_body_mode"] == "BUFFERED"
+    json_check = filters["extproc.json_check"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]
+    assert json_check == small["predicate"], "Envoy parses only the bodies of the lane that waits for it"
+    tcp = {f["name"]: f for f in _hcm(render(CONFIG, RenderOptions(sidecar="127.0.0.1:9090")))["http_filters"]}
+    assert len(tcp["extproc.router"]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]) == 1, "no bulk lane"
