@@ -31,7 +31,8 @@ sys.path.insert(0, ROOT)
 from bench.bodies import large_body, large_posts
 from bench.run import Processes, ensure_wrk, free_port, static_proxy, wait_port, wrk
 from extproc.contract import BULK_CONTENT_LENGTH, message_limit
-from extproc.render import RenderOptions, _composite, _execute, _ext_proc, _header_input, _sidecar_cluster
+from extproc.render import RenderOptions, _ext_proc, _sidecar_cluster
+from extproc.render_composite import composite, execute, header_input
 
 
 async def serve(socket_path: str, echo: bool) -> None:
@@ -70,9 +71,8 @@ def envoy_with_bare_ext_proc(port: int, upstream_port: int, socket_path: str) ->
     options = RenderOptions(sidecar=f"unix:{socket_path}")
     ext_proc = _ext_proc("router", options, 16 * 2**20, "bench", "bare")
     ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["max_receive_message_length"] = message_limit(16 * 2**20)
-    large = {"input": _header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
-    composite = _composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": _execute("bare", ext_proc)}]}})
-    hcm["http_filters"].insert(0, composite)
+    large = {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
+    hcm["http_filters"].insert(0, composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("bare", ext_proc)}]}}))
     listener = bootstrap["static_resources"]["listeners"][0]
     listener["per_connection_buffer_limit_bytes"] = 17 * 2**20
     bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(options, "bare"))

