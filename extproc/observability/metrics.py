@@ -7,6 +7,7 @@ value or request content.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -23,31 +24,50 @@ _PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 
 PROVIDER_STATES = ("enabled", "cooling_down", "error")
 
+class Labelled:
+    """A labelled metric whose children are kept in a dict.
+
+    prometheus_client's own `labels()` validates and locks on every call (~4 µs
+    here, seven calls per request entry); label values are names from the
+    config and status codes, so the dict stays small.
+    """
+
+    def __init__(self, metric: Counter | Gauge | Histogram):
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        """The child for these label values (a Counter, Gauge or Histogram child, as `metric.labels` returns)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("extproc_requests", "Client requests by listener, model, the provider that answered last, and status class.", ["listener", "model", "provider", "status_class"], registry=r)
-        self.attempts = Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, cancelled).", ["provider", "code", "outcome"], registry=r)
-        self.attempt_seconds = Histogram("extproc_upstream_attempt_duration_seconds", "Attempts from the first byte sent to the provider to the last byte of its answer (streams included), by provider.", ["provider"], buckets=_ATTEMPT_BUCKETS, registry=r)
-        self.failovers = Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r)
-        self.cooldowns = Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r)
-        self.tokens = Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r)
-        self.usage_skipped = Counter(
+        self.requests = Labelled(Counter("extproc_requests", "Client requests by listener, model, the provider that answered last, and status class.", ["listener", "model", "provider", "status_class"], registry=r))
+        self.attempts = Labelled(Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, cancelled).", ["provider", "code", "outcome"], registry=r))
+        self.attempt_seconds = Labelled(Histogram("extproc_upstream_attempt_duration_seconds", "Attempts from the first byte sent to the provider to the last byte of its answer (streams included), by provider.", ["provider"], buckets=_ATTEMPT_BUCKETS, registry=r))
+        self.failovers = Labelled(Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r))
+        self.cooldowns = Labelled(Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r))
+        self.tokens = Labelled(Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r))
+        self.usage_skipped = Labelled(Counter(
             "extproc_token_usage_skipped", "Successful answers whose tokens were not counted, by provider and reason (answer_too_large: over what Envoy buffers).", ["provider", "reason"], registry=r
-        )
-        self.remaining = Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r)
-        self.malformed_rate_limit_headers = Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r)
-        self.translated = Counter("extproc_translated_attempts", "Attempts whose request and answer were translated between APIs, by provider and API pair.", ["provider", "api"], registry=r)
-        self.dropped_fields = Counter("extproc_translation_dropped_fields", "Client request fields with no equivalent in the provider's API: dropped, never sent raw.", ["provider", "field"], registry=r)
-        self.malformed_events = Counter(
+        ))
+        self.remaining = Labelled(Gauge("extproc_provider_remaining", "What the provider's latest answer said is left (its rate-limit headers), by kind: requests or tokens.", ["provider", "kind"], registry=r))
+        self.malformed_rate_limit_headers = Labelled(Counter("extproc_rate_limit_headers_malformed", "Rate-limit headers that could not be read (ignored), by provider and header.", ["provider", "header"], registry=r))
+        self.translated = Labelled(Counter("extproc_translated_attempts", "Attempts whose request and answer were translated between APIs, by provider and API pair.", ["provider", "api"], registry=r))
+        self.dropped_fields = Labelled(Counter("extproc_translation_dropped_fields", "Client request fields with no equivalent in the provider's API: dropped, never sent raw.", ["provider", "field"], registry=r))
+        self.malformed_events = Labelled(Counter(
             "extproc_translation_malformed_events", "Events of a translated answer stream that could not be read: each reached the client as an error event.", ["provider"], registry=r
-        )
-        self.rejected = Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r)
-        self.processing = Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r)
-        self.in_flight = Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r)
-        self.reloads = Counter("extproc_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        ))
+        self.rejected = Labelled(Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r))
+        self.processing = Labelled(Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r))
+        self.in_flight = Labelled(Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r))
+        self.reloads = Labelled(Counter("extproc_config_reloads", "Config reloads by result.", ["result"], registry=r))
         self.last_reload = Gauge("extproc_config_last_reload_timestamp_seconds", "When the config was last (re)loaded or a reload was attempted.", registry=r)
         self.last_reload_success = Gauge("extproc_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully.", registry=r)
 

@@ -7,9 +7,10 @@ sidecar process can serve any attempt: nothing is kept in one process's memory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import msgspec
 
 from .jsonbody import ModelSpan
 
@@ -30,11 +31,11 @@ class RequestContext:
             data["m"] = self.body_model
         if self.attempts != 1:
             data["n"] = self.attempts
-        return json.dumps(data, separators=(",", ":"))
+        return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
 
     @classmethod
     def decode(cls, text: str) -> RequestContext:
-        data = json.loads(text)
+        data = msgspec.json.decode(text)
         span = data.get("s")
         return cls(
             path=data["p"],

@@ -10,6 +10,7 @@ guessed at.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Budget:
         return max(known) if known else 0.0
 
 
+@functools.lru_cache(maxsize=1024)  # every answer carries two; the same few values recur
 def parse_duration(value: str) -> float | None:
     """OpenAI's reset durations: `20s`, `1m30s`, `6m0s`, `120ms`, `1h2m3.5s`; None if not one."""
     text = value.strip()

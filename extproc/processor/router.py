@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..config import Config, Listener
 from ..translator import needs_translation
@@ -93,7 +93,7 @@ def on_headers(
         return resolve(config, listener, headers, None, health)
     if found is not None:
         token = b'"' + found.model.encode() + b'"'  # Envoy found no escape in it: the model's JSON text
-        return _routed(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), token, health)
+        return resolve(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), health, token)
     return None
 
 
@@ -116,26 +116,18 @@ def on_body(
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
     span = parsed.span
-    return _routed(config, listener, headers, parsed, b"" if span is None else bytes(body[span.start : span.end]), health)
+    return resolve(config, listener, headers, parsed, health, b"" if span is None else bytes(body[span.start : span.end]))
 
 
-def _routed(config: Config, listener: Listener, headers: Mapping[str, str], parsed: ParsedBody, token: bytes, health: ProviderHealth | None) -> errors.Reply | Forward:
-    """`resolve`, then the patch that sets the body's model (now `token`) for the provider the chain starts at."""
-    decision = resolve(config, listener, headers, parsed, health)
-    if not isinstance(decision, Forward) or parsed.span is None:
-        return decision
-    model_name = config.providers[decision.provider].model_name
-    patch = model_patch(token, parsed.span, model_name)
-    span = patch.span if patch is not None else parsed.span
-    return replace(decision, context=replace(decision.context, span=span, body_model=model_name), patch=patch)
-
-
-def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None) -> errors.Reply | Forward:
-    """model -> chain, started at its first provider not cooling down.
+def resolve(
+    config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None, token: bytes = b""
+) -> errors.Reply | Forward:
+    """model -> chain, started at its first provider not cooling down, and the patch that names its model in the body.
 
     The model is matched exactly ("openai/gpt-4o"), else by its bare name
     ("gpt-4o", as OpenAI SDK users write it) when only one model has that
-    name; a request without a model goes to the default provider.
+    name; a request without a model goes to the default provider. `token`:
+    the body's model value as it stands (its JSON text), when it has one.
     """
     model = body.model if body is not None else None
     if model is None:
@@ -160,17 +152,21 @@ def resolve(config: Config, listener: Listener, headers: Mapping[str, str], body
             start = available
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
+    provider = config.providers[start]
+    span = body.span if body is not None else None
+    patch = model_patch(token, span, provider.model_name) if span is not None else None
     originals = client_values(config, headers)
     context = RequestContext(
         attempts=config.chains[start].num_retries + 1,
         path=headers.get(":path", "/"),
         originals=carried(config, originals, config.chains[start]),
-        span=body.span if body is not None else None,
+        span=patch.span if patch is not None else span,
+        body_model=provider.model_name if span is not None else None,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
-    extra = {TRANSLATE_HEADER: "1"} if needs_translation(context.path, config.providers[start]) else None
-    first_attempt = plan(config, config.providers[start], context.path, originals, headers, config.chain_clusters[start], extra)
-    return Forward(provider=start, context=context, model=model, headers=first_attempt)
+    extra = {TRANSLATE_HEADER: "1"} if needs_translation(context.path, provider) else None
+    first_attempt = plan(config, provider, context.path, originals, headers, config.chain_clusters[start], extra)
+    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch)
 
 
 def models_reply(config: Config, model_id: str) -> errors.Reply:

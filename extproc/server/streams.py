@@ -6,6 +6,7 @@ upstream-level stream sees one attempt. No decision is made here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar, TypeAlias
 
 import msgspec
@@ -13,6 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2, text_format
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from ..config.store import Live
 from ..contract import (
@@ -47,26 +49,34 @@ Response: TypeAlias = pb.ProcessingResponse | bytes
 
 
 def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
-    """Header map of an ext_proc message (Envoy sends values as raw bytes)."""
-    result: dict[str, str] = {}
-    for header in message.headers.headers:
+    """Header map of an ext_proc message (Envoy sends values as raw bytes); repeated headers joined by commas."""
+    entries = message.headers.headers
+    result = {header.key: header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value for header in entries}
+    if len(result) == len(entries):
+        return result
+    result = {}
+    for header in entries:
         value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
         result[header.key] = f"{result[header.key]},{value}" if header.key in result else value
     return result
 
 
-def header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, raw_value=value.encode()))
+def set_headers(options: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption], pairs: Iterable[tuple[str, str]]) -> None:
+    """Append a header option per (name, value), built in place (a third of the cost of building each message and extending)."""
+    for name, value in pairs:
+        header = options.add().header
+        header.key = name
+        header.raw_value = value.encode()
 
 
 def apply_headers(mutation: pb.HeaderMutation, plan: HeaderPlan) -> None:
-    mutation.set_headers.extend(header_option(name, value) for name, value in plan.set)
+    set_headers(mutation.set_headers, plan.set)
     mutation.remove_headers.extend(plan.remove)
 
 
 def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryview) -> bytes:
     """`response` replacing the body with `body`, and its content-length (Envoy refuses a new body without it)."""
-    getattr(response, kind).response.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
+    set_headers(getattr(response, kind).response.header_mutation.set_headers, [("content-length", str(len(body)))])
     return wire.with_body(response, kind, body)
 
 
@@ -83,7 +93,7 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
     answer.status.code = reply.status
     answer.body = reply.body
     answer.details = "extproc_local_reply"
-    answer.headers.set_headers.extend(header_option(name, value) for name, value in reply.headers)
+    set_headers(answer.headers.set_headers, reply.headers)
     return response
 
 
@@ -287,7 +297,7 @@ class _AnswerTranslation:
         if streamed:
             self.stream = openai_anthropic.StreamTranslator(self.include_usage)
         response = pb.ProcessingResponse()
-        response.response_headers.response.header_mutation.set_headers.append(header_option("content-type", "text/event-stream" if streamed else "application/json"))
+        set_headers(response.response_headers.response.header_mutation.set_headers, [("content-type", "text/event-stream" if streamed else "application/json")])
         response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
         return response
 
