@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-bodies-floor bench-find-model bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-bodies-floor: $(STAMP)
 ## What Envoy's model finding (JSON check + Lua scan) costs its worker thread, by body size.
 bench-find-model: $(STAMP)
 	$(BIN)/python bench/find_model.py
+
+## Many long streams at once (100 new a second for 10 s, 20 chunks over 10 s each): Envoy alone vs the gateway.
+bench-streams: $(STAMP)
+	$(BIN)/python bench/streams.py
 
 ## 5 minutes at 32 connections, every request failing over from a provider that closes its connection after each 429: the sidecar's RSS must stay flat (within 5 MB after the first minute).
 soak: $(STAMP)

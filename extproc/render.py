@@ -107,7 +107,7 @@ _NO_ADDRESS = {"address_prefix": "255.255.255.255", "prefix_len": 32}
 
 #: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
 #: silently turn failovers into errors under load.
-_CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}]}
+CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}]}
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sideca
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
         },
-        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "circuit_breakers": CIRCUIT_BREAKERS,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
     tls = options.sidecar_tls
@@ -849,7 +849,7 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
         "name": name,
         "connect_timeout": _duration(connect_timeout_s),
         "per_connection_buffer_limit_bytes": body_limit + 65536,
-        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "circuit_breakers": CIRCUIT_BREAKERS,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
     }
     if _is_ip(provider.host):
@@ -881,7 +881,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
         "per_connection_buffer_limit_bytes": body_limit + 65536,
-        "circuit_breakers": _CIRCUIT_BREAKERS,
+        "circuit_breakers": CIRCUIT_BREAKERS,
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
             "typed_config": {"@type": _AGGREGATE, "clusters": [config.providers[member].cluster for member in chain.providers]},
