@@ -24,6 +24,7 @@ _PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 
 PROVIDER_STATES = ("enabled", "cooling_down", "error")
 
+
 class Labelled:
     """A labelled metric whose children are kept in a dict.
 

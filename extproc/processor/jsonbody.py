@@ -167,11 +167,6 @@ class Patch:
     value: bytes
     span: ModelSpan
 
-    def apply(self, body: bytes | memoryview) -> bytes:
-        """The patched body (what Envoy's Lua filter does with the bytes it holds)."""
-        view = memoryview(body)
-        return b"".join((view[: self.start], self.value, view[self.end :]))  # one copy of a large body, not three
-
 
 def model_patch(token: bytes, span: ModelSpan, model_name: str) -> Patch | None:
     """What sets the model at `span` (now `token`) to `model_name`; None when the body already carries exactly that value."""

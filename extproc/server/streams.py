@@ -81,7 +81,7 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
 
 
 def set_patch(namespace: struct_pb2.Struct, patch: Patch | None) -> None:
-    """The model patch Envoy's Lua filter applies to the body (`render._PATCH_LUA`); no patch is an empty value."""
+    """The model patch Envoy's Lua filter applies to the body (`render._model_patch`); no patch is an empty value."""
     namespace.fields[PATCH_START_KEY].number_value = patch.start if patch is not None else 0
     namespace.fields[PATCH_END_KEY].number_value = patch.end if patch is not None else 0
     namespace.fields[PATCH_VALUE_KEY].string_value = patch.value.decode() if patch is not None else ""
@@ -132,7 +132,7 @@ class RouterStream:
         response = pb.ProcessingResponse()
         common = getattr(response, kind).response
         common.SetInParent()
-        if decision is None:  # Envoy found no model: the body decides (the main lane sends it only when asked)
+        if decision is None:  # the body decides: the small lane sends it only when asked; the others (no overrides allowed) send it anyway
             response.mode_override.CopyFrom(_SEND_BODY)
             return response
         self.done = True

@@ -11,7 +11,7 @@ from extproc.config.store import Live
 from extproc.processor import router, upstream
 from extproc.processor.context import RequestContext
 from extproc.processor.errors import Reply
-from extproc.processor.jsonbody import BodyError, model_patch, parse
+from extproc.processor.jsonbody import BodyError, Patch, model_patch, parse
 
 CONFIG = parse_config(
     """
@@ -55,20 +55,24 @@ def forward(body: bytes, headers=CLIENT) -> router.Forward:
     return decision
 
 
+def patched(body: bytes, patch: Patch | None) -> bytes:
+    """What Envoy's Lua filter makes of `body` with `patch` (render._model_patch)."""
+    return body if patch is None else body[: patch.start] + patch.value + body[patch.end :]
+
+
 def replace_model(body: bytes, span, model_name: str) -> bytes:
     """The body with `model_name` at `span`, as Envoy's Lua filter patches it."""
-    patch = model_patch(bytes(body[span.start : span.end]), span, model_name)
-    return body if patch is None else patch.apply(body)
+    return patched(body, model_patch(bytes(body[span.start : span.end]), span, model_name))
 
 
 def retried(body: bytes, attempt: upstream.Attempt) -> bytes:
     """The body a retry carries: the router level's, with the attempt's patch applied by Envoy."""
-    return body if attempt.patch is None else attempt.patch.apply(body)
+    return patched(body, attempt.patch)
 
 
 def sent(body: bytes, decision: router.Forward) -> bytes:
     """The body attempt 1 carries: the client's, with the router level's patch applied by Envoy."""
-    return body if decision.patch is None else decision.patch.apply(body)
+    return patched(body, decision.patch)
 
 
 def apply(headers: dict, attempt: upstream.Attempt) -> dict:
