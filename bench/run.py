@@ -12,14 +12,17 @@
   request and answer translated) and `bench/cross` (the 429 port, then that
   Anthropic provider: every request fails over across vendors).
 
-Each is driven by wrk at 1 and 64 connections. Then the burst scenario,
-three times (`--burst-runs`): a provider that answers in 200 ms (an Envoy
-with a fixed fault delay), driven at 100 connections for 15 s directly,
-through Envoy alone, and through the gateway, each after a 3 s warm-up; each
-run's table, then the p99 the gateway adds over Envoy alone in every run,
-their median and their max: the release gate (median < 10 ms, none ≥ 20 ms,
-no errors). For every gateway run the sidecar's CPU time per request is
-printed (CPU seconds of the `extproc up` process ÷ requests served).
+Beside them, the floor: the same proxy with a bare one-message ext_proc
+(`floor.py`). Each is driven by wrk at 1 and 64 connections. Then the burst
+scenario, three times (`--burst-runs`): a provider that answers in 200 ms
+(an Envoy with a fixed fault delay), driven at 100 connections for 15 s
+directly, through Envoy alone, the floor and the gateway, each after a 3 s
+warm-up; each run's table, then the p99 the gateway adds over Envoy alone in
+every run, their median and their max: the release gate (median < 10 ms,
+none ≥ 20 ms, no errors). Last the strict reading: 100 requests released at
+the same instant on open, warm connections, three waves, each wave's p99
+through Envoy alone and the gateway. For every gateway and floor run the
+process's CPU time per request is printed (CPU seconds ÷ requests served).
 Bounded (about five minutes); stops everything it started. Installs wrk with
 apt-get when it is missing.
 """
@@ -27,6 +30,7 @@ apt-get when it is missing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import os
@@ -326,6 +330,46 @@ def main() -> None:
                 burst.append((label, measured(cpu_of.get(port), functools.partial(wrk, binary, port, 100, args.burst_seconds, "bench/slow", workdir))))
             overheads.append(report_burst(burst, run))
         report_burst_runs(overheads)
+        report_waves({label: asyncio.run(waves(port, "bench/slow")) for label, port in (("Envoy alone", slow_baseline_port), ("gateway", gateway_port))})
+
+
+async def waves(port: int, model: str, clients: int = 100, count: int = 3) -> list[float]:
+    """The strict burst: `clients` open keep-alive connections, warmed, each sending one request at the same instant; p99 ms per wave."""
+    body = BODY.replace("bench/ok", model).encode()
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: asyncio.Event) -> float:
+        await start.wait()
+        sent = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        return (time.perf_counter() - sent) * 1000
+
+    p99s = []
+    for wave in range(count + 1):  # the first warms every connection and pool: not counted
+        start = asyncio.Event()
+        tasks = [asyncio.create_task(one(reader, writer, start)) for reader, writer in connections]
+        await asyncio.sleep(0.2)
+        start.set()
+        latencies = sorted(await asyncio.gather(*tasks))
+        if wave:
+            p99s.append(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
+        await asyncio.sleep(0.5)
+    for _, writer in connections:
+        writer.close()
+    return p99s
+
+
+def report_waves(p99s: dict[str, list[float]]) -> None:
+    """Each wave's p99 through Envoy alone and the gateway, and the median of what the gateway adds (target < 10 ms)."""
+    added = sorted(gateway - alone for alone, gateway in zip(p99s["Envoy alone"], p99s["gateway"], strict=True))
+    print(f"\n100 requests released at the same instant on open connections (warm), {len(added)} waves:")
+    for label, values in p99s.items():
+        print(f"  {label:12} p99 " + ", ".join(f"{value:.1f}" for value in values) + " ms")
+    print("  gateway p99 over Envoy alone's same wave: " + ", ".join(f"{value:+.1f}" for value in added) + f" ms; median {added[len(added) // 2]:+.1f} (target < 10 ms)")
 
 
 def measured(pid: int | None, run) -> dict:
