@@ -330,7 +330,7 @@ def main() -> None:
                 burst.append((label, measured(cpu_of.get(port), functools.partial(wrk, binary, port, 100, args.burst_seconds, "bench/slow", workdir))))
             overheads.append(report_burst(burst, run))
         report_burst_runs(overheads)
-        report_waves({label: asyncio.run(waves(port, "bench/slow")) for label, port in (("Envoy alone", slow_baseline_port), ("gateway", gateway_port))})
+        report_waves({label: asyncio.run(waves(port, "bench/slow")) for label, port in (("Envoy alone", slow_baseline_port), ("floor", slow_floor_port), ("gateway", gateway_port))})
 
 
 async def waves(port: int, model: str, clients: int = 100, count: int = 3) -> list[float]:
@@ -364,11 +364,13 @@ async def waves(port: int, model: str, clients: int = 100, count: int = 3) -> li
 
 
 def report_waves(p99s: dict[str, list[float]]) -> None:
-    """Each wave's p99 through Envoy alone and the gateway, and the median of what the gateway adds (target < 10 ms)."""
+    """Each wave's p99 through Envoy alone, the floor and the gateway, and the median of what the gateway adds (target < 10 ms)."""
     added = sorted(gateway - alone for alone, gateway in zip(p99s["Envoy alone"], p99s["gateway"], strict=True))
+    floor = sorted(bare - alone for alone, bare in zip(p99s["Envoy alone"], p99s["floor"], strict=True))
     print(f"\n100 requests released at the same instant on open connections (warm), {len(added)} waves:")
     for label, values in p99s.items():
         print(f"  {label:12} p99 " + ", ".join(f"{value:.1f}" for value in values) + " ms")
+    print(f"  floor p99 over Envoy alone's same wave: median {floor[len(floor) // 2]:+.1f} ms")
     print("  gateway p99 over Envoy alone's same wave: " + ", ".join(f"{value:+.1f}" for value in added) + f" ms; median {added[len(added) // 2]:+.1f} (target < 10 ms)")
 
 
