@@ -204,11 +204,12 @@ class UpstreamStream:
             self.attempt = decision
             response = pb.ProcessingResponse()
             apply_headers(response.request_headers.response.header_mutation, decision.headers)
+            # Every attempt here says which patch its body needs, "none" included (a translated one: none), so
+            # nothing an earlier attempt left can apply to it, and the Lua filter sets its content-length.
+            set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
             if decision.translate:  # the body now, the answer's headers later (and from them, its body)
                 response.mode_override.CopyFrom(_TRANSLATE)
                 return response
-            # Every retry says which patch its body needs, "none" included: Envoy keeps one metadata map for all attempts.
-            set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
             if decision.last:
                 response.mode_override.CopyFrom(_WATCH)
             else:

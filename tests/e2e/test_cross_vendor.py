@@ -332,3 +332,25 @@ def test_a_retry_after_a_translated_attempt_carries_its_own_body_and_length(mock
     received = last.received[0]
     assert json.loads(received.body) == {**ASK, "model": "gpt-4o"}
     assert int(received.header("content-length")) == len(received.body) == len(first.received[0].body)
+
+
+def test_a_translated_retry_after_a_patched_one_gets_only_its_translation(mocks, gateway):
+    """OpenAI 429 -> another model's provider (body patched, 429) -> Claude (translated): the patch of attempt 2 must not touch attempt 3."""
+    first = mocks.start("first", status=429)
+    mini = mocks.start("mini", status=429)
+    claude = mocks.start("claude", api="anthropic")
+    gw = gateway(
+        gateway_config(
+            provider("first", GPT4O, first, retry_policy={"fallback_models": ["local/gpt-4o-mini", CLAUDE]}),
+            provider("mini", "local/gpt-4o-mini", mini, provider_interface="openai"),
+            provider("claude", CLAUDE, claude, access_key="sk-ant-0002"),
+        )
+    )
+
+    answer = chat(gw.port, ASK)
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "claude", answer.body
+    assert json.loads(mini.received[0].body)["model"] == "gpt-4o-mini", "attempt 2 was patched"
+    received = claude.received[0]
+    assert json.loads(received.body)["model"] == "claude-sonnet-4" and json.loads(received.body)["system"] == "Be brief."
+    assert int(received.header("content-length")) == len(received.body)
