@@ -3,8 +3,10 @@
 The shape (docs/envoy-behaviour.md says which Envoy behaviour each piece rests on, and which test holds it):
 
 - per listener, an HCM whose router-level ext_proc picks the chain and sets
-  `x-arch-llm-provider`; one route per chain start matches that header
-  exactly; a catch-all answers 400 so an unrouted request fails loudly;
+  `x-arch-llm-provider` (from the headers and the model Envoy found in the
+  body, `render_body`, for most requests); one route per chain start matches
+  that header exactly; a catch-all answers 400 so an unrouted request fails
+  loudly;
 - per provider, a cluster `provider.<name>.<hash of its host and TLS>` whose
   one endpoint carries the provider's name and cluster in its metadata (so the
   upstream level and the response header can tell which provider, and which
@@ -32,12 +34,7 @@ from .config import Chain, Config, Listener, Provider
 from .contract import (
     ATTEMPT_NAMESPACE,
     ATTEMPT_TAG,
-    BODY_JSON_KEY,
-    BODY_MODEL_END_KEY,
-    BODY_MODEL_KEY,
-    BODY_MODEL_START_KEY,
     BODY_NAMESPACE,
-    BULK_CONTENT_LENGTH,
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
     INPUT_TOKENS,
@@ -47,15 +44,11 @@ from .contract import (
     MODEL_METADATA_KEY,
     MODEL_TAG,
     OUTPUT_TOKENS,
-    PATCH_END_KEY,
-    PATCH_START_KEY,
-    PATCH_VALUE_KEY,
     PATH_METADATA_KEY,
     PHASE_METADATA,
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
     PROVIDER_TAG,
-    SMALL_CONTENT_LENGTH,
     SYSTEM_METADATA_KEY,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
@@ -64,9 +57,9 @@ from .contract import (
 )
 from .processor.cooldown import OVERLOADED
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
-from .processor.jsonbody import MAX_TOP_LEVEL_KEYS
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
+from .render_body import find_model, large_request, model_patch, small_request
 from .render_composite import composite, execute, header_input
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 
@@ -79,9 +72,7 @@ CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundl
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
-_JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
 _CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
@@ -90,8 +81,6 @@ _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTl
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
-#: How deep the Lua scan follows nested values; a deeper body goes to the sidecar, which reads ~1000 levels.
-_SCAN_MAX_DEPTH = 128
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 _FIXED_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
@@ -336,20 +325,6 @@ def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sideca
     return cluster
 
 
-def _large_request() -> dict:
-    """The bulk lane's requests: content-length of 7 digits or more."""
-    return _content_length(BULK_CONTENT_LENGTH)
-
-
-def _small_request() -> dict:
-    """Requests whose model Envoy finds itself (`SMALL_CONTENT_LENGTH`)."""
-    return _content_length(SMALL_CONTENT_LENGTH)
-
-
-def _content_length(regex: str) -> dict:
-    return {"single_predicate": {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": regex}}}}
-
-
 def _whole_body(listener: Listener) -> dict:
     """Envoy takes in the whole request before the sidecar hears of it.
 
@@ -368,7 +343,7 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     """The router-level ext_proc, in three lanes picked by `content-length` (a composite filter).
 
     - small (`SMALL_CONTENT_LENGTH`): the sidecar receives the request headers
-      and what Envoy found in the body (`_find_model`), not the body; it asks
+      and what Envoy found in the body (`render_body.find_model`), not the body; it asks
       for the body (a mode override) only when Envoy found no model;
     - large (7 digits or more, beside a Unix-socket sidecar): the bulk lane,
       so a large body never passes through the event loop that serves the
@@ -378,182 +353,11 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     """
     found = _ext_proc("router", options, listener.max_body_bytes, listener.name, body_mode="NONE")
     main = _ext_proc("router", options, listener.max_body_bytes, listener.name)
-    lanes = [{"predicate": _small_request(), "on_match": execute("found", found)}]
+    lanes = [{"predicate": small_request(), "on_match": execute("found", found)}]
     if bulk_address(options.sidecar) is not None:
         bulk = _ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
-        lanes.append({"predicate": _large_request(), "on_match": execute("bulk", bulk)})
+        lanes.append({"predicate": large_request(), "on_match": execute("bulk", bulk)})
     return composite("extproc.router", {"matcher_list": {"matchers": lanes}, "on_no_match": execute("main", main)})
-
-
-#: Finds a JSON body's top-level `model` string and where its token sits, for the router-level ext_proc
-#: (which then never receives the body). It runs after `json_to_metadata` said the whole body is valid JSON,
-#: so it only walks the top level, skipping strings and nested values; anything it does not expect (a
-#: second `model`, an escape in a key or in the model, more than MAX_TOP_LEVEL_KEYS keys, deep nesting,
-#: bytes after the object) leaves no model, and the sidecar asks for the body and decides as before.
-_SCAN_LUA = rf"""
-local byte = string.byte
-
-local function skip(s, i)
-  return s:match("^[ \t\r\n]*()", i)
-end
-
--- The closing quote of the string opening at i: the next quote after an even run of backslashes
--- (plain find runs at memory speed; long text is most of a request).
-local function string_end(s, i)
-  local j = i + 1
-  while true do
-    local k = s:find('"', j, true)
-    if k == nil then return nil end
-    local p = k - 1
-    while byte(s, p) == 92 do p = p - 1 end
-    if (k - 1 - p) % 2 == 0 then return k end
-    j = k + 1
-  end
-end
-
--- Just past the value that starts at i; nil when it is not what a request body holds.
-local function value_end(s, i)
-  local c = byte(s, i)
-  if c == 34 then
-    local e = string_end(s, i)
-    return e and e + 1
-  end
-  if c ~= 123 and c ~= 91 then
-    return s:find("[,}}%]%s]", i)
-  end
-  local depth, j = 0, i
-  while true do
-    local q = s:find('"', j, true)
-    for k = j, (q or #s + 1) - 1 do
-      local b = byte(s, k)
-      if b == 123 or b == 91 then
-        depth = depth + 1
-        if depth > {_SCAN_MAX_DEPTH} then return nil end
-      elseif b == 125 or b == 93 then
-        depth = depth - 1
-        if depth == 0 then return k + 1 end
-      end
-    end
-    if q == nil then return nil end
-    local e = string_end(s, q)
-    if e == nil then return nil end
-    j = e + 1
-  end
-end
-
-local function find_model(s)
-  local i = skip(s, 1)
-  if s:byte(i) ~= 123 then return nil end
-  i = skip(s, i + 1)
-  local keys, first, last = 0, nil, nil
-  while true do
-    if byte(s, i) ~= 34 then return nil end
-    local e = string_end(s, i)
-    if e == nil then return nil end
-    local key = s:sub(i + 1, e - 1)
-    if key:find("\\", 1, true) then return nil end
-    i = skip(s, e + 1)
-    if s:byte(i) ~= 58 then return nil end
-    local start = skip(s, i + 1)
-    local stop = value_end(s, start)
-    if stop == nil then return nil end
-    keys = keys + 1
-    if keys > {MAX_TOP_LEVEL_KEYS} then return nil end
-    if key == "model" then
-      if first ~= nil then return nil end
-      first, last = start, stop
-    end
-    i = skip(s, stop)
-    if s:byte(i) == 125 then break end
-    if s:byte(i) ~= 44 then return nil end
-    i = skip(s, i + 1)
-  end
-  if skip(s, i + 1) <= #s or first == nil or s:byte(first) ~= 34 then return nil end
-  local token = s:sub(first, last - 1)
-  if token:find("\\", 1, true) then return nil end
-  return first - 1, last - 1, token:sub(2, -2)
-end
-
-function envoy_on_request(handle)
-  local found = handle:streamInfo():dynamicMetadata():get("{BODY_NAMESPACE}")
-  if found == nil or found["{BODY_JSON_KEY}"] ~= "valid" then
-    return
-  end
-  local body = handle:body()
-  if body == nil then
-    return
-  end
-  local first, last, model = find_model(body:getBytes(0, body:length()))
-  if first ~= nil then
-    local metadata = handle:streamInfo():dynamicMetadata()  -- got after body(): Lua objects do not outlive a yield
-    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_KEY}", model)
-    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_START_KEY}", first)
-    metadata:set("{BODY_NAMESPACE}", "{BODY_MODEL_END_KEY}", last)
-  end
-end
-"""
-
-#: Content types `json_to_metadata` reads (it matches them exactly); a body of any other type goes to the sidecar.
-_JSON_CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"]
-
-
-def _find_model() -> list[dict]:
-    """Envoy checks a request's JSON and finds its model before the router-level ext_proc: one message per request.
-
-    `json_to_metadata` runs only on small requests (`SMALL_CONTENT_LENGTH`,
-    the router's lane that waits for it): Envoy's JSON parser holds its
-    worker, and every request behind it, about 20 ns a byte. Never on a
-    CONNECT (no content-length: it would wait forever for a body). The Lua
-    scan runs only after it said "valid".
-    """
-    valid = {"metadata_namespace": BODY_NAMESPACE, "key": BODY_JSON_KEY, "value": "valid"}
-    json_check = {
-        "name": "envoy.filters.http.json_to_metadata",
-        "typed_config": {
-            "@type": _JSON_TO_METADATA,
-            "request_rules": {
-                "rules": [{"selectors": [{"key": "model"}], "on_present": valid, "on_missing": valid, "on_error": {**valid, "value": "invalid"}}],
-                "allow_content_types": _JSON_CONTENT_TYPES,
-            },
-        },
-    }
-    return [
-        composite("extproc.json_check", {"matcher_list": {"matchers": [{"predicate": _small_request(), "on_match": execute("json_check", json_check)}]}}),
-        {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA}}},
-    ]
-
-
-def _model_patch(namespace: str) -> dict:
-    """Applies a model patch the sidecar left in `namespace` to the buffered body: the body never travels back over gRPC.
-
-    (Receiving a 10 MiB body mutation held Envoy's worker, and every small
-    request behind it, ~100 ms.) At the router level it patches what every
-    attempt is sent; at the upstream level, one retry's copy. A retry always
-    has the namespace (an empty value: no patch) and always gets its own
-    `content-length`: Envoy keeps one header map for all attempts, so an
-    earlier attempt's patched or translated length would otherwise stay.
-    """
-    lua = f"""
-function envoy_on_request(handle)
-  local patch = handle:streamInfo():dynamicMetadata():get("{namespace}")
-  if patch == nil or patch["{PATCH_VALUE_KEY}"] == nil then
-    return
-  end
-  local value = patch["{PATCH_VALUE_KEY}"]
-  local first, last = patch["{PATCH_START_KEY}"], patch["{PATCH_END_KEY}"]
-  local body = handle:body()
-  if body == nil then
-    return
-  end
-  local length = body:length()
-  if value ~= "" then
-    body:setBytes(body:getBytes(0, first) .. value .. body:getBytes(last, length - last))
-    length = body:length()
-  end
-  handle:headers():replace("content-length", tostring(length))
-end
-"""
-    return {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": lua}}}
 
 
 def _ext_proc(
@@ -622,9 +426,9 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "http_filters": [
             *(usage_filters(listener.max_body_bytes) if token_usage else ()),
             _whole_body(listener),
-            *_find_model(),
+            *find_model(),
             _router_ext_proc(options, listener),
-            _model_patch(METADATA_NAMESPACE),
+            model_patch(METADATA_NAMESPACE),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
         "access_log": [_access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=_REQUESTS_ONLY)]
@@ -893,7 +697,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain, any(config.providers[member].kind == "anthropic" for member in chain.providers)),
-                    _model_patch(ATTEMPT_NAMESPACE),
+                    model_patch(ATTEMPT_NAMESPACE),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }

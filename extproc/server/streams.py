@@ -81,7 +81,7 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
 
 
 def set_patch(namespace: struct_pb2.Struct, patch: Patch | None) -> None:
-    """The model patch Envoy's Lua filter applies to the body (`render._model_patch`); no patch is an empty value."""
+    """The model patch Envoy's Lua filter applies to the body (`render_body.model_patch`); no patch is an empty value."""
     namespace.fields[PATCH_START_KEY].number_value = patch.start if patch is not None else 0
     namespace.fields[PATCH_END_KEY].number_value = patch.end if patch is not None else 0
     namespace.fields[PATCH_VALUE_KEY].string_value = patch.value.decode() if patch is not None else ""
@@ -153,7 +153,7 @@ class RouterStream:
 
 
 def _found(request: pb.ProcessingRequest) -> router.Found | None:
-    """The model Envoy found in the body (`render._find_model`), if it found one."""
+    """The model Envoy found in the body (`render_body.find_model`), if it found one."""
     namespace = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
     if namespace is None:
         return None
