@@ -63,7 +63,7 @@ BULK_CONTENT_LENGTH = r"^[0-9]{7,}$"
 
 
 #: Requests under 20,000 bytes have their model found by Envoy: one message per request. Envoy's JSON check
-#: costs its worker about 20 ns a byte (0.4 ms at 20 KB, 20 ms at 1 MB: bench/find_model.py), more than a
+#: costs its worker about 20-30 ns a byte (+0.6 ms at 19 KB, +21 ms at 1 MB: bench/find_model.py), more than a
 #: body message costs the sidecar past that size. (No content-length: a CONNECT, which has no body.)
 SMALL_CONTENT_LENGTH = r"^([0-9]{1,4}|1[0-9]{4})$"
 

@@ -156,8 +156,6 @@ def _string(view: memoryview, what: str) -> str:
         raise BodyError(f"{what} is not a valid JSON string ({exc})") from None
 
 
-
-
 @dataclass(frozen=True)
 class Patch:
     """Bytes `start:end` of the body become `value`; `span` is where the model sits afterwards."""

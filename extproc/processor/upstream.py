@@ -58,7 +58,6 @@ class Attempt:
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
 
 
-
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:
     """The attempt's request, for the provider whose host is `cluster` (the Envoy cluster of the picked endpoint).
 

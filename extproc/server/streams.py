@@ -82,9 +82,10 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
 
 def set_patch(namespace: struct_pb2.Struct, patch: Patch | None) -> None:
     """The model patch Envoy's Lua filter applies to the body (`render_body.model_patch`); no patch is an empty value."""
-    namespace.fields[PATCH_START_KEY].number_value = patch.start if patch is not None else 0
-    namespace.fields[PATCH_END_KEY].number_value = patch.end if patch is not None else 0
-    namespace.fields[PATCH_VALUE_KEY].string_value = patch.value.decode() if patch is not None else ""
+    start, end, value = (patch.start, patch.end, patch.value.decode()) if patch is not None else (0, 0, "")
+    namespace.fields[PATCH_START_KEY].number_value = start
+    namespace.fields[PATCH_END_KEY].number_value = end
+    namespace.fields[PATCH_VALUE_KEY].string_value = value
 
 
 def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
@@ -321,50 +322,32 @@ class _AnswerTranslation:
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
 
 
-def _answer_mode(body_mode: int) -> ext_proc_pb2.ProcessingMode:
-    return ext_proc_pb2.ProcessingMode(
-        request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-        response_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-        request_body_mode=ext_proc_pb2.ProcessingMode.BUFFERED,
-        response_body_mode=body_mode,
-        request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-        response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-    )
+_Mode = ext_proc_pb2.ProcessingMode
 
 
-#: Whole processing modes for a translated answer (Envoy replaces the mode wholesale).
-_ANSWER_BUFFERED = _answer_mode(ext_proc_pb2.ProcessingMode.BUFFERED)
-_ANSWER_STREAMED = _answer_mode(ext_proc_pb2.ProcessingMode.STREAMED)
+def _mode(request_body: int, response_headers: int = _Mode.SEND, response_body: int = _Mode.NONE) -> ext_proc_pb2.ProcessingMode:
+    """A whole processing mode for the rest of a stream: request headers sent, trailers skipped.
 
-
-#: The router level's whole processing mode once it asks for the body.
-_SEND_BODY = ext_proc_pb2.ProcessingMode(
-    request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-    response_header_mode=ext_proc_pb2.ProcessingMode.SKIP,
-    request_body_mode=ext_proc_pb2.ProcessingMode.BUFFERED,
-    response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
-    request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-    response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-)
-
-
-def _watching(request_body_mode: int) -> ext_proc_pb2.ProcessingMode:
-    """An attempt whose response headers come to the sidecar before they go on to the client.
-
-    (Envoy replaces the mode wholesale: a field left at DEFAULT would mean SEND.)
+    Envoy replaces the mode wholesale: a field left at DEFAULT would mean SEND.
     """
-    return ext_proc_pb2.ProcessingMode(
-        request_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-        response_header_mode=ext_proc_pb2.ProcessingMode.SEND,
-        request_body_mode=request_body_mode,
-        response_body_mode=ext_proc_pb2.ProcessingMode.NONE,
-        request_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
-        response_trailer_mode=ext_proc_pb2.ProcessingMode.SKIP,
+    return _Mode(
+        request_header_mode=_Mode.SEND,
+        response_header_mode=response_headers,
+        request_body_mode=request_body,
+        response_body_mode=response_body,
+        request_trailer_mode=_Mode.SKIP,
+        response_trailer_mode=_Mode.SKIP,
     )
 
 
-_TRANSLATE = _watching(ext_proc_pb2.ProcessingMode.BUFFERED)  # the body to translate, then the answer's headers
-_WATCH = _watching(ext_proc_pb2.ProcessingMode.NONE)  # a last attempt
+#: The router level once it asks for the body.
+_SEND_BODY = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
+#: A translated attempt: its body to translate, then the answer's headers, then (by the headers' kind) its body.
+_TRANSLATE = _mode(_Mode.BUFFERED)
+_ANSWER_BUFFERED = _mode(_Mode.BUFFERED, response_body=_Mode.BUFFERED)
+_ANSWER_STREAMED = _mode(_Mode.BUFFERED, response_body=_Mode.STREAMED)
+#: A last attempt: its response headers come to the sidecar before they go on to the client.
+_WATCH = _mode(_Mode.NONE)
 
 
 def _continue(kind: str | None) -> pb.ProcessingResponse:
