@@ -162,6 +162,17 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         connection.close()
 
 
+def chunked(port: int, path: str, body: bytes, cut: int, headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+    """POST `body` with chunked transfer encoding (no content-length from the client), in two chunks cut at byte `cut`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=iter([body[:cut], body[cut:]]), headers=headers or {}, encode_chunked=True)
+        answer = connection.getresponse()
+        return Response(answer.status, {key.lower(): value for key, value in answer.getheaders()}, answer.read())
+    finally:
+        connection.close()
+
+
 def chat(port: int, payload: dict, headers: dict[str, str] | None = None, path: str = "/v1/chat/completions") -> Response:
     return request(port, "POST", path, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
 

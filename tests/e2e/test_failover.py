@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from .harness import chat, free_port, gateway_config, http_stream, provider, request
+from .harness import chat, chunked, free_port, gateway_config, http_stream, provider, request
 
 GPT4 = "openai/gpt-4"
 HELLO = {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}
@@ -260,17 +260,11 @@ def test_per_try_timeout_holds_on_the_only_provider_and_on_a_chain_started_at_it
 
 
 def test_a_chunked_request_body_fails_over_intact(mocks, gateway):
-    import http.client
-
     primary = mocks.start("primary", status=429)
     secondary = mocks.start("secondary")
     gw = gateway(gateway_config(provider("primary", GPT4, primary), provider("secondary", GPT4, secondary)))
     body = json.dumps({**HELLO, "padding": "x" * 5000}).encode()
-    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    connection.request("POST", "/v1/chat/completions", body=iter([body[:100], body[100:]]), headers={"content-type": "application/json"}, encode_chunked=True)
-    answer = connection.getresponse()
-    answer.read()
-    connection.close()
+    answer = chunked(gw.port, "/v1/chat/completions", body, 100, {"content-type": "application/json"}, timeout=10)
 
     assert answer.status == 200
     expected = body.replace(b'"openai/gpt-4"', b'"gpt-4"')

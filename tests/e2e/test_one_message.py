@@ -7,7 +7,6 @@ sidecar then reads the body itself). A wrong finding would route a request to
 another model, or patch bytes that are not its model.
 """
 
-import http.client
 import json
 
 import pytest
@@ -16,7 +15,7 @@ from extproc.contract import BODY_MODEL_END_KEY, BODY_MODEL_KEY, BODY_MODEL_STAR
 from extproc.processor.jsonbody import BodyError, parse
 from extproc.render_body import find_model
 
-from .harness import gateway_config, provider, request
+from .harness import chunked, gateway_config, provider, request
 
 GPT4 = "openai/gpt-4"
 _KEYS = (BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_MODEL_END_KEY)
@@ -144,11 +143,7 @@ def test_a_chunked_upload_is_measured_once_buffered_and_takes_the_small_lane(moc
     primary = mocks.start("primary")
     gw = gateway(gateway_config(provider("primary", GPT4, primary)))
     body = b'{"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]}'
-    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
-    connection.request("POST", "/v1/chat/completions", body=iter([body[:20], body[20:]]), headers={"content-type": "application/json"}, encode_chunked=True)
-    answer = connection.getresponse()
-    answer.read()
-    connection.close()
+    answer = chunked(gw.port, "/v1/chat/completions", body, 20, {"content-type": "application/json"})
 
     assert answer.status == 200
     assert primary.received[0].body == body.replace(b'"openai/gpt-4"', b'"gpt-4"')
