@@ -18,7 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from . import mock_anthropic
+from . import mock_anthropic, mock_openai
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -67,6 +67,8 @@ class MockProvider:
     padding: int = 0
     #: An event sent as it is after the first one (a provider's malformed event, say).
     sse_odd_event: bytes | None = None
+    #: Refuse what OpenAI's chat.completions refuses (`mock_openai.refusal`), not only its 404s.
+    strict: bool = False
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -108,12 +110,14 @@ class MockProvider:
         if self.api == "anthropic":
             await self._answer_anthropic(request, headers, writer)
             return
-        if self.status != 200:
-            if self.retry_after is not None:
+        refused = mock_openai.refusal(request.path, dict(request.headers), request.body) if self.strict else mock_openai.not_found(request.path)
+        if self.status != 200 or refused is not None:
+            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
+            if self.retry_after is not None and refused is None:
                 headers.append(("retry-after", self.retry_after))
-            error_type = _ERROR_TYPES.get(self.status, "api_error")
-            body = {"error": {"message": f"{self.name}: mock status {self.status}", "type": error_type, "param": None, "code": error_type}}
-            _write_response(writer, self.status, headers, json.dumps(body).encode())
+            error_type = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+            body = {"error": {"message": message, "type": error_type, "param": None, "code": error_type}}
+            _write_response(writer, status, headers, json.dumps(body).encode())
             await writer.drain()
             return
         try:
@@ -155,12 +159,14 @@ class MockProvider:
         await writer.drain()
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
+        calls = mock_openai.tool_calls(self.name, payload, self.served)
+        message = {"role": "assistant", "content": None, "tool_calls": calls} if calls else {"role": "assistant", "content": _reply_text(self.name, payload)}
         return {
             "id": f"chatcmpl-{self.name}-{self.served}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": payload.get("model", "unknown"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": _reply_text(self.name, payload)}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
             "usage": _usage(payload, _reply_text(self.name, payload)),
             **({"padding": "x" * self.padding} if self.padding else {}),
             "echo": {
@@ -174,9 +180,18 @@ class MockProvider:
     async def _stream(self, payload: dict, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
         _write_head(writer, headers)
         words = _reply_text(self.name, payload).split(" ")
-        for index in range(max(self.chunks, len(words))):
-            delta = {"content": f"{words[index % len(words)]} "}
-            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        calls = mock_openai.tool_calls(self.name, payload, self.served)
+        if calls:  # the call's name first, then its arguments in two pieces
+            arguments = calls[0]["function"]["arguments"]
+            first = {"index": 0, "id": calls[0]["id"], "type": "function", "function": {"name": calls[0]["function"]["name"], "arguments": ""}}
+            rest = [{"index": 0, "function": {"arguments": piece}} for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :])]
+            deltas = [{"role": "assistant", "tool_calls": [first]}, *({"tool_calls": [call]} for call in rest)]
+        else:
+            deltas = [{"content": f"{words[index % len(words)]} "} for index in range(max(self.chunks, len(words)))]
+        for number, delta in enumerate(deltas):
+            last = number == len(deltas) - 1
+            choice = {"index": 0, "delta": delta, "finish_reason": ("tool_calls" if calls else "stop") if last else None}
+            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [choice]}
             _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
             await writer.drain()
             await asyncio.sleep(self.chunk_interval_s)

@@ -62,6 +62,7 @@ from .processor.router import CLIENT_HEADER_LIMIT
 from .render_body import find_model, large_request, model_patch, small_request
 from .render_composite import composite, execute, header_input
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
+from .translator import MESSAGES
 
 SIDECAR_CLUSTER = "extproc_sidecar"
 BULK_CLUSTER = "extproc_sidecar_bulk"
@@ -595,35 +596,61 @@ def _stdout_access_log(token_usage: bool) -> dict:
 
 
 def _local_replies() -> dict:
-    """Envoy's own error replies as OpenAI JSON: body too large, a request it could not read, sidecar or providers unreachable.
+    """Envoy's own error replies as JSON: body too large, a request it could not read, sidecar or providers unreachable.
 
-    "Could not read" is a 4xx Envoy answered before a request id was given,
-    i.e. before any filter ran (header too large, an underscore in a header
-    name, an escaped slash in the path): the sidecar's and the routes' own
-    4xx answers carry an id and are JSON already.
+    OpenAI's error shape, or Anthropic's for a client of its API (a
+    `/v1/messages` path: the client's, from the router level's metadata, or
+    `:path` when the router level never ran). "Could not read" is a 4xx Envoy
+    answered before a request id was given, i.e. before any filter ran
+    (header too large, an underscore in a header name, an escaped slash in
+    the path): the sidecar's and the routes' own 4xx answers carry an id and
+    are JSON already.
     """
 
-    def mapper(status_filter: dict, type_: str, code: str, message: str, unread: bool = False) -> dict:
-        status = {"status_code_filter": {"comparison": status_filter}}
-        no_id = {"header_filter": {"header": {"name": "x-request-id", "present_match": True, "invert_match": True}}}
+    def mapper(status_filter: dict, type_: str, code: str, message: str, unread: bool = False, anthropic_type: str | None = None) -> dict:
+        filters: list[dict] = [{"status_code_filter": {"comparison": status_filter}}]
+        if unread:
+            filters.append({"header_filter": {"header": {"name": "x-request-id", "present_match": True, "invert_match": True}}})
+        if anthropic_type is not None:
+            filters.append(_ANTHROPIC_CLIENT)
+            body = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+        else:
+            body = {"error": {"message": message, "type": type_, "param": None, "code": code, "details": "%RESPONSE_CODE_DETAILS%"}}
         return {
-            "filter": {"and_filter": {"filters": [status, no_id]}} if unread else status,
-            "body_format_override": {
-                "json_format": {"error": {"message": message, "type": type_, "param": None, "code": code, "details": "%RESPONSE_CODE_DETAILS%"}},
-                "content_type": "application/json",
-            },
+            "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else filters[0],
+            "body_format_override": {"json_format": body, "content_type": "application/json"},
         }
 
     too_large = {"op": "EQ", "value": {"default_value": 413, "runtime_key": "extproc.local_reply.too_large"}}
     client_error = {"op": "GE", "value": {"default_value": 400, "runtime_key": "extproc.local_reply.client_error"}}
     server_error = {"op": "GE", "value": {"default_value": 500, "runtime_key": "extproc.local_reply.server_error"}}
+    replies = (
+        (too_large, "invalid_request_error", "request_too_large", "The request body is over this gateway's size limit.", False, "request_too_large"),
+        (server_error, "api_error", "gateway_error", "The gateway could not complete the request. %LOCAL_REPLY_BODY%", False, "api_error"),
+        (client_error, "invalid_request_error", "invalid_request", "The gateway could not read this request (%LOCAL_REPLY_BODY%).", True, "invalid_request_error"),
+    )
     return {
         "mappers": [
-            mapper(too_large, "invalid_request_error", "request_too_large", "The request body is over this gateway's size limit."),
-            mapper(server_error, "api_error", "gateway_error", "The gateway could not complete the request. %LOCAL_REPLY_BODY%"),
-            mapper(client_error, "invalid_request_error", "invalid_request", "The gateway could not read this request (%LOCAL_REPLY_BODY%).", unread=True),
+            *(mapper(status, type_, code, message, unread, anthropic) for status, type_, code, message, unread, anthropic in replies),
+            *(mapper(status, type_, code, message, unread) for status, type_, code, message, unread, _ in replies),
         ]
     }
+
+
+def _anthropic_path(match_if_absent: bool) -> dict:
+    matcher = {"filter": METADATA_NAMESPACE, "path": [{"key": PATH_METADATA_KEY}], "value": {"string_match": {"prefix": MESSAGES}}}
+    return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": match_if_absent}}
+
+
+#: A client of Anthropic's API: its path (as the router level recorded it) is `/v1/messages`, or, when the router level never ran, `:path` is.
+_ANTHROPIC_CLIENT = {
+    "or_filter": {
+        "filters": [
+            _anthropic_path(match_if_absent=False),
+            {"and_filter": {"filters": [_anthropic_path(match_if_absent=True), {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": MESSAGES}}}}]}},
+        ]
+    }
+}
 
 
 def _error_json(message: str, type_: str, code: str) -> str:
@@ -696,7 +723,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain, any(config.providers[member].kind == "anthropic" for member in chain.providers)),
+                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
                     model_patch(ATTEMPT_NAMESPACE),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
@@ -705,19 +732,17 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
     }
 
 
-def _retries_only(ext_proc: dict, chain: Chain, translating: bool) -> dict:
+def _retries_only(ext_proc: dict, chain: Chain) -> dict:
     """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
 
     The router level already made the request right for the chain's first
     provider, so attempt 1 needs no second gRPC stream, unless that provider
-    speaks another API than the client (`translating`: the chain has such a
-    provider); a retry must be rebuilt for its own provider.
+    speaks another API than the client (any chain may: an OpenAI client and
+    an Anthropic provider, or the reverse); a retry must be rebuilt for its own provider.
     """
     attempts = chain.num_retries + 1
     retry = execute("rewrite_retry", ext_proc)
     retries = {"matcher_tree": {"input": header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}}
-    if not translating:
-        return composite("extproc.retries", retries)
     marked = {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}
     return composite(
         "extproc.retries",

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
-from ..translator import openai_anthropic
+from .. import translator
 from . import model, schema
 from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
 
@@ -80,8 +80,8 @@ class Resolver:
             for index, name in enumerate(names):
                 chains[name] = Chain(tuple(dict.fromkeys(names[index:] + tail)), policy)
         owned = set(CREDENTIAL_HEADERS)
-        if any(provider.kind == "anthropic" for provider in by_name.values()):
-            owned.update(openai_anthropic.REQUEST_HEADERS)  # set on translated attempts only: restored or dropped on the others
+        if len({translator.provider_api(provider) for provider in by_name.values()}) > 1:
+            owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
         for provider in by_name.values():
             owned.update(name for name, _ in provider.headers)
         cooldown = file.cooldown

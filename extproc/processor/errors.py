@@ -1,9 +1,11 @@
-"""OpenAI-style error replies: `{"error": {"message", "type", "param", "code"}}`."""
+"""The gateway's own error replies: OpenAI-style (`{"error": {"message", "type", "param", "code"}}`), or Anthropic's for its clients."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from ..translator import speaks_anthropic, tables
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,14 @@ class Reply:
 def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = (), param: str | None = None) -> Reply:
     body = json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
     return Reply(status, body, (("content-type", "application/json"), *headers), code or type_)
+
+
+def for_client(reply: Reply, path: str) -> Reply:
+    """`reply` in the shape the client on `path` reads: Anthropic's clients (`/v1/messages`) get `{"type": "error", "error": {"type", "message"}}`."""
+    if reply.status < 400 or not speaks_anthropic(path):
+        return reply
+    message = json.loads(reply.body)["error"]["message"]
+    return replace(reply, body=json.dumps(tables.anthropic_error(reply.status, message)).encode())
 
 
 def json_reply(status: int, payload: object) -> Reply:

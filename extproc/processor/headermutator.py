@@ -49,7 +49,7 @@ class HeaderPlan:
 
 
 def plan(
-    config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None, extra: Mapping[str, str] | None = None
+    config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None, extra: Mapping[str, str | None] | None = None
 ) -> HeaderPlan:
     """The header mutations that make this attempt's request exactly right for `provider`.
 
@@ -57,7 +57,7 @@ def plan(
     and sets the routing header (the route removes both before the request
     goes upstream); there the client's own `x-envoy-*` headers are dropped
     too. `extra`: what this attempt adds (a translated attempt's API version,
-    say). No provider gets the gateway's internal headers or the client's
+    say; None removes a header). No provider gets the gateway's internal headers or the client's
     `CLIENT_ONLY_HEADERS`.
     """
     values: dict[str, str | None] = {name: originals.get(name) for name in config.owned_headers}

@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .. import translator
 from ..config import Config, Listener
-from ..translator import needs_translation
 from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
@@ -164,7 +164,7 @@ def resolve(
         body_model=provider.model_name if span is not None else None,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
-    extra = {TRANSLATE_HEADER: "1"} if needs_translation(context.path, provider) else None
+    extra = {TRANSLATE_HEADER: "1"} if translator.for_attempt(context.path, provider) else None
     first_attempt = plan(config, provider, context.path, originals, headers, config.chain_clusters[start], extra)
     return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch)
 

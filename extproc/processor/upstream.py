@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 
+from .. import translator
 from ..config import Provider
 from ..config.store import Live
-from ..translator import needs_translation, openai_anthropic
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
@@ -28,8 +28,12 @@ class Attempt:
     headers: HeaderPlan
     context: RequestContext
     number: int = 0  # x-envoy-attempt-count
-    #: The client speaks OpenAI's chat.completions and this provider Anthropic's Messages: body and answer are translated.
-    translate: bool = False
+    #: The client and this provider speak different APIs: body and answer are translated by this pair.
+    translation: translator.Pair | None = None
+
+    @property
+    def translate(self) -> bool:
+        return self.translation is not None
 
     @property
     def last(self) -> bool:
@@ -47,14 +51,16 @@ class Attempt:
             return None
         return model_patch(json.dumps(body_model).encode(), span, self.provider.model_name)
 
-    def translated(self, sent: bytes | memoryview) -> openai_anthropic.Request | errors.Reply:
-        """The attempt's body in the Messages API, or the client's error when it has no translation."""
+    def translated(self, sent: bytes | memoryview) -> translator.Request | errors.Reply:
+        """The attempt's body in the provider's API, or the client's error when it has no translation."""
+        assert self.translation is not None
         try:
-            return openai_anthropic.request(msgspec.json.decode(sent), self.provider.model_name, self.provider.default_max_tokens)
-        except openai_anthropic.InvalidField as exc:
+            return self.translation.request(msgspec.json.decode(sent), self.provider)
+        except translator.InvalidField as exc:
             return errors.error_reply(400, str(exc), "invalid_request_error", "invalid_type", param=exc.param)
-        except (ValueError, openai_anthropic.TranslationError) as exc:
-            message = f"This request cannot be sent to provider {self.provider.name!r} (Anthropic's Messages API): {exc}."
+        except (ValueError, translator.TranslationError) as exc:
+            api = "Anthropic's Messages API" if translator.provider_api(self.provider) == translator.ANTHROPIC_MESSAGES else "OpenAI's chat.completions API"
+            message = f"This request cannot be sent to provider {self.provider.name!r} ({api}): {exc}."
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
 
 
@@ -70,8 +76,9 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
     if provider is None:
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
-    if needs_translation(context.path, provider):
-        headers = plan(live.current, provider, openai_anthropic.PATH, context.originals, present, extra=openai_anthropic.REQUEST_HEADERS)
-        return Attempt(provider=provider, headers=headers, context=context, number=number, translate=True)
+    pair = translator.for_attempt(context.path, provider)
+    if pair is not None:
+        headers = plan(live.current, provider, pair.path, context.originals, present, extra=pair.headers)
+        return Attempt(provider=provider, headers=headers, context=context, number=number, translation=pair)
     headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context, number=number)

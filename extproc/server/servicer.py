@@ -93,7 +93,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             "request %s: unexpected %s in %s %s%s", request_id, type(exc).__name__, level, kind, "" if first else " (traceback logged before)",
             exc_info=exc if first else None, extra={"request_id": request_id},
         )
-        stream.reply = errors.error_reply(500, f"The gateway hit an unexpected error (request id {request_id}).", "api_error", "gateway_error")
+        reply = errors.error_reply(500, f"The gateway hit an unexpected error (request id {request_id}).", "api_error", "gateway_error")
+        stream.reply = errors.for_client(reply, stream.client_path)
         stream.done = True
         return immediate(stream.reply)
 
@@ -102,9 +103,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         if stream.attempt is None:
             return
         provider = stream.attempt.provider.name
-        if kind == "request_body" and stream.attempt.translate and stream.reply is None:
+        if kind == "request_body" and stream.attempt.translation is not None and stream.reply is None:
             metrics = self.runtime.metrics
-            metrics.translated.labels(provider, "openai_chat->anthropic_messages").inc()
+            metrics.translated.labels(provider, stream.attempt.translation.label).inc()
             for name in stream.dropped:
                 metrics.dropped_fields.labels(provider, name).inc()
         if kind == "response_body" and stream.malformed_events:

@@ -16,6 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2, text_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from .. import translator
 from ..config.store import Live
 from ..contract import (
     ATTEMPT_NAMESPACE,
@@ -40,7 +41,6 @@ from ..processor.context import RequestContext
 from ..processor.cooldown import ProviderHealth
 from ..processor.headermutator import HeaderPlan
 from ..processor.jsonbody import Patch
-from ..translator import openai_anthropic
 from . import wire
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
@@ -123,9 +123,13 @@ class RouterStream:
             return self._respond("request_body", decision)
         return _continue(kind)
 
+    @property
+    def client_path(self) -> str:
+        return self.headers.get(":path", "")
+
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> Response:
         if isinstance(decision, errors.Reply):
-            self.reply = decision
+            self.reply = decision = errors.for_client(decision, self.client_path)
             self.done = True
             response = immediate(decision)
             self._log_path(response)
@@ -149,7 +153,7 @@ class RouterStream:
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
         """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""
         namespace = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
-        namespace.fields[PATH_METADATA_KEY].string_value = self.headers.get(":path", "")
+        namespace.fields[PATH_METADATA_KEY].string_value = self.client_path
         return namespace
 
 
@@ -176,6 +180,7 @@ class UpstreamStream:
         self.reply: errors.Reply | None = None
         self.done = False  # the attempt is rebuilt (or refused): Envoy needs nothing more from this stream
         self.request_id = ""
+        self.client_path = ""  # the client's path (from the router level's context): which API the client reads
         self.number = 0  # the attempt's number
         #: The last attempt's response headers (status, headers), before Envoy passes them on.
         self.answer: tuple[int, dict[str, str]] | None = None
@@ -197,9 +202,12 @@ class UpstreamStream:
         if kind == "request_headers":
             assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
             headers = self.headers or headers_of(request.request_headers)
-            decision = upstream.plan_attempt(self.live, self._cluster(request), self._context(request), headers, self.number)
+            context = self._context(request)
+            if context is not None:
+                self.client_path = context.path
+            decision = upstream.plan_attempt(self.live, self._cluster(request), context, headers, self.number)
             if isinstance(decision, errors.Reply):
-                self.reply = decision
+                self.reply = decision = errors.for_client(decision, self.client_path)
                 self.done = True
                 return immediate(decision)
             self.attempt = decision
@@ -241,11 +249,12 @@ class UpstreamStream:
         assert self.attempt is not None
         translated = self.attempt.translated(body)
         if isinstance(translated, errors.Reply):
-            self.reply = translated
+            self.reply = translated = errors.for_client(translated, self.client_path)
             self.done = True
             return immediate(translated)
         self.dropped = translated.dropped
-        self._answer_translation = _AnswerTranslation(self.attempt.provider.name, translated.include_usage)
+        assert self.attempt.translation is not None
+        self._answer_translation = _AnswerTranslation(self.attempt.translation, self.attempt.provider.name, translated.include_usage)
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
         return with_body(pb.ProcessingResponse(), "request_body", msgspec.json.encode(translated.body))
 
@@ -283,12 +292,13 @@ def _cluster_of(host_metadata: str) -> str | None:
 
 
 class _AnswerTranslation:
-    """A translated attempt's answer, Messages -> chat.completion: whole when JSON, event by event when a stream."""
+    """A translated attempt's answer, back in the client's API: whole when JSON, event by event when a stream."""
 
-    def __init__(self, provider: str, include_usage: bool):
+    def __init__(self, pair: translator.Pair, provider: str, include_usage: bool):
+        self.pair = pair
         self.provider = provider
         self.status = 0
-        self.stream: openai_anthropic.StreamTranslator | None = None
+        self.stream: translator.AnswerStream | None = None
         self.include_usage = include_usage
         self.finished = False
 
@@ -297,7 +307,7 @@ class _AnswerTranslation:
         self.status = status
         streamed = status == 200 and headers.get("content-type", "").startswith("text/event-stream")
         if streamed:
-            self.stream = openai_anthropic.StreamTranslator(self.include_usage)
+            self.stream = self.pair.stream(self.include_usage)
         response = pb.ProcessingResponse()
         set_headers(response.response_headers.response.header_mutation.set_headers, [("content-type", "text/event-stream" if streamed else "application/json")])
         response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
@@ -313,12 +323,12 @@ class _AnswerTranslation:
             return wire.with_body(pb.ProcessingResponse(), "response_body", self.stream.feed(body, end))
         self.finished = True
         if self.status >= 400 or self.status < 200:
-            answer = openai_anthropic.error(self.status, body, self.provider)
+            answer = self.pair.error(self.status, body, self.provider)
         else:
             try:
-                answer = openai_anthropic.response(msgspec.json.decode(body))
-            except (ValueError, AttributeError, TypeError):
-                answer = openai_anthropic.error(502, b"", self.provider)
+                answer = self.pair.response(msgspec.json.decode(body))
+            except (ValueError, AttributeError, TypeError, IndexError):
+                answer = self.pair.error(502, b"", self.provider)
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
 
 

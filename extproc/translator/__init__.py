@@ -1,25 +1,99 @@
 """Translation between the API a client speaks and the API a provider speaks: one module per pair.
 
-Which pair an attempt needs is decided by `for_attempt`; an attempt to a
-provider of the client's own API shape needs none and costs nothing extra.
+Which pair an attempt needs is decided by `for_attempt` (the client's API,
+from its path, × the provider's API); an attempt to a provider of the
+client's own API shape needs none and costs nothing extra.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import openai_anthropic
+from . import anthropic_openai, openai_anthropic, tables
+from .base import InvalidField, Request, TranslationError
 
 if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
     from ..config import Provider
 
-#: The client paths whose requests are translated for an Anthropic provider.
+#: The client paths whose requests are translated, by the API they speak.
 CHAT_COMPLETIONS = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+OPENAI_CHAT = "openai_chat"
+ANTHROPIC_MESSAGES = "anthropic_messages"
+#: Provider kinds that take OpenAI's own `max_completion_tokens` (other OpenAI-compatible servers read `max_tokens`).
+_MAX_COMPLETION_TOKENS_KINDS = frozenset({"openai", "azure", "azure_openai"})
 
 
-def needs_translation(path: str, provider: Provider) -> bool:
-    """True when a request for `path` (the client's) must be translated for `provider`'s API."""
-    return provider.kind == "anthropic" and path.split("?", 1)[0] == CHAT_COMPLETIONS
+class AnswerStream(Protocol):
+    malformed: int
+
+    def feed(self, data: bytes, end: bool = False) -> bytes: ...
 
 
-__all__ = ["CHAT_COMPLETIONS", "needs_translation", "openai_anthropic"]
+@dataclass(frozen=True)
+class Pair:
+    """One direction of translation: how an attempt's request, answer, error and answer stream change."""
+
+    label: str  # client API -> provider API, for metrics
+    path: str  # the provider's path for the request
+    headers: Mapping[str, str | None]  # what the attempt sets (None: removes) beyond its credentials
+    request: Callable[[Any, Provider], Request]
+    response: Callable[[Any], dict[str, Any]]
+    error: Callable[[int, bytes, str], dict[str, Any]]
+    stream: Callable[[bool], AnswerStream]  # include_usage -> a translator of the answer's events
+
+
+OPENAI_TO_ANTHROPIC = Pair(
+    label=f"{OPENAI_CHAT}->{ANTHROPIC_MESSAGES}",
+    path=openai_anthropic.PATH,
+    headers=openai_anthropic.REQUEST_HEADERS,
+    request=lambda payload, provider: openai_anthropic.request(payload, provider.model_name, provider.default_max_tokens),
+    response=openai_anthropic.response,
+    error=openai_anthropic.error,
+    stream=openai_anthropic.StreamTranslator,
+)
+ANTHROPIC_TO_OPENAI = Pair(
+    label=f"{ANTHROPIC_MESSAGES}->{OPENAI_CHAT}",
+    path=anthropic_openai.PATH,
+    headers=anthropic_openai.REQUEST_HEADERS,
+    request=lambda payload, provider: anthropic_openai.request(
+        payload, provider.model_name, "max_completion_tokens" if provider.kind in _MAX_COMPLETION_TOKENS_KINDS else "max_tokens"
+    ),
+    response=anthropic_openai.response,
+    error=anthropic_openai.error,
+    stream=anthropic_openai.StreamTranslator,
+)
+#: Every header a translation sets or removes: the config owns them, so each attempt restores the client's values.
+HEADERS = frozenset({*OPENAI_TO_ANTHROPIC.headers, *ANTHROPIC_TO_OPENAI.headers})
+
+
+def client_api(path: str) -> str | None:
+    """The API a client speaks on `path` (query ignored), when it is one the gateway translates."""
+    route = path.split("?", 1)[0]
+    return OPENAI_CHAT if route == CHAT_COMPLETIONS else ANTHROPIC_MESSAGES if route == MESSAGES else None
+
+
+def provider_api(provider: Provider) -> str:
+    return ANTHROPIC_MESSAGES if provider.kind == "anthropic" else OPENAI_CHAT
+
+
+def for_attempt(path: str, provider: Provider) -> Pair | None:
+    """The translation a request for `path` (the client's) needs to reach `provider`; None when it goes as it is."""
+    client = client_api(path)
+    if client is None or client == provider_api(provider):
+        return None
+    return OPENAI_TO_ANTHROPIC if client == OPENAI_CHAT else ANTHROPIC_TO_OPENAI
+
+
+def speaks_anthropic(path: str) -> bool:
+    """A client of Anthropic's API (`/v1/messages` and what is under it): the gateway's own errors reach it in Anthropic's shape."""
+    route = path.split("?", 1)[0]
+    return route == MESSAGES or route.startswith(MESSAGES + "/")
+
+
+__all__ = [
+    "ANTHROPIC_TO_OPENAI", "CHAT_COMPLETIONS", "HEADERS", "MESSAGES", "OPENAI_TO_ANTHROPIC", "InvalidField", "Pair", "Request",
+    "TranslationError", "client_api", "for_attempt", "provider_api", "speaks_anthropic", "tables",
+]  # fmt: skip

@@ -11,11 +11,13 @@ sent raw); see `DROPPED` and the README's translation table.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import sse, tables
+from .base import InvalidField, Request, TranslationError, expect, is_number
 
 #: The Messages API path, under the provider's base_url path.
 PATH = "/v1/messages"
@@ -37,34 +39,8 @@ DROPPED = frozenset({
     "function_call", "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier",
 })  # fmt: skip
 
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
-_ERROR_TYPES = {"overloaded_error": "server_error", "api_error": "server_error"}
-
-
-class TranslationError(ValueError):
-    """The request cannot be expressed in the Messages API; the message says what to change."""
-
-
-class InvalidField(TranslationError):
-    """A request field of the wrong type or out of range: the client's error, as OpenAI's own API would report it."""
-
-    def __init__(self, param: str, message: str):
-        super().__init__(message)
-        self.param = param
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _expect(ok: bool, param: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise InvalidField(param, f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_FINISH_REASONS = tables.FINISH_REASONS
+_ERROR_TYPES = tables.OPENAI_ERROR_TYPES
 
 
 def _check_fields(payload: dict[str, Any]) -> None:
@@ -72,44 +48,34 @@ def _check_fields(payload: dict[str, Any]) -> None:
     for name in ("max_tokens", "max_completion_tokens"):
         if payload.get(name) is not None:
             value = payload[name]
-            _expect(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+            expect(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
             if value < 1:
                 raise InvalidField(name, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.")
     for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
         if payload.get(name) is not None:
-            _expect(_number(payload[name]), name, "a number", payload[name])
+            expect(is_number(payload[name]), name, "a number", payload[name])
             if not low <= payload[name] <= high:
                 raise InvalidField(name, f"Invalid '{name}': expected a value between {low} and {high}, but got {payload[name]} instead.")
     stop = payload.get("stop")
     if stop is not None:
-        _expect(isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(item, str) for item in stop)), "stop", "a string or an array of strings", stop)
+        expect(isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(item, str) for item in stop)), "stop", "a string or an array of strings", stop)
     for name, kind, expected in (("user", str, "a string"), ("stream", bool, "a boolean"), ("parallel_tool_calls", bool, "a boolean"), ("stream_options", dict, "an object"), ("tools", list, "an array")):
         if payload.get(name) is not None:
-            _expect(isinstance(payload[name], kind), name, expected, payload[name])
+            expect(isinstance(payload[name], kind), name, expected, payload[name])
     choice = payload.get("tool_choice")
     if choice is not None:
         named = isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
-        _expect(choice in ("none", "auto", "required") or named, "tool_choice", "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}", choice)
+        expect(choice in ("none", "auto", "required") or named, "tool_choice", "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}", choice)
     for index, message in enumerate(payload["messages"]):
         calls = message.get("tool_calls") if isinstance(message, dict) else None
         if calls is None:
             continue
-        _expect(isinstance(calls, list), f"messages[{index}].tool_calls", "an array", calls)
+        expect(isinstance(calls, list), f"messages[{index}].tool_calls", "an array", calls)
         for number, call in enumerate(calls):
             function = call.get("function") if isinstance(call, dict) else None
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if arguments is not None:
-                _expect(isinstance(arguments, str), f"messages[{index}].tool_calls[{number}].function.arguments", "a string (JSON text)", arguments)
-
-
-@dataclass(frozen=True)
-class Request:
-    """A translated request: the Messages body, and what of the client's was dropped (by name, or "other")."""
-
-    body: dict[str, Any]
-    dropped: tuple[str, ...]
-    stream: bool
-    include_usage: bool
+                expect(isinstance(arguments, str), f"messages[{index}].tool_calls[{number}].function.arguments", "a string (JSON text)", arguments)
 
 
 def request(payload: Any, model: str, default_max_tokens: int) -> Request:
@@ -290,25 +256,18 @@ def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     return {"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}
 
 
-#: SSE line ends: CRLF, LF or a lone CR (the event-stream format allows all three).
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
 @dataclass
 class StreamTranslator:
     """Anthropic's event stream -> chat.completion.chunk events, one input chunk at a time (nothing held back but a partial line).
 
-    Lines are split by the event-stream rules across chunk boundaries (a CR at
-    the end of a chunk waits for the next one: it may be the first half of a
-    CRLF). An event that cannot be read, or a stream that ends before
-    `message_stop`, becomes an error event for the client, never silence;
-    `malformed` counts the unreadable events.
+    An event that cannot be read, or a stream that ends before `message_stop`,
+    becomes an error event for the client, never silence; `malformed` counts
+    the unreadable events.
     """
 
     include_usage: bool = False
     malformed: int = 0
-    _pending: bytes = b""
-    _data: list[bytes] = field(default_factory=list)  # the `data:` lines of the event being read
+    _reader: sse.EventReader = field(default_factory=sse.EventReader)
     _id: str = ""
     _model: str = ""
     _created: int = field(default_factory=lambda: int(time.time()))
@@ -318,35 +277,12 @@ class StreamTranslator:
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
         """The OpenAI events for what `data` completes; at `end`, the stream's close (`[DONE]`)."""
-        buffer = self._pending + data
-        out: list[bytes] = []
-        position = 0
-        for match in _LINE_END.finditer(buffer):
-            if match.end() == len(buffer) and match.group() == b"\r" and not end:
-                break
-            self._line(buffer[position : match.start()], out)
-            position = match.end()
-        self._pending = buffer[position:]
-        if end:
-            if self._pending:
-                self._line(self._pending, out)
-                self._pending = b""
-            self._line(b"", out)
-            if not self._done:
-                out.append(_error_event("the provider's event stream ended before its message_stop event", "incomplete_stream"))
-                out.append(b"data: [DONE]\n\n")
-                self._done = True
+        out = [translated for event in self._reader.feed(data, end) for translated in self._event(event.data)]
+        if end and not self._done:
+            out.append(_error_event("the provider's event stream ended before its message_stop event", "incomplete_stream"))
+            out.append(sse.DONE)
+            self._done = True
         return b"".join(out)
-
-    def _line(self, line: bytes, out: list[bytes]) -> None:
-        if not line:  # a blank line ends an event
-            if self._data:
-                out.extend(self._event(b"\n".join(self._data)))
-                self._data = []
-            return
-        name, _, value = line.partition(b":")
-        if name == b"data":
-            self._data.append(value[1:] if value.startswith(b" ") else value)
 
     def _event(self, data: bytes) -> Iterable[bytes]:
         if self._done:
@@ -390,26 +326,22 @@ class StreamTranslator:
             reason = (event.get("delta") or {}).get("stop_reason")
             return (self._chunk({}, _FINISH_REASONS.get(reason or "", "stop")),) if reason else ()
         if kind == "message_stop":
-            usage_chunk = (_sse({**self._base(), "choices": [], "usage": usage(self._usage)}),) if self.include_usage else ()
+            usage_chunk = (sse.data_event({**self._base(), "choices": [], "usage": usage(self._usage)}),) if self.include_usage else ()
             self._done = True
-            return (*usage_chunk, b"data: [DONE]\n\n")
+            return (*usage_chunk, sse.DONE)
         if kind == "error":
             detail = event.get("error") or {}
             kind = str(detail.get("type", "api_error"))
             self._done = True
-            return (_sse({"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}), b"data: [DONE]\n\n")
+            return (sse.data_event({"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}), sse.DONE)
         return ()  # ping, content_block_stop, and events this translation does not know
 
     def _base(self) -> dict[str, Any]:
         return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return _sse({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+        return sse.data_event({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
 
 
 def _error_event(message: str, code: str) -> bytes:
-    return _sse({"error": {"message": message, "type": "server_error", "code": code}})
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return sse.data_event({"error": {"message": message, "type": "server_error", "code": code}})

@@ -177,11 +177,13 @@ def chat(port: int, payload: dict, headers: dict[str, str] | None = None, path: 
     return request(port, "POST", path, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
 
 
-def http_stream(port: int, payload: dict, timeout: float = 30) -> tuple[int, dict[str, str], list[tuple[float, str]]]:
+def http_stream(
+    port: int, payload: dict, timeout: float = 30, path: str = "/v1/chat/completions", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], list[tuple[float, str]]]:
     """POST a streaming request; return each SSE `data:` event with the time it arrived."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), {"content-type": "application/json"})
+        connection.request("POST", path, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
         answer = connection.getresponse()
         headers = {key.lower(): value for key, value in answer.getheaders()}
         events = []

@@ -1,0 +1,42 @@
+"""What every translation pair shares: the translated request, and the client's errors it can raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class TranslationError(ValueError):
+    """The request cannot be expressed in the provider's API; the message says what to change."""
+
+
+class InvalidField(TranslationError):
+    """A request field of the wrong type or out of range: the client's error, as the client's own API would report it."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def expect(ok: bool, param: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise InvalidField(param, f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A translated request: the provider's body, and what of the client's was dropped (by name, or "other")."""
+
+    body: dict[str, Any]
+    dropped: tuple[str, ...]
+    stream: bool
+    include_usage: bool
