@@ -111,7 +111,7 @@ def test_a_streamed_answer_comes_back_as_anthropics_event_stream_chunk_by_chunk(
     assert data[0]["message"]["role"] == "assistant" and data[0]["message"]["model"] == "gpt-4o" and data[0]["message"]["content"] == []
     assert data[1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     text = "".join(event["delta"]["text"] for event in data if event["type"] == "content_block_delta")
-    assert text.split() == "[openai] you said: hi there [openai]".split()
+    assert text == "[openai] you said: hi there [openai] ", "six chunks of the mock's five words, each passed on"
     assert data[-2]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert data[-2]["usage"] == {"input_tokens": 4, "output_tokens": 5}
     sent = openai.received[0].json()
@@ -137,7 +137,7 @@ def test_tool_use_round_trips_through_openai(mocks, gateway, stream):
         arguments = "".join(event["delta"]["partial_json"] for event in data if event["type"] == "content_block_delta")
         assert [event["delta"]["type"] for event in data if event["type"] == "content_block_delta"] == ["input_json_delta"] * 2
         call = {**block, "input": json.loads(arguments)}
-        assert [event for event in data if event["type"] == "message_delta"][0]["delta"]["stop_reason"] == "tool_use"
+        assert next(event for event in data if event["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
     else:
         answer = messages(gw.port, ask)
         assert answer.status == 200, (answer.body, openai.received[0].headers)
@@ -172,6 +172,7 @@ def test_an_openai_error_reaches_the_anthropic_client_in_anthropics_shape(mocks,
 
     assert answer.status == 400
     assert answer.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": "openai: mock status 400"}}
+    assert openai.received[0].path == "/v1/chat/completions", "the error came from a translated attempt"
     assert answer.headers["content-type"] == "application/json"
 
 
