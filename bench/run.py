@@ -10,7 +10,9 @@
   `bench/failover` (the 429 port, then the 200 port: every request fails
   over), `anthropic/bench` (a port answering a Messages response: every
   request and answer translated) and `bench/cross` (the 429 port, then that
-  Anthropic provider: every request fails over across vendors).
+  Anthropic provider: every request fails over across vendors); and an
+  Anthropic-format client (`/v1/messages`) on `anthropic/bench` (same API:
+  passed as sent) and on `bench/ok` (translated for the OpenAI provider).
 
 Beside them, the floor: the same proxy with a bare one-message ext_proc
 (`floor.py`). Each is driven by wrk at 1 and 64 connections. Then the burst
@@ -54,6 +56,9 @@ from bench.floor import envoy_with_bare_ext_proc
 from tests.e2e.harness import free_port, wait_port
 
 BODY = json.dumps({"model": "bench/ok", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
+#: The same request from an Anthropic-format client (`/v1/messages`).
+MESSAGES_BODY = json.dumps({"model": "bench/ok", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "temperature": 0.2})
+PATHS = {"openai": ("/v1/chat/completions", BODY), "anthropic": ("/v1/messages", MESSAGES_BODY)}
 COMPLETION = json.dumps(
     {
         "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
@@ -178,8 +183,9 @@ class Processes:
                 process.kill()
 
 
-def post(port: int, model: str) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY.replace("bench/ok", model).encode(), headers={"content-type": "application/json"})
+def post(port: int, model: str, client: str = "openai") -> int:
+    path, body = PATHS[client]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body.replace("bench/ok", model).encode(), headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status
@@ -187,12 +193,14 @@ def post(port: int, model: str) -> int:
         return error.code
 
 
-def wrk(binary: str, port: int, connections: int, seconds: int, model: str, workdir: str) -> dict:
-    script = os.path.join(workdir, f"{model.replace('/', '_')}.lua")
+def wrk(binary: str, port: int, connections: int, seconds: int, model: str, workdir: str, client: str = "openai") -> dict:
+    """wrk POSTing one request for `model` in the `client`'s API ("openai": chat.completions, "anthropic": Messages)."""
+    path, body = PATHS[client]
+    script = os.path.join(workdir, f"{client}_{model.replace('/', '_')}.lua")
     with open(script, "w") as handle:
-        handle.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("bench/ok", model))}\nwrk.headers["content-type"] = "application/json"\n')
+        handle.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.replace("bench/ok", model))}\nwrk.headers["content-type"] = "application/json"\n')
     output = subprocess.run(
-        [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, f"http://127.0.0.1:{port}/v1/chat/completions"],
+        [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout
     return {
@@ -292,24 +300,27 @@ def main() -> None:
         startup_s = time.monotonic() - started
         assert post(gateway_port, "bench/failover") == 200, "the failover scenario must succeed through the fallback"
         assert post(gateway_port, "anthropic/bench") == post(gateway_port, "bench/cross") == 200, "the translated scenarios must succeed"
+        assert post(gateway_port, "anthropic/bench", "anthropic") == post(gateway_port, "bench/ok", "anthropic") == 200, "the Anthropic client's scenarios must succeed"
 
         rows = []
         peak_rss = 0.0
         cpu_of = {gateway_port: gateway.pid, floor_port: floor.pid, slow_floor_port: floor.pid}
-        for label, port, model in () if args.burst_only else (
-            ("Envoy alone, static route", baseline_port, "bench/ok"),
-            ("floor: bare one-message ext_proc", floor_port, "bench/ok"),
-            ("gateway (extproc up)", gateway_port, "bench/ok"),
-            ("gateway, every request fails over", gateway_port, "bench/failover"),
-            ("gateway, translated for Anthropic", gateway_port, "anthropic/bench"),
-            ("gateway, fails over to Anthropic", gateway_port, "bench/cross"),
+        for label, port, model, client in () if args.burst_only else (
+            ("Envoy alone, static route", baseline_port, "bench/ok", "openai"),
+            ("floor: bare one-message ext_proc", floor_port, "bench/ok", "openai"),
+            ("gateway (extproc up)", gateway_port, "bench/ok", "openai"),
+            ("gateway, every request fails over", gateway_port, "bench/failover", "openai"),
+            ("gateway, translated for Anthropic", gateway_port, "anthropic/bench", "openai"),
+            ("gateway, fails over to Anthropic", gateway_port, "bench/cross", "openai"),
+            ("gateway, Anthropic client, Anthropic provider", gateway_port, "anthropic/bench", "anthropic"),
+            ("gateway, Anthropic client, translated for OpenAI", gateway_port, "bench/ok", "anthropic"),
         ):
             for connections in (1, 64):
                 sampler_stop = threading.Event()
                 samples: list[float] = []
                 sampler = threading.Thread(target=sample_rss, args=(gateway.pid, sampler_stop, samples), daemon=True)
                 sampler.start()
-                result = measured(cpu_of.get(port), functools.partial(wrk, binary, port, connections, args.seconds, model, workdir))
+                result = measured(cpu_of.get(port), functools.partial(wrk, binary, port, connections, args.seconds, model, workdir, client))
                 sampler_stop.set()
                 sampler.join()
                 if port == gateway_port:

@@ -142,6 +142,10 @@ class MockProvider:
             await writer.drain()
             return
         payload = json.loads(request.body)
+        if request.path.split("?", 1)[0].endswith(mock_anthropic.COUNT_TOKENS):
+            _write_response(writer, 200, headers, json.dumps(mock_anthropic.count_tokens(payload)).encode())
+            await writer.drain()
+            return
         if payload.get("stream") is True:
             _write_head(writer, headers)
             events = mock_anthropic.events(self.name, payload, self.served)

@@ -13,21 +13,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .translator.tables import anthropic_error
+
 #: Top-level request fields of the Messages API; anything else is refused (as Anthropic does).
 KNOWN_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences", "stream",
     "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
 })  # fmt: skip
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}).encode()
+    return json.dumps(anthropic_error(status, message)).encode()
 
 
 def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] | None:
     """(status, message) for a request Anthropic would refuse; None when it is well formed."""
-    if not path.split("?", 1)[0].endswith("/v1/messages"):
+    route = path.split("?", 1)[0]
+    if not route.endswith(("/v1/messages", COUNT_TOKENS)):
         return 404, f"Not found: {path} (the Messages API is POST /v1/messages)"
     if "authorization" in headers or not headers.get("x-api-key"):
         return 401, "x-api-key header is required (Authorization: Bearer is not accepted)"
@@ -42,7 +45,7 @@ def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] 
     unknown = sorted(set(payload) - KNOWN_FIELDS)
     if unknown:
         return 400, f"{unknown[0]}: Extra inputs are not permitted"
-    if not isinstance(payload.get("max_tokens"), int):
+    if not isinstance(payload.get("max_tokens"), int) and not route.endswith(COUNT_TOKENS):
         return 400, "max_tokens: Field required"
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -52,6 +55,11 @@ def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] 
             role = message.get("role") if isinstance(message, dict) else None
             return 400, f'messages.{index}.role: Unexpected role "{role}". The Messages API accepts a top-level `system` parameter, not "system" as an input message role.'
     return None
+
+
+def count_tokens(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `/v1/messages/count_tokens` answers: the words of the prompt, as the mock counts tokens."""
+    return {"input_tokens": _prompt_words(payload)}
 
 
 def answer(name: str, payload: dict[str, Any], number: int) -> dict[str, Any]:

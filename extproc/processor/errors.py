@@ -50,6 +50,11 @@ def too_large(size: int, limit: int) -> Reply:
     return error_reply(413, message, "invalid_request_error", "request_too_large")
 
 
+def no_provider_for(endpoint: str, model: str) -> Reply:
+    message = f"No provider of model '{model}' serves {endpoint} (only Anthropic's API has it; add an Anthropic provider to the model's chain)."
+    return error_reply(404, message, "invalid_request_error", "endpoint_not_served")
+
+
 def all_cooling(model: str, retry_after_s: int) -> Reply:
     message = f"Every provider of model '{model}' is rate limited or failing; retry after {retry_after_s}s."
     return error_reply(429, message, "rate_limit_error", "all_providers_cooling_down", (("retry-after", str(max(retry_after_s, 1))),))

@@ -8,11 +8,12 @@ originals the router level captured, never from what it currently sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from ..config import Chain, Config, Provider
 from ..config.model import CLIENT_ONLY_HEADERS, CREDENTIAL_HEADERS
+from ..translator.openai_anthropic import API_VERSION
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
@@ -22,6 +23,7 @@ ROUTE_HEADER = "x-arch-llm-provider"
 #: Names the chain's Envoy cluster (content-named, see `Config.chain_clusters`) for the route
 #: match; the route removes it before the request goes upstream.
 CHAIN_HEADER = "x-arch-route"
+VERSION_HEADER = "anthropic-version"
 #: Set by the router level when attempt 1 must be translated: Envoy then runs the upstream level on attempt 1 too.
 TRANSLATE_HEADER = "x-arch-translate"
 
@@ -49,7 +51,7 @@ class HeaderPlan:
 
 
 def plan(
-    config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Iterable[str], chain: str | None = None, extra: Mapping[str, str | None] | None = None
+    config: Config, provider: Provider, path: str, originals: Mapping[str, str], present: Collection[str], chain: str | None = None, extra: Mapping[str, str | None] | None = None
 ) -> HeaderPlan:
     """The header mutations that make this attempt's request exactly right for `provider`.
 
@@ -65,6 +67,8 @@ def plan(
         if name in CLIENT_ONLY_HEADERS or name.startswith(INTERNAL_PREFIX) or (chain is not None and name.startswith(ENVOY_PREFIX)):
             values[name] = None
     values.update(credential_headers(provider, originals))
+    if provider.kind == "anthropic" and values.get(VERSION_HEADER) is None and (VERSION_HEADER in values or VERSION_HEADER not in present):
+        values[VERSION_HEADER] = API_VERSION  # Anthropic refuses a request without one; a client that sent its own keeps it
     if extra:
         values.update(extra)
     values.update(provider.headers)

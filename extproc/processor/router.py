@@ -6,6 +6,7 @@ config snapshot and the request; the gRPC layer translates their results.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ MODELS_PATH = "/v1/models"
 #: Envoy's listener allows more (render.HEADER_HEADROOM) so what the gateway
 #: adds afterwards always fits.
 CLIENT_HEADER_LIMIT = 110
+#: Envoy's router reads it (and removes it) to cap one request's retries below its route's.
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
 
 
 @dataclass(frozen=True)
@@ -144,28 +147,42 @@ def resolve(
         if found is None:
             return errors.model_not_found(model, list(config.models))
         chain = found
-    start = chain.providers[0]
+    path = headers.get(":path", "/")
+    candidates = chain.providers
+    only = translator.only_api(path)
+    if only is not None:  # an endpoint of one API (Anthropic's count_tokens): only that API's providers may see it
+        candidates = tuple(name for name in chain.providers if translator.provider_api(config.providers[name]) == only)
+        if not candidates:
+            return errors.no_provider_for(path.split("?", 1)[0], model)
+    start = candidates[0]
     if health is not None:
         trial_s = chain.policy.per_try_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
-        available, soonest = health.pick_start(chain.providers, trial_s)
+        available, soonest = health.pick_start(candidates, trial_s)
         if available is not None:
             start = available
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
     provider = config.providers[start]
+    attempts = config.chains[start].num_retries + 1
+    extra: dict[str, str] = {}
+    if only is not None:  # retries stop where the chain's run of that API's providers ends
+        run = itertools.takewhile(lambda name: translator.provider_api(config.providers[name]) == only, config.chains[start].providers)
+        attempts = min(attempts, sum(1 for _ in run))
+        extra[MAX_RETRIES_HEADER] = str(attempts - 1)
     span = body.span if body is not None else None
     patch = model_patch(token, span, provider.model_name) if span is not None else None
     originals = client_values(config, headers)
     context = RequestContext(
-        attempts=config.chains[start].num_retries + 1,
-        path=headers.get(":path", "/"),
+        attempts=attempts,
+        path=path,
         originals=carried(config, originals, config.chains[start]),
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
-    extra = {TRANSLATE_HEADER: "1"} if translator.for_attempt(context.path, provider) else None
-    first_attempt = plan(config, provider, context.path, originals, headers, config.chain_clusters[start], extra)
+    if translator.for_attempt(path, provider):
+        extra[TRANSLATE_HEADER] = "1"
+    first_attempt = plan(config, provider, path, originals, headers, config.chain_clusters[start], extra)
     return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch)
 
 

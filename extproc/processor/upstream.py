@@ -8,7 +8,7 @@ the headers the previous attempt left behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import msgspec
@@ -64,7 +64,7 @@ class Attempt:
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
 
 
-def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Iterable[str], number: int = 0) -> Attempt | errors.Reply:
+def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Collection[str], number: int = 0) -> Attempt | errors.Reply:
     """The attempt's request, for the provider whose host is `cluster` (the Envoy cluster of the picked endpoint).
 
     Credentials come only from the snapshot entry of that very cluster: a host
@@ -76,6 +76,9 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
     if provider is None:
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
+    only = translator.only_api(context.path)
+    if only is not None and translator.provider_api(provider) != only:  # the router level caps retries before such a provider: never reached
+        return errors.no_provider_for(context.path.split("?", 1)[0], provider.model)
     pair = translator.for_attempt(context.path, provider)
     if pair is not None:
         headers = plan(live.current, provider, pair.path, context.originals, present, extra=pair.headers)

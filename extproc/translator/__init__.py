@@ -87,6 +87,15 @@ def for_attempt(path: str, provider: Provider) -> Pair | None:
     return OPENAI_TO_ANTHROPIC if client == OPENAI_CHAT else ANTHROPIC_TO_OPENAI
 
 
+#: Endpoints only one API has: a request for one goes only to that API's providers (never translated, never sent raw to another).
+_ONE_API_ENDPOINTS = {MESSAGES + "/count_tokens": ANTHROPIC_MESSAGES}
+
+
+def only_api(path: str) -> str | None:
+    """The one provider API that can serve `path`, when only one can (Anthropic's token counting)."""
+    return _ONE_API_ENDPOINTS.get(path.split("?", 1)[0])
+
+
 def speaks_anthropic(path: str) -> bool:
     """A client of Anthropic's API (`/v1/messages` and what is under it): the gateway's own errors reach it in Anthropic's shape."""
     route = path.split("?", 1)[0]
@@ -95,5 +104,5 @@ def speaks_anthropic(path: str) -> bool:
 
 __all__ = [
     "ANTHROPIC_TO_OPENAI", "CHAT_COMPLETIONS", "HEADERS", "MESSAGES", "OPENAI_TO_ANTHROPIC", "InvalidField", "Pair", "Request",
-    "TranslationError", "client_api", "for_attempt", "provider_api", "speaks_anthropic", "tables",
+    "TranslationError", "client_api", "for_attempt", "only_api", "provider_api", "speaks_anthropic", "tables",
 ]  # fmt: skip

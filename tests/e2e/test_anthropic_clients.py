@@ -234,3 +234,67 @@ def test_the_clients_own_key_reaches_only_a_passthrough_provider(mocks, gateway)
 
     assert claude.received[0].header("x-api-key") == "sk-ant-0002"
     assert mine.received[0].header("x-api-key") == CLIENT_HEADERS["x-api-key"]
+
+
+COUNT = {"model": CLAUDE, "system": "Be brief.", "messages": [{"role": "user", "content": "count these words"}]}
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+
+def test_count_tokens_goes_only_to_anthropic_providers_of_the_chain(mocks, gateway):
+    """Only Anthropic's API counts tokens: a 429 moves on to the next Anthropic provider, never to OpenAI (raw or translated)."""
+    limited = mocks.start("limited", api="anthropic", status=429, retry_after="30")
+    claude = mocks.start("claude", api="anthropic")
+    openai = mocks.start("openai", strict=True)
+    entries = [
+        provider("openai", GPT4O, openai, access_key="sk-openai-0001", retry_policy={"fallback_models": [CLAUDE]}),
+        provider("limited", CLAUDE, limited, access_key="sk-ant-0001"),
+        provider("claude", CLAUDE, claude, access_key="sk-ant-0002"),
+        provider("late", "openai/gpt-4o-mini", openai, access_key="sk-openai-0003"),
+    ]
+    entries[2]["retry_policy"] = {"fallback_models": ["openai/gpt-4o-mini"]}
+    gw = gateway(gateway_config(*entries))
+
+    # gpt-4o's chain starts at OpenAI: counting starts at its first Anthropic provider, and stops before "late".
+    answer = chat(gw.port, {**COUNT, "model": GPT4O}, headers=CLIENT_HEADERS, path=COUNT_TOKENS)
+
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"input_tokens": 5}
+    assert [request.path for request in limited.received] == [COUNT_TOKENS]
+    [counted] = claude.received
+    assert counted.path == COUNT_TOKENS and counted.header("x-api-key") == "sk-ant-0002" and counted.header("x-envoy-attempt-count") == "2"
+    assert json.loads(counted.body) == {**COUNT, "model": "claude-sonnet-4"}
+    assert counted.header("x-envoy-max-retries") is None, "Envoy's router reads the cap and removes it"
+    assert not openai.received
+
+
+def test_count_tokens_is_not_retried_past_the_last_anthropic_provider(mocks, gateway):
+    claude, openai, gw = claude_then_openai(mocks, gateway)
+
+    answer = chat(gw.port, COUNT, headers=CLIENT_HEADERS, path=COUNT_TOKENS)
+
+    assert answer.status == 429, "Claude's own answer: no provider after it counts tokens"
+    assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "rate_limit_error"
+    assert len(claude.received) == 1 and not openai.received
+
+
+def test_count_tokens_for_a_model_without_an_anthropic_provider_is_a_clear_404(mocks, gateway):
+    openai = mocks.start("openai", strict=True)
+    gw = gateway(gateway_config(provider("openai", GPT4O, openai, access_key="sk-openai-0001")))
+
+    answer = chat(gw.port, {**COUNT, "model": GPT4O}, headers=CLIENT_HEADERS, path=COUNT_TOKENS)
+
+    assert answer.status == 404
+    error = answer.json()
+    assert error["type"] == "error" and error["error"]["type"] == "not_found_error"
+    assert COUNT_TOKENS in error["error"]["message"] and GPT4O in error["error"]["message"]
+    assert not openai.received
+
+
+def test_an_anthropic_provider_always_gets_an_api_version_and_a_clients_own_is_kept(mocks, gateway):
+    claude, _openai, gw = claude_then_openai(mocks, gateway, claude_status=200)
+
+    plain = chat(gw.port, ASK, path=MESSAGES)  # curl-style: no anthropic-version
+    own = chat(gw.port, ASK, headers={"anthropic-version": "2023-01-01"}, path=MESSAGES)
+
+    assert plain.status == own.status == 200, (plain.body, own.body)
+    assert [request.header("anthropic-version") for request in claude.received] == ["2023-06-01", "2023-01-01"]
