@@ -20,6 +20,7 @@ from .render import RenderOptions, SidecarTls, render_yaml
 from .server.app import ListenError, ServerTls, check_listen
 from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
+from .translator import ANTHROPIC_MESSAGES, OPENAI_CHAT, provider_api
 from .xds import XdsFiles
 
 log = logging.getLogger("extproc")
@@ -180,7 +181,7 @@ def _check(args) -> int:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
         chain = config.chain_for_model(model)
-        members = [f"{name} (Anthropic API: chat.completions translated)" if config.providers[name].kind == "anthropic" else name for name in chain.providers] if chain else []
+        members = [name if provider_api(config.providers[name]) == OPENAI_CHAT else f"{name} (Anthropic's Messages API)" for name in chain.providers] if chain else []
         print(f"  model {model}: {' -> '.join(members) or '(no provider)'}")
     return 0
 
@@ -318,7 +319,7 @@ async def _start_mocks(config: Config) -> list[MockProvider]:
             if provider.tls or not _is_loopback(provider.host):
                 continue
             failing = index == 0 and len(config.chains[name].providers) > 1
-            api = "anthropic" if provider.kind == "anthropic" else "openai"
+            api = "anthropic" if provider_api(provider) == ANTHROPIC_MESSAGES else "openai"
             mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None, api=api)
             await mock.start(provider.host, provider.port)
             behaviour = "429 with Retry-After: 7" if failing else ("200, in Anthropic's Messages API" if api == "anthropic" else "200, echoing the request")

@@ -26,6 +26,7 @@ from .contract import (
     USAGE_NAMESPACE,
     USAGE_SKIPPED,
 )
+from .providers import kind_of
 from .render_composite import composite, execute, header_input
 
 TRACE_CLUSTER = "extproc_otlp_collector"
@@ -62,12 +63,9 @@ _STREAM_USAGE = (
     (("message", "usage", "input_tokens"), INPUT_TOKENS),
 )
 
-#: `gen_ai.provider.name` for the provider kinds whose OpenTelemetry name differs from ours.
-_GEN_AI_SYSTEMS = {"azure_openai": "azure.ai.openai", "mistral": "mistral_ai", "gemini": "gcp.gemini", "bedrock": "aws.bedrock", "xai": "x_ai"}
-
-
 def gen_ai_system(provider: Provider) -> str:
-    return _GEN_AI_SYSTEMS.get(provider.kind, provider.kind)
+    """OpenTelemetry's `gen_ai.provider.name` for the provider's kind."""
+    return kind_of(provider).gen_ai_name
 
 
 def _usage_rule(selectors: tuple[str, ...], key: str) -> dict:

@@ -14,18 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
-from .. import translator
+from .. import providers, translator
 from . import model, schema
 from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
-
-#: base_url used when a provider of a well-known kind gives none.
-KNOWN_BASE_URLS = {
-    "openai": "https://api.openai.com",
-    "mistral": "https://api.mistral.ai",
-    "groq": "https://api.groq.com/openai",
-    "deepseek": "https://api.deepseek.com",
-    "anthropic": "https://api.anthropic.com",
-}
 
 
 @dataclass(frozen=True)
@@ -141,9 +132,10 @@ class Resolver:
     def provider(self, entry: schema.Provider, path: str, ca_default: str | None) -> model.Provider | None:
         before = len(self.problems)
         kind, _, model_name = entry.model.partition("/")
-        base_url = entry.base_url or KNOWN_BASE_URLS.get(kind)
+        base_url = entry.base_url or providers.kind_named(kind).base_url
         if base_url is None:
-            self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(sorted(KNOWN_BASE_URLS))})")
+            defaults = sorted(name for name, known in providers.KINDS.items() if known.base_url)
+            self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(defaults)})")
             return None
         parts = urlsplit(base_url)
         if not parts.hostname:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config import Chain, Config, Provider
 from ..config.model import CLIENT_ONLY_HEADERS, CREDENTIAL_HEADERS
-from ..translator.openai_anthropic import API_VERSION
+from ..providers import kind_of
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
@@ -23,7 +23,6 @@ ROUTE_HEADER = "x-arch-llm-provider"
 #: Names the chain's Envoy cluster (content-named, see `Config.chain_clusters`) for the route
 #: match; the route removes it before the request goes upstream.
 CHAIN_HEADER = "x-arch-route"
-VERSION_HEADER = "anthropic-version"
 #: Set by the router level when attempt 1 must be translated: Envoy then runs the upstream level on attempt 1 too.
 TRANSLATE_HEADER = "x-arch-translate"
 
@@ -67,8 +66,9 @@ def plan(
         if name in CLIENT_ONLY_HEADERS or name.startswith(INTERNAL_PREFIX) or (chain is not None and name.startswith(ENVOY_PREFIX)):
             values[name] = None
     values.update(credential_headers(provider, originals))
-    if provider.kind == "anthropic" and values.get(VERSION_HEADER) is None and (VERSION_HEADER in values or VERSION_HEADER not in present):
-        values[VERSION_HEADER] = API_VERSION  # Anthropic refuses a request without one; a client that sent its own keeps it
+    for name, value in kind_of(provider).default_headers:  # the kind's API version, say: a client that sent its own keeps it
+        if values.get(name) is None and (name in values or name not in present):
+            values[name] = value
     if extra:
         values.update(extra)
     values.update(provider.headers)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..apis import ANTHROPIC_MESSAGES, OPENAI_CHAT
+from ..providers import kind_of
 from . import anthropic_openai, openai_anthropic, tables
 from .base import InvalidField, Request, TranslationError
 
@@ -20,10 +22,6 @@ if TYPE_CHECKING:  # the config imports this package's pairs (the headers a tran
 #: The client paths whose requests are translated, by the API they speak.
 CHAT_COMPLETIONS = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
-OPENAI_CHAT = "openai_chat"
-ANTHROPIC_MESSAGES = "anthropic_messages"
-#: Provider kinds that take OpenAI's own `max_completion_tokens` (other OpenAI-compatible servers read `max_tokens`).
-_MAX_COMPLETION_TOKENS_KINDS = frozenset({"openai", "azure", "azure_openai"})
 
 
 class AnswerStream(Protocol):
@@ -58,9 +56,7 @@ ANTHROPIC_TO_OPENAI = Pair(
     label=f"{ANTHROPIC_MESSAGES}->{OPENAI_CHAT}",
     path=anthropic_openai.PATH,
     headers=anthropic_openai.REQUEST_HEADERS,
-    request=lambda payload, provider: anthropic_openai.request(
-        payload, provider.model_name, "max_completion_tokens" if provider.kind in _MAX_COMPLETION_TOKENS_KINDS else "max_tokens"
-    ),
+    request=lambda payload, provider: anthropic_openai.request(payload, provider.model_name, kind_of(provider).max_tokens_field),
     response=anthropic_openai.response,
     error=anthropic_openai.error,
     stream=anthropic_openai.StreamTranslator,
@@ -76,7 +72,7 @@ def client_api(path: str) -> str | None:
 
 
 def provider_api(provider: Provider) -> str:
-    return ANTHROPIC_MESSAGES if provider.kind == "anthropic" else OPENAI_CHAT
+    return kind_of(provider).api
 
 
 def for_attempt(path: str, provider: Provider) -> Pair | None:

@@ -16,15 +16,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..providers.anthropic import API_VERSION, VERSION_HEADER
 from . import sse, tables
 from .base import InvalidField, Request, TranslationError, expect, is_number
 
 #: The Messages API path, under the provider's base_url path.
 PATH = "/v1/messages"
-API_VERSION = "2023-06-01"
 #: What a translated attempt sets beyond its credentials: the API version, and an uncompressed answer (the sidecar reads it).
 #: The config owns these names when an Anthropic provider exists, so other attempts get the client's values back.
-REQUEST_HEADERS = {"anthropic-version": API_VERSION, "accept-encoding": "identity"}
+REQUEST_HEADERS = {VERSION_HEADER: API_VERSION, "accept-encoding": "identity"}
 
 #: The OpenAI request fields translated (or, `stream_options`, read).
 MAPPED = frozenset({

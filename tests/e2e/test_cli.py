@@ -29,7 +29,7 @@ def test_check_passes_a_good_file_and_lists_every_problem_of_a_bad_one(tmp_path)
     good = run_cli("check", "config_failover.yaml")
     assert good.returncode == 0, good.stderr
     assert "model openai/gpt-4: primary -> secondary" in good.stdout
-    assert "model openai/gpt-4o: gpt-4o -> claude (Anthropic API: chat.completions translated)" in good.stdout
+    assert "model openai/gpt-4o: gpt-4o -> claude (Anthropic's Messages API)" in good.stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("listeners: [{type: model, port: 99999}]\nmodel_providers: [{model: gpt-4, base_url: 'ftp://x'}]\n")

@@ -1,0 +1,32 @@
+"""What each provider kind is, in one place per kind: its API, default base_url, credential header and telemetry name.
+
+A kind is the part of `model` before the slash (`openai/gpt-4o`), or what a
+Plano `provider_interface` names. Each kind's module declares its `Kind`s;
+`KINDS` registers them. A kind nobody declared is an OpenAI-compatible API
+that takes `Authorization: Bearer` (most are): adding a kind with its own
+rules is its module and one line here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import anthropic, azure, openai
+from .kind import Kind
+
+if TYPE_CHECKING:
+    from ..config import Provider
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS)}
+
+
+def kind_named(name: str) -> Kind:
+    """The kind called `name`; an undeclared one is OpenAI-compatible with Bearer keys."""
+    return KINDS.get(name) or Kind(name)
+
+
+def kind_of(provider: Provider) -> Kind:
+    return kind_named(provider.kind)
+
+
+__all__ = ["KINDS", "Kind", "kind_named", "kind_of"]
