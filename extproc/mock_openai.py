@@ -1,7 +1,7 @@
 """What the mock provider's OpenAI API refuses, and the tool calls it makes.
 
 With `strict` (the mock's option) it refuses what OpenAI's chat.completions
-refuses, so a test through the gateway proves a translation, not just the
+refuses (and a request with neither OpenAI's Bearer key nor Azure's `api-key`), so a test through the gateway proves a translation, not just the
 plumbing: no `Authorization: Bearer`, a field OpenAI does not know (Anthropic's
 `system`, `stop_sequences`, `top_k`…), a role or content part it has no place
 for, a tool result that answers no call. Anthropic's path is a 404, as on OpenAI.
@@ -29,12 +29,14 @@ def not_found(path: str) -> tuple[int, str] | None:
 
 
 def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] | None:
-    """(status, message) for a request OpenAI's chat.completions would refuse; None when it is well formed."""
+    """(status, message) for a request OpenAI would refuse (its chat.completions body checked); None when it is well formed."""
     missing = not_found(path)
     if missing is not None:
         return missing
-    if not headers.get("authorization", "").startswith("Bearer "):
+    if not headers.get("authorization", "").startswith("Bearer ") and not headers.get("api-key"):  # api-key: Azure's
         return 401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth."
+    if not path.split("?", 1)[0].endswith("/chat/completions"):
+        return None
     try:
         payload = json.loads(body)
     except ValueError:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
+from ..providers import kind_of
+
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 #: Headers meant for the gateway's own hop, never for a provider: the client's session cookies, its
@@ -60,6 +62,8 @@ class Provider:
     http_host: str | None = None  # the Host header to send, when not the base_url's (Plano's `http_host`)
     #: `max_tokens` sent to an Anthropic provider when a translated request gives none (the Messages API requires one).
     default_max_tokens: int = 4096
+    #: Azure OpenAI: the `api-version` of the deployments path; None: Azure's v1 path (base_url's).
+    api_version: str | None = None
 
     @property
     def kind(self) -> str:
@@ -71,6 +75,11 @@ class Provider:
         return self.scheme == "https"
 
     def upstream_path(self, path: str) -> str:
+        """The client's path (and query) as this provider takes it: its kind's own layout, else under base_url's path."""
+        layout = kind_of(self).path
+        return layout(self, path) if layout is not None else self.prefixed_path(path)
+
+    def prefixed_path(self, path: str) -> str:
         """The client's path (and query) under this provider's base_url path.
 
         A base_url written the SDK way, ending in /v1, does not double the

@@ -145,6 +145,11 @@ class Resolver:
             self.problem(f"{path}.access_key", "is empty (is its environment variable set to an empty value?)")
         if entry.passthrough_auth and entry.access_key:
             self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
+        kind_rules = providers.kind_named(schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else kind)
+        for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
+            if getattr(entry, key) is not None:
+                owners = ", ".join(f"{name}/…" for name, known in providers.KINDS.items() if key in known.config_keys)
+                self.problem(f"{path}.{key}", f"is only for {owners} providers, not {kind_rules.name!r}")
         name = entry.name or f"{entry.model}@{parts.hostname}:{port}"
         if not schema.NAME.match(name):
             self.problem(f"{path}.model", f"{name!r} cannot name a provider: give the entry a name: of letters, digits and . _ : / @ -")
@@ -176,6 +181,7 @@ class Resolver:
             interface=schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None,
             http_host=entry.http_host,
             default_max_tokens=entry.default_max_tokens,
+            api_version=entry.api_version,
         )
 
     def unique_providers(self, providers: dict[int, model.Provider | None]) -> dict[str, model.Provider]:

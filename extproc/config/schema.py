@@ -12,6 +12,7 @@ voice.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Callable
@@ -207,6 +208,11 @@ def _interface(value: Any) -> Any:
     return value
 
 
+def _date_text(value: Any) -> Any:
+    """YAML reads an unquoted `2024-10-21` as a date: an API version is its text."""
+    return value.isoformat() if isinstance(value, datetime.date) else value
+
+
 def _url(schemes: tuple[str, ...], message: str) -> Any:
     def check(value: Any) -> Any:
         if isinstance(value, str) and value:
@@ -307,6 +313,7 @@ class Provider(Section):
     provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
     http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
     default_max_tokens: Annotated[int, integer(1)] = Field(default=4096, description="Anthropic providers: max_tokens for a translated request that gives none")
+    api_version: Annotated[Text, BeforeValidator(_date_text)] | None = Field(default=None, description="azure/<deployment>: the api-version of /openai/deployments/<deployment>/…; without it, Azure's v1 path")
 
 
 class Listener(Section):

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ..config import Provider
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS)}
+#: Every provider entry key some kind owns.
+KIND_KEYS = frozenset().union(*(kind.config_keys for kind in KINDS.values()))
 
 
 def kind_named(name: str) -> Kind:
@@ -29,4 +31,4 @@ def kind_of(provider: Provider) -> Kind:
     return kind_named(provider.kind)
 
 
-__all__ = ["KINDS", "Kind", "kind_named", "kind_of"]
+__all__ = ["KINDS", "KIND_KEYS", "Kind", "kind_named", "kind_of"]

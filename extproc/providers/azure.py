@@ -1,15 +1,41 @@
-"""Azure OpenAI: OpenAI's API behind an `api-key` header."""
+"""Azure OpenAI: OpenAI's API behind an `api-key` header, on Azure's v1 path or a deployment's.
+
+With `api_version`, `model: azure/<deployment>` is sent to
+`/openai/deployments/<deployment>/<the client's path without /v1>?api-version=…`
+(chat completions, embeddings and every other OpenAI path alike); without it,
+the client's path goes under base_url's path as for any OpenAI-compatible
+provider (Azure's v1 API: `base_url: https://<resource>.openai.azure.com/openai/v1`).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
+
 from .kind import Kind
+
+if TYPE_CHECKING:
+    from ..config import Provider
 
 
 def api_key(key: str) -> tuple[str, str]:
     return "api-key", key
 
 
-KINDS = (
-    Kind("azure_openai", credential=api_key, telemetry_name="azure.ai.openai", max_tokens_field="max_completion_tokens"),
-    Kind("azure", credential=api_key, telemetry_name="azure.ai.openai", max_tokens_field="max_completion_tokens"),
-)
+def deployment_path(provider: Provider, path: str) -> str:
+    if provider.api_version is None:
+        return provider.prefixed_path(path)
+    route, _, query = path.partition("?")
+    route = route[len("/v1") :] if route == "/v1" or route.startswith("/v1/") else route
+    version = urlencode({"api-version": provider.api_version})
+    deployment = quote(provider.model_name, safe="")
+    return f"{provider.path_prefix}/openai/deployments/{deployment}{route}?{query + '&' if query else ''}{version}"
+
+
+def _azure(name: str) -> Kind:
+    return Kind(
+        name, credential=api_key, telemetry_name="azure.ai.openai", max_tokens_field="max_completion_tokens", config_keys=frozenset({"api_version"}), path=deployment_path
+    )
+
+
+KINDS = (_azure("azure_openai"), _azure("azure"))

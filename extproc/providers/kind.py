@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..apis import OPENAI_CHAT
+
+if TYPE_CHECKING:
+    from ..config import Provider
 
 
 def bearer(key: str) -> tuple[str, str]:
@@ -27,6 +31,10 @@ class Kind:
     max_tokens_field: str = "max_tokens"
     #: Headers every request to it carries unless the client set them (an API version, say).
     default_headers: tuple[tuple[str, str], ...] = ()
+    #: The provider entry's keys only this kind reads (`api_version`, say); another kind's entry may not set them.
+    config_keys: frozenset[str] = frozenset()
+    #: (provider, the client's path and query) -> the path it is sent; None: under base_url's path.
+    path: Callable[[Provider, str], str] | None = None
 
     @property
     def gen_ai_name(self) -> str:

@@ -101,6 +101,12 @@ def test_each_error_names_its_key(change, expected):
     assert any(problem.startswith(expected) for problem in found), found
 
 
+def test_a_key_of_another_provider_kind_says_whose_it_is():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4o, api_version: '2024-10-21'}]", "kinds.yaml", {})
+    assert "model_providers[0].api_version: is only for azure_openai/…, azure/… providers, not 'openai'" in str(caught.value)
+
+
 def test_all_problems_are_reported_at_once():
     text = BASE.replace("port: 12000", "port: -1").replace("base_url: http://127.0.0.1:8084", "base_url: nope")
     found = problems(text, {"PRIMARY_KEY": "k"})

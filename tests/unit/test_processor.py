@@ -117,6 +117,20 @@ def test_upstream_path_does_not_double_an_sdk_style_v1():
     assert CONFIG.providers["b"].upstream_path("/v1/chat/completions") == "/prefix/v1/chat/completions"
 
 
+def test_an_azure_deployment_gets_its_deployments_path_with_the_api_version():
+    azure = parse_config(
+        "listeners: [{type: model, port: 0}]\nmodel_providers:\n"
+        "  - {model: azure/my-gpt-4o, base_url: 'https://res.openai.azure.com', api_version: 2024-10-21}\n"
+        "  - {model: azure/v1-style, base_url: 'https://res.openai.azure.com/openai/v1'}",
+        "t.yaml",
+        {},
+    )
+    deployment, v1 = azure.providers.values()
+    assert deployment.upstream_path("/v1/chat/completions") == "/openai/deployments/my-gpt-4o/chat/completions?api-version=2024-10-21"
+    assert deployment.upstream_path("/v1/embeddings?user=u") == "/openai/deployments/my-gpt-4o/embeddings?user=u&api-version=2024-10-21"
+    assert v1.upstream_path("/v1/chat/completions") == "/openai/v1/chat/completions", "no api_version: Azure's v1 path, under base_url's"
+
+
 def test_missing_model_goes_to_the_default_provider():
     assert forward(b'{"messages": []}').provider == "mini"
     assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/embeddings"}, True).provider == "mini"
