@@ -18,7 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from . import mock_anthropic, mock_openai
+from . import mock_anthropic, mock_openai, mock_vertex
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -69,6 +69,8 @@ class MockProvider:
     sse_odd_event: bytes | None = None
     #: Refuse what OpenAI's chat.completions refuses (`mock_openai.refusal`), not only its 404s.
     strict: bool = False
+    #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`mock_vertex.VertexState`).
+    vertex: mock_vertex.VertexState | None = None
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -109,6 +111,9 @@ class MockProvider:
         headers = [("x-mock-provider", self.name), *self.extra_headers]
         if self.api == "anthropic":
             await self._answer_anthropic(request, headers, writer)
+            return
+        if self.api == "vertex":
+            await self._answer_vertex(request, headers, writer)
             return
         refused = mock_openai.refusal(request.path, dict(request.headers), request.body) if self.strict else mock_openai.not_found(request.path)
         if self.status != 200 or refused is not None:
@@ -160,6 +165,41 @@ class MockProvider:
             await writer.drain()
             return
         _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, self.served)).encode())
+        await writer.drain()
+
+    async def _answer_vertex(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+        assert self.vertex is not None, "a vertex mock needs its VertexState"
+        if request.path == mock_vertex.TOKEN_PATH:
+            self.served -= 1  # the token endpoint is not a model call
+            self.received.pop()
+            status, grant = self.vertex.grant(request.body)
+            _write_response(writer, status, headers, json.dumps(grant).encode())
+            await writer.drain()
+            return
+        refused = self.vertex.refusal(request.path, dict(request.headers), request.body)
+        if self.status != 200 or refused is not None:
+            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
+            if self.retry_after is not None and refused is None:
+                headers.append(("retry-after", self.retry_after))
+            _write_response(writer, status, headers, mock_vertex.error_body(status, message))
+            await writer.drain()
+            return
+        payload = json.loads(request.body)
+        model = self.vertex.claude_model(request.path)
+        if model is None:  # the OpenAI-compatible endpoint
+            if payload.get("stream") is True:
+                await self._stream(payload, headers, writer)
+                return
+            _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
+        elif payload.get("stream") is True:
+            _write_head(writer, headers)
+            for event in mock_vertex.claude_events(self.name, model, payload, self.served):
+                _write_chunk(writer, event)
+                await writer.drain()
+                await asyncio.sleep(self.chunk_interval_s)
+            writer.write(b"0\r\n\r\n")
+        else:
+            _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served)).encode())
         await writer.drain()
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:

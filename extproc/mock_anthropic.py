@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .providers.anthropic import COUNT_TOKENS
 from .translator.tables import anthropic_error
 
 #: Top-level request fields of the Messages API; anything else is refused (as Anthropic does).
@@ -20,7 +21,6 @@ KNOWN_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences", "stream",
     "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
 })  # fmt: skip
-COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -21,6 +21,7 @@ import time
 
 from .config import Config, ConfigError, load_config
 from .config.model import file_digest
+from .providers import tokens
 from .runtime import Runtime
 from .xds import XdsFiles, XdsRejected
 
@@ -79,6 +80,7 @@ class Reloader:
             metrics.reloads.labels("unchanged").inc()
             metrics.last_reload_success.set_to_current_time()
             return True, "unchanged"
+        await tokens.prepare(new)  # a new provider's token is minted before the config serves it
         retire_until = time.monotonic() + max(listener.timeout_s for listener in (*old.listeners, *new.listeners)) + RETIRE_MARGIN_S
         if self.xds is not None:
             try:

@@ -13,6 +13,7 @@ import grpc
 
 from .config import Config
 from .observability.http import MetricsServer
+from .providers import tokens
 from .reload import Reloader
 from .runtime import Runtime
 from .server.app import ServerTls, start_server
@@ -49,6 +50,8 @@ class Sidecar:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        await tokens.prepare(self.config)
+        self.spawn(tokens.keep_fresh(lambda: self.runtime.store.live.configs), "token refresher")
         if self.xds is not None:
             self.xds.write([self.config])
         self._server, self.port, self._bulk = await start_server(self.runtime, self.listen, self.tls)

@@ -64,6 +64,10 @@ class Provider:
     default_max_tokens: int = 4096
     #: Azure OpenAI: the `api-version` of the deployments path; None: Azure's v1 path (base_url's).
     api_version: str | None = None
+    #: Vertex AI: the project and region of its paths, and the service-account key file (None: Application Default Credentials).
+    vertex_project: str | None = None
+    vertex_location: str | None = None
+    vertex_credentials: str | None = None
 
     @property
     def kind(self) -> str:

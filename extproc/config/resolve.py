@@ -132,7 +132,19 @@ class Resolver:
     def provider(self, entry: schema.Provider, path: str, ca_default: str | None) -> model.Provider | None:
         before = len(self.problems)
         kind, _, model_name = entry.model.partition("/")
-        base_url = entry.base_url or providers.kind_named(kind).base_url
+        kind_rules = providers.kind_named(schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else kind)
+        before_keys = len(self.problems)
+        for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
+            if getattr(entry, key) is not None:
+                owners = ", ".join(f"{name}/…" for name, known in providers.KINDS.items() if key in known.config_keys)
+                self.problem(f"{path}.{key}", f"is only for {owners} providers, not {kind_rules.name!r}")
+        for key in kind_rules.required_keys:
+            if getattr(entry, key) is None:
+                self.problem(f"{path}.{key}", f"is required for {kind_rules.name}/… providers")
+        if len(self.problems) > before_keys:
+            return None
+        keys = {key: getattr(entry, key) for key in kind_rules.config_keys}
+        base_url = entry.base_url or (kind_rules.base_url_of(keys) if kind_rules.base_url_of else kind_rules.base_url)
         if base_url is None:
             defaults = sorted(name for name, known in providers.KINDS.items() if known.base_url)
             self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(defaults)})")
@@ -145,11 +157,6 @@ class Resolver:
             self.problem(f"{path}.access_key", "is empty (is its environment variable set to an empty value?)")
         if entry.passthrough_auth and entry.access_key:
             self.problem(f"{path}.passthrough_auth", "cannot be combined with access_key: choose the provider's key or the client's")
-        kind_rules = providers.kind_named(schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else kind)
-        for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
-            if getattr(entry, key) is not None:
-                owners = ", ".join(f"{name}/…" for name, known in providers.KINDS.items() if key in known.config_keys)
-                self.problem(f"{path}.{key}", f"is only for {owners} providers, not {kind_rules.name!r}")
         name = entry.name or f"{entry.model}@{parts.hostname}:{port}"
         if not schema.NAME.match(name):
             self.problem(f"{path}.model", f"{name!r} cannot name a provider: give the entry a name: of letters, digits and . _ : / @ -")
@@ -159,7 +166,7 @@ class Resolver:
         return model.Provider(
             name=name,
             model=entry.model,
-            model_name=model_name,
+            model_name=kind_rules.wire_model(model_name) if kind_rules.wire_model else model_name,
             scheme=parts.scheme,
             host=parts.hostname,
             port=port,
@@ -182,6 +189,9 @@ class Resolver:
             http_host=entry.http_host,
             default_max_tokens=entry.default_max_tokens,
             api_version=entry.api_version,
+            vertex_project=entry.vertex_project,
+            vertex_location=entry.vertex_location,
+            vertex_credentials=entry.vertex_credentials,
         )
 
     def unique_providers(self, providers: dict[int, model.Provider | None]) -> dict[str, model.Provider]:

@@ -313,6 +313,11 @@ class Provider(Section):
     provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
     http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
     default_max_tokens: Annotated[int, integer(1)] = Field(default=4096, description="Anthropic providers: max_tokens for a translated request that gives none")
+    vertex_project: Text | None = Field(default=None, description="vertex_ai/<model>: the Google Cloud project")
+    vertex_location: Text | None = Field(default=None, description="vertex_ai/<model>: the region (us-east5, europe-west1, global, …)")
+    vertex_credentials: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(
+        default=None, description="vertex_ai/<model>: a service-account key file; without it, Application Default Credentials"
+    )
     api_version: Annotated[Text, BeforeValidator(_date_text)] | None = Field(default=None, description="azure/<deployment>: the api-version of /openai/deployments/<deployment>/…; without it, Azure's v1 path")
 
 

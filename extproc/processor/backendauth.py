@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from ..config import Provider
 from ..config.model import CREDENTIAL_HEADERS
 from ..providers import kind_of
+from ..providers.kind import bearer
 
 
 def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> dict[str, str | None]:
@@ -18,7 +19,13 @@ def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> 
     if provider.passthrough_auth:
         return {name: client_values.get(name) for name in CREDENTIAL_HEADERS}
     values: dict[str, str | None] = dict.fromkeys(CREDENTIAL_HEADERS)
-    if provider.access_key:
-        name, value = kind_of(provider).credential(provider.access_key)  # the header each kind takes its key in
+    kind = kind_of(provider)
+    if kind.token_source is not None:  # minted at run time (`providers.tokens`): the current one, never waited for
+        token = kind.token_source(provider).token
+        if token:
+            name, value = bearer(token)
+            values[name] = value
+    elif provider.access_key:
+        name, value = kind.credential(provider.access_key)  # the header each kind takes its key in
         values[name] = value
     return values

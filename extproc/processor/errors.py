@@ -51,7 +51,7 @@ def too_large(size: int, limit: int) -> Reply:
 
 
 def no_provider_for(endpoint: str, model: str) -> Reply:
-    message = f"No provider of model '{model}' serves {endpoint} (only Anthropic's API has it; add an Anthropic provider to the model's chain)."
+    message = f"No provider of model '{model}' serves {endpoint} (only anthropic/… providers do: add one to the model's chain)."
     return error_reply(404, message, "invalid_request_error", "endpoint_not_served")
 
 

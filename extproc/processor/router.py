@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .. import translator
+from .. import providers, translator
 from ..config import Config, Listener
 from . import errors, multipart
 from .context import RequestContext
@@ -149,11 +149,11 @@ def resolve(
         chain = found
     path = headers.get(":path", "/")
     candidates = chain.providers
-    only = translator.only_api(path)
-    if only is not None:  # an endpoint of one API (Anthropic's count_tokens): only that API's providers may see it
-        candidates = tuple(name for name in chain.providers if translator.provider_api(config.providers[name]) == only)
+    only = providers.restricted(path)
+    if only is not None:  # an endpoint only some kinds serve (Anthropic's count_tokens): only their providers may see it
+        candidates = tuple(name for name in chain.providers if providers.serves(config.providers[name], only))
         if not candidates:
-            return errors.no_provider_for(path.split("?", 1)[0], model)
+            return errors.no_provider_for(only, model)
     start = candidates[0]
     if health is not None:
         trial_s = chain.policy.per_try_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
@@ -165,8 +165,8 @@ def resolve(
     provider = config.providers[start]
     attempts = config.chains[start].num_retries + 1
     extra: dict[str, str] = {}
-    if only is not None:  # retries stop where the chain's run of that API's providers ends
-        run = itertools.takewhile(lambda name: translator.provider_api(config.providers[name]) == only, config.chains[start].providers)
+    if only is not None:  # retries stop where the chain's run of providers serving it ends
+        run = itertools.takewhile(lambda name: providers.serves(config.providers[name], only), config.chains[start].providers)
         attempts = min(attempts, sum(1 for _ in run))
         extra[MAX_RETRIES_HEADER] = str(attempts - 1)
     span = body.span if body is not None else None

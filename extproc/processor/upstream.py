@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .. import translator
+from .. import providers, translator
 from ..config import Provider
 from ..config.store import Live
 from . import errors
@@ -55,7 +55,7 @@ class Attempt:
         """The attempt's body in the provider's API, or the client's error when it has no translation."""
         assert self.translation is not None
         try:
-            return self.translation.request(msgspec.json.decode(sent), self.provider)
+            return self.translation.translate(msgspec.json.decode(sent), self.provider)
         except translator.InvalidField as exc:
             return errors.error_reply(400, str(exc), "invalid_request_error", "invalid_type", param=exc.param)
         except (ValueError, translator.TranslationError) as exc:
@@ -76,12 +76,12 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
     if provider is None:
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
-    only = translator.only_api(context.path)
-    if only is not None and translator.provider_api(provider) != only:  # the router level caps retries before such a provider: never reached
-        return errors.no_provider_for(context.path.split("?", 1)[0], provider.model)
+    only = providers.restricted(context.path)
+    if only is not None and not providers.serves(provider, only):  # the router level caps retries before such a provider: never reached
+        return errors.no_provider_for(only, provider.model)
     pair = translator.for_attempt(context.path, provider)
     if pair is not None:
-        headers = plan(live.current, provider, pair.path, context.originals, present, extra=pair.headers)
+        headers = plan(live.current, provider, pair.path or context.path, context.originals, present, extra=pair.headers)
         return Attempt(provider=provider, headers=headers, context=context, number=number, translation=pair)
     headers = plan(live.current, provider, context.path, context.originals, present)
     return Attempt(provider=provider, headers=headers, context=context, number=number)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import anthropic, azure, openai
+from . import anthropic, azure, openai, vertex
 from .kind import Kind
 
 if TYPE_CHECKING:
     from ..config import Provider
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS)}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS)}
 #: Every provider entry key some kind owns.
 KIND_KEYS = frozenset().union(*(kind.config_keys for kind in KINDS.values()))
+#: Endpoints only some kinds serve (Anthropic's token counting).
+OWN_ENDPOINTS = frozenset().union(*(kind.own_endpoints for kind in KINDS.values()))
 
 
 def kind_named(name: str) -> Kind:
@@ -31,4 +33,14 @@ def kind_of(provider: Provider) -> Kind:
     return kind_named(provider.kind)
 
 
-__all__ = ["KINDS", "KIND_KEYS", "Kind", "kind_named", "kind_of"]
+def restricted(path: str) -> str | None:
+    """`path`'s route when only some kinds serve it (`serves` says which), else None."""
+    route = path.split("?", 1)[0]
+    return route if route in OWN_ENDPOINTS else None
+
+
+def serves(provider: Provider, route: str) -> bool:
+    return route in kind_of(provider).own_endpoints
+
+
+__all__ = ["KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves"]

@@ -14,4 +14,12 @@ def x_api_key(key: str) -> tuple[str, str]:
     return "x-api-key", key
 
 
-KINDS = (Kind("anthropic", api=ANTHROPIC_MESSAGES, base_url="https://api.anthropic.com", credential=x_api_key, default_headers=((VERSION_HEADER, API_VERSION),)),)
+#: Token counting: Anthropic's own API has it (never translated, never sent to another kind).
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+KINDS = (
+    Kind(
+        "anthropic", api=ANTHROPIC_MESSAGES, base_url="https://api.anthropic.com", credential=x_api_key,
+        default_headers=((VERSION_HEADER, API_VERSION),), own_endpoints=frozenset({COUNT_TOKENS}),
+    ),
+)  # fmt: skip

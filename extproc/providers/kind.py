@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..apis import OPENAI_CHAT
 
 if TYPE_CHECKING:
     from ..config import Provider
+    from .tokens import TokenSource
 
 
 def bearer(key: str) -> tuple[str, str]:
@@ -33,8 +34,28 @@ class Kind:
     default_headers: tuple[tuple[str, str], ...] = ()
     #: The provider entry's keys only this kind reads (`api_version`, say); another kind's entry may not set them.
     config_keys: frozenset[str] = frozenset()
+    #: Endpoints only some kinds serve (`providers.OWN_ENDPOINTS`) that this one does: a request for one goes to such kinds only.
+    own_endpoints: frozenset[str] = frozenset()
+    #: Of `config_keys`, those an entry of this kind must set.
+    required_keys: tuple[str, ...] = ()
+    #: The default base_url from the entry's own keys (a region, say), when it depends on them.
+    base_url_of: Callable[[Mapping[str, Any]], str] | None = None
+    #: The API a provider of this kind speaks, when it depends on the model (Vertex: Claude speaks Anthropic's).
+    api_of: Callable[[Provider], str] | None = None
     #: (provider, the client's path and query) -> the path it is sent; None: under base_url's path.
     path: Callable[[Provider, str], str] | None = None
+    #: The model name requests carry, from the one in `model` (Vertex: `google/<model>`).
+    wire_model: Callable[[str], str] | None = None
+    #: A credential minted at run time (an OAuth token), sent as `Authorization: Bearer`; None: `access_key`.
+    token_source: Callable[[Provider], TokenSource] | None = None
+    #: provider -> a rewrite of its API's body it needs beyond the model (body -> (body, path)); None: as the API has it.
+    body_dialect: Callable[[Provider], Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None] | None = None
+
+    def api_for(self, provider: Provider) -> str:
+        return self.api_of(provider) if self.api_of is not None else self.api
+
+    def dialect_for(self, provider: Provider) -> Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None:
+        return self.body_dialect(provider) if self.body_dialect is not None else None
 
     @property
     def gen_ai_name(self) -> str:

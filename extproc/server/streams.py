@@ -216,8 +216,8 @@ class UpstreamStream:
             # Every attempt here says which patch its body needs, "none" included (a translated one: none), so
             # nothing an earlier attempt left can apply to it, and the Lua filter sets its content-length.
             set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
-            if decision.translate:  # the body now, the answer's headers later (and from them, its body)
-                response.mode_override.CopyFrom(_TRANSLATE)
+            if decision.translation is not None:  # the body now; the answer's headers later (and from them, its body) when it is translated
+                response.mode_override.CopyFrom(_TRANSLATE if decision.translation.translates_answer or decision.last else _REWRITE)
                 return response
             if decision.last:
                 response.mode_override.CopyFrom(_WATCH)
@@ -253,10 +253,17 @@ class UpstreamStream:
             self.done = True
             return immediate(translated)
         self.dropped = translated.dropped
-        assert self.attempt.translation is not None
-        self._answer_translation = _AnswerTranslation(self.attempt.translation, self.attempt.provider.name, translated.include_usage)
+        pair = self.attempt.translation
+        assert pair is not None
+        if pair.answer is not None:
+            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider.name, translated.include_usage)
+        else:
+            self.done = not self.attempt.last  # the answer is in the client's API already: only a last attempt's headers are watched
+        response = pb.ProcessingResponse()
+        if translated.path is not None:
+            set_headers(response.request_body.response.header_mutation.set_headers, [(":path", translated.path)])
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
-        return with_body(pb.ProcessingResponse(), "request_body", msgspec.json.encode(translated.body))
+        return with_body(response, "request_body", msgspec.json.encode(translated.body))
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
         """The picked endpoint's cluster, from its metadata (Envoy sends `xds.upstream_host_metadata` as text-format proto)."""
@@ -294,8 +301,8 @@ def _cluster_of(host_metadata: str) -> str | None:
 class _AnswerTranslation:
     """A translated attempt's answer, back in the client's API: whole when JSON, event by event when a stream."""
 
-    def __init__(self, pair: translator.Pair, provider: str, include_usage: bool):
-        self.pair = pair
+    def __init__(self, answer: translator.Answer, provider: str, include_usage: bool):
+        self.answer = answer
         self.provider = provider
         self.status = 0
         self.stream: translator.AnswerStream | None = None
@@ -307,7 +314,7 @@ class _AnswerTranslation:
         self.status = status
         streamed = status == 200 and headers.get("content-type", "").startswith("text/event-stream")
         if streamed:
-            self.stream = self.pair.stream(self.include_usage)
+            self.stream = self.answer.stream(self.include_usage)
         response = pb.ProcessingResponse()
         set_headers(response.response_headers.response.header_mutation.set_headers, [("content-type", "text/event-stream" if streamed else "application/json")])
         response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
@@ -323,12 +330,12 @@ class _AnswerTranslation:
             return wire.with_body(pb.ProcessingResponse(), "response_body", self.stream.feed(body, end))
         self.finished = True
         if self.status >= 400 or self.status < 200:
-            answer = self.pair.error(self.status, body, self.provider)
+            answer = self.answer.error(self.status, body, self.provider)
         else:
             try:
-                answer = self.pair.response(msgspec.json.decode(body))
+                answer = self.answer.response(msgspec.json.decode(body))
             except (ValueError, AttributeError, TypeError, IndexError):
-                answer = self.pair.error(502, b"", self.provider)
+                answer = self.answer.error(502, b"", self.provider)
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
 
 
@@ -354,6 +361,8 @@ def _mode(request_body: int, response_headers: int = _Mode.SEND, response_body: 
 _SEND_BODY = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
 #: A translated attempt: its body to translate, then the answer's headers, then (by the headers' kind) its body.
 _TRANSLATE = _mode(_Mode.BUFFERED)
+#: An attempt whose body its provider's kind rewrites (Claude on Vertex) and whose answer needs nothing.
+_REWRITE = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
 _ANSWER_BUFFERED = _mode(_Mode.BUFFERED, response_body=_Mode.BUFFERED)
 _ANSWER_STREAMED = _mode(_Mode.BUFFERED, response_body=_Mode.STREAMED)
 #: A last attempt: its response headers come to the sidecar before they go on to the client.

@@ -8,7 +8,7 @@ client's own API shape needs none and costs nothing extra.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..apis import ANTHROPIC_MESSAGES, OPENAI_CHAT
@@ -31,16 +31,38 @@ class AnswerStream(Protocol):
 
 
 @dataclass(frozen=True)
+class Answer:
+    """How a provider's answer comes back in the client's API: whole, as an error, or event by event."""
+
+    response: Callable[[Any], dict[str, Any]]
+    error: Callable[[int, bytes, str], dict[str, Any]]
+    stream: Callable[[bool], AnswerStream]  # include_usage -> a translator of the answer's events
+
+
+@dataclass(frozen=True)
 class Pair:
     """One direction of translation: how an attempt's request, answer, error and answer stream change."""
 
     label: str  # client API -> provider API, for metrics
-    path: str  # the provider's path for the request
+    path: str | None  # the provider's path for the request; None: the client's, laid out by the provider's kind
     headers: Mapping[str, str | None]  # what the attempt sets (None: removes) beyond its credentials
     request: Callable[[Any, Provider], Request]
-    response: Callable[[Any], dict[str, Any]]
-    error: Callable[[int, bytes, str], dict[str, Any]]
-    stream: Callable[[bool], AnswerStream]  # include_usage -> a translator of the answer's events
+    #: How the answer comes back in the client's API; None: it is in the client's API already.
+    answer: Answer | None = None
+    #: The provider kind's own rewrite of the translated body, and the path it decides (`providers.Kind.body_dialect`).
+    dialect: Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None = None
+
+    @property
+    def translates_answer(self) -> bool:
+        return self.answer is not None
+
+    def translate(self, payload: Any, provider: Provider) -> Request:
+        """The request for `provider`: translated, then rewritten for its kind's dialect."""
+        request = self.request(payload, provider)
+        if self.dialect is None:
+            return request
+        body, path = self.dialect(provider, request.body)
+        return replace(request, body=body, path=path)
 
 
 OPENAI_TO_ANTHROPIC = Pair(
@@ -48,21 +70,27 @@ OPENAI_TO_ANTHROPIC = Pair(
     path=openai_anthropic.PATH,
     headers=openai_anthropic.REQUEST_HEADERS,
     request=lambda payload, provider: openai_anthropic.request(payload, provider.model_name, provider.default_max_tokens),
-    response=openai_anthropic.response,
-    error=openai_anthropic.error,
-    stream=openai_anthropic.StreamTranslator,
+    answer=Answer(openai_anthropic.response, openai_anthropic.error, openai_anthropic.StreamTranslator),
 )
 ANTHROPIC_TO_OPENAI = Pair(
     label=f"{ANTHROPIC_MESSAGES}->{OPENAI_CHAT}",
     path=anthropic_openai.PATH,
     headers=anthropic_openai.REQUEST_HEADERS,
     request=lambda payload, provider: anthropic_openai.request(payload, provider.model_name, kind_of(provider).max_tokens_field),
-    response=anthropic_openai.response,
-    error=anthropic_openai.error,
-    stream=anthropic_openai.StreamTranslator,
+    answer=Answer(anthropic_openai.response, anthropic_openai.error, anthropic_openai.StreamTranslator),
 )
 #: Every header a translation sets or removes: the config owns them, so each attempt restores the client's values.
 HEADERS = frozenset({*OPENAI_TO_ANTHROPIC.headers, *ANTHROPIC_TO_OPENAI.headers})
+
+
+def _as_sent(payload: Any, provider: Provider) -> Request:
+    if not isinstance(payload, dict):
+        raise TranslationError("the request body must be a JSON object")
+    return Request(body=payload, dropped=(), stream=payload.get("stream") is True, include_usage=False)
+
+
+#: A client of the provider's own API whose kind still rewrites the body (Claude on Vertex): no translation, its dialect only.
+_SAME_API = {api: Pair(label=f"{api}->{api}", path=None, headers={}, request=_as_sent) for api in (OPENAI_CHAT, ANTHROPIC_MESSAGES)}
 
 
 def client_api(path: str) -> str | None:
@@ -72,24 +100,19 @@ def client_api(path: str) -> str | None:
 
 
 def provider_api(provider: Provider) -> str:
-    return kind_of(provider).api
+    return kind_of(provider).api_for(provider)
 
 
 def for_attempt(path: str, provider: Provider) -> Pair | None:
     """The translation a request for `path` (the client's) needs to reach `provider`; None when it goes as it is."""
     client = client_api(path)
-    if client is None or client == provider_api(provider):
+    if client is None:
         return None
-    return OPENAI_TO_ANTHROPIC if client == OPENAI_CHAT else ANTHROPIC_TO_OPENAI
-
-
-#: Endpoints only one API has: a request for one goes only to that API's providers (never translated, never sent raw to another).
-_ONE_API_ENDPOINTS = {MESSAGES + "/count_tokens": ANTHROPIC_MESSAGES}
-
-
-def only_api(path: str) -> str | None:
-    """The one provider API that can serve `path`, when only one can (Anthropic's token counting)."""
-    return _ONE_API_ENDPOINTS.get(path.split("?", 1)[0])
+    dialect = kind_of(provider).dialect_for(provider)
+    if client == provider_api(provider):
+        return replace(_SAME_API[client], dialect=dialect) if dialect is not None else None
+    pair = OPENAI_TO_ANTHROPIC if client == OPENAI_CHAT else ANTHROPIC_TO_OPENAI
+    return replace(pair, dialect=dialect) if dialect is not None else pair
 
 
 def speaks_anthropic(path: str) -> bool:
@@ -100,5 +123,5 @@ def speaks_anthropic(path: str) -> bool:
 
 __all__ = [
     "ANTHROPIC_TO_OPENAI", "CHAT_COMPLETIONS", "HEADERS", "MESSAGES", "OPENAI_TO_ANTHROPIC", "InvalidField", "Pair", "Request",
-    "TranslationError", "client_api", "for_attempt", "only_api", "provider_api", "speaks_anthropic", "tables",
+    "TranslationError", "client_api", "for_attempt", "provider_api", "speaks_anthropic", "tables",
 ]  # fmt: skip

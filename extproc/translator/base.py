@@ -40,3 +40,4 @@ class Request:
     dropped: tuple[str, ...]
     stream: bool
     include_usage: bool
+    path: str | None = None  # the provider's path, when the body decides it (Vertex's streamRawPredict); None: as planned

@@ -1,6 +1,15 @@
 """Cloud-hosted providers through real Envoy and the real sidecar: what each cloud receives, and failover across them."""
 
-from .harness import chat, gateway_config, provider
+import json
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from extproc.mock_vertex import VertexState
+
+from .harness import chat, gateway_config, http_stream, provider
 
 HELLO = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -45,3 +54,141 @@ def test_an_azure_429_fails_over_and_azures_v1_path_needs_no_api_version(mocks, 
     assert azure.received[0].path == "/openai/deployments/east-gpt-4o/chat/completions?api-version=2025-01-01-preview"
     assert v1.received[0].path == "/openai/v1/chat/completions" and v1.received[0].header("api-key") == "azure-key-0002"
     assert v1.received[0].json()["model"] == "gpt-4o"
+
+
+CLAUDE_ON_VERTEX = "vertex_ai/claude-sonnet-4@20250514"
+RAW_PREDICT = "/v1/projects/proj-1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict"
+
+
+@pytest.fixture
+def google_key(tmp_path):
+    """A service account's key (as Google issues them) and the public half the mock's token endpoint trusts."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return tmp_path, private, public
+
+
+def vertex(mocks, google_key, lifetime_s: int = 3600, **behaviour):
+    """A Vertex mock and a service-account file whose token_uri is that mock's token endpoint; (mock, its provider entry's keys)."""
+    directory, private, public = google_key
+    mock = mocks.start("vertex", api="vertex", vertex=VertexState(public_key=public, lifetime_s=lifetime_s), **behaviour)
+    account = {
+        "type": "service_account", "project_id": "proj-1", "private_key_id": "key-1", "private_key": private,
+        "client_email": "gateway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": f"http://127.0.0.1:{mock.port}/token",
+    }  # fmt: skip
+    path = directory / f"service-account-{mock.port}.json"
+    path.write_text(json.dumps(account))
+    return mock, {"vertex_project": "proj-1", "vertex_location": "us-east5", "vertex_credentials": str(path)}
+
+
+def openai_then(mocks, gateway, model: str, entry: dict):
+    openai = mocks.start("openai", status=429, retry_after="1")
+    first = provider("openai", "openai/gpt-4o", openai, access_key="sk-openai-0001", retry_policy={"fallback_models": [model]})
+    return openai, gateway(gateway_config(first, entry))
+
+
+def test_an_openai_429_fails_over_to_claude_on_vertex_with_a_token_and_rawpredict(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key)
+    openai, gw = openai_then(mocks, gateway, CLAUDE_ON_VERTEX, provider("vertex", CLAUDE_ON_VERTEX, mock, **keys))
+
+    answer = chat(gw.port, {**HELLO, "max_tokens": 50})
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-arch-llm-provider"] == "vertex"
+    body = answer.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "[vertex] you said: hi"
+    [sent] = mock.received
+    assert sent.path == RAW_PREDICT
+    assert sent.header("authorization") == "Bearer ya29.mock-1", "the token Vertex's own endpoint issued, for the service account"
+    assert sent.header("x-api-key") is None and "sk-openai" not in json.dumps(sent.headers)
+    assert sent.json() == {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 50, "anthropic_version": "vertex-2023-10-16",
+    }, "Anthropic's Messages body, its model in the path"  # fmt: skip
+    assert openai.received[0].header("authorization") == "Bearer sk-openai-0001"
+
+
+def test_a_stream_goes_to_streamrawpredict_and_comes_back_chunk_by_chunk(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key, chunk_interval_s=0.05)
+    _openai, gw = openai_then(mocks, gateway, CLAUDE_ON_VERTEX, provider("vertex", CLAUDE_ON_VERTEX, mock, **keys))
+
+    status, _, events = http_stream(gw.port, {**HELLO, "stream": True})
+
+    assert status == 200
+    assert mock.received[0].path == RAW_PREDICT.replace(":rawPredict", ":streamRawPredict")
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if chunk["choices"]) == "[vertex] you said: hi"
+    assert events[-1][1] == "[DONE]"
+    assert events[-1][0] - events[1][0] >= 0.15, "passed on as the events came, not held to the end"
+
+
+def test_an_anthropic_client_reaches_claude_on_vertex_with_its_own_body(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key)
+    gw = gateway(gateway_config(provider("vertex", CLAUDE_ON_VERTEX, mock, **keys)))
+    ask = {"model": CLAUDE_ON_VERTEX, "max_tokens": 20, "system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]}
+
+    answer = chat(gw.port, ask, headers={"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01"}, path="/v1/messages")
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["type"] == "message" and answer.json()["content"] == [{"type": "text", "text": "[vertex] you said: hi"}]
+    [sent] = mock.received
+    assert sent.path == RAW_PREDICT and sent.header("x-api-key") is None
+    assert sent.json() == {"max_tokens": 20, "system": "Be brief.", "messages": ask["messages"], "anthropic_version": "vertex-2023-10-16"}
+
+
+def test_gemini_goes_to_vertexs_openai_endpoint_with_its_publisher(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key)
+    _openai, gw = openai_then(mocks, gateway, "vertex_ai/gemini-2.5-flash", provider("gemini", "vertex_ai/gemini-2.5-flash", mock, **keys))
+
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 200, answer.body
+    [sent] = mock.received
+    assert sent.path == "/v1/projects/proj-1/locations/us-east5/endpoints/openapi/chat/completions"
+    assert sent.json()["model"] == "google/gemini-2.5-flash" and sent.header("authorization") == "Bearer ya29.mock-1"
+
+
+def test_one_token_serves_many_requests_and_a_new_one_is_minted_before_it_expires(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key, lifetime_s=3)
+    gw = gateway(gateway_config(provider("vertex", "vertex_ai/gemini-2.5-flash", mock, **keys)))
+
+    first = [chat(gw.port, {**HELLO, "model": "vertex_ai/gemini-2.5-flash"}).status for _ in range(20)]
+    assert first == [200] * 20 and len(mock.vertex.issued) == 1, "minted once, before the first request"
+    deadline = time.monotonic() + 4.5  # past the first token's expiry
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(chat(gw.port, {**HELLO, "model": "vertex_ai/gemini-2.5-flash"}).status)
+        time.sleep(0.05)
+
+    assert set(statuses) == {200}, "no request ever went out with an expired token"
+    assert len(mock.vertex.issued) >= 2
+    used = {request.header("authorization") for request in mock.received}
+    assert used == {f"Bearer {token}" for token in mock.vertex.issued}
+
+
+def test_a_vertex_429_fails_over_and_the_next_provider_never_sees_googles_token(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key, status=429)
+    openai = mocks.start("openai")
+    gw = gateway(
+        gateway_config(
+            provider("vertex", CLAUDE_ON_VERTEX, mock, **keys, retry_policy={"fallback_models": ["openai/gpt-4o"]}),
+            provider("openai", "openai/gpt-4o", openai, access_key="sk-openai-0001"),
+        )
+    )
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_VERTEX})
+
+    assert answer.status == 200, answer.body
+    assert mock.received[0].header("authorization") == "Bearer ya29.mock-1"
+    assert openai.received[0].header("authorization") == "Bearer sk-openai-0001"
+    assert openai.received[0].path == "/v1/chat/completions" and openai.received[0].json()["model"] == "gpt-4o"
+
+
+def test_count_tokens_is_never_sent_to_vertex(mocks, gateway, google_key):
+    mock, keys = vertex(mocks, google_key)
+    gw = gateway(gateway_config(provider("vertex", CLAUDE_ON_VERTEX, mock, **keys)))
+
+    answer = chat(gw.port, {"model": CLAUDE_ON_VERTEX, "messages": [{"role": "user", "content": "hi"}]}, path="/v1/messages/count_tokens")
+
+    assert answer.status == 404 and answer.json()["error"]["type"] == "not_found_error"
+    assert not mock.received

@@ -1,0 +1,62 @@
+"""Provider kinds, as pure functions: paths, wire model names, the Vertex body, token renewal times, config keys."""
+
+import datetime
+import time
+
+import pytest
+
+from extproc import providers, translator
+from extproc.config import ConfigError, parse_config
+from extproc.providers import vertex
+
+
+def config(entries: str):
+    return parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers:\n{entries}", "t.yaml", {})
+
+
+VERTEX = config(
+    "  - {name: claude, model: vertex_ai/claude-sonnet-4@20250514, vertex_project: p1, vertex_location: us-east5}\n"
+    "  - {name: gemini, model: vertex_ai/gemini-2.5-flash, vertex_project: p1, vertex_location: global}\n"
+    "  - {name: llama, model: vertex_ai/meta/llama-4, vertex_project: p1, vertex_location: us-east5}"
+)
+
+
+def test_vertex_defaults_its_base_url_from_the_location():
+    claude, gemini, _ = VERTEX.providers.values()
+    assert (claude.host, claude.tls) == ("us-east5-aiplatform.googleapis.com", True)
+    assert gemini.host == "aiplatform.googleapis.com", "the global location has no region prefix"
+
+
+def test_claude_on_vertex_speaks_anthropics_api_on_rawpredict_and_others_openais_endpoint():
+    claude, gemini, llama = VERTEX.providers.values()
+    assert translator.provider_api(claude) == translator.ANTHROPIC_MESSAGES and translator.provider_api(gemini) == translator.OPENAI_CHAT
+    assert claude.upstream_path("/v1/messages") == "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict"
+    assert gemini.upstream_path("/v1/chat/completions") == "/v1/projects/p1/locations/global/endpoints/openapi/chat/completions"
+    assert (gemini.model_name, llama.model_name, claude.model_name) == ("google/gemini-2.5-flash", "meta/llama-4", "claude-sonnet-4@20250514")
+
+
+def test_claude_on_vertex_gets_its_body_without_model_and_its_stream_path():
+    claude = VERTEX.providers["claude"]
+    body, path = vertex.claude_body(claude, {"model": "x", "stream": True, "max_tokens": 5, "messages": []})
+    assert body == {"stream": True, "max_tokens": 5, "messages": [], "anthropic_version": "vertex-2023-10-16"}
+    assert path.endswith(":streamRawPredict")
+    pair = translator.for_attempt("/v1/messages", claude)
+    assert pair is not None and pair.answer is None, "an Anthropic client's request is only rewritten, its answer is Anthropic's already"
+    assert translator.for_attempt("/v1/chat/completions", claude).answer is not None
+
+
+@pytest.mark.parametrize(("lifetime_s", "renew_before_s"), [(3600, 300), (300, 150), (4, 2)])
+def test_a_token_is_renewed_before_it_expires(lifetime_s, renew_before_s):
+    expiry = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(seconds=lifetime_s)
+    assert vertex._renew_at(expiry) == pytest.approx(time.time() + lifetime_s - renew_before_s, abs=0.5)
+
+
+def test_a_kinds_required_keys_are_named_when_missing():
+    with pytest.raises(ConfigError) as caught:
+        config("  - {model: vertex_ai/gemini-2.5-flash, vertex_location: us-east5}")
+    assert "model_providers[0].vertex_project: is required for vertex_ai/… providers" in str(caught.value)
+
+
+def test_an_undeclared_kind_is_openai_compatible_with_a_bearer_key():
+    kind = providers.kind_named("together")
+    assert kind.api == translator.OPENAI_CHAT and kind.credential("k") == ("authorization", "Bearer k") and kind.base_url is None
