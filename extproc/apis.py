@@ -2,3 +2,4 @@
 
 OPENAI_CHAT = "openai_chat"
 ANTHROPIC_MESSAGES = "anthropic_messages"
+BEDROCK_CONVERSE = "bedrock_converse"

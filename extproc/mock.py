@@ -18,7 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from . import mock_anthropic, mock_openai, mock_vertex
+from . import mock_anthropic, mock_bedrock, mock_openai, mock_vertex
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -71,6 +71,8 @@ class MockProvider:
     strict: bool = False
     #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`mock_vertex.VertexState`).
     vertex: mock_vertex.VertexState | None = None
+    #: `api="bedrock"`: the credentials its signature check accepts (`mock_bedrock.BedrockState`).
+    bedrock: mock_bedrock.BedrockState | None = None
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -114,6 +116,9 @@ class MockProvider:
             return
         if self.api == "vertex":
             await self._answer_vertex(request, headers, writer)
+            return
+        if self.api == "bedrock":
+            await self._answer_bedrock(request, headers, writer)
             return
         refused = mock_openai.refusal(request.path, dict(request.headers), request.body) if self.strict else mock_openai.not_found(request.path)
         if self.status != 200 or refused is not None:
@@ -200,6 +205,29 @@ class MockProvider:
             writer.write(b"0\r\n\r\n")
         else:
             _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served)).encode())
+        await writer.drain()
+
+    async def _answer_bedrock(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+        state = self.bedrock or mock_bedrock.BedrockState()
+        refused = state.refusal(request.method, request.path, dict(request.headers), request.body)
+        if self.status != 200 or refused is not None:
+            status, message, kind = refused or (self.status, f"{self.name}: mock status {self.status}", None)
+            body, error_type = mock_bedrock.error(status, message, kind)
+            _write_response(writer, status, [*headers, error_type], body)
+            await writer.drain()
+            return
+        payload = json.loads(request.body)
+        _model, stream = mock_bedrock.model_of(request.path)
+        if not stream:
+            _write_response(writer, 200, headers, json.dumps(mock_bedrock.answer(self.name, payload, self.served)).encode())
+            await writer.drain()
+            return
+        _write_head(writer, headers, content_type=mock_bedrock.EVENT_STREAM)
+        for frame in mock_bedrock.frames(self.name, payload, self.served):
+            _write_chunk(writer, frame)
+            await writer.drain()
+            await asyncio.sleep(self.chunk_interval_s)
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
@@ -306,9 +334,9 @@ def _write_response(writer: asyncio.StreamWriter, status: int, headers: list[tup
     writer.write(("".join(head) + "\r\n").encode() + body)
 
 
-def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]]) -> None:
+def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]], content_type: str = "text/event-stream") -> None:
     """The head of a 200 event stream (chunked)."""
-    head = ["HTTP/1.1 200 OK\r\n", "content-type: text/event-stream\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
+    head = ["HTTP/1.1 200 OK\r\n", f"content-type: {content_type}\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
     head += [f"{key}: {value}\r\n" for key, value in headers]
     writer.write(("".join(head) + "\r\n").encode())
 

@@ -68,6 +68,11 @@ class Provider:
     vertex_project: str | None = None
     vertex_location: str | None = None
     vertex_credentials: str | None = None
+    #: AWS Bedrock: the region (the entry's, or the environment's), and fixed keys (None: the standard AWS chain).
+    aws_region_name: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic_core import PydanticCustomError
 
 from .. import providers, translator
+from ..providers import kind_of
 from . import model, schema
 from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
 
@@ -75,6 +76,7 @@ class Resolver:
             owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
         for provider in by_name.values():
             owned.update(name for name, _ in provider.headers)
+            owned.update(kind_of(provider).sets_headers)  # a signature's: restored (dropped) on the next attempt
         cooldown = file.cooldown
         return Config(
             source=self.source,
@@ -144,7 +146,11 @@ class Resolver:
         if len(self.problems) > before_keys:
             return None
         keys = {key: getattr(entry, key) for key in kind_rules.config_keys}
-        base_url = entry.base_url or (kind_rules.base_url_of(keys) if kind_rules.base_url_of else kind_rules.base_url)
+        try:
+            base_url = entry.base_url or (kind_rules.base_url_of(keys) if kind_rules.base_url_of else kind_rules.base_url)
+        except ValueError as exc:
+            self.problem(f"{path}.model", str(exc))
+            return None
         if base_url is None:
             defaults = sorted(name for name, known in providers.KINDS.items() if known.base_url)
             self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(defaults)})")
@@ -188,10 +194,7 @@ class Resolver:
             interface=schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None,
             http_host=entry.http_host,
             default_max_tokens=entry.default_max_tokens,
-            api_version=entry.api_version,
-            vertex_project=entry.vertex_project,
-            vertex_location=entry.vertex_location,
-            vertex_credentials=entry.vertex_credentials,
+            **(dict.fromkeys(providers.KIND_KEYS) | (kind_rules.settle(keys) if kind_rules.settle else keys)),
         )
 
     def unique_providers(self, providers: dict[int, model.Provider | None]) -> dict[str, model.Provider]:

@@ -318,6 +318,10 @@ class Provider(Section):
     vertex_credentials: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(
         default=None, description="vertex_ai/<model>: a service-account key file; without it, Application Default Credentials"
     )
+    aws_region_name: Text | None = Field(default=None, description="bedrock/<model>: the AWS region; default AWS_REGION, then AWS_DEFAULT_REGION")
+    aws_access_key_id: Text | None = Field(default=None, description="bedrock/<model>: with aws_secret_access_key; default: the standard AWS chain")
+    aws_secret_access_key: Text | None = Field(default=None, description="bedrock/<model>: never logged")
+    aws_session_token: Text | None = Field(default=None, description="bedrock/<model>: temporary credentials' token")
     api_version: Annotated[Text, BeforeValidator(_date_text)] | None = Field(default=None, description="azure/<deployment>: the api-version of /openai/deployments/<deployment>/…; without it, Azure's v1 path")
 
 

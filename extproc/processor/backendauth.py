@@ -20,12 +20,12 @@ def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> 
         return {name: client_values.get(name) for name in CREDENTIAL_HEADERS}
     values: dict[str, str | None] = dict.fromkeys(CREDENTIAL_HEADERS)
     kind = kind_of(provider)
-    if kind.token_source is not None:  # minted at run time (`providers.tokens`): the current one, never waited for
-        token = kind.token_source(provider).token
-        if token:
-            name, value = bearer(token)
-            values[name] = value
-    elif provider.access_key:
+    if provider.access_key:
         name, value = kind.credential(provider.access_key)  # the header each kind takes its key in
         values[name] = value
+    elif kind.token_source is not None:  # minted at run time (`providers.tokens`): the current one, never waited for
+        source = kind.token_source(provider)
+        if source is not None and source.token:
+            name, value = bearer(source.token)
+            values[name] = value
     return values

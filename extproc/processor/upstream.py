@@ -16,6 +16,8 @@ import msgspec
 from .. import providers, translator
 from ..config import Provider
 from ..config.store import Live
+from ..providers import kind_of
+from ..providers.kind import CredentialsMissing
 from . import errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
@@ -62,6 +64,17 @@ class Attempt:
             api = "Anthropic's Messages API" if translator.provider_api(self.provider) == translator.ANTHROPIC_MESSAGES else "OpenAI's chat.completions API"
             message = f"This request cannot be sent to provider {self.provider.name!r} ({api}): {exc}."
             return errors.error_reply(400, message, "invalid_request_error", "untranslatable_request")
+
+
+    def signature(self, path: str | None, body: bytes) -> list[tuple[str, str]] | errors.Reply:
+        """The headers that sign this attempt's exact bytes, for a kind that signs (Bedrock); the client's error when it cannot be."""
+        sign = kind_of(self.provider).sign
+        if sign is None:
+            return []
+        try:
+            return sign(self.provider, path or dict(self.headers.set)[":path"], body)
+        except CredentialsMissing as exc:
+            return errors.error_reply(503, f"{exc}.", "api_error", "provider_credentials_missing")
 
 
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Collection[str], number: int = 0) -> Attempt | errors.Reply:

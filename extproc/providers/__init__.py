@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import anthropic, azure, openai, vertex
+from . import anthropic, azure, bedrock, openai, vertex
 from .kind import Kind
 
 if TYPE_CHECKING:
     from ..config import Provider
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS)}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS, *bedrock.KINDS)}
 #: Every provider entry key some kind owns.
 KIND_KEYS = frozenset().union(*(kind.config_keys for kind in KINDS.values()))
 #: Endpoints only some kinds serve (Anthropic's token counting).

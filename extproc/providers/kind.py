@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from .tokens import TokenSource
 
 
+class CredentialsMissing(Exception):
+    """A provider's credentials could not be found: its attempt is refused, the message saying where they are looked for."""
+
+
 def bearer(key: str) -> tuple[str, str]:
     return "authorization", f"Bearer {key}"
 
@@ -36,6 +40,8 @@ class Kind:
     config_keys: frozenset[str] = frozenset()
     #: Endpoints only some kinds serve (`providers.OWN_ENDPOINTS`) that this one does: a request for one goes to such kinds only.
     own_endpoints: frozenset[str] = frozenset()
+    #: The entry's own keys as its provider keeps them, defaults filled in (Bedrock: the region from the environment).
+    settle: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     #: Of `config_keys`, those an entry of this kind must set.
     required_keys: tuple[str, ...] = ()
     #: The default base_url from the entry's own keys (a region, say), when it depends on them.
@@ -47,9 +53,14 @@ class Kind:
     #: The model name requests carry, from the one in `model` (Vertex: `google/<model>`).
     wire_model: Callable[[str], str] | None = None
     #: A credential minted at run time (an OAuth token), sent as `Authorization: Bearer`; None: `access_key`.
-    token_source: Callable[[Provider], TokenSource] | None = None
+    token_source: Callable[[Provider], TokenSource | None] | None = None
     #: provider -> a rewrite of its API's body it needs beyond the model (body -> (body, path)); None: as the API has it.
     body_dialect: Callable[[Provider], Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None] | None = None
+
+    #: (provider, path, the exact body) -> the headers that sign this attempt (SigV4); None: attempts are not signed.
+    sign: Callable[[Provider, str, bytes], list[tuple[str, str]]] | None = None
+    #: Headers its attempts set beyond the credential header (a signature's), dropped again for the next attempt.
+    sets_headers: frozenset[str] = frozenset()
 
     def api_for(self, provider: Provider) -> str:
         return self.api_of(provider) if self.api_of is not None else self.api

@@ -38,9 +38,10 @@ def sources(configs: Iterable[Config]) -> set[TokenSource]:
     found: set[TokenSource] = set()
     for config in configs:
         for provider in config.providers.values():
-            source = kind_of(provider).token_source
+            make = kind_of(provider).token_source
+            source = make(provider) if make is not None else None
             if source is not None:
-                found.add(source(provider))
+                found.add(source)
     return found
 
 

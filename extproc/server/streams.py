@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2, text_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from .. import translator
+from ..config import Provider
 from ..config.store import Live
 from ..contract import (
     ATTEMPT_NAMESPACE,
@@ -256,14 +257,20 @@ class UpstreamStream:
         pair = self.attempt.translation
         assert pair is not None
         if pair.answer is not None:
-            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider.name, translated.include_usage)
+            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage)
         else:
             self.done = not self.attempt.last  # the answer is in the client's API already: only a last attempt's headers are watched
-        response = pb.ProcessingResponse()
-        if translated.path is not None:
-            set_headers(response.request_body.response.header_mutation.set_headers, [(":path", translated.path)])
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
-        return with_body(response, "request_body", msgspec.json.encode(translated.body))
+        sent = msgspec.json.encode(translated.body)
+        signature = self.attempt.signature(translated.path, sent)
+        if isinstance(signature, errors.Reply):
+            self.reply = errors.for_client(signature, self.client_path)
+            self.done = True
+            return immediate(self.reply)
+        response = pb.ProcessingResponse()
+        path = [(":path", translated.path)] if translated.path is not None else []
+        set_headers(response.request_body.response.header_mutation.set_headers, [*path, *signature])
+        return with_body(response, "request_body", sent)
 
     def _cluster(self, request: pb.ProcessingRequest) -> str | None:
         """The picked endpoint's cluster, from its metadata (Envoy sends `xds.upstream_host_metadata` as text-format proto)."""
@@ -301,9 +308,10 @@ def _cluster_of(host_metadata: str) -> str | None:
 class _AnswerTranslation:
     """A translated attempt's answer, back in the client's API: whole when JSON, event by event when a stream."""
 
-    def __init__(self, answer: translator.Answer, provider: str, include_usage: bool):
+    def __init__(self, answer: translator.Answer, provider: Provider, include_usage: bool):
         self.answer = answer
-        self.provider = provider
+        self.provider = provider.name
+        self.model = provider.model_name
         self.status = 0
         self.stream: translator.AnswerStream | None = None
         self.include_usage = include_usage
@@ -312,9 +320,9 @@ class _AnswerTranslation:
     def on_headers(self, status: int, headers: dict[str, str]) -> pb.ProcessingResponse:
         """Ask for the body: chunk by chunk for an event stream (Envoy drops content-length), else whole."""
         self.status = status
-        streamed = status == 200 and headers.get("content-type", "").startswith("text/event-stream")
+        streamed = status == 200 and headers.get("content-type", "").startswith(self.answer.stream_type)
         if streamed:
-            self.stream = self.answer.stream(self.include_usage)
+            self.stream = self.answer.stream(self.include_usage, self.model)
         response = pb.ProcessingResponse()
         set_headers(response.response_headers.response.header_mutation.set_headers, [("content-type", "text/event-stream" if streamed else "application/json")])
         response.mode_override.CopyFrom(_ANSWER_STREAMED if streamed else _ANSWER_BUFFERED)
@@ -333,7 +341,7 @@ class _AnswerTranslation:
             answer = self.answer.error(self.status, body, self.provider)
         else:
             try:
-                answer = self.answer.response(msgspec.json.decode(body))
+                answer = self.answer.response(msgspec.json.decode(body), self.model)
             except (ValueError, AttributeError, TypeError, IndexError):
                 answer = self.answer.error(502, b"", self.provider)
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..apis import ANTHROPIC_MESSAGES, OPENAI_CHAT
+from ..apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE, OPENAI_CHAT
 from ..providers import kind_of
-from . import anthropic_openai, openai_anthropic, tables
+from . import anthropic_openai, openai_anthropic, openai_bedrock, tables
 from .base import InvalidField, Request, TranslationError
 
 if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the config imports this package's pairs (the headers a tran
 #: The client paths whose requests are translated, by the API they speak.
 CHAT_COMPLETIONS = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
+#: The content type of AWS's binary event streams (Bedrock's converse-stream).
+EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
 class AnswerStream(Protocol):
@@ -34,9 +36,11 @@ class AnswerStream(Protocol):
 class Answer:
     """How a provider's answer comes back in the client's API: whole, as an error, or event by event."""
 
-    response: Callable[[Any], dict[str, Any]]
-    error: Callable[[int, bytes, str], dict[str, Any]]
-    stream: Callable[[bool], AnswerStream]  # include_usage -> a translator of the answer's events
+    response: Callable[[Any, str], dict[str, Any]]  # (answer, the provider's model id) -> the client's answer
+    error: Callable[[int, bytes, str], dict[str, Any]]  # (status, body, provider name)
+    stream: Callable[[bool, str], AnswerStream]  # (include_usage, the provider's model id) -> a translator of the answer's events
+    #: The content type of an answer stream from the provider.
+    stream_type: str = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -70,17 +74,37 @@ OPENAI_TO_ANTHROPIC = Pair(
     path=openai_anthropic.PATH,
     headers=openai_anthropic.REQUEST_HEADERS,
     request=lambda payload, provider: openai_anthropic.request(payload, provider.model_name, provider.default_max_tokens),
-    answer=Answer(openai_anthropic.response, openai_anthropic.error, openai_anthropic.StreamTranslator),
+    answer=Answer(lambda payload, _: openai_anthropic.response(payload), openai_anthropic.error, lambda usage, _: openai_anthropic.StreamTranslator(usage)),
 )
 ANTHROPIC_TO_OPENAI = Pair(
     label=f"{ANTHROPIC_MESSAGES}->{OPENAI_CHAT}",
     path=anthropic_openai.PATH,
     headers=anthropic_openai.REQUEST_HEADERS,
     request=lambda payload, provider: anthropic_openai.request(payload, provider.model_name, kind_of(provider).max_tokens_field),
-    answer=Answer(anthropic_openai.response, anthropic_openai.error, anthropic_openai.StreamTranslator),
+    answer=Answer(lambda payload, _: anthropic_openai.response(payload), anthropic_openai.error, lambda usage, _: anthropic_openai.StreamTranslator(usage)),
 )
+OPENAI_TO_BEDROCK = Pair(
+    label=f"{OPENAI_CHAT}->{BEDROCK_CONVERSE}",
+    path=None,  # the kind's: /model/<id>/converse(-stream)
+    headers={"accept-encoding": "identity"},
+    request=lambda payload, provider: openai_bedrock.request(payload, provider.model_name, provider.default_max_tokens),
+    answer=Answer(openai_bedrock.response, openai_bedrock.error, lambda usage, model: openai_bedrock.StreamTranslator(usage, model), stream_type=EVENT_STREAM),
+)
+
+
+def _not_yet(payload: Any, provider: Provider) -> Request:
+    raise TranslationError("Anthropic-format requests are not translated for Bedrock's Converse API yet (an OpenAI-format client can use this provider)")
+
+
+#: (client API, provider API) -> the translation between them.
+PAIRS = {
+    (OPENAI_CHAT, ANTHROPIC_MESSAGES): OPENAI_TO_ANTHROPIC,
+    (ANTHROPIC_MESSAGES, OPENAI_CHAT): ANTHROPIC_TO_OPENAI,
+    (OPENAI_CHAT, BEDROCK_CONVERSE): OPENAI_TO_BEDROCK,
+    (ANTHROPIC_MESSAGES, BEDROCK_CONVERSE): Pair(label=f"{ANTHROPIC_MESSAGES}->{BEDROCK_CONVERSE}", path=None, headers={}, request=_not_yet),
+}
 #: Every header a translation sets or removes: the config owns them, so each attempt restores the client's values.
-HEADERS = frozenset({*OPENAI_TO_ANTHROPIC.headers, *ANTHROPIC_TO_OPENAI.headers})
+HEADERS = frozenset(name for pair in PAIRS.values() for name in pair.headers)
 
 
 def _as_sent(payload: Any, provider: Provider) -> Request:
@@ -109,9 +133,10 @@ def for_attempt(path: str, provider: Provider) -> Pair | None:
     if client is None:
         return None
     dialect = kind_of(provider).dialect_for(provider)
-    if client == provider_api(provider):
+    server = provider_api(provider)
+    if client == server:
         return replace(_SAME_API[client], dialect=dialect) if dialect is not None else None
-    pair = OPENAI_TO_ANTHROPIC if client == OPENAI_CHAT else ANTHROPIC_TO_OPENAI
+    pair = PAIRS[client, server]
     return replace(pair, dialect=dialect) if dialect is not None else pair
 
 

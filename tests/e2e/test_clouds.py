@@ -7,9 +7,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from extproc.mock_bedrock import BedrockState
 from extproc.mock_vertex import VertexState
 
-from .harness import chat, gateway_config, http_stream, provider
+from .harness import chat, gateway_config, http_stream, provider, wait_for
 
 HELLO = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -192,3 +193,113 @@ def test_count_tokens_is_never_sent_to_vertex(mocks, gateway, google_key):
 
     assert answer.status == 404 and answer.json()["error"]["type"] == "not_found_error"
     assert not mock.received
+
+
+CLAUDE_ON_BEDROCK = "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"
+CONVERSE = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+AWS_KEYS = {"aws_region_name": "us-east-1", "aws_access_key_id": "AKIAMOCKMOCKMOCK0001", "aws_secret_access_key": "mock-secret-access-key"}
+
+
+def bedrock(mocks, **behaviour):
+    return mocks.start("bedrock", api="bedrock", bedrock=BedrockState(), **behaviour)
+
+
+def test_an_openai_429_fails_over_to_bedrock_signed_over_the_body_and_translated(mocks, gateway):
+    mock = bedrock(mocks)
+    openai, gw = openai_then(mocks, gateway, CLAUDE_ON_BEDROCK, provider("bedrock", CLAUDE_ON_BEDROCK, mock, **AWS_KEYS))
+
+    answer = chat(gw.port, {**HELLO, "messages": [{"role": "system", "content": "Be brief."}, *HELLO["messages"]], "temperature": 0.3, "stop": "END", "max_tokens": 99})
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-arch-llm-provider"] == "bedrock"
+    body = answer.json()
+    assert body["object"] == "chat.completion" and body["model"] == "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "[bedrock] you said: hi"}, "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}
+    [sent] = mock.received
+    assert sent.path == CONVERSE, "the model id percent-encoded in the path"
+    assert sent.header("authorization").startswith("AWS4-HMAC-SHA256 Credential=AKIAMOCKMOCKMOCK0001/"), "the mock verified it over the bytes it got"
+    assert sent.header("x-amz-date") and "sk-openai" not in json.dumps(sent.headers)
+    assert sent.json() == {
+        "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+        "system": [{"text": "Be brief."}],
+        "inferenceConfig": {"maxTokens": 99, "temperature": 0.3, "stopSequences": ["END"]},
+    }
+    assert openai.received[0].header("x-amz-date") is None
+    wait_for(lambda: gw.metric("extproc_tokens_total", provider="bedrock", model=CLAUDE_ON_BEDROCK, type="output") == 4)
+
+
+def test_a_bedrock_stream_arrives_frame_by_frame_as_chat_completion_chunks(mocks, gateway):
+    mock = bedrock(mocks, chunk_interval_s=0.05)
+    _openai, gw = openai_then(mocks, gateway, CLAUDE_ON_BEDROCK, provider("bedrock", CLAUDE_ON_BEDROCK, mock, **AWS_KEYS))
+
+    status, headers, events = http_stream(gw.port, {**HELLO, "stream": True, "stream_options": {"include_usage": True}})
+
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert mock.received[0].path == CONVERSE.replace("/converse", "/converse-stream")
+    assert "stream" not in mock.received[0].json(), "Converse takes the stream choice in its path"
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert events[-1][1] == "[DONE]"
+    assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if chunk["choices"]) == "[bedrock] you said: hi"
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}
+    assert events[-1][0] - events[1][0] >= 0.2, "passed on as the frames came, not held to the end"
+
+
+def test_tool_calls_round_trip_through_bedrock(mocks, gateway):
+    mock = bedrock(mocks)
+    gw = gateway(gateway_config(provider("bedrock", CLAUDE_ON_BEDROCK, mock, **AWS_KEYS)))
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+
+    answer = chat(gw.port, {"model": CLAUDE_ON_BEDROCK, "messages": [{"role": "user", "content": "find cats"}], "tools": tools, "tool_choice": "required"})
+
+    assert answer.status == 200, answer.body
+    choice = answer.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "lookup" and json.loads(call["function"]["arguments"]) == {"echo": "find cats"}
+    assert mock.received[0].json()["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "lookup", "inputSchema": {"json": tools[0]["function"]["parameters"]}, "description": "Look it up"}}],
+        "toolChoice": {"any": {}},
+    }
+    follow_up = [{"role": "user", "content": "find cats"}, {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "tool_call_id": call["id"], "content": "3 cats"}]
+
+    answer = chat(gw.port, {"model": CLAUDE_ON_BEDROCK, "messages": follow_up, "tools": tools})
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["choices"][0]["message"]["content"] == "[bedrock] you said: 3 cats"
+    assert mock.received[1].json()["messages"][1:] == [
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": call["id"], "name": "lookup", "input": {"echo": "find cats"}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": call["id"], "content": [{"text": "3 cats"}]}}]},
+    ]
+
+
+def test_bedrock_throttling_fails_over_and_its_errors_reach_the_client_as_openai_json(mocks, gateway):
+    throttled = bedrock(mocks, status=429)
+    openai = mocks.start("openai")
+    gw = gateway(
+        gateway_config(
+            provider("bedrock", CLAUDE_ON_BEDROCK, throttled, **AWS_KEYS, retry_policy={"fallback_models": ["openai/gpt-4o"]}),
+            provider("openai", "openai/gpt-4o", openai, access_key="sk-openai-0001"),
+            provider("wrong-key", "bedrock/amazon.nova-pro-v1:0", throttled, **{**AWS_KEYS, "aws_secret_access_key": "not-the-secret"}),
+        )
+    )
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_BEDROCK})
+    refused = chat(gw.port, {**HELLO, "model": "bedrock/amazon.nova-pro-v1:0"})
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "openai"
+    assert openai.received[0].header("authorization") == "Bearer sk-openai-0001" and openai.received[0].header("x-amz-date") is None
+    wait_for(lambda: gw.metric("extproc_provider_cooldowns_total", provider="bedrock", reason="rate_limited") == 1)
+    assert refused.status == 403, "a signature made with the wrong secret is refused by the mock"
+    assert refused.json() == {"error": {"message": "The request signature we calculated does not match the signature you provided.", "type": "permission_error", "code": "bedrock_error"}}
+
+
+def test_a_bedrock_api_key_is_sent_as_a_bearer_token_unsigned(mocks, gateway):
+    mock = mocks.start("bedrock", api="bedrock", bedrock=BedrockState(api_key="bedrock-api-key-0001"))
+    gw = gateway(gateway_config(provider("bedrock", CLAUDE_ON_BEDROCK, mock, aws_region_name="us-east-1", access_key="bedrock-api-key-0001")))
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_BEDROCK})
+
+    assert answer.status == 200, answer.body
+    assert mock.received[0].header("authorization") == "Bearer bedrock-api-key-0001" and mock.received[0].header("x-amz-date") is None

@@ -7,7 +7,8 @@ import pytest
 
 from extproc import providers, translator
 from extproc.config import ConfigError, parse_config
-from extproc.providers import vertex
+from extproc.mock_bedrock import BedrockState
+from extproc.providers import bedrock, vertex
 
 
 def config(entries: str):
@@ -60,3 +61,30 @@ def test_a_kinds_required_keys_are_named_when_missing():
 def test_an_undeclared_kind_is_openai_compatible_with_a_bearer_key():
     kind = providers.kind_named("together")
     assert kind.api == translator.OPENAI_CHAT and kind.credential("k") == ("authorization", "Bearer k") and kind.base_url is None
+
+
+BEDROCK = "  - {name: b, model: 'bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0', aws_region_name: us-east-1, aws_access_key_id: AKIAMOCKMOCKMOCK0001, aws_secret_access_key: mock-secret-access-key}"
+
+
+def test_a_bedrock_signature_covers_the_body_one_changed_byte_and_it_is_refused():
+    provider = config(BEDROCK).providers["b"]
+    bedrock.credentials_for(provider).refresh()
+    path, body = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse", b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}'
+    headers = {"host": provider.authority, **dict(bedrock.sign(provider, path, body))}
+    mock = BedrockState()
+
+    assert mock.refusal("POST", path, headers, body) is None
+    assert mock.refusal("POST", path, headers, body.replace(b"hi", b"ho"))[2] == "InvalidSignatureException"
+    assert mock.refusal("POST", path.replace("converse", "converse-stream"), headers, body)[2] == "InvalidSignatureException"
+    assert "mock-secret-access-key" not in repr(provider), "the secret never shows in a repr (nor in logs)"
+
+
+def test_bedrocks_region_comes_from_the_entry_else_the_environment(monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    provider = next(iter(config("  - {model: 'bedrock/amazon.nova-pro-v1:0'}").providers.values()))
+    assert (provider.host, provider.aws_region_name) == ("bedrock-runtime.eu-west-3.amazonaws.com", "eu-west-3")
+    assert provider.upstream_path("/v1/chat/completions") == "/model/amazon.nova-pro-v1%3A0/converse"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    with pytest.raises(ConfigError, match=r"model_providers\[0\]\.model: bedrock/… providers need a region"):
+        config("  - {model: 'bedrock/amazon.nova-pro-v1:0'}")

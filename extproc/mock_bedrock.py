@@ -1,0 +1,154 @@
+"""The mock provider's AWS Bedrock Converse API (`api="bedrock"`).
+
+It checks what Bedrock checks, so a test proves the gateway's signing and
+translation, not just its plumbing: a SigV4 signature (service `bedrock`)
+recomputed over the exact bytes received with the secret key it knows (one
+byte changed and it refuses), or a Bedrock API key; Converse's own fields
+only; a model id in the path. It answers as Converse does: JSON, or AWS
+event-stream frames (with their CRC32s) for `converse-stream`; errors are
+`{"message"}` with an `x-amzn-errortype` header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
+_AUTHORIZATION = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
+KNOWN_FIELDS = frozenset({
+    "messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
+    "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig",
+})  # fmt: skip
+_ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException", 429: "ThrottlingException", 503: "ServiceUnavailableException"}
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+
+def error(status: int, message: str, kind: str | None = None) -> tuple[bytes, tuple[str, str]]:
+    """A Bedrock error body and its `x-amzn-errortype` header."""
+    return json.dumps({"message": message}).encode(), ("x-amzn-errortype", f"{kind or _ERROR_TYPES.get(status, 'InternalServerException')}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+
+
+@dataclass
+class BedrockState:
+    """The credentials the mock accepts: an access key pair (SigV4), or a Bedrock API key."""
+
+    access_key_id: str = "AKIAMOCKMOCKMOCK0001"
+    secret_access_key: str = "mock-secret-access-key"
+    region: str = "us-east-1"
+    api_key: str | None = None
+
+    def refusal(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
+        """(status, message, error type) for a request Bedrock would refuse; None when it is well formed and signed."""
+        bad = self._credentials(method, path, headers, body)
+        if bad is not None:
+            return bad
+        if not _PATH.match(path.split("?", 1)[0]):
+            return 404, f"Unknown operation {path}", "UnknownOperationException"
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return 400, "Malformed input request, please reformat your input and try again.", "ValidationException"
+        unknown = sorted(set(payload) - KNOWN_FIELDS) if isinstance(payload, dict) else ["(not an object)"]
+        if unknown:
+            return 400, f"Malformed input request: extraneous key [{unknown[0]}] is not permitted", "ValidationException"
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages or any(not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant") for turn in messages):
+            return 400, "A conversation must start with a user message and alternate user and assistant roles.", "ValidationException"
+        for turn in messages:
+            for block in turn.get("content") or ():
+                if not isinstance(block, dict) or len(block) != 1 or next(iter(block)) not in ("text", "image", "toolUse", "toolResult", "document"):
+                    return 400, f"Malformed input request: invalid content block {json.dumps(block)[:80]}", "ValidationException"
+        return None
+
+    def _credentials(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        authorization = headers.get("authorization", "")
+        if self.api_key is not None and authorization == f"Bearer {self.api_key}":
+            return None
+        match = _AUTHORIZATION.match(authorization)
+        if match is None:
+            return 403, "Missing Authentication Token", "MissingAuthenticationTokenException"
+        key_id, _date, region, service, signed_headers, signature = match.groups()
+        if key_id != self.access_key_id:
+            return 403, "The security token included in the request is invalid.", "UnrecognizedClientException"
+        if (region, service) != (self.region, "bedrock"):
+            return 403, f"Credential should be scoped to a valid region and service 'bedrock' in '{self.region}'.", "InvalidSignatureException"
+        names = signed_headers.split(";")
+        if "host" not in names or "x-amz-date" not in names:
+            return 403, "The signature must cover host and x-amz-date.", "InvalidSignatureException"
+        request = AWSRequest(method=method, url=f"http://{headers.get('host', '')}{path}", data=body, headers={name: headers.get(name, "") for name in names if name != "host"})
+        auth = SigV4Auth(Credentials(self.access_key_id, self.secret_access_key), "bedrock", self.region)
+        request.context["timestamp"] = headers.get("x-amz-date", "")
+        expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+        if expected != signature:
+            return 403, "The request signature we calculated does not match the signature you provided.", "InvalidSignatureException"
+        return None
+
+
+def model_of(path: str) -> tuple[str, bool]:
+    match = _PATH.match(path.split("?", 1)[0])
+    assert match is not None
+    return unquote(match.group(1)), match.group(2) == "converse-stream"
+
+
+def _said(payload: dict[str, Any]) -> tuple[str, bool]:
+    """The text of the last user turn, and whether it carries tool results."""
+    last = payload["messages"][-1].get("content") or []
+    texts = [block["text"] for block in last if "text" in block]
+    texts += [part.get("text", "") for block in last if "toolResult" in block for part in block["toolResult"].get("content", [])]
+    return " ".join(texts), any("toolResult" in block for block in last)
+
+
+def answer(name: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
+    said, results = _said(payload)
+    tools = (payload.get("toolConfig") or {}).get("tools") or []
+    if tools and not results:
+        block: dict[str, Any] = {"toolUse": {"toolUseId": f"tooluse_{name}_{number}", "name": tools[0]["toolSpec"]["name"], "input": {"echo": said}}}
+        stop = "tool_use"
+    else:
+        block, stop = {"text": f"[{name}] you said: {said}"}, "end_turn"
+    words = sum(len(part["text"].split()) for turn in payload["messages"] for part in turn["content"] if "text" in part)
+    output = len(block["text"].split()) if "text" in block else 1
+    return {
+        "output": {"message": {"role": "assistant", "content": [block]}},
+        "stopReason": stop,
+        "usage": {"inputTokens": words, "outputTokens": output, "totalTokens": words + output},
+        "metrics": {"latencyMs": 1},
+    }
+
+
+def frames(name: str, payload: dict[str, Any], number: int) -> list[bytes]:
+    """The same answer as event-stream frames: text word by word, a tool's input in two pieces."""
+    whole = answer(name, payload, number)
+    block = whole["output"]["message"]["content"][0]
+    out = [frame("messageStart", {"role": "assistant"})]
+    if "text" in block:
+        words = block["text"].split(" ")
+        out += [frame("contentBlockDelta", {"delta": {"text": word if index == 0 else f" {word}"}, "contentBlockIndex": 0}) for index, word in enumerate(words)]
+    else:
+        use = block["toolUse"]
+        out.append(frame("contentBlockStart", {"start": {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}, "contentBlockIndex": 0}))
+        text = json.dumps(use["input"])
+        out += [frame("contentBlockDelta", {"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": 0}) for piece in (text[: len(text) // 2], text[len(text) // 2 :])]
+    out += [frame("contentBlockStop", {"contentBlockIndex": 0}), frame("messageStop", {"stopReason": whole["stopReason"]}), frame("metadata", {"usage": whole["usage"], "metrics": {"latencyMs": 1}})]
+    return out
+
+
+def frame(event_type: str, payload: dict[str, Any], message_type: str = "event") -> bytes:
+    """One AWS event-stream message: prelude (lengths, CRC), string headers, JSON payload, CRC of it all."""
+    headers = b"".join(
+        len(key).to_bytes(1, "big") + key + b"\x07" + len(value).to_bytes(2, "big") + value
+        for key, value in ((b":event-type", event_type.encode()), (b":content-type", b"application/json"), (b":message-type", message_type.encode()))
+    )
+    body = json.dumps(payload).encode()
+    prelude = (12 + len(headers) + len(body) + 4).to_bytes(4, "big") + len(headers).to_bytes(4, "big")
+    message = prelude + zlib.crc32(prelude).to_bytes(4, "big") + headers + body
+    return message + zlib.crc32(message).to_bytes(4, "big")
