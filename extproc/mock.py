@@ -217,13 +217,15 @@ class MockProvider:
             await writer.drain()
             return
         payload = json.loads(request.body)
-        _model, stream = mock_bedrock.model_of(request.path)
-        if not stream:
-            _write_response(writer, 200, headers, json.dumps(mock_bedrock.answer(self.name, payload, self.served)).encode())
+        model_id, operation = mock_bedrock.operation(request.path)
+        if operation in ("converse", "invoke"):
+            whole = mock_bedrock.answer(self.name, payload, self.served) if operation == "converse" else mock_bedrock.invoke_answer(self.name, model_id, payload, self.served)
+            _write_response(writer, 200, headers, json.dumps(whole).encode())
             await writer.drain()
             return
         _write_head(writer, headers, content_type=mock_bedrock.EVENT_STREAM)
-        for frame in mock_bedrock.frames(self.name, payload, self.served):
+        frames = mock_bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else mock_bedrock.invoke_frames(self.name, model_id, payload, self.served)
+        for frame in frames:
             _write_chunk(writer, frame)
             await writer.drain()
             await asyncio.sleep(self.chunk_interval_s)

@@ -11,6 +11,7 @@ event-stream frames (with their CRC32s) for `converse-stream`; errors are
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import zlib
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
+from . import mock_anthropic
+
+_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
 _AUTHORIZATION = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
 KNOWN_FIELDS = frozenset({
     "messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
@@ -47,12 +50,15 @@ class BedrockState:
         bad = self._credentials(method, path, headers, body)
         if bad is not None:
             return bad
-        if not _PATH.match(path.split("?", 1)[0]):
+        match = _PATH.match(path.split("?", 1)[0])
+        if not match:
             return 404, f"Unknown operation {path}", "UnknownOperationException"
         try:
             payload = json.loads(body)
         except ValueError:
             return 400, "Malformed input request, please reformat your input and try again.", "ValidationException"
+        if match.group(2).startswith("invoke"):
+            return _invoke_refusal(unquote(match.group(1)), payload)
         unknown = sorted(set(payload) - KNOWN_FIELDS) if isinstance(payload, dict) else ["(not an object)"]
         if unknown:
             return 400, f"Malformed input request: extraneous key [{unknown[0]}] is not permitted", "ValidationException"
@@ -93,10 +99,36 @@ class BedrockState:
         return None
 
 
-def model_of(path: str) -> tuple[str, bool]:
+def _invoke_refusal(model_id: str, payload: Any) -> tuple[int, str, str] | None:
+    """InvokeModel with Claude: Anthropic's body, its version for Bedrock, no `model` (the path has it)."""
+    if "anthropic.claude" not in model_id:
+        return 400, f"The mock serves InvokeModel for Claude only, not {model_id}", "ValidationException"
+    if not isinstance(payload, dict) or payload.get("anthropic_version") != "bedrock-2023-05-31":
+        return 400, "Malformed input request: anthropic_version bedrock-2023-05-31 is required", "ValidationException"
+    unknown = sorted(set(payload) - mock_anthropic.KNOWN_FIELDS - {"anthropic_version"} | ({"model", "stream"} & set(payload)))
+    if unknown:
+        return 400, f"Malformed input request: extraneous key [{unknown[0]}] is not permitted", "ValidationException"
+    if not isinstance(payload.get("max_tokens"), int) or not isinstance(payload.get("messages"), list):
+        return 400, "Malformed input request: max_tokens and messages are required", "ValidationException"
+    return None
+
+
+def operation(path: str) -> tuple[str, str]:
+    """(model id, operation) of a model call's path."""
     match = _PATH.match(path.split("?", 1)[0])
     assert match is not None
-    return unquote(match.group(1)), match.group(2) == "converse-stream"
+    return unquote(match.group(1)), match.group(2)
+
+
+def invoke_answer(name: str, model_id: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
+    return mock_anthropic.answer(name, {**payload, "model": model_id}, number)
+
+
+def invoke_frames(name: str, model_id: str, payload: dict[str, Any], number: int) -> list[bytes]:
+    """Anthropic's events for the same answer, each in a `chunk` frame (base64 in `bytes`), as invoke-with-response-stream sends them."""
+    events = mock_anthropic.events(name, {**payload, "model": model_id}, number)
+    data = [line[len(b"data: ") :] for event in events for line in event.split(b"\n") if line.startswith(b"data: ")]
+    return [frame("chunk", {"bytes": base64.b64encode(item).decode()}) for item in data]
 
 
 def _said(payload: dict[str, Any]) -> tuple[str, bool]:

@@ -55,6 +55,11 @@ def converse_path(provider: Provider, stream: bool) -> str:
     return f"{provider.path_prefix}/model/{quote(provider.model_name, safe='')}/{'converse-stream' if stream else 'converse'}"
 
 
+def invoke_path(provider: Provider, stream: bool) -> str:
+    """InvokeModel's path: Claude with Anthropic's own bodies (an Anthropic-format client's)."""
+    return f"{provider.path_prefix}/model/{quote(provider.model_name, safe='')}/{'invoke-with-response-stream' if stream else 'invoke'}"
+
+
 def converse_body(provider: Provider, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Converse takes the stream choice in its path, not its body."""
     stream = body.get("stream") is True

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE, OPENAI_CHAT
-from ..providers import kind_of
-from . import anthropic_openai, openai_anthropic, openai_bedrock, tables
+from ..providers import bedrock, kind_of
+from . import anthropic_bedrock, anthropic_openai, openai_anthropic, openai_bedrock, tables
 from .base import InvalidField, Request, TranslationError
 
 if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
@@ -55,6 +55,8 @@ class Pair:
     answer: Answer | None = None
     #: The provider kind's own rewrite of the translated body, and the path it decides (`providers.Kind.body_dialect`).
     dialect: Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None = None
+    #: The request is in the provider's wire format already (path included): the kind's dialect does not apply.
+    wire_format: bool = False
 
     @property
     def translates_answer(self) -> bool:
@@ -92,8 +94,9 @@ OPENAI_TO_BEDROCK = Pair(
 )
 
 
-def _not_yet(payload: Any, provider: Provider) -> Request:
-    raise TranslationError("Anthropic-format requests are not translated for Bedrock's Converse API yet (an OpenAI-format client can use this provider)")
+def _invoke(payload: Any, provider: Provider) -> Request:
+    stream = isinstance(payload, dict) and payload.get("stream") is True
+    return anthropic_bedrock.request(payload, provider.model_name, bedrock.invoke_path(provider, stream))
 
 
 #: (client API, provider API) -> the translation between them.
@@ -101,7 +104,15 @@ PAIRS = {
     (OPENAI_CHAT, ANTHROPIC_MESSAGES): OPENAI_TO_ANTHROPIC,
     (ANTHROPIC_MESSAGES, OPENAI_CHAT): ANTHROPIC_TO_OPENAI,
     (OPENAI_CHAT, BEDROCK_CONVERSE): OPENAI_TO_BEDROCK,
-    (ANTHROPIC_MESSAGES, BEDROCK_CONVERSE): Pair(label=f"{ANTHROPIC_MESSAGES}->{BEDROCK_CONVERSE}", path=None, headers={}, request=_not_yet),
+    # Claude on Bedrock through InvokeModel: Anthropic's own bodies, so the kind's Converse dialect does not apply.
+    (ANTHROPIC_MESSAGES, BEDROCK_CONVERSE): Pair(
+        label=f"{ANTHROPIC_MESSAGES}->bedrock_invoke",
+        path=None,
+        headers={"accept-encoding": "identity"},
+        request=_invoke,
+        answer=Answer(anthropic_bedrock.response, anthropic_bedrock.error, lambda usage, model: anthropic_bedrock.StreamTranslator(usage, model), stream_type=EVENT_STREAM),
+        wire_format=True,
+    ),
 }
 #: Every header a translation sets or removes: the config owns them, so each attempt restores the client's values.
 HEADERS = frozenset(name for pair in PAIRS.values() for name in pair.headers)
@@ -137,7 +148,7 @@ def for_attempt(path: str, provider: Provider) -> Pair | None:
     if client == server:
         return replace(_SAME_API[client], dialect=dialect) if dialect is not None else None
     pair = PAIRS[client, server]
-    return replace(pair, dialect=dialect) if dialect is not None else pair
+    return replace(pair, dialect=dialect) if dialect is not None and not pair.wire_format else pair
 
 
 def speaks_anthropic(path: str) -> bool:

@@ -303,3 +303,62 @@ def test_a_bedrock_api_key_is_sent_as_a_bearer_token_unsigned(mocks, gateway):
 
     assert answer.status == 200, answer.body
     assert mock.received[0].header("authorization") == "Bearer bedrock-api-key-0001" and mock.received[0].header("x-amz-date") is None
+
+
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01"}
+
+
+def test_an_anthropic_client_falls_over_anthropic_to_bedrock_to_vertex_with_anthropics_own_bodies(mocks, gateway, google_key):
+    """The chain Claude Code users ask for: Claude on Anthropic, then on Bedrock (InvokeModel), then on Vertex (rawPredict)."""
+    anthropic = mocks.start("anthropic", api="anthropic", status=429, retry_after="1")
+    aws = bedrock(mocks, status=429)
+    google, keys = vertex(mocks, google_key)
+    gw = gateway(
+        gateway_config(
+            provider("anthropic", "anthropic/claude-sonnet-4", anthropic, access_key="sk-ant-0001", retry_policy={"fallback_models": [CLAUDE_ON_BEDROCK, CLAUDE_ON_VERTEX]}),
+            provider("bedrock", CLAUDE_ON_BEDROCK, aws, **AWS_KEYS),
+            provider("vertex", CLAUDE_ON_VERTEX, google, **keys),
+        )
+    )
+    ask = {"model": "anthropic/claude-sonnet-4", "max_tokens": 30, "system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]}
+
+    answer = chat(gw.port, ask, headers=ANTHROPIC_HEADERS, path="/v1/messages")
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-arch-llm-provider"] == "vertex" and answer.json()["content"] == [{"type": "text", "text": "[vertex] you said: hi"}]
+    [first], [second], [third] = anthropic.received, aws.received, google.received
+    assert first.header("x-api-key") == "sk-ant-0001" and first.json() == {**ask, "model": "claude-sonnet-4"}
+    assert second.path == "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke"
+    assert second.header("authorization").startswith("AWS4-HMAC-SHA256") and second.header("x-api-key") is None
+    assert second.json() == {"max_tokens": 30, "system": "Be brief.", "messages": ask["messages"], "anthropic_version": "bedrock-2023-05-31"}
+    assert third.header("authorization") == "Bearer ya29.mock-1" and third.header("x-amz-date") is None, "nothing of Bedrock's signature reaches Google"
+    assert third.json() == {"max_tokens": 30, "system": "Be brief.", "messages": ask["messages"], "anthropic_version": "vertex-2023-10-16"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_claude_on_bedrock_answers_an_anthropic_client_in_anthropics_format(mocks, gateway, stream):
+    aws = bedrock(mocks, chunk_interval_s=0.02)
+    gw = gateway(gateway_config(provider("bedrock", CLAUDE_ON_BEDROCK, aws, **AWS_KEYS)))
+    ask = {"model": CLAUDE_ON_BEDROCK, "max_tokens": 30, "messages": [{"role": "user", "content": "hi there"}], **({"stream": True} if stream else {})}
+
+    if stream:
+        status, headers, events = http_stream(gw.port, ask, path="/v1/messages", headers=ANTHROPIC_HEADERS)
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        data = [json.loads(text) for _, text in events]
+        assert [event["type"] for event in data][:2] == ["message_start", "ping"] and data[-1]["type"] == "message_stop"
+        assert "".join(event["delta"]["text"] for event in data if event["type"] == "content_block_delta") == "[bedrock] you said: hi there"
+        assert aws.received[0].path.endswith("/invoke-with-response-stream") and "stream" not in aws.received[0].json()
+    else:
+        answer = chat(gw.port, ask, headers=ANTHROPIC_HEADERS, path="/v1/messages")
+        assert answer.status == 200, answer.body
+        assert answer.json()["type"] == "message" and answer.json()["content"] == [{"type": "text", "text": "[bedrock] you said: hi there"}]
+
+
+def test_a_bedrock_model_without_a_messages_api_is_the_anthropic_clients_400(mocks, gateway):
+    aws = bedrock(mocks)
+    gw = gateway(gateway_config(provider("nova", "bedrock/amazon.nova-pro-v1:0", aws, **AWS_KEYS)))
+
+    answer = chat(gw.port, {"model": "bedrock/amazon.nova-pro-v1:0", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}, headers=ANTHROPIC_HEADERS, path="/v1/messages")
+
+    assert answer.status == 400 and answer.json()["type"] == "error" and "not a Claude model" in answer.json()["error"]["message"]
+    assert not aws.received

@@ -1,0 +1,105 @@
+"""Anthropic Messages (the client's API) to Claude on AWS Bedrock, through InvokeModel: no translation of meaning.
+
+Bedrock serves Claude with Anthropic's own request and answer bodies: the
+request loses `model` (it is in the path) and gains `anthropic_version:
+bedrock-2023-05-31`; a JSON answer is Anthropic's as it is; a stream comes
+as AWS event-stream frames, each carrying one of Anthropic's events
+(base64 in `bytes`), and leaves as Anthropic's server-sent events, frame by
+frame. Other Bedrock models have no Messages API: such a request is the
+client's 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import sse, tables
+from .base import Request, TranslationError
+
+ANTHROPIC_VERSION = "bedrock-2023-05-31"
+
+
+def is_claude(model_id: str) -> bool:
+    """A Claude model id, inference profile (`us.anthropic.claude-…`) or ARN naming one."""
+    return "anthropic.claude" in model_id
+
+
+def request(payload: Any, model_id: str, path: str) -> Request:
+    """The client's Messages body as InvokeModel takes it, for `path` (`invoke` or `invoke-with-response-stream`)."""
+    if not is_claude(model_id):
+        raise TranslationError(f"{model_id} is not a Claude model: only Claude on Bedrock serves Anthropic-format requests")
+    if not isinstance(payload, dict):
+        raise TranslationError("the request body must be a JSON object")
+    stream = payload.get("stream") is True
+    body = {key: value for key, value in payload.items() if key not in ("model", "stream")}
+    body["anthropic_version"] = ANTHROPIC_VERSION
+    return Request(body=body, dropped=(), stream=stream, include_usage=stream, path=path)
+
+
+def response(payload: Any, model: str) -> dict[str, Any]:
+    """InvokeModel answers Claude's Messages response as Anthropic's API does."""
+    return payload
+
+
+def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
+    """A Bedrock error (`{"message": …}`) -> Anthropic's error shape, for the same status."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return tables.anthropic_error(status, str(message or f"Provider {provider!r} answered status {status}."))
+
+
+@dataclass
+class StreamTranslator:
+    """InvokeModel's event-stream frames -> Anthropic's server-sent events, one input chunk at a time."""
+
+    include_usage: bool = True
+    model: str = ""
+    malformed: int = 0
+    _buffer: Any = None
+    _stopped: bool = False
+    _done: bool = False
+
+    def feed(self, data: bytes, end: bool = False) -> bytes:
+        from botocore.eventstream import EventStreamBuffer, ParserError
+
+        if self._buffer is None:
+            self._buffer = EventStreamBuffer()
+        out: list[bytes] = []
+        self._buffer.add_data(data)
+        try:
+            out.extend(self._frame(frame.headers, frame.payload) for frame in self._buffer if not self._done)
+        except ParserError:
+            self.malformed += 1
+            out.append(_error("the provider sent an event-stream frame the gateway could not read"))
+            self._buffer = EventStreamBuffer()
+        if end and not self._done and not self._stopped:
+            out.append(_error("the provider's event stream ended before its message_stop event"))
+            self._done = True
+        return b"".join(out)
+
+    def _frame(self, headers: dict[str, Any], payload: bytes) -> bytes:
+        if headers.get(":message-type") == "exception":
+            self._done = True
+            try:
+                message = str(json.loads(payload).get("message", ""))
+            except (ValueError, AttributeError):
+                message = ""
+            kind = "rate_limit_error" if headers.get(":exception-type") == "throttlingException" else "api_error"
+            return _error(message, kind)
+        try:
+            event = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
+            name = str(event["type"])
+        except (ValueError, TypeError, KeyError):
+            self.malformed += 1
+            return _error("the provider sent an event the gateway could not read")
+        self._stopped = self._stopped or name == "message_stop"
+        return sse.named_event(name, event)
+
+
+def _error(message: str, kind: str = "api_error") -> bytes:
+    return sse.named_event("error", {"type": "error", "error": {"type": kind, "message": message}})
