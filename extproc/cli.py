@@ -13,14 +13,18 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from . import __version__, envoyadmin
+from .apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE
 from .config import Config, ConfigError, json_schema, load_config
 from .mock import MockProvider, serve_forever
+from .mock import for_provider as mock_for
+from .mock_bedrock import BedrockState
+from .mock_vertex import VertexState, public_key_of
 from .preflight import EXIT_DOWN, preflight
 from .render import RenderOptions, SidecarTls, render_yaml
 from .server.app import ListenError, ServerTls, check_listen
 from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
-from .translator import ANTHROPIC_MESSAGES, OPENAI_CHAT, provider_api
+from .translator import OPENAI_CHAT, provider_api
 from .xds import XdsFiles
 
 log = logging.getLogger("extproc")
@@ -145,7 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--name", default="mock")
     mock.add_argument("--status", type=int, default=200, help="200 echoes the request as a chat.completion; any other status answers an error")
     mock.add_argument("--retry-after", help="Retry-After header value on error answers")
-    mock.add_argument("--api", choices=("openai", "anthropic"), default="openai", help="anthropic: answer (and check requests) as Anthropic's Messages API")
+    mock.add_argument(
+        "--api", choices=("openai", "anthropic", "bedrock", "vertex"), default="openai", help="the API it answers (and checks requests) as: OpenAI's, Anthropic's, Bedrock's, Vertex AI's"
+    )
+    mock.add_argument("--aws-access-key-id", default=BedrockState.access_key_id, help="bedrock: the key id signatures must use")
+    mock.add_argument("--aws-secret-access-key", default=BedrockState.secret_access_key, help="bedrock: the secret it checks signatures with")
+    mock.add_argument("--aws-region", default=BedrockState.region, help="bedrock: the region signatures must be scoped to")
+    mock.add_argument("--service-account", help="vertex: a service-account key file; its token endpoint grants tokens for JWTs this key signed")
     mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
     mock.set_defaults(run=_mock)
     return parser
@@ -181,7 +191,7 @@ def _check(args) -> int:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
         chain = config.chain_for_model(model)
-        members = [name if provider_api(config.providers[name]) == OPENAI_CHAT else f"{name} (Anthropic's Messages API)" for name in chain.providers] if chain else []
+        members = [name if provider_api(config.providers[name]) == OPENAI_CHAT else f"{name} ({_API_NAMES[provider_api(config.providers[name])]})" for name in chain.providers] if chain else []
         print(f"  model {model}: {' -> '.join(members) or '(no provider)'}")
     return 0
 
@@ -319,10 +329,9 @@ async def _start_mocks(config: Config) -> list[MockProvider]:
             if provider.tls or not _is_loopback(provider.host):
                 continue
             failing = index == 0 and len(config.chains[name].providers) > 1
-            api = "anthropic" if provider_api(provider) == ANTHROPIC_MESSAGES else "openai"
-            mock = MockProvider(name=name, status=429 if failing else 200, retry_after="7" if failing else None, api=api)
+            mock = mock_for(provider, status=429 if failing else 200, retry_after="7" if failing else None)
             await mock.start(provider.host, provider.port)
-            behaviour = "429 with Retry-After: 7" if failing else ("200, in Anthropic's Messages API" if api == "anthropic" else "200, echoing the request")
+            behaviour = "429 with Retry-After: 7" if failing else f"200, {_MOCK_APIS[mock.api]}"
             print_line(f"mock provider {name} ({model}) on http://{provider.host}:{provider.port}: answers {behaviour}")
             mocks.append(mock)
     return mocks
@@ -337,8 +346,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: How `check` names a provider API other than OpenAI's (a client of the other API is translated for it).
+_API_NAMES = {ANTHROPIC_MESSAGES: "Anthropic's Messages API", BEDROCK_CONVERSE: "Bedrock's Converse API"}
+#: What `--mock-providers` says each kind of mock answers with.
+_MOCK_APIS = {
+    "openai": "echoing the request", "anthropic": "in Anthropic's Messages API", "bedrock": "in Bedrock's Converse API (checking SigV4)",
+    "vertex": "as Vertex AI (issuing and checking OAuth tokens)",
+}  # fmt: skip
+
+
 def _mock(args) -> int:
-    mock = MockProvider(name=args.name, status=args.status, retry_after=args.retry_after, chunk_interval_s=args.chunk_interval, api=args.api)
+    bedrock = BedrockState(args.aws_access_key_id, args.aws_secret_access_key, args.aws_region) if args.api == "bedrock" else None
+    if args.api == "vertex" and not args.service_account:
+        print("error: --api vertex needs --service-account FILE (the key whose JWTs its token endpoint accepts)", file=sys.stderr)
+        return 2
+    vertex = VertexState(public_key_of(args.service_account)) if args.api == "vertex" else None
+    mock = MockProvider(
+        name=args.name, status=args.status, retry_after=args.retry_after, chunk_interval_s=args.chunk_interval, api=args.api, bedrock=bedrock, vertex=vertex
+    )
     _run(serve_forever(mock, args.host, args.port))
     return 0
 

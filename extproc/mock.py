@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from . import mock_anthropic, mock_bedrock, mock_openai, mock_vertex
+from .apis import ANTHROPIC_MESSAGES
+from .config import Provider
+from .providers import kind_of
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -353,6 +356,20 @@ def _pieces(event: bytes, line_end: bytes) -> list[bytes]:
 
 def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+def for_provider(provider: Provider, status: int = 200, retry_after: str | None = None) -> MockProvider:
+    """A mock speaking `provider`'s API and trusting its credentials (a Vertex key file's public half, Bedrock's keys)."""
+    kind = kind_of(provider).name
+    if kind == "bedrock":
+        keys = {"access_key_id": provider.aws_access_key_id, "secret_access_key": provider.aws_secret_access_key, "region": provider.aws_region_name}
+        signing = mock_bedrock.BedrockState(**{name: value for name, value in keys.items() if value}, api_key=provider.access_key)
+        return MockProvider(name=provider.name, status=status, retry_after=retry_after, api="bedrock", bedrock=signing)
+    if kind == "vertex_ai" and provider.vertex_credentials:
+        tokens = mock_vertex.VertexState(public_key=mock_vertex.public_key_of(provider.vertex_credentials))
+        return MockProvider(name=provider.name, status=status, retry_after=retry_after, api="vertex", vertex=tokens)
+    api = "anthropic" if kind_of(provider).api_for(provider) == ANTHROPIC_MESSAGES else "openai"
+    return MockProvider(name=provider.name, status=status, retry_after=retry_after, api=api)
 
 
 async def serve_forever(mock: MockProvider, host: str, port: int) -> None:

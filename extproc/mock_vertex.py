@@ -88,6 +88,15 @@ class VertexState:
         return match.group(3) if match else None
 
 
+def public_key_of(service_account_file: str) -> str:
+    """The public half (PEM) of a service-account key file's private key: what the token endpoint trusts."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(service_account_file, encoding="utf-8") as handle:
+        private = serialization.load_pem_private_key(json.load(handle)["private_key"].encode(), password=None)
+    return private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
 def claude_answer(name: str, model: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
     return mock_anthropic.answer(name, {**payload, "model": model}, number)
 

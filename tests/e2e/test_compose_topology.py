@@ -5,6 +5,7 @@ a temporary directory, service hostnames to 127.0.0.1, fixed ports to free
 ones.
 """
 
+import json
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     paths = {"/run/extproc": str(run_dir)}
-    for volume in services["extproc"]["volumes"] + services["envoy"]["volumes"]:
+    for volume in (volume for service in services.values() for volume in service.get("volumes", ())):
         source, target = volume.split(":")[:2]
         if source.startswith("./"):
             paths[target] = str(ROOT / source)
@@ -48,15 +49,23 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
             addresses[f"{name}:{command[command.index('--port') + 1]}"] = f"127.0.0.1:{port}"
             command[command.index("--port") + 1] = str(port)
             command[command.index("--host") + 1] = "127.0.0.1"
+            command = [local(argument) for argument in command]
             processes.append(subprocess.Popen([sys.executable, "-m", "extproc", *command], stdout=subprocess.DEVNULL))
             wait_port(port)
+
+        # The demo service account names mock-vertex's token endpoint by its compose host: a copy names the local port.
+        account = json.loads(Path(paths["/etc/extproc/vertex-service-account.json"]).read_text())
+        for service_address, local_address in addresses.items():
+            account["token_uri"] = account["token_uri"].replace(service_address, local_address)
+        paths["/etc/extproc/vertex-service-account.json"] = str(tmp_path / "vertex-service-account.json")
+        Path(paths["/etc/extproc/vertex-service-account.json"]).write_text(json.dumps(account))
 
         environment = dict(os.environ)
         for key, value in services["extproc"]["environment"].items():
             value = interpolate(value)
             for service_address, local_address in addresses.items():
                 value = value.replace(service_address, local_address)
-            environment[key] = value
+            environment[key] = local(value)
         sidecar_command = [local(argument) for argument in services["extproc"]["command"]] + ["--metrics-port", "0"]
         sidecar = subprocess.Popen([sys.executable, "-m", "extproc", *sidecar_command], env=environment, stdout=subprocess.PIPE, text=True)
         processes.append(sidecar)
@@ -82,6 +91,16 @@ def test_compose_services_fail_over_as_declared(tmp_path, bare_envoy):
         assert answer.status == 200, answer.body
         assert answer.headers["x-arch-llm-provider"] == "claude"
         assert answer.json()["choices"][0]["message"]["content"] == "[claude] you said: hi"
+
+        # Across clouds: gpt-4o-mini's mock answers 429, Bedrock's (checking SigV4) answers, translated back;
+        # Vertex's answers with a token its own endpoint issued for the demo service account.
+        answer = chat(envoy.port, {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status == 200, answer.body
+        assert answer.headers["x-arch-llm-provider"] == "bedrock"
+        assert answer.json()["choices"][0]["message"]["content"] == "[bedrock] you said: hi"
+        answer = chat(envoy.port, {"model": "vertex_ai/claude-sonnet-4@20250514", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status == 200, answer.body
+        assert answer.json()["choices"][0]["message"]["content"] == "[vertex] you said: hi"
 
         # The sidecar confirms updates through Envoy's admin socket on the shared volume: a reload applies.
         metrics_port = int(re.search(r":(\d+) \(/metrics", sidecar.stdout.readline()).group(1))

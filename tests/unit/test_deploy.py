@@ -132,12 +132,14 @@ def test_compose_wires_envoy_and_the_sidecar_to_the_same_socket_and_files():
 def test_compose_mocks_answer_where_the_config_sends_the_providers():
     services = compose()["services"]
     environment = services["extproc"]["environment"]
-    config = load_config(ROOT / "config_failover.yaml", {key: value for key, value in environment.items() if "${" not in value})
-    expected_status = {"primary": "429", "secondary": "200", "gpt-4o": "429", "claude": "200"}
+    mounted = {target: str(ROOT / source) for source, target, *_ in (volume.split(":") for volume in services["extproc"]["volumes"]) if source.startswith("./")}
+    config = load_config(ROOT / "config_failover.yaml", {key: mounted.get(value, value) for key, value in environment.items() if "${" not in value})
+    expected_status = {"primary": "429", "secondary": "200", "gpt-4o": "429", "claude": "200", "gpt-4o-mini": "429", "bedrock": "200", "vertex": "200"}
     for provider in config.providers.values():
         mock = services[provider.host]
         assert mock["command"][0] == "mock"
-        assert (flag(mock["command"], "--api") if "--api" in mock["command"] else "openai") == ("anthropic" if provider.kind == "anthropic" else "openai")
+        api = {"anthropic": "anthropic", "bedrock": "bedrock", "vertex_ai": "vertex"}.get(provider.kind, "openai")
+        assert (flag(mock["command"], "--api") if "--api" in mock["command"] else "openai") == api
         assert int(flag(mock["command"], "--port")) == provider.port
         assert flag(mock["command"], "--host") == "0.0.0.0"
         status = flag(mock["command"], "--status") if "--status" in mock["command"] else "200"
