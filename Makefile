@@ -39,7 +39,7 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
-## Opt-in: the full stack against a real provider (needs OPENAI_API_KEY; skipped, saying why, without it).
+## Opt-in: the full stack against real providers (OPENAI_API_KEY, ANTHROPIC_API_KEY, AWS credentials, Vertex AI credentials; each test skipped, saying why, without its own).
 e2e-smoke: $(STAMP)
 	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
 

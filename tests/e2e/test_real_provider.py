@@ -3,7 +3,10 @@
 Run with `make e2e-smoke`. Needs OPENAI_API_KEY; OPENAI_BASE_URL (as the
 OpenAI SDK takes it, e.g. https://api.openai.com/v1) and OPENAI_MODEL are
 optional. The cross-vendor tests need ANTHROPIC_API_KEY (ANTHROPIC_MODEL
-optional). Without a key a test is skipped and says why.
+optional). The cloud tests need AWS_REGION and AWS credentials (Bedrock,
+BEDROCK_MODEL optional), or VERTEX_PROJECT, VERTEX_LOCATION and
+GOOGLE_APPLICATION_CREDENTIALS (Vertex AI, VERTEX_MODEL optional).
+Without them a test is skipped and says why.
 """
 
 import json
@@ -75,3 +78,37 @@ def test_an_openai_client_streams_from_anthropic(real_anthropic):
     chunks = [json.loads(data) for _, data in events if data != "[DONE]"]
     assert EXPECTED in "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk.get("choices"))
     assert events[-1][1] == "[DONE]"
+
+
+def _skip_without(*names: str, why: str) -> None:
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not set: {why}")
+
+
+@pytest.fixture
+def real_bedrock(gateway):
+    """An OpenAI-format client served by AWS Bedrock's Converse API, signed with the AWS chain's credentials."""
+    _skip_without("AWS_REGION", why="the Bedrock smoke test needs a region and AWS credentials (the standard chain), optionally BEDROCK_MODEL")
+    if not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")):
+        pytest.skip("no AWS credentials in the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_WEB_IDENTITY_TOKEN_FILE): the Bedrock smoke test needs them")
+    model = os.environ.get("BEDROCK_MODEL", "us.anthropic.claude-3-5-haiku-20241022-v1:0")
+    return gateway(gateway_config({"name": "bedrock", "model": f"bedrock/{model}", "default_max_tokens": 64})), f"bedrock/{model}"
+
+
+@pytest.fixture
+def real_vertex(gateway):
+    """An OpenAI-format client served by Vertex AI (Claude on rawPredict, or the OpenAI endpoint), with Application Default Credentials."""
+    _skip_without("VERTEX_PROJECT", "VERTEX_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", why="the Vertex AI smoke test needs a project, a location and credentials, optionally VERTEX_MODEL")
+    model = os.environ.get("VERTEX_MODEL", "gemini-2.5-flash")
+    entry = {"name": "vertex", "model": f"vertex_ai/{model}", "vertex_project": "$VERTEX_PROJECT", "vertex_location": "$VERTEX_LOCATION", "default_max_tokens": 64}
+    return gateway(gateway_config(entry)), f"vertex_ai/{model}"
+
+
+@pytest.mark.parametrize("cloud", ["real_bedrock", "real_vertex"])
+def test_a_cloud_answers_an_openai_client(cloud, request):
+    gw, model = request.getfixturevalue(cloud)
+    answer = chat(gw.port, {"model": model, "messages": [{"role": "user", "content": f"Reply with exactly: {EXPECTED}"}], "temperature": 0, "max_tokens": 64})
+    assert answer.status == 200, answer.body[:500]
+    assert EXPECTED in answer.json()["choices"][0]["message"]["content"]
+    assert answer.json()["usage"]["completion_tokens"] > 0
