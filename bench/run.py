@@ -12,7 +12,9 @@
   request and answer translated) and `bench/cross` (the 429 port, then that
   Anthropic provider: every request fails over across vendors); and an
   Anthropic-format client (`/v1/messages`) on `anthropic/bench` (same API:
-  passed as sent) and on `bench/ok` (translated for the OpenAI provider).
+  passed as sent) and on `bench/ok` (translated for the OpenAI provider);
+  and `bedrock/anthropic.claude-bench` (a port answering a Converse response:
+  every request translated to Converse and signed with SigV4).
 
 Beside them, the floor: the same proxy with a bare one-message ext_proc
 (`floor.py`). Each is driven by wrk at 1 and 64 connections. Then the burst
@@ -71,6 +73,15 @@ MESSAGE = json.dumps(
     {
         "id": "msg_bench", "type": "message", "role": "assistant", "model": "bench", "content": [{"type": "text", "text": "Hello!"}],
         "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 3},
+    }
+)  # fmt: skip
+
+
+#: What Bedrock's Converse API answers (the gateway translates it and signs every request it sends there).
+CONVERSE = json.dumps(
+    {
+        "output": {"message": {"role": "assistant", "content": [{"text": "Hello!"}]}}, "stopReason": "end_turn",
+        "usage": {"inputTokens": 12, "outputTokens": 3, "totalTokens": 15}, "metrics": {"latencyMs": 1},
     }
 )  # fmt: skip
 
@@ -266,6 +277,7 @@ def main() -> None:
         workdir = processes.workdir
         ok_port, limited_port = processes.fixed_upstreams()
         messages_port = processes.fixed_upstream(200, MESSAGE)
+        converse_port = processes.fixed_upstream(200, CONVERSE)
         baseline_port, slow_port, slow_baseline_port = (free_port() for _ in range(3))
         processes.envoy("upstream", {"static_resources": {"listeners": [slow_listener("slow", slow_port, 200)]}})
         processes.envoy("baseline", static_proxy(baseline_port, ok_port))
@@ -281,6 +293,11 @@ def main() -> None:
                 {"name": "claude", "model": "anthropic/bench", "base_url": f"http://127.0.0.1:{messages_port}", "access_key": "bench-key-4"},
                 # OpenAI rate limited, Claude answers: the cross-vendor failover, translated.
                 {"name": "limited-openai", "model": "bench/cross", "base_url": f"http://127.0.0.1:{limited_port}", "access_key": "bench-key-5", "retry_policy": {"fallback_models": ["anthropic/bench"]}},
+                # Every request translated to Converse and signed with SigV4 (the fixed upstream does not check it: the gateway's cost only).
+                {
+                    "name": "bedrock", "model": "bedrock/anthropic.claude-bench", "base_url": f"http://127.0.0.1:{converse_port}",
+                    "aws_region_name": "us-east-1", "aws_access_key_id": "AKIABENCHBENCHBENCH0", "aws_secret_access_key": "bench-secret",
+                },
                 {"name": "slow", "model": "bench/slow", "base_url": f"http://127.0.0.1:{slow_port}", "access_key": "bench-key-3"},
             ],
         }
@@ -301,6 +318,7 @@ def main() -> None:
         assert post(gateway_port, "bench/failover") == 200, "the failover scenario must succeed through the fallback"
         assert post(gateway_port, "anthropic/bench") == post(gateway_port, "bench/cross") == 200, "the translated scenarios must succeed"
         assert post(gateway_port, "anthropic/bench", "anthropic") == post(gateway_port, "bench/ok", "anthropic") == 200, "the Anthropic client's scenarios must succeed"
+        assert post(gateway_port, "bedrock/anthropic.claude-bench") == 200, "the Bedrock scenario must succeed"
 
         rows = []
         peak_rss = 0.0
@@ -314,6 +332,7 @@ def main() -> None:
             ("gateway, fails over to Anthropic", gateway_port, "bench/cross", "openai"),
             ("gateway, Anthropic client, Anthropic provider", gateway_port, "anthropic/bench", "anthropic"),
             ("gateway, Anthropic client, translated for OpenAI", gateway_port, "bench/ok", "anthropic"),
+            ("gateway, translated and signed for Bedrock", gateway_port, "bedrock/anthropic.claude-bench", "openai"),
         ):
             for connections in (1, 64):
                 sampler_stop = threading.Event()

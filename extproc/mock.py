@@ -124,14 +124,7 @@ class MockProvider:
             await self._answer_bedrock(request, headers, writer)
             return
         refused = mock_openai.refusal(request.path, dict(request.headers), request.body) if self.strict else mock_openai.not_found(request.path)
-        if self.status != 200 or refused is not None:
-            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
-            if self.retry_after is not None and refused is None:
-                headers.append(("retry-after", self.retry_after))
-            error_type = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-            body = {"error": {"message": message, "type": error_type, "param": None, "code": error_type}}
-            _write_response(writer, status, headers, json.dumps(body).encode())
-            await writer.drain()
+        if await self._refused(refused, headers, writer, _openai_error):
             return
         try:
             payload = json.loads(request.body) if request.body else {}
@@ -145,14 +138,19 @@ class MockProvider:
         _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         await writer.drain()
 
+    async def _refused(self, refused: tuple[int, str] | None, headers: list[tuple[str, str]], writer: asyncio.StreamWriter, error_body) -> bool:
+        """Answer an error in the mock's API when the request is refused, or when the mock is set to fail (its status); True when it did."""
+        if self.status == 200 and refused is None:
+            return False
+        status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
+        if self.retry_after is not None and refused is None:
+            headers.append(("retry-after", self.retry_after))
+        _write_response(writer, status, headers, error_body(status, message))
+        await writer.drain()
+        return True
+
     async def _answer_anthropic(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
-        refused = mock_anthropic.refusal(request.path, dict(request.headers), request.body)
-        if self.status != 200 or refused is not None:
-            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
-            if self.retry_after is not None and refused is None:
-                headers.append(("retry-after", self.retry_after))
-            _write_response(writer, status, headers, mock_anthropic.error_body(status, message))
-            await writer.drain()
+        if await self._refused(mock_anthropic.refusal(request.path, dict(request.headers), request.body), headers, writer, mock_anthropic.error_body):
             return
         payload = json.loads(request.body)
         if request.path.split("?", 1)[0].endswith(mock_anthropic.COUNT_TOKENS):
@@ -184,13 +182,7 @@ class MockProvider:
             _write_response(writer, status, headers, json.dumps(grant).encode())
             await writer.drain()
             return
-        refused = self.vertex.refusal(request.path, dict(request.headers), request.body)
-        if self.status != 200 or refused is not None:
-            status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
-            if self.retry_after is not None and refused is None:
-                headers.append(("retry-after", self.retry_after))
-            _write_response(writer, status, headers, mock_vertex.error_body(status, message))
-            await writer.drain()
+        if await self._refused(self.vertex.refusal(request.path, dict(request.headers), request.body), headers, writer, mock_vertex.error_body):
             return
         payload = json.loads(request.body)
         model = self.vertex.claude_model(request.path)
@@ -279,6 +271,11 @@ class MockProvider:
         _write_chunk(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+def _openai_error(status: int, message: str) -> bytes:
+    error_type = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": error_type}}).encode()
 
 
 def _reply_text(name: str, payload: dict) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import sse, tables
-from .base import Request, TranslationError
+from .base import Request, TranslationError, body_field
+from .eventstream import FrameReader
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
@@ -46,10 +47,7 @@ def response(payload: Any, model: str) -> dict[str, Any]:
 
 def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     """A Bedrock error (`{"message": …}`) -> Anthropic's error shape, for the same status."""
-    try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
-        message = None
+    message = body_field(body, "message")
     return tables.anthropic_error(status, str(message or f"Provider {provider!r} answered status {status}."))
 
 
@@ -60,23 +58,16 @@ class StreamTranslator:
     include_usage: bool = True
     model: str = ""
     malformed: int = 0
-    _buffer: Any = None
+    _reader: FrameReader = field(default_factory=FrameReader)
     _stopped: bool = False
     _done: bool = False
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
-        from botocore.eventstream import EventStreamBuffer, ParserError
-
-        if self._buffer is None:
-            self._buffer = EventStreamBuffer()
-        out: list[bytes] = []
-        self._buffer.add_data(data)
-        try:
-            out.extend(self._frame(frame.headers, frame.payload) for frame in self._buffer if not self._done)
-        except ParserError:
+        frames, corrupt = self._reader.feed(data)
+        out = [self._frame(frame.headers, frame.payload) for frame in frames if not self._done]
+        if corrupt:
             self.malformed += 1
             out.append(_error("the provider sent an event-stream frame the gateway could not read"))
-            self._buffer = EventStreamBuffer()
         if end and not self._done and not self._stopped:
             out.append(_error("the provider's event stream ended before its message_stop event"))
             self._done = True

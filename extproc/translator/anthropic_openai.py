@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sse, tables
-from .base import InvalidField, Request, TranslationError, expect, is_number
+from .base import InvalidField, Request, TranslationError, body_field, expect, is_number
 
 #: The chat.completions path, under the provider's base_url path.
 PATH = "/v1/chat/completions"
@@ -245,10 +245,7 @@ def usage(counts: dict[str, Any]) -> dict[str, Any]:
 
 def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     """An OpenAI-style error answer -> Anthropic's error shape, for the same status."""
-    try:
-        detail = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        detail = None
+    detail = body_field(body, "error")
     message = str(detail.get("message", "")) if isinstance(detail, dict) else ""
     return tables.anthropic_error(status, message or f"Provider {provider!r} answered status {status}.")
 

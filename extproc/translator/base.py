@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,14 @@ def expect(ok: bool, param: str, expected: str, value: Any) -> None:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def body_field(body: bytes, key: str) -> Any:
+    """A top-level field of a JSON answer body (an error's `error` or `message`); None when the body is not such JSON."""
+    try:
+        return json.loads(body).get(key)
+    except (ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..providers.anthropic import API_VERSION, VERSION_HEADER
 from . import sse, tables
-from .base import InvalidField, Request, TranslationError, expect, is_number
+from .base import InvalidField, Request, TranslationError, body_field, expect, is_number
 
 #: The Messages API path, under the provider's base_url path.
 PATH = "/v1/messages"
@@ -246,10 +246,7 @@ def usage(counts: dict[str, Any]) -> dict[str, Any]:
 
 def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     """A Messages error answer -> an OpenAI-style error, for the same status."""
-    try:
-        detail = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        detail = None
+    detail = body_field(body, "error")
     if not isinstance(detail, dict):
         return {"error": {"message": f"Provider {provider!r} answered status {status}.", "type": "server_error" if status >= 500 else "invalid_request_error", "code": "upstream_error"}}
     kind = str(detail.get("type", "api_error"))

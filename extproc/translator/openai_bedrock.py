@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import openai_anthropic, sse
-from .base import Request, TranslationError
+from .base import Request, TranslationError, body_field
+from .eventstream import FrameReader
 
 #: Converse's `stopReason` -> OpenAI's `finish_reason`.
 _FINISH_REASONS = {
@@ -101,10 +102,7 @@ def usage(counts: dict[str, Any]) -> dict[str, Any]:
 
 def error(status: int, body: bytes, provider: str) -> dict[str, Any]:
     """A Bedrock error answer (`{"message": …}`) -> an OpenAI-style error, for the same status."""
-    try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
-        message = None
+    message = body_field(body, "message")
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": str(message or f"Provider {provider!r} answered status {status}."), "type": kind, "code": "bedrock_error"}}
 
@@ -121,7 +119,7 @@ class StreamTranslator:
     include_usage: bool = False
     model: str = ""  # Bedrock's frames do not name it: the provider's model id
     malformed: int = 0
-    _buffer: Any = None
+    _reader: FrameReader = field(default_factory=FrameReader)
     _created: int = field(default_factory=lambda: int(time.time()))
     _id: str = field(default_factory=lambda: f"chatcmpl-bedrock-{int(time.time() * 1000)}")
     _tools: dict[int, int] = field(default_factory=dict)  # content block index -> tool call index
@@ -129,20 +127,11 @@ class StreamTranslator:
     _done: bool = False
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
-        from botocore.eventstream import EventStreamBuffer, ParserError
-
-        if self._buffer is None:
-            self._buffer = EventStreamBuffer()
-        out: list[bytes] = []
-        self._buffer.add_data(data)
-        try:
-            for frame in self._buffer:
-                if not self._done:
-                    out.extend(self._frame(frame.headers, frame.payload))
-        except ParserError:
+        frames, corrupt = self._reader.feed(data)
+        out = [translated for frame in frames if not self._done for translated in self._frame(frame.headers, frame.payload)]
+        if corrupt:
             self.malformed += 1
             out.append(_error("the provider sent an event-stream frame the gateway could not read", "malformed_event"))
-            self._buffer = EventStreamBuffer()
         if end and not self._done:
             if not self._stopped:
                 out.append(_error("the provider's event stream ended before its messageStop event", "incomplete_stream"))
