@@ -11,6 +11,8 @@ from __future__ import annotations
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
 MODEL_METADATA_KEY = "model"  # the model a request resolved to, for access logs and traces
+#: The response-code details of every answer the sidecar gives itself (an ext_proc immediate response).
+SIDECAR_REPLY_DETAILS = "extproc_local_reply"
 PATH_METADATA_KEY = "path"  # the path the client asked for (attempts rewrite `:path` for their provider), for access logs
 #: The model rewrite, applied by Envoy (a Lua filter) instead of the body coming back over gRPC:
 #: bytes [start, end) of the body become the value (an empty value: no rewrite).

@@ -49,6 +49,7 @@ from .contract import (
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
     PROVIDER_TAG,
+    SIDECAR_REPLY_DETAILS,
     SYSTEM_METADATA_KEY,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
@@ -74,6 +75,7 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 _CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
@@ -598,7 +600,8 @@ def _stdout_access_log(token_usage: bool) -> dict:
 def _local_replies() -> dict:
     """Envoy's own error replies as JSON: body too large, a request it could not read, sidecar or providers unreachable.
 
-    OpenAI's error shape, or Anthropic's for a client of its API (a
+    The sidecar's own answers (local replies too, known by their details)
+    keep their body. OpenAI's error shape, or Anthropic's for a client of its API (a
     `/v1/messages` path: the client's, from the router level's metadata, or
     `:path` when the router level never ran). "Could not read" is a 4xx Envoy
     answered before a request id was given, i.e. before any filter ran
@@ -608,7 +611,7 @@ def _local_replies() -> dict:
     """
 
     def mapper(status_filter: dict, type_: str, code: str, message: str, unread: bool = False, anthropic_type: str | None = None) -> dict:
-        filters: list[dict] = [{"status_code_filter": {"comparison": status_filter}}]
+        filters: list[dict] = [{"status_code_filter": {"comparison": status_filter}}, _NOT_THE_SIDECARS]
         if unread:
             filters.append({"header_filter": {"header": {"name": "x-request-id", "present_match": True, "invert_match": True}}})
         if anthropic_type is not None:
@@ -617,7 +620,7 @@ def _local_replies() -> dict:
         else:
             body = {"error": {"message": message, "type": type_, "param": None, "code": code, "details": "%RESPONSE_CODE_DETAILS%"}}
         return {
-            "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else filters[0],
+            "filter": {"and_filter": {"filters": filters}},
             "body_format_override": {"json_format": body, "content_type": "application/json"},
         }
 
@@ -635,6 +638,15 @@ def _local_replies() -> dict:
             *(mapper(status, type_, code, message, unread) for status, type_, code, message, unread, _ in replies),
         ]
     }
+
+
+#: A local reply the sidecar did not make (its own, at either level, have these details: `streams.immediate`).
+_NOT_THE_SIDECARS = {
+    "extension_filter": {
+        "name": "envoy.access_loggers.extension_filters.cel",
+        "typed_config": {"@type": _CEL_FILTER, "expression": f"response.code_details != '{SIDECAR_REPLY_DETAILS}'"},
+    }
+}
 
 
 def _anthropic_path(match_if_absent: bool) -> dict:

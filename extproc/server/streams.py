@@ -36,6 +36,7 @@ from ..contract import (
     PATCH_START_KEY,
     PATCH_VALUE_KEY,
     PATH_METADATA_KEY,
+    SIDECAR_REPLY_DETAILS,
 )
 from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
@@ -94,7 +95,7 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
     answer = response.immediate_response
     answer.status.code = reply.status
     answer.body = reply.body
-    answer.details = "extproc_local_reply"
+    answer.details = SIDECAR_REPLY_DETAILS
     set_headers(answer.headers.set_headers, reply.headers)
     return response
 

@@ -362,3 +362,50 @@ def test_a_bedrock_model_without_a_messages_api_is_the_anthropic_clients_400(moc
 
     assert answer.status == 400 and answer.json()["type"] == "error" and "not a Claude model" in answer.json()["error"]["message"]
     assert not aws.received
+
+
+@pytest.fixture
+def no_aws_files(monkeypatch, tmp_path):
+    """The AWS chain sees only what a test puts in the environment: no shared files, no instance metadata."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def test_bedrock_signs_with_the_standard_aws_chain_when_the_entry_has_no_keys(mocks, gateway, monkeypatch, no_aws_files):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAMOCKMOCKMOCK0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "mock-secret-access-key")
+    mock = bedrock(mocks)
+    gw = gateway(gateway_config(provider("bedrock", CLAUDE_ON_BEDROCK, mock)))  # region and keys from the environment
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_BEDROCK})
+
+    assert answer.status == 200, answer.body
+    assert mock.received[0].header("authorization").startswith("AWS4-HMAC-SHA256 Credential=AKIAMOCKMOCKMOCK0001/")
+    assert "mock-secret-access-key" not in gw.logs()
+
+
+def test_bedrock_without_any_aws_credentials_is_a_clear_503_and_nothing_is_sent_unsigned(mocks, gateway, no_aws_files):
+    mock = bedrock(mocks)
+    gw = gateway(gateway_config(provider("bedrock", CLAUDE_ON_BEDROCK, mock)))
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_BEDROCK})
+
+    assert answer.status == 503, answer.body
+    assert answer.json()["error"]["code"] == "provider_credentials_missing" and "aws_access_key_id" in answer.json()["error"]["message"]
+    assert not mock.received
+
+
+def test_vertex_uses_application_default_credentials_and_its_errors_reach_the_client_as_openai_json(mocks, gateway, google_key, monkeypatch):
+    mock, keys = vertex(mocks, google_key, status=429)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", keys.pop("vertex_credentials"))
+    gw = gateway(gateway_config(provider("vertex", CLAUDE_ON_VERTEX, mock, **keys)))
+
+    answer = chat(gw.port, {**HELLO, "model": CLAUDE_ON_VERTEX})
+
+    assert mock.received[0].header("authorization") == "Bearer ya29.mock-1", "a token for the ADC service account"
+    assert answer.status == 429
+    assert answer.json() == {"error": {"message": "vertex: mock status 429", "type": "server_error", "code": "api_error"}}
