@@ -50,8 +50,8 @@ def too_large(size: int, limit: int) -> Reply:
     return error_reply(413, message, "invalid_request_error", "request_too_large")
 
 
-def no_provider_for(endpoint: str, model: str) -> Reply:
-    message = f"No provider of model '{model}' serves {endpoint} (only anthropic/… providers do: add one to the model's chain)."
+def no_provider_for(endpoint: str, model: str, why: str) -> Reply:
+    message = f"No provider of model '{model}' serves {endpoint} ({why})."
     return error_reply(404, message, "invalid_request_error", "endpoint_not_served")
 
 

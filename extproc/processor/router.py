@@ -150,10 +150,11 @@ def resolve(
     path = headers.get(":path", "/")
     candidates = chain.providers
     only = providers.restricted(path)
-    if only is not None:  # an endpoint only some kinds serve (Anthropic's count_tokens): only their providers may see it
+    if only is not None:  # not a chat endpoint: only providers serving it may see it (Anthropic's count_tokens; not Bedrock's)
         candidates = tuple(name for name in chain.providers if providers.serves(config.providers[name], only))
         if not candidates:
-            return errors.no_provider_for(only, model)
+            return errors.no_provider_for(only, model, providers.why_not(only))
+        only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
     start = candidates[0]
     if health is not None:
         trial_s = chain.policy.per_try_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take

@@ -91,7 +91,7 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
     only = providers.restricted(context.path)
     if only is not None and not providers.serves(provider, only):  # the router level caps retries before such a provider: never reached
-        return errors.no_provider_for(only, provider.model)
+        return errors.no_provider_for(only, provider.model, providers.why_not(only))
     pair = translator.for_attempt(context.path, provider)
     if pair is not None:
         headers = plan(live.current, provider, pair.path or context.path, context.originals, present, extra=pair.headers)

@@ -33,14 +33,28 @@ def kind_of(provider: Provider) -> Kind:
     return kind_named(provider.kind)
 
 
+#: The chat endpoints every kind serves (some, translated); a kind may serve nothing else (`Kind.chat_only`).
+CHAT_ROUTES = frozenset({"/v1/chat/completions", "/v1/messages"})
+
+
 def restricted(path: str) -> str | None:
-    """`path`'s route when only some kinds serve it (`serves` says which), else None."""
+    """`path`'s route when some providers may not serve it (`serves` says which), else None."""
     route = path.split("?", 1)[0]
-    return route if route in OWN_ENDPOINTS else None
+    return None if route in CHAT_ROUTES else route
 
 
 def serves(provider: Provider, route: str) -> bool:
-    return route in kind_of(provider).own_endpoints
+    kind = kind_of(provider)
+    if route in OWN_ENDPOINTS:
+        return route in kind.own_endpoints
+    return kind.chat_only is None or not kind.chat_only(provider)
 
 
-__all__ = ["KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves"]
+def why_not(route: str) -> str:
+    """Why no provider of a chain serves `route` (for the client's 404)."""
+    if route in OWN_ENDPOINTS:
+        return "only " + ", ".join(f"{name}/…" for name, kind in KINDS.items() if route in kind.own_endpoints) + " providers do"
+    return "Bedrock and Claude on Vertex AI take chat requests only (/v1/chat/completions, /v1/messages)"
+
+
+__all__ = ["CHAT_ROUTES", "KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves", "why_not"]

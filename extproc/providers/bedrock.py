@@ -144,5 +144,6 @@ KINDS = (
         token_source=_credentials,
         sign=sign,
         sets_headers=frozenset(_SIGNATURE_HEADERS) - {"authorization"},
+        chat_only=lambda provider: True,
     ),
 )

@@ -42,6 +42,8 @@ class Kind:
     own_endpoints: frozenset[str] = frozenset()
     #: The entry's own keys as its provider keeps them, defaults filled in (Bedrock: the region from the environment).
     settle: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    #: provider -> True when it takes chat requests only (its paths are per model and operation: Bedrock, Claude on Vertex).
+    chat_only: Callable[[Provider], bool] | None = None
     #: Of `config_keys`, those an entry of this kind must set.
     required_keys: tuple[str, ...] = ()
     #: The default base_url from the entry's own keys (a region, say), when it depends on them.

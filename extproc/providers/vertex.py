@@ -156,6 +156,7 @@ KINDS = (
         required_keys=("vertex_project", "vertex_location"),
         base_url_of=lambda keys: base_url(keys["vertex_location"]),
         api_of=api_of,
+        chat_only=is_claude,
         path=path,
         wire_model=wire_model,
         token_source=lambda provider: token_for(provider.vertex_credentials),

@@ -409,3 +409,22 @@ def test_vertex_uses_application_default_credentials_and_its_errors_reach_the_cl
     assert mock.received[0].header("authorization") == "Bearer ya29.mock-1", "a token for the ADC service account"
     assert answer.status == 429
     assert answer.json() == {"error": {"message": "vertex: mock status 429", "type": "server_error", "code": "api_error"}}
+
+
+def test_a_non_chat_request_never_reaches_bedrock(mocks, gateway):
+    """Bedrock's paths are per model and operation: an embeddings request stays with the providers that take it."""
+    aws = bedrock(mocks)
+    openai = mocks.start("openai", status=429, retry_after="1")
+    gw = gateway(
+        gateway_config(
+            provider("openai", "openai/gpt-4o", openai, access_key="sk-openai-0001", retry_policy={"fallback_models": [CLAUDE_ON_BEDROCK]}),
+            provider("bedrock", CLAUDE_ON_BEDROCK, aws, **AWS_KEYS),
+        )
+    )
+
+    through_openai = chat(gw.port, {"model": "openai/gpt-4o", "input": "hi"}, path="/v1/embeddings")
+    bedrock_only = chat(gw.port, {"model": CLAUDE_ON_BEDROCK, "input": "hi"}, path="/v1/embeddings")
+
+    assert through_openai.status == 429, "OpenAI's own answer: the chain stops before Bedrock"
+    assert bedrock_only.status == 404 and "chat requests only" in bedrock_only.json()["error"]["message"]
+    assert [request.path for request in openai.received] == ["/v1/embeddings"] and not aws.received
