@@ -174,12 +174,11 @@ def frames(name: str, payload: dict[str, Any], number: int) -> list[bytes]:
     return out
 
 
-def frame(event_type: str, payload: dict[str, Any], message_type: str = "event") -> bytes:
-    """One AWS event-stream message: prelude (lengths, CRC), string headers, JSON payload, CRC of it all."""
-    headers = b"".join(
-        len(key).to_bytes(1, "big") + key + b"\x07" + len(value).to_bytes(2, "big") + value
-        for key, value in ((b":event-type", event_type.encode()), (b":content-type", b"application/json"), (b":message-type", message_type.encode()))
-    )
+def frame(event_type: str, payload: dict[str, Any], exception: bool = False) -> bytes:
+    """One AWS event-stream message: prelude (lengths, CRC), string headers, JSON payload, CRC of it all (an exception's: `event_type` names it)."""
+    kind = (b":exception-type", b"exception") if exception else (b":event-type", b"event")
+    fields = ((kind[0], event_type.encode()), (b":content-type", b"application/json"), (b":message-type", kind[1]))
+    headers = b"".join(len(key).to_bytes(1, "big") + key + b"\x07" + len(value).to_bytes(2, "big") + value for key, value in fields)
     body = json.dumps(payload).encode()
     prelude = (12 + len(headers) + len(body) + 4).to_bytes(4, "big") + len(headers).to_bytes(4, "big")
     message = prelude + zlib.crc32(prelude).to_bytes(4, "big") + headers + body

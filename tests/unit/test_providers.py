@@ -1,6 +1,8 @@
 """Provider kinds, as pure functions: paths, wire model names, the Vertex body, token renewal times, config keys."""
 
+import base64
 import datetime
+import json
 import time
 
 import pytest
@@ -88,3 +90,18 @@ def test_bedrocks_region_comes_from_the_entry_else_the_environment(monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(ConfigError, match=r"model_providers\[0\]\.model: bedrock/… providers need a region"):
         config("  - {model: 'bedrock/amazon.nova-pro-v1:0'}")
+
+
+def test_anthropic_clients_on_bedrock_get_claudes_events_back_from_invoke_frames():
+    from extproc.mock_anthropic import events
+    from extproc.mock_bedrock import frame
+    from extproc.translator import anthropic_bedrock
+
+    sent = [line[6:] for event in events("b", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, 1) for line in event.split(b"\n") if line.startswith(b"data: ")]
+    frames = b"".join(frame("chunk", {"bytes": base64.b64encode(item).decode()}) for item in sent)
+    stream = anthropic_bedrock.StreamTranslator()
+    out = b"".join(stream.feed(frames[index : index + 11]) for index in range(0, len(frames), 11)) + stream.feed(b"", end=True)
+
+    assert [json.loads(block.split(b"\n")[1][6:]) for block in out.split(b"\n\n") if block] == [json.loads(item) for item in sent]
+    cut = anthropic_bedrock.StreamTranslator()
+    assert b"ended before its message_stop" in cut.feed(frames[: len(frames) // 2], end=True)
