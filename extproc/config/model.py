@@ -62,6 +62,9 @@ class Provider:
     http_host: str | None = None  # the Host header to send, when not the base_url's (Plano's `http_host`)
     #: `max_tokens` sent to an Anthropic provider when a translated request gives none (the Messages API requires one).
     default_max_tokens: int = 4096
+    #: Its model's providers are tried by priority, lowest first (None: its position among them); equal priorities share by `weight`.
+    priority: int | None = None
+    weight: int = 1
     #: Azure OpenAI: the `api-version` of the deployments path; None: Azure's v1 path (base_url's).
     api_version: str | None = None
     #: Vertex AI: the project and region of its paths, and the service-account key file (None: Application Default Credentials).
@@ -213,11 +216,14 @@ class Config:
     source: str
     listeners: tuple[Listener, ...]
     providers: Mapping[str, Provider]  # by name, in file order
-    models: Mapping[str, tuple[str, ...]]  # model -> its own providers, in file order
+    models: Mapping[str, tuple[str, ...]]  # model -> its own providers, by priority (then file order)
     chains: Mapping[str, Chain]  # start provider name -> chain
     default_provider: str | None
     #: Headers some provider sets: every attempt restores or drops them.
     owned_headers: frozenset[str]
+    #: model -> its priority groups (names, weights), for a model with a group of more than one provider; the router
+    #: starts a request in the first group with a provider not cooling down, picked by weight.
+    groups: Mapping[str, tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]] = field(default_factory=dict)
     #: A model's bare name ("gpt-4o") -> the model ("openai/gpt-4o"), where only one model has that name.
     bare_models: Mapping[str, str] = field(default_factory=dict)
     cooldown: Cooldown = Cooldown()

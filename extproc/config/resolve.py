@@ -57,6 +57,8 @@ class Resolver:
         models: dict[str, list[str]] = {}
         for provider in by_name.values():
             models.setdefault(provider.model, []).append(provider.name)
+        groups = {name: _groups([by_name[member] for member in names]) for name, names in models.items()}
+        models = {name: [member for group in groups[name] for member in group] for name in models}
         policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
         bare: dict[str, list[str]] = {}
         for name in models:
@@ -66,11 +68,13 @@ class Resolver:
         if self.problems:
             return None
         chains = {}
-        for name_of_model, names in models.items():
+        for name_of_model in models:
             policy = policies.get(name_of_model, model.RetryPolicy())
             tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
-            for index, name in enumerate(names):
-                chains[name] = Chain(tuple(dict.fromkeys(names[index:] + tail)), policy)
+            for index, group in enumerate(groups[name_of_model]):
+                later = [member for following in groups[name_of_model][index + 1 :] for member in following]
+                for member in group:  # itself, the rest of its group, the later groups, the fallbacks
+                    chains[member] = Chain(tuple(dict.fromkeys([member, *group, *later, *tail])), policy)
         owned = set(CREDENTIAL_HEADERS)
         if len({translator.provider_api(provider) for provider in by_name.values()}) > 1:
             owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
@@ -83,6 +87,11 @@ class Resolver:
             listeners=tuple(listeners),
             providers=frozen_mapping(by_name),
             models=frozen_mapping((name, tuple(names)) for name, names in models.items()),
+            groups=frozen_mapping(
+                (name, tuple((tuple(group), tuple(by_name[member].weight for member in group)) for group in model_groups))
+                for name, model_groups in groups.items()
+                if any(len(group) > 1 for group in model_groups)
+            ),
             chains=frozen_mapping(chains),
             default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
             owned_headers=frozenset(owned),
@@ -194,6 +203,8 @@ class Resolver:
             interface=schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None,
             http_host=entry.http_host,
             default_max_tokens=entry.default_max_tokens,
+            priority=entry.priority,
+            weight=entry.weight,
             **(dict.fromkeys(providers.KIND_KEYS) | (kind_rules.settle(keys) if kind_rules.settle else keys)),
         )
 
@@ -273,3 +284,12 @@ class Resolver:
             service_name=env.get("OTEL_SERVICE_NAME") or block.service_name or model.Tracing.service_name,
             sampling_percent=percent if percent is not None else model.Tracing.sampling_percent,
         )
+
+
+def _groups(members: list[model.Provider]) -> list[list[str]]:
+    """A model's providers (in file order) as priority groups, lowest priority first; an unset priority is the provider's position."""
+    keyed = sorted(((provider.priority if provider.priority is not None else position, position, provider.name) for position, provider in enumerate(members)))
+    groups: dict[int, list[str]] = {}
+    for priority, _, name in keyed:
+        groups.setdefault(priority, []).append(name)
+    return list(groups.values())

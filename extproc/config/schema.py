@@ -313,6 +313,8 @@ class Provider(Section):
     provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
     http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
     default_max_tokens: Annotated[int, integer(1)] = Field(default=4096, description="Anthropic providers: max_tokens for a translated request that gives none")
+    priority: Annotated[int, integer(0, 1000)] | None = Field(default=None, description="lower first; providers of a model with the same priority share its traffic by weight (default: file order)")
+    weight: Annotated[int, integer(1, 1000)] = Field(default=1, description="this provider's share of its priority group's traffic")
     vertex_project: Text | None = Field(default=None, description="vertex_ai/<model>: the Google Cloud project")
     vertex_location: Text | None = Field(default=None, description="vertex_ai/<model>: the region (us-east5, europe-west1, global, …)")
     vertex_credentials: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .. import providers, translator
@@ -149,9 +150,13 @@ def resolve(
         chain = found
     path = headers.get(":path", "/")
     candidates = chain.providers
+    groups = config.groups.get(model)
+    if groups is not None:  # priority groups: each in an order drawn by weight, so the first available member is picked by weight
+        own = len(config.models[model])
+        candidates = (*(name for names, weights in groups for name in by_weight(names, weights)), *chain.providers[own:])
     only = providers.restricted(path)
     if only is not None:  # not a chat endpoint: only providers serving it may see it (Anthropic's count_tokens; not Bedrock's)
-        candidates = tuple(name for name in chain.providers if providers.serves(config.providers[name], only))
+        candidates = tuple(name for name in candidates if providers.serves(config.providers[name], only))
         if not candidates:
             return errors.no_provider_for(only, model, providers.why_not(only))
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
@@ -185,6 +190,20 @@ def resolve(
         extra[TRANSLATE_HEADER] = "1"
     first_attempt = plan(config, provider, path, originals, headers, config.chain_clusters[start], extra)
     return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch)
+
+
+def by_weight(names: tuple[str, ...], weights: tuple[int, ...], draw: Callable[[], float] = random.random) -> list[str]:
+    """`names` in an order drawn by weight (each next one with probability weight / weights left): the first is picked by weight."""
+    left = list(zip(names, weights))
+    order = []
+    while left:
+        point = draw() * sum(weight for _, weight in left)
+        index = 0
+        while index < len(left) - 1 and point >= left[index][1]:
+            point -= left[index][1]
+            index += 1
+        order.append(left.pop(index)[0])
+    return order
 
 
 def models_reply(config: Config, model_id: str) -> errors.Reply:

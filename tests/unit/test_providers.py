@@ -105,3 +105,28 @@ def test_anthropic_clients_on_bedrock_get_claudes_events_back_from_invoke_frames
     assert [json.loads(block.split(b"\n")[1][6:]) for block in out.split(b"\n\n") if block] == [json.loads(item) for item in sent]
     cut = anthropic_bedrock.StreamTranslator()
     assert b"ended before its message_stop" in cut.feed(frames[: len(frames) // 2], end=True)
+
+
+GROUPED = config(
+    "  - {name: a, model: openai/gpt-4o, base_url: 'http://a', priority: 0, weight: 3}\n"
+    "  - {name: c, model: openai/gpt-4o, base_url: 'http://c', priority: 1}\n"
+    "  - {name: b, model: openai/gpt-4o, base_url: 'http://b', priority: 0, retry_policy: {fallback_models: [openai/gpt-4o-mini]}}\n"
+    "  - {name: m, model: openai/gpt-4o-mini, base_url: 'http://m'}"
+)
+
+
+def test_priority_groups_order_the_chains_a_member_tries_its_group_before_the_next_group():
+    assert GROUPED.models["openai/gpt-4o"] == ("a", "b", "c")
+    assert GROUPED.groups["openai/gpt-4o"] == ((("a", "b"), (3, 1)), (("c",), (1,)))
+    assert GROUPED.chains["b"].providers == ("b", "a", "c", "m"), "itself, its group, the next group, the fallback model"
+    assert GROUPED.chains["a"].providers == ("a", "b", "c", "m") and GROUPED.chains["c"].providers == ("c", "m")
+    assert "openai/gpt-4o-mini" not in GROUPED.groups, "no group of more than one: routed as before, no draw"
+
+
+def test_by_weight_draws_the_first_member_in_proportion_to_its_weight():
+    from extproc.processor.router import by_weight
+
+    draws = [index / 400 for index in range(400)]  # evenly over [0, 1)
+    firsts = [by_weight(("a", "b"), (3, 1), iter([draw, 0.0]).__next__)[0] for draw in draws]
+    assert (firsts.count("a"), firsts.count("b")) == (300, 100)
+    assert by_weight(("a", "b", "c"), (1, 1, 1), iter([0.99, 0.99, 0.0]).__next__) == ["c", "b", "a"]

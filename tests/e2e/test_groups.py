@@ -1,0 +1,53 @@
+"""Priority groups with weights, through real Envoy: traffic shared by weight, a member's 429 served by its group, then the next group."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from .harness import chat, gateway_config, provider
+
+HELLO = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_group_shares_its_traffic_by_weight(mocks, gateway):
+    heavy, light, backup = mocks.start("heavy"), mocks.start("light"), mocks.start("backup")
+    gw = gateway(
+        gateway_config(
+            provider("heavy", "openai/gpt-4o", heavy, access_key="k-heavy", priority=0, weight=3),
+            provider("light", "openai/gpt-4o", light, access_key="k-light", priority=0, weight=1),
+            provider("backup", "openai/gpt-4o", backup, access_key="k-backup", priority=1),
+        )
+    )
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: chat(gw.port, HELLO).status, range(400)))
+
+    assert statuses == [200] * 400
+    # 3:1 of 400 is 300:100; the binomial's standard deviation is 8.7, so ±50 fails once in ~10^8 runs, not by chance.
+    assert 250 <= heavy.served <= 350 and heavy.served + light.served == 400, (heavy.served, light.served)
+    assert not backup.served, "the next group takes nothing while this one answers"
+    assert {request.header("authorization") for request in light.received} == {"Bearer k-light"}, "each member its own key"
+
+
+def test_a_members_429_is_served_by_its_group_and_a_cooling_group_hands_over_to_the_next(mocks, gateway):
+    limited, healthy, backup = mocks.start("limited", status=429, retry_after="30"), mocks.start("healthy"), mocks.start("backup")
+    gw = gateway(
+        gateway_config(
+            provider("limited", "openai/gpt-4o", limited, access_key="k1", priority=0, weight=1),
+            provider("healthy", "openai/gpt-4o", healthy, access_key="k2", priority=0, weight=1),
+            provider("backup", "openai/gpt-4o", backup, access_key="k3", priority=1),
+        )
+    )
+
+    answers = [chat(gw.port, HELLO) for _ in range(20)]
+
+    assert {answer.status for answer in answers} == {200}
+    assert {answer.headers["x-arch-llm-provider"] for answer in answers} == {"healthy"}, "the other member, not the next group"
+    assert limited.served <= 1, "its 429 cooled it: the group's other member takes its share"
+    assert not backup.served
+
+    healthy.status, healthy.retry_after = 429, "30"  # now the whole group is rate limited
+    first = chat(gw.port, HELLO)
+    after = [chat(gw.port, HELLO) for _ in range(5)]
+
+    assert first.status == 200 and first.headers["x-arch-llm-provider"] == "backup", "the next group answers the request that found the group limited"
+    assert {answer.headers["x-arch-llm-provider"] for answer in after} == {"backup"}
+    assert healthy.served == 21, "once cooling, the group is not tried again"
