@@ -397,6 +397,17 @@ def provider(name: str, model: str, mock: MockProvider | None = None, port: int 
     return entry
 
 
+def openai_and_claude(mocks, gateway, claude_first: bool, openai: dict, claude: dict):
+    """gpt-4o (an OpenAI mock) and Claude (an Anthropic one), the first of the chain falling back to the other; (OpenAI mock, Claude mock, gateway)."""
+    openai_mock = mocks.start("openai", **openai)
+    claude_mock = mocks.start("claude", api="anthropic", **claude)
+    openai_entry = provider("openai", "openai/gpt-4o", openai_mock, access_key="sk-openai-0001")
+    claude_entry = provider("claude", "anthropic/claude-sonnet-4", claude_mock, access_key="sk-ant-0002")
+    first, second = (claude_entry, openai_entry) if claude_first else (openai_entry, claude_entry)
+    first["retry_policy"] = {"fallback_models": [second["model"]]}
+    return openai_mock, claude_mock, gateway(gateway_config(first, second))
+
+
 def gateway_config(*providers: dict, **listener) -> dict:
     return {
         "listeners": [{"type": "model", "name": "llm", "address": "127.0.0.1", "port": 0, **listener}],

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from .harness import chat, gateway_config, http_stream, provider, request, wait_for
+from .harness import chat, gateway_config, http_stream, openai_and_claude, provider, request, wait_for
 
 GPT4O = "openai/gpt-4o"
 CLAUDE = "anthropic/claude-sonnet-4"
@@ -32,15 +32,9 @@ ASK = {
 
 def claude_then_openai(mocks, gateway, claude_status: int = 429, openai_first: bool = False, **openai_behaviour):
     """Claude falls back to gpt-4o (or gpt-4o comes first when `openai_first`); Claude answers `claude_status`."""
-    claude = mocks.start("claude", api="anthropic", **({"status": claude_status, "retry_after": "1"} if claude_status != 200 else {}))
-    openai = mocks.start("openai", strict=True, **openai_behaviour)
-    claude_entry = provider("claude", CLAUDE, claude, access_key="sk-ant-0002")
-    openai_entry = provider("openai", GPT4O, openai, access_key="sk-openai-0001")
-    if openai_first:
-        openai_entry["retry_policy"] = {"fallback_models": [CLAUDE]}
-        return claude, openai, gateway(gateway_config(openai_entry, claude_entry))
-    claude_entry["retry_policy"] = {"fallback_models": [GPT4O]}
-    return claude, openai, gateway(gateway_config(claude_entry, openai_entry))
+    claude = {"status": claude_status, "retry_after": "1"} if claude_status != 200 else {}
+    openai, claude_mock, gw = openai_and_claude(mocks, gateway, not openai_first, {"strict": True, **openai_behaviour}, claude)
+    return claude_mock, openai, gw
 
 
 def messages(port: int, payload: dict, headers: dict[str, str] | None = None):

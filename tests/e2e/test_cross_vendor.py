@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from .harness import chat, gateway_config, http_stream, provider, wait_for
+from .harness import chat, gateway_config, http_stream, openai_and_claude, provider, wait_for
 
 GPT4O = "openai/gpt-4o"
 CLAUDE = "anthropic/claude-sonnet-4"
@@ -25,15 +25,9 @@ ASK = {
 
 def cross_vendor(mocks, gateway, first_fails: bool = True, claude_first: bool = False, **claude_behaviour):
     """gpt-4o falls back to Claude (or the reverse); the first of the chain answers 429 when `first_fails`."""
-    openai = mocks.start("openai", **({"status": 429, "retry_after": "1"} if first_fails and not claude_first else {}))
-    claude = mocks.start("claude", api="anthropic", **({"status": 429} if first_fails and claude_first else {}), **claude_behaviour)
-    openai_entry = provider("openai", GPT4O, openai, access_key="sk-openai-0001")
-    claude_entry = provider("claude", CLAUDE, claude, access_key="sk-ant-0002")
-    if claude_first:
-        claude_entry["retry_policy"] = {"fallback_models": [GPT4O]}
-        return openai, claude, gateway(gateway_config(claude_entry, openai_entry))
-    openai_entry["retry_policy"] = {"fallback_models": [CLAUDE]}
-    return openai, claude, gateway(gateway_config(openai_entry, claude_entry))
+    openai = {"status": 429, "retry_after": "1"} if first_fails and not claude_first else {}
+    claude = {**({"status": 429} if first_fails and claude_first else {}), **claude_behaviour}
+    return openai_and_claude(mocks, gateway, claude_first, openai, claude)
 
 
 #: Claude answering as a retry (after OpenAI's 429: attempt 2) or first (attempt 1, which the router level marks for translation).
