@@ -428,3 +428,21 @@ def test_a_non_chat_request_never_reaches_bedrock(mocks, gateway):
     assert through_openai.status == 429, "OpenAI's own answer: the chain stops before Bedrock"
     assert bedrock_only.status == 404 and "chat requests only" in bedrock_only.json()["error"]["message"]
     assert [request.path for request in openai.received] == ["/v1/embeddings"] and not aws.received
+
+
+def test_an_azure_refusal_reaches_the_client_as_azure_sent_it_and_is_not_failed_over(mocks, gateway):
+    """A 400 (Azure's content_filter refusals are 400s) is the client's answer: not retried elsewhere, body untouched."""
+    azure = mocks.start("azure", status=400)
+    backup = mocks.start("backup")
+    gw = gateway(
+        gateway_config(
+            provider("azure", "azure/prod-gpt-4o", azure, access_key="azure-key-0001", api_version="2024-10-21", retry_policy={"fallback_models": ["openai/gpt-4o"]}),
+            provider("backup", "openai/gpt-4o", backup, access_key="sk-openai-0001"),
+        )
+    )
+
+    answer = chat(gw.port, {**HELLO, "model": "azure/prod-gpt-4o"})
+
+    assert answer.status == 400
+    assert answer.json() == {"error": {"message": "azure: mock status 400", "type": "invalid_request_error", "param": None, "code": "invalid_request_error"}}
+    assert not backup.received
