@@ -9,6 +9,7 @@ rules is its module and one line here.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from . import anthropic, azure, bedrock, openai, vertex
@@ -24,6 +25,7 @@ KIND_KEYS = frozenset().union(*(kind.config_keys for kind in KINDS.values()))
 OWN_ENDPOINTS = frozenset().union(*(kind.own_endpoints for kind in KINDS.values()))
 
 
+@functools.cache  # asked several times a request: an undeclared kind is built once
 def kind_named(name: str) -> Kind:
     """The kind called `name`; an undeclared one is OpenAI-compatible with Bearer keys."""
     return KINDS.get(name) or Kind(name)

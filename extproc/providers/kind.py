@@ -58,7 +58,6 @@ class Kind:
     token_source: Callable[[Provider], TokenSource | None] | None = None
     #: provider -> a rewrite of its API's body it needs beyond the model (body -> (body, path)); None: as the API has it.
     body_dialect: Callable[[Provider], Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None] | None = None
-
     #: (provider, path, the exact body) -> the headers that sign this attempt (SigV4); None: attempts are not signed.
     sign: Callable[[Provider, str, bytes], list[tuple[str, str]]] | None = None
     #: Headers its attempts set beyond the credential header (a signature's), dropped again for the next attempt.
