@@ -343,7 +343,7 @@ class _AnswerTranslation:
         else:
             try:
                 answer = self.answer.response(msgspec.json.decode(body), self.model)
-            except (ValueError, AttributeError, TypeError, IndexError):
+            except (ValueError, AttributeError, TypeError, LookupError):  # an answer of an unexpected shape: the provider's fault, a 502
                 answer = self.answer.error(502, b"", self.provider)
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
 

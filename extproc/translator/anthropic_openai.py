@@ -114,8 +114,8 @@ def _system(system: Any) -> str:
 def _blocks(content: Any, index: int) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
-    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
-        raise TranslationError(f"messages[{index}].content must be a string or an array of content blocks")
+    if not isinstance(content, list) or not all(isinstance(block, dict) and isinstance(block.get("type"), str) for block in content):
+        raise TranslationError(f"messages[{index}].content must be a string or an array of content blocks, each with a type")
     return content
 
 
@@ -294,7 +294,7 @@ class StreamTranslator:
             try:
                 self._chunk(chunk, out)
                 return
-            except (AttributeError, TypeError, ValueError, IndexError):  # a field of an unexpected type
+            except (AttributeError, TypeError, ValueError, LookupError):  # a field of an unexpected type
                 pass
         self.malformed += 1
         out.append(_error("the provider sent an event the gateway could not read"))

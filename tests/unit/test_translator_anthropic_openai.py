@@ -215,3 +215,22 @@ def test_openais_own_api_gets_max_completion_tokens_and_compatible_servers_max_t
     payload = {"model": "m", "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}
     assert translator.ANTHROPIC_TO_OPENAI.request(payload, _provider("openai")).body["max_completion_tokens"] == 7
     assert translator.ANTHROPIC_TO_OPENAI.request(payload, _provider("groq")).body["max_tokens"] == 7
+
+
+def test_a_block_whose_type_is_not_a_string_is_the_clients_error_not_a_crash():
+    """Found by fuzzing the translator with random JSON: a list as a block's type reached a set look-up."""
+    with pytest.raises(translator.TranslationError, match="each with a type"):
+        t.request({"model": "m", "messages": [{"role": "assistant", "content": [{"type": ["tool", "text"]}]}]}, "m")
+
+
+def test_an_answer_of_an_unexpected_shape_becomes_a_502_in_the_clients_shape():
+    """Found by fuzzing: `choices` as an object raised KeyError, which no handler caught (a 500 with a traceback logged)."""
+    from extproc.config import parse_config
+    from extproc.server.streams import _AnswerTranslation
+
+    provider = next(iter(parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4o}]", "t.yaml", {}).providers.values()))
+    answer = _AnswerTranslation(translator.ANTHROPIC_TO_OPENAI.answer, provider, False)
+    answer.on_headers(200, {"content-type": "application/json"})
+    body = answer.on_body(b'{"choices": {"0": {}}}', True)
+
+    assert b'"type":"error"' in body.replace(b" ", b"") and b"answered status 502" in body
