@@ -67,30 +67,23 @@ class StreamTranslator:
         out = [self._frame(frame.headers, frame.payload) for frame in frames if not self._done]
         if corrupt:
             self.malformed += 1
-            out.append(_error("the provider sent an event-stream frame the gateway could not read"))
+            out.append(sse.anthropic_error("the provider sent an event-stream frame the gateway could not read"))
         if end and not self._done and not self._stopped:
-            out.append(_error("the provider's event stream ended before its message_stop event"))
+            out.append(sse.anthropic_error("the provider's event stream ended before its message_stop event"))
             self._done = True
         return b"".join(out)
 
     def _frame(self, headers: dict[str, Any], payload: bytes) -> bytes:
         if headers.get(":message-type") == "exception":
             self._done = True
-            try:
-                message = str(json.loads(payload).get("message", ""))
-            except (ValueError, AttributeError):
-                message = ""
+            message = str(body_field(payload, "message") or "")
             kind = "rate_limit_error" if headers.get(":exception-type") == "throttlingException" else "api_error"
-            return _error(message, kind)
+            return sse.anthropic_error(message, kind)
         try:
             event = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
             name = str(event["type"])
         except (ValueError, TypeError, KeyError):
             self.malformed += 1
-            return _error("the provider sent an event the gateway could not read")
+            return sse.anthropic_error("the provider sent an event the gateway could not read")
         self._stopped = self._stopped or name == "message_stop"
         return sse.named_event(name, event)
-
-
-def _error(message: str, kind: str = "api_error") -> bytes:
-    return sse.named_event("error", {"type": "error", "error": {"type": kind, "message": message}})

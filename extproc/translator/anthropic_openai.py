@@ -278,7 +278,7 @@ class StreamTranslator:
             if not self._done:
                 self._event(event.data, out)
         if end and not self._done:
-            out.append(_error("the provider's event stream ended before its [DONE] event"))
+            out.append(sse.anthropic_error("the provider's event stream ended before its [DONE] event"))
             self._done = True
         return b"".join(out)
 
@@ -297,11 +297,11 @@ class StreamTranslator:
             except (AttributeError, TypeError, ValueError, LookupError):  # a field of an unexpected type
                 pass
         self.malformed += 1
-        out.append(_error("the provider sent an event the gateway could not read"))
+        out.append(sse.anthropic_error("the provider sent an event the gateway could not read"))
 
     def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         if isinstance(chunk.get("error"), dict):
-            out.append(_error(str(chunk["error"].get("message", "")), "api_error"))
+            out.append(sse.anthropic_error(str(chunk["error"].get("message", "")), "api_error"))
             self._done = True
             return
         if not self._started:
@@ -347,7 +347,7 @@ class StreamTranslator:
 
     def _finish(self, out: list[bytes]) -> None:
         if not self._started:
-            out.append(_error("the provider's event stream ended before any message"))
+            out.append(sse.anthropic_error("the provider's event stream ended before any message"))
             self._done = True
             return
         self._close(out)
@@ -355,7 +355,3 @@ class StreamTranslator:
         out.append(sse.named_event("message_delta", delta))
         out.append(sse.named_event("message_stop", {"type": "message_stop"}))
         self._done = True
-
-
-def _error(message: str, kind: str = "api_error") -> bytes:
-    return sse.named_event("error", {"type": "error", "error": {"type": kind, "message": message}})

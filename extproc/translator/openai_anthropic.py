@@ -265,9 +265,7 @@ class StreamTranslator:
     include_usage: bool = False
     malformed: int = 0
     _reader: sse.EventReader = field(default_factory=sse.EventReader)
-    _id: str = ""
-    _model: str = ""
-    _created: int = field(default_factory=lambda: int(time.time()))
+    _chunks: sse.Chunks = field(default_factory=sse.Chunks)
     _usage: dict[str, Any] = field(default_factory=dict)
     _tools: dict[int, int] = field(default_factory=dict)  # content block index -> tool call index
     _done: bool = False
@@ -276,7 +274,7 @@ class StreamTranslator:
         """The OpenAI events for what `data` completes; at `end`, the stream's close (`[DONE]`)."""
         out = [translated for event in self._reader.feed(data, end) for translated in self._event(event.data)]
         if end and not self._done:
-            out.append(_error_event("the provider's event stream ended before its message_stop event", "incomplete_stream"))
+            out.append(sse.openai_error("the provider's event stream ended before its message_stop event", "incomplete_stream"))
             out.append(sse.DONE)
             self._done = True
         return b"".join(out)
@@ -294,51 +292,41 @@ class StreamTranslator:
             except (AttributeError, TypeError, ValueError):  # a field of an unexpected type
                 pass
         self.malformed += 1
-        return (_error_event("the provider sent an event the gateway could not read", "malformed_event"),)
+        return (sse.openai_error("the provider sent an event the gateway could not read", "malformed_event"),)
 
     def _translate(self, event: dict[str, Any]) -> tuple[bytes, ...]:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
-            self._id, self._model = message.get("id", ""), message.get("model", "")
+            self._chunks.id, self._chunks.model = message.get("id", ""), message.get("model", "")
             self._usage.update(message.get("usage") or {})
-            return (self._chunk({"role": "assistant", "content": ""}),)
+            return (self._chunks.delta({"role": "assistant", "content": ""}),)
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 number = self._tools[event.get("index", 0)] = len(self._tools)
                 call = {"index": number, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
-                return (self._chunk({"tool_calls": [call]}),)
+                return (self._chunks.delta({"tool_calls": [call]}),)
             return ()
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return (self._chunk({"content": delta.get("text", "")}),)
+                return (self._chunks.delta({"content": delta.get("text", "")}),)
             if delta.get("type") == "input_json_delta" and event.get("index", 0) in self._tools:
                 call = {"index": self._tools[event.get("index", 0)], "function": {"arguments": delta.get("partial_json", "")}}
-                return (self._chunk({"tool_calls": [call]}),)
+                return (self._chunks.delta({"tool_calls": [call]}),)
             return ()
         if kind == "message_delta":
             self._usage.update(event.get("usage") or {})
             reason = (event.get("delta") or {}).get("stop_reason")
-            return (self._chunk({}, _FINISH_REASONS.get(reason or "", "stop")),) if reason else ()
+            return (self._chunks.delta({}, _FINISH_REASONS.get(reason or "", "stop")),) if reason else ()
         if kind == "message_stop":
-            usage_chunk = (sse.data_event({**self._base(), "choices": [], "usage": usage(self._usage)}),) if self.include_usage else ()
+            usage_chunk = (self._chunks.usage(usage(self._usage)),) if self.include_usage else ()
             self._done = True
             return (*usage_chunk, sse.DONE)
         if kind == "error":
             detail = event.get("error") or {}
             kind = str(detail.get("type", "api_error"))
             self._done = True
-            return (sse.data_event({"error": {"message": str(detail.get("message", "")), "type": _ERROR_TYPES.get(kind, kind), "code": kind}}), sse.DONE)
+            return (sse.openai_error(str(detail.get("message", "")), kind, _ERROR_TYPES.get(kind, kind)), sse.DONE)
         return ()  # ping, content_block_stop, and events this translation does not know
-
-    def _base(self) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return sse.data_event({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
-
-
-def _error_event(message: str, code: str) -> bytes:
-    return sse.data_event({"error": {"message": message, "type": "server_error", "code": code}})

@@ -120,21 +120,23 @@ class StreamTranslator:
     model: str = ""  # Bedrock's frames do not name it: the provider's model id
     malformed: int = 0
     _reader: FrameReader = field(default_factory=FrameReader)
-    _created: int = field(default_factory=lambda: int(time.time()))
-    _id: str = field(default_factory=lambda: f"chatcmpl-bedrock-{int(time.time() * 1000)}")
+    _chunks: sse.Chunks = field(init=False)
     _tools: dict[int, int] = field(default_factory=dict)  # content block index -> tool call index
     _stopped: bool = False
     _done: bool = False
+
+    def __post_init__(self) -> None:
+        self._chunks = sse.Chunks(id=f"chatcmpl-bedrock-{int(time.time() * 1000)}", model=self.model)
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
         frames, corrupt = self._reader.feed(data)
         out = [translated for frame in frames if not self._done for translated in self._frame(frame.headers, frame.payload)]
         if corrupt:
             self.malformed += 1
-            out.append(_error("the provider sent an event-stream frame the gateway could not read", "malformed_event"))
+            out.append(sse.openai_error("the provider sent an event-stream frame the gateway could not read", "malformed_event"))
         if end and not self._done:
             if not self._stopped:
-                out.append(_error("the provider's event stream ended before its messageStop event", "incomplete_stream"))
+                out.append(sse.openai_error("the provider's event stream ended before its messageStop event", "incomplete_stream"))
             out.append(sse.DONE)
             self._done = True
         return b"".join(out)
@@ -142,49 +144,35 @@ class StreamTranslator:
     def _frame(self, headers: dict[str, Any], payload: bytes) -> list[bytes]:
         if headers.get(":message-type") == "exception":
             kind = str(headers.get(":exception-type", "exception"))
-            try:
-                message = str(json.loads(payload).get("message", ""))
-            except (ValueError, AttributeError):
-                message = ""
             self._done = True
-            return [sse.data_event({"error": {"message": message, "type": "rate_limit_error" if kind == "throttlingException" else "server_error", "code": kind}}), sse.DONE]
+            return [sse.openai_error(str(body_field(payload, "message") or ""), kind, "rate_limit_error" if kind == "throttlingException" else "server_error"), sse.DONE]
         try:
             event = json.loads(payload)
             return self._event(str(headers.get(":event-type", "")), event)
         except (ValueError, AttributeError, TypeError, KeyError):
             self.malformed += 1
-            return [_error("the provider sent an event the gateway could not read", "malformed_event")]
+            return [sse.openai_error("the provider sent an event the gateway could not read", "malformed_event")]
 
     def _event(self, kind: str, event: dict[str, Any]) -> list[bytes]:
         if kind == "messageStart":
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [self._chunks.delta({"role": "assistant", "content": ""})]
         if kind == "contentBlockStart":
             start = (event.get("start") or {}).get("toolUse")
             if start:
                 number = self._tools[event.get("contentBlockIndex", 0)] = len(self._tools)
-                return [self._chunk({"tool_calls": [{"index": number, "id": start.get("toolUseId", ""), "type": "function", "function": {"name": start.get("name", ""), "arguments": ""}}]})]
+                return [self._chunks.delta({"tool_calls": [{"index": number, "id": start.get("toolUseId", ""), "type": "function", "function": {"name": start.get("name", ""), "arguments": ""}}]})]
             return []
         if kind == "contentBlockDelta":
             delta = event.get("delta") or {}
             if "text" in delta:
-                return [self._chunk({"content": delta["text"]})]
+                return [self._chunks.delta({"content": delta["text"]})]
             if "toolUse" in delta and event.get("contentBlockIndex", 0) in self._tools:
                 call = {"index": self._tools[event.get("contentBlockIndex", 0)], "function": {"arguments": delta["toolUse"].get("input", "")}}
-                return [self._chunk({"tool_calls": [call]})]
+                return [self._chunks.delta({"tool_calls": [call]})]
             return []
         if kind == "messageStop":
             self._stopped = True
-            return [self._chunk({}, _FINISH_REASONS.get(event.get("stopReason") or "", "stop"))]
+            return [self._chunks.delta({}, _FINISH_REASONS.get(event.get("stopReason") or "", "stop"))]
         if kind == "metadata" and self.include_usage:
-            return [sse.data_event({**self._base(), "choices": [], "usage": usage(event.get("usage") or {})})]
+            return [self._chunks.usage(usage(event.get("usage") or {}))]
         return []  # contentBlockStop, metadata without usage asked for
-
-    def _base(self) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return sse.data_event({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
-
-
-def _error(message: str, code: str) -> bytes:
-    return sse.data_event({"error": {"message": message, "type": "server_error", "code": code}})

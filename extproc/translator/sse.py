@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,35 @@ class EventReader:
             self._data.append(value)
         elif name == b"event":
             self._name = value.decode("utf-8", "replace")
+
+
+@dataclass
+class Chunks:
+    """The `chat.completion.chunk` events of one OpenAI-format answer stream (id and model may be learned from its first event)."""
+
+    id: str = ""
+    model: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return data_event({**self._base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+
+    def usage(self, counts: dict[str, Any]) -> bytes:
+        """OpenAI's last chunk with `stream_options.include_usage`: no choices, the usage."""
+        return data_event({**self._base(), "choices": [], "usage": counts})
+
+    def _base(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+
+
+def openai_error(message: str, code: str, kind: str = "server_error") -> bytes:
+    """An error event in an OpenAI-format stream."""
+    return data_event({"error": {"message": message, "type": kind, "code": code}})
+
+
+def anthropic_error(message: str, kind: str = "api_error") -> bytes:
+    """An error event in an Anthropic-format stream."""
+    return named_event("error", {"type": "error", "error": {"type": kind, "message": message}})
 
 
 def data_event(data: dict[str, Any]) -> bytes:
