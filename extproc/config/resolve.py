@@ -143,7 +143,8 @@ class Resolver:
     def provider(self, entry: schema.Provider, path: str, ca_default: str | None) -> model.Provider | None:
         before = len(self.problems)
         kind, _, model_name = entry.model.partition("/")
-        kind_rules = providers.kind_named(schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else kind)
+        interface = schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None
+        kind_rules = providers.kind_named(interface or kind)  # as `model.Provider.kind` will say
         before_keys = len(self.problems)
         for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
             if getattr(entry, key) is not None:
@@ -200,7 +201,7 @@ class Resolver:
             if policy
             else None,
             ca_file=entry.ca_file or ca_default,
-            interface=schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None,
+            interface=interface,
             http_host=entry.http_host,
             default_max_tokens=entry.default_max_tokens,
             priority=entry.priority,

@@ -4,7 +4,8 @@ A kind is the part of `model` before the slash (`openai/gpt-4o`), or what a
 Plano `provider_interface` names. Each kind's module declares its `Kind`s;
 `KINDS` registers them. A kind nobody declared is an OpenAI-compatible API
 that takes `Authorization: Bearer` (most are): adding a kind with its own
-rules is its module and one line here.
+rules is its module and one line here, and, for config keys of its own, their
+declaration in `config/schema.py` and `config/model.py` (pydantic validates them there).
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class RouterStream:
         common = getattr(response, kind).response
         common.SetInParent()
         if decision is None:  # the body decides: the small lane sends it only when asked; the others (no overrides allowed) send it anyway
-            response.mode_override.CopyFrom(_SEND_BODY)
+            response.mode_override.CopyFrom(_BODY_ONLY)
             return response
         self.done = True
         apply_headers(common.header_mutation, decision.headers)
@@ -219,7 +219,7 @@ class UpstreamStream:
             # nothing an earlier attempt left can apply to it, and the Lua filter sets its content-length.
             set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
             if decision.translation is not None:  # the body now; the answer's headers later (and from them, its body) when it is translated
-                response.mode_override.CopyFrom(_TRANSLATE if decision.translation.translates_answer or decision.last else _REWRITE)
+                response.mode_override.CopyFrom(_TRANSLATE if decision.translation.translates_answer or decision.last else _BODY_ONLY)
                 return response
             if decision.last:
                 response.mode_override.CopyFrom(_WATCH)
@@ -366,12 +366,11 @@ def _mode(request_body: int, response_headers: int = _Mode.SEND, response_body: 
     )
 
 
-#: The router level once it asks for the body.
-_SEND_BODY = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
+#: The request body and nothing of the answer: the router level once it asks for the body, and an attempt
+#: whose body its provider's kind rewrites (Claude on Vertex) and whose answer needs nothing.
+_BODY_ONLY = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
 #: A translated attempt: its body to translate, then the answer's headers, then (by the headers' kind) its body.
 _TRANSLATE = _mode(_Mode.BUFFERED)
-#: An attempt whose body its provider's kind rewrites (Claude on Vertex) and whose answer needs nothing.
-_REWRITE = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
 _ANSWER_BUFFERED = _mode(_Mode.BUFFERED, response_body=_Mode.BUFFERED)
 _ANSWER_STREAMED = _mode(_Mode.BUFFERED, response_body=_Mode.STREAMED)
 #: A last attempt: its response headers come to the sidecar before they go on to the client.
