@@ -40,7 +40,7 @@ USAGE_SKIPPED = "skipped_bytes"
 
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-PHASE_METADATA = "x-extproc-phase"  # "router" or "upstream"
+PHASE_METADATA = "x-extproc-phase"  # "router", "upstream" or "hold"
 LISTENER_METADATA = "x-extproc-listener"
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
@@ -57,6 +57,13 @@ INPUT_TOKENS_TAG = INPUT_TOKENS  # request entries, with token accounting on
 OUTPUT_TOKENS_TAG = OUTPUT_TOKENS
 PROVIDER_MODEL_TAG = PROVIDER_MODEL_METADATA_KEY
 USAGE_SKIPPED_TAG = USAGE_SKIPPED
+#: Failed-attempt entries: how the chain's attempts are timed (route metadata `extproc.timing`), which says
+#: what an attempt past its per-try timeout, or cancelled unanswered, came to. Absent: plain failover.
+TIMING_TAG = TIMING_METADATA_KEY = "timing"
+FIRST_TOKEN_TIMING = "first_token"  # `first_token_timeout`: a timed-out attempt was abandoned before its first token
+HEDGE_TIMING = "hedge"  # `hedge_after`: a timed-out attempt raced the next one; an unanswered one lost the race
+#: Envoy's mark on an attempt started because an earlier one ran past its per-try timeout (on chains that hedge).
+TIMEOUT_RETRY_HEADER = "x-envoy-is-timeout-retry"
 
 #: Requests whose content-length has 7 digits or more (>= 1,000,000 bytes) are processed by the
 #: sidecar's bulk lane (its own socket and threads): a large body never holds the event loop that

@@ -55,6 +55,10 @@ class MockProvider:
     retry_after: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # before answering
+    #: A streamed answer: its headers and an opening chunk (a role, no content) at once, then this long before its first token.
+    first_token_delay_s: float = 0.0
+    #: Requests whose connection was closed while they waited (a delay, or a first token) or streamed: abandoned by the gateway.
+    cancelled: int = 0
     chunks: int = 5  # SSE chunks in a streamed answer (at least one per word of the reply)
     chunk_interval_s: float = 0.05
     received: list[ReceivedRequest] = field(default_factory=list)  # the latest `history` requests, oldest first
@@ -103,22 +107,32 @@ class MockProvider:
                 self.received.append(request)
                 if len(self.received) > self.history:
                     del self.received[: len(self.received) - self.history]
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                await self._answer(request, writer)
+                if self.delay_s and not await self._wait(reader, self.delay_s):
+                    break
+                await self._answer(request, reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             self._connections.discard(writer)
             writer.close()
 
-    async def _answer(self, request: ReceivedRequest, writer: asyncio.StreamWriter) -> None:
+    async def _wait(self, reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Wait `seconds`; False (and the request counted as cancelled) if the peer closed the connection meanwhile."""
+        try:
+            closed = await asyncio.wait_for(reader.read(1), seconds) == b""
+        except TimeoutError:
+            return True
+        if closed:
+            self.cancelled += 1
+        return not closed
+
+    async def _answer(self, request: ReceivedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         headers = [("x-mock-provider", self.name), *self.extra_headers]
         if self.api == "anthropic":
             await self._answer_anthropic(request, headers, writer)
             return
         if self.api == "vertex":
-            await self._answer_vertex(request, headers, writer)
+            await self._answer_vertex(request, headers, reader, writer)
             return
         if self.api == "bedrock":
             await self._answer_bedrock(request, headers, writer)
@@ -133,7 +147,7 @@ class MockProvider:
         if not isinstance(payload, dict):
             payload = {}
         if payload.get("stream") is True:
-            await self._stream(payload, headers, writer)
+            await self._stream(payload, headers, reader, writer)
             return
         _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         await writer.drain()
@@ -173,7 +187,7 @@ class MockProvider:
         _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, self.served)).encode())
         await writer.drain()
 
-    async def _answer_vertex(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+    async def _answer_vertex(self, request: ReceivedRequest, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.vertex is not None, "a vertex mock needs its VertexState"
         if request.path == mock_vertex.TOKEN_PATH:
             self.served -= 1  # the token endpoint is not a model call
@@ -188,7 +202,7 @@ class MockProvider:
         model = self.vertex.claude_model(request.path)
         if model is None:  # the OpenAI-compatible endpoint
             if payload.get("stream") is True:
-                await self._stream(payload, headers, writer)
+                await self._stream(payload, headers, reader, writer)
                 return
             _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         elif payload.get("stream") is True:
@@ -246,8 +260,14 @@ class MockProvider:
             },
         }
 
-    async def _stream(self, payload: dict, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+    async def _stream(self, payload: dict, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _write_head(writer, headers)
+        if self.first_token_delay_s:
+            opening = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            _write_chunk(writer, f"data: {json.dumps(opening)}\n\n".encode())
+            await writer.drain()
+            if not await self._wait(reader, self.first_token_delay_s):
+                raise ConnectionResetError("the gateway left this stream before its first token")
         words = _reply_text(self.name, payload).split(" ")
         calls = mock_openai.tool_calls(self.name, payload, self.served)
         if calls:  # the call's name first, then its arguments in two pieces

@@ -51,6 +51,9 @@ from .contract import (
     PROVIDER_TAG,
     SIDECAR_REPLY_DETAILS,
     SYSTEM_METADATA_KEY,
+    TIMEOUT_RETRY_HEADER,
+    TIMING_METADATA_KEY,
+    TIMING_TAG,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
     bulk_address,
@@ -231,6 +234,8 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
                 "name": listener.name,
                 "domains": ["*"],
                 "include_request_attempt_count": True,
+                # Where a chain hedges, a retry says whether a per-try timeout started it (then it races the attempt before it).
+                **({"include_is_timeout_retry_header": True} if any(chain.timing == "hedge" for config in configs for chain in config.chains.values()) else {}),
                 "request_body_buffer_limit": listener.max_body_bytes,
                 "routes": ordered,
             }
@@ -457,7 +462,10 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
     retry = _retry_policy(chain)
     if retry is not None:
         action["retry_policy"] = retry
-    return {
+    if chain.policy.hedge_after_s is not None and chain.num_retries:
+        # An attempt past `hedge_after` is not reset: the next one starts beside it and the first answer wins.
+        action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
+    route = {
         "name": cluster,
         "match": {
             "prefix": "/",
@@ -470,6 +478,9 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
         "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
+    if chain.timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to
+        route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: chain.timing}}}
+    return route
 
 
 def _retry_policy(chain: Chain) -> dict | None:
@@ -482,8 +493,11 @@ def _retry_policy(chain: Chain) -> dict | None:
     conditions = list(policy.conditions)
     if policy.status_codes:
         conditions.append("retriable-status-codes")
+    if policy.first_token_timeout_s is not None and "reset" not in conditions:
+        conditions.append("reset")  # Envoy retries a per-try timeout (an abandoned attempt) only on a reset condition
+    timeout = policy.attempt_timeout_s
     if not conditions or chain.num_retries == 0:
-        return {"num_retries": 0, "per_try_timeout": _duration(policy.per_try_timeout_s)} if policy.per_try_timeout_s else None
+        return {"num_retries": 0, "per_try_timeout": _duration(timeout)} if timeout else None
     retry: dict = {
         "retry_on": ",".join(conditions),
         "num_retries": chain.num_retries,
@@ -498,8 +512,8 @@ def _retry_policy(chain: Chain) -> dict | None:
         # Anthropic's 529 (overloaded) is its 429: wherever 429 fails over, so does 529.
         extra = [OVERLOADED] if 429 in policy.status_codes and OVERLOADED not in policy.status_codes else []
         retry["retriable_status_codes"] = [*policy.status_codes, *extra]
-    if policy.per_try_timeout_s:
-        retry["per_try_timeout"] = _duration(policy.per_try_timeout_s)
+    if timeout:
+        retry["per_try_timeout"] = _duration(timeout)
     return retry
 
 
@@ -520,7 +534,8 @@ def _failed_attempts_log(listener: Listener, response_headers: Iterable[str]) ->
         }
     }
     attempt = {"tag": ATTEMPT_TAG, "request_header": {"name": "x-envoy-attempt-count"}}
-    return _access_log(UPSTREAM_LOG, listener, response_headers, buffer_bytes=0, extra_tags=[attempt], log_filter=failed)
+    timing = {"tag": TIMING_TAG, "metadata": {"kind": {"route": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": TIMING_METADATA_KEY}]}}}
+    return _access_log(UPSTREAM_LOG, listener, response_headers, buffer_bytes=0, extra_tags=[attempt, timing], log_filter=failed)
 
 
 def _access_log(
@@ -735,13 +750,45 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
+                    *([_first_token_hold(options, config)] if chain.policy.holds_first_token else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
-                    model_patch(ATTEMPT_NAMESPACE),
+                    model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.timing == "hedge" else ()),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
         },
     }
+
+
+def _first_token_hold(options: RenderOptions, config: Config) -> dict:
+    """Holds an event stream's response headers at the sidecar until its first token (the "hold" phase).
+
+    Until Envoy's router has the headers it has sent the client nothing, so
+    the per-try timeout can still abandon (or hedge) the attempt. Chosen on
+    the answer's headers (a composite on content-type), so a JSON answer or
+    an error passes untouched; the sidecar gets the headers and, without
+    waiting for its reply, the first chunks; it answers all of them once one
+    holds a token and ends the stream, so the rest flows past it.
+    """
+    hold = {
+        "@type": _EXT_PROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": "hold"}]},
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
+        "message_timeout": _duration(max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s)),
+        "send_body_without_waiting_for_header_response": True,
+        "processing_mode": {
+            "request_header_mode": "SKIP",
+            "request_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_header_mode": "SEND",
+            "response_body_mode": "STREAMED",
+            "response_trailer_mode": "SKIP",
+        },
+    }
+    stream = {"input": header_input("content-type", response=True), "value_match": {"prefix": "text/event-stream"}}
+    return composite("extproc.first_token", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": stream}, "on_match": execute("hold", {"name": "envoy.filters.http.ext_proc", "typed_config": hold})}]}})
 
 
 def _retries_only(ext_proc: dict, chain: Chain) -> dict:

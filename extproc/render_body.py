@@ -183,7 +183,7 @@ def find_model() -> list[dict]:
     ]
 
 
-def model_patch(namespace: str) -> dict:
+def model_patch(namespace: str, strip: tuple[str, ...] = ()) -> dict:
     """Applies a model patch the sidecar left in `namespace` to the buffered body: the body never travels back over gRPC.
 
     (Receiving a 10 MiB body mutation held Envoy's worker, and every small
@@ -192,10 +192,12 @@ def model_patch(namespace: str) -> dict:
     has the namespace (an empty value: no patch) and always gets its own
     `content-length`: Envoy keeps one header map for all attempts, so an
     earlier attempt's patched or translated length would otherwise stay.
+    `strip`: Envoy's own headers of an attempt that no provider is sent.
     """
+    removals = "".join(f'  handle:headers():remove("{name}")\n' for name in strip)
     lua = f"""
 function envoy_on_request(handle)
-  local patch = handle:streamInfo():dynamicMetadata():get("{namespace}")
+{removals}  local patch = handle:streamInfo():dynamicMetadata():get("{namespace}")
   if patch == nil or patch["{PATCH_VALUE_KEY}"] == nil then
     return
   end

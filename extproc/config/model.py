@@ -38,6 +38,21 @@ class RetryPolicy:
     max_attempts: int | None = None  # None: one attempt per provider of the chain
     per_try_timeout_s: float | None = None
     fallback_models: tuple[str, ...] = ()
+    #: An attempt without its first content by then (a stream: its first token) is abandoned for the next provider.
+    first_token_timeout_s: float | None = None
+    #: An attempt without its first content by then gets a parallel attempt on the next provider; the first to answer wins.
+    hedge_after_s: float | None = None
+
+    @property
+    def holds_first_token(self) -> bool:
+        """A stream's response headers wait for its first token, so an attempt can still be left (or lose a race) until then."""
+        return self.first_token_timeout_s is not None or self.hedge_after_s is not None
+
+    @property
+    def attempt_timeout_s(self) -> float | None:
+        """Envoy's per-try timeout: it ends (or hedges) an attempt that has sent the client nothing yet."""
+        limits = [limit for limit in (self.per_try_timeout_s, self.first_token_timeout_s, self.hedge_after_s) if limit is not None]
+        return min(limits) if limits else None
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,13 @@ class Chain:
         attempts = self.policy.max_attempts or len(self.providers)
         return max(attempts - 1, 0)
 
+    @property
+    def timing(self) -> str:
+        """How its attempts are timed: "hedge", "first_token", or "" (plain failover); `contract.TIMING_TAG` carries it."""
+        if self.policy.hedge_after_s is not None:
+            return "hedge"
+        return "first_token" if self.policy.first_token_timeout_s is not None else ""
+
 
 #: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).
 DEFAULT_ALLOWED_PATHS = (
@@ -224,6 +246,8 @@ class Config:
     #: model -> its priority groups (names, weights), for a model with a group of more than one provider; the router
     #: starts a request in the first group with a provider not cooling down, picked by weight.
     groups: Mapping[str, tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]] = field(default_factory=dict)
+    #: provider -> the name of its priority group: its model and the group's rank, "openai/gpt-4o#1" (metrics, logs).
+    group_names: Mapping[str, str] = field(default_factory=dict)
     #: A model's bare name ("gpt-4o") -> the model ("openai/gpt-4o"), where only one model has that name.
     bare_models: Mapping[str, str] = field(default_factory=dict)
     cooldown: Cooldown = Cooldown()
@@ -242,12 +266,12 @@ class Config:
     def chain_clusters(self) -> Mapping[str, str]:
         """Chain start -> Envoy's aggregate cluster for that chain, named for its members in order.
 
-        A chain whose members or attempts change gets a new cluster (and
-        route), so retries of a request routed before a reload stay on the
+        A chain whose members, attempts or attempt timing change gets a new
+        cluster (and route), so retries of a request routed before a reload stay on the
         providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries))}")
+            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.timing, str(chain.policy.attempt_timeout_s))}")
             for start, chain in self.chains.items()
         )
 

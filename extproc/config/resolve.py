@@ -92,6 +92,9 @@ class Resolver:
                 for name, model_groups in groups.items()
                 if any(len(group) > 1 for group in model_groups)
             ),
+            group_names=frozen_mapping(
+                (member, f"{name}#{rank}") for name, model_groups in groups.items() for rank, group in enumerate(model_groups, 1) for member in group
+            ),
             chains=frozen_mapping(chains),
             default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
             owned_headers=frozenset(owned),
@@ -197,6 +200,8 @@ class Resolver:
                 max_attempts=policy.max_attempts,
                 per_try_timeout_s=policy.per_try_timeout,
                 fallback_models=tuple(dict.fromkeys(policy.fallback_models)),
+                first_token_timeout_s=policy.first_token_timeout,
+                hedge_after_s=policy.hedge_after,
             )
             if policy
             else None,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
 from pydantic_core import PydanticCustomError, core_schema
 
 from .model import RETRY_CONDITIONS, TRACE_PROTOCOLS
@@ -296,6 +296,18 @@ class RetryPolicy(Section):
     max_attempts: Annotated[int, integer(1, 10)] | None = Field(default=None, description="attempts in all, the first included (default: one per provider of the chain)")
     per_try_timeout: Duration | None = None
     fallback_models: list[Text] = Field(default=[], description="models whose providers are tried after this model's own, in order")
+    first_token_timeout: Duration | None = Field(
+        default=None, description="an attempt that sent no answer (a stream: no first token) by then is left for the next provider; nothing of it reaches the client"
+    )
+    hedge_after: Duration | None = Field(
+        default=None, description="an attempt that sent no answer (a stream: no first token) by then gets a parallel attempt on the next provider; the first to answer wins"
+    )
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> RetryPolicy:
+        if self.first_token_timeout is not None and self.hedge_after is not None:
+            raise invalid("first_token_timeout and hedge_after exclude each other: a hedged attempt is never abandoned (it races the next one); set one")
+        return self
 
 
 class Provider(Section):

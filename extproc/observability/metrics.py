@@ -50,8 +50,9 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Labelled(Counter("extproc_requests", "Client requests by listener, model, the provider that answered last, and status class.", ["listener", "model", "provider", "status_class"], registry=r))
-        self.attempts = Labelled(Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, cancelled).", ["provider", "code", "outcome"], registry=r))
+        self.attempts = Labelled(Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, first_token_timeout, hedged_out, cancelled).", ["provider", "code", "outcome"], registry=r))
         self.attempt_seconds = Labelled(Histogram("extproc_upstream_attempt_duration_seconds", "Attempts from the first byte sent to the provider to the last byte of its answer (streams included), by provider.", ["provider"], buckets=_ATTEMPT_BUCKETS, registry=r))
+        self.hedged = Labelled(Counter("extproc_hedged_attempts", "Attempts started beside an unanswered one (retry_policy.hedge_after), by the provider they went to.", ["provider"], registry=r))
         self.failovers = Labelled(Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r))
         self.cooldowns = Labelled(Counter("extproc_provider_cooldowns", "Cooldowns started, by provider and reason.", ["provider", "reason"], registry=r))
         self.tokens = Labelled(Counter("extproc_tokens", "Tokens in successful answers' usage, by the provider that answered, its model, and type (input or output).", ["provider", "model", "type"], registry=r))
@@ -89,8 +90,13 @@ class _ProviderCollector:
         # One series per provider and state, 0 or 1 (as kube-state-metrics does): no series appears or vanishes when a state changes.
         state = GaugeMetricFamily("extproc_provider_state", "Providers of the current config: 1 for the state each is in (enabled, cooling_down, error), 0 for the others.", labels=["provider", "model", "state"])
         remaining = GaugeMetricFamily("extproc_provider_cooldown_remaining_seconds", "Seconds left before a cooling provider is tried first again.", labels=["provider"])
+        groups = GaugeMetricFamily(
+            "extproc_provider_group_info", "Always 1: the priority group of each provider (its model and rank, \"openai/gpt-4o#1\") and its weight there; join on `provider`.",
+            labels=["provider", "model", "group", "weight"],
+        )
         config = self.config()
         for provider in config.providers.values():
+            groups.add_metric([provider.name, provider.model, config.group_names.get(provider.name, ""), str(provider.weight)], 1)
             left = self.health.remaining(provider.name)
             current = "cooling_down" if left > 0 else "enabled"
             for name in PROVIDER_STATES:
@@ -101,3 +107,4 @@ class _ProviderCollector:
                 state.add_metric([error.name, error.model, name], 1 if name == "error" else 0)
         yield state
         yield remaining
+        yield groups

@@ -54,6 +54,7 @@ class LogEntry:
     usage_skipped: bool = False  # downstream: the answer was too large for Envoy to read its usage
     budget: Budget | None = None  # what the answer's rate-limit headers say is left
     attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
+    timing: str = ""  # upstream: how the chain times its attempts (`contract.TIMING_TAG`)
 
 
 def succeeded(status: int) -> bool:
@@ -105,7 +106,7 @@ class Observer:
         if not entry.provider:
             return
         key = (entry.request_id, entry.attempt)
-        kind = classify(entry.status, entry.flags)
+        kind = classify(entry.status, entry.flags, entry.timing)
         if self._answered.pop(key, None) is None:
             self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
         elif entry.attempt_s is not None:  # counted from its response headers already; its duration is known only now

@@ -22,6 +22,7 @@ class RequestContext:
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
     body_model: str | None = None  # the model name the body already carries (set by the router level)
     attempts: int = 1  # how many attempts the chain makes: the last one is watched to its response headers
+    hedged: bool = False  # the chain hedges (`hedge_after`): an attempt started by a per-try timeout races the one before
 
     def encode(self) -> str:
         data: dict = {"p": self.path, "h": dict(self.originals)}
@@ -31,6 +32,8 @@ class RequestContext:
             data["m"] = self.body_model
         if self.attempts != 1:
             data["n"] = self.attempts
+        if self.hedged:
+            data["g"] = 1
         return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
 
     @classmethod
@@ -43,4 +46,5 @@ class RequestContext:
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
             body_model=data.get("m"),
             attempts=data.get("n", 1),
+            hedged=bool(data.get("g")),
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..config import Cooldown
 
 #: Outcome kinds that count towards `failure_threshold`.
-FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "server_error"})
+FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error"})
 #: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
@@ -28,7 +28,9 @@ class Outcome:
 
     provider: str
     status: int  # 0 when no response arrived
-    kind: str  # "ok", "rate_limited", "rate_limit_headers", "server_error", "client_error", "connect_failure", "reset", "timeout", "cancelled"
+    #: "ok", "rate_limited", "rate_limit_headers", "server_error", "client_error", "connect_failure", "reset",
+    #: "timeout", "first_token_timeout", "hedged_out", "cancelled"
+    kind: str
     retry_after_s: float | None = None
     #: When the attempt started (the clock's time base); None: just now.
     started: float | None = None
@@ -39,20 +41,26 @@ OVERLOADED = 529
 RATE_LIMIT_STATUSES = (429, OVERLOADED)
 
 
-def classify(status: int, response_flags: Iterable[str] = ()) -> str:
-    """What an attempt came to, from its status and Envoy's response flags.
+def classify(status: int, response_flags: Iterable[str] = (), timing: str = "") -> str:
+    """What an attempt came to, from its status, Envoy's response flags and how its chain times attempts.
 
     An attempt without a response that the provider did not cause (the client
-    went away, Envoy reset it) is "cancelled": it says nothing about the provider.
+    went away, Envoy reset it) is "cancelled": it says nothing about the
+    provider; on a chain that hedges, that is an attempt that lost its race
+    ("hedged_out"). On a chain with `first_token_timeout`, a timed-out
+    attempt had not sent its first token ("first_token_timeout").
     """
     flags = set(response_flags)
     if status in RATE_LIMIT_STATUSES:
         return "rate_limited"
     if "upstream_connection_failure" in flags or "upstream_overflow" in flags:
         return "connect_failure"
-    if "upstream_request_timeout" in flags:
-        return "timeout"
-    if "upstream_remote_reset" in flags or "upstream_connection_termination" in flags:
+    reset = "upstream_remote_reset" in flags or "upstream_connection_termination" in flags
+    if timing == "hedge" and status == 0 and not reset:
+        return "hedged_out"
+    if "upstream_request_timeout" in flags and timing != "hedge":  # on a hedging chain, the timeout only started the race
+        return "first_token_timeout" if timing == "first_token" else "timeout"
+    if reset:
         return "reset"
     if status == 0:
         return "cancelled"

@@ -184,6 +184,7 @@ def resolve(
         originals=carried(config, originals, config.chains[start]),
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
+        hedged=config.chains[start].timing == "hedge",
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
     if translator.for_attempt(path, provider):

@@ -16,6 +16,7 @@ from ..contract import (
     OUTPUT_TOKENS_TAG,
     PROVIDER_MODEL_TAG,
     PROVIDER_TAG,
+    TIMING_TAG,
     UPSTREAM_LOG,
     USAGE_SKIPPED_TAG,
 )
@@ -49,6 +50,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),
         output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
         usage_skipped=_count(tags.get(USAGE_SKIPPED_TAG)) is not None,
+        timing=tags.get(TIMING_TAG, ""),
     )
 
 

@@ -16,7 +16,7 @@ from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
-from .streams import Request, Response, RouterStream, UpstreamStream, immediate
+from .streams import HoldStream, Request, Response, RouterStream, UpstreamStream, immediate
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             for level in ("router", "upstream", "bulk")
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
-        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk")}
+        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold")}
         self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
+        self._seen_hold_errors: set[type] = set()
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
+        if metadata.get(PHASE_METADATA) == "hold":
+            return await self._hold(HoldStream(), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]
@@ -59,13 +62,34 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         finally:
             in_flight.dec()
 
+    async def _hold(self, stream: HoldStream, context: grpc.aio.ServicerContext) -> None:
+        """An event stream's start: answers come only when its first token has (several at once, in order)."""
+        in_flight = self.in_flight["hold"]
+        in_flight.inc()
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                try:
+                    responses = stream.handle(request)
+                except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
+                    if type(exc) not in self._seen_hold_errors:
+                        self._seen_hold_errors.add(type(exc))
+                        log.error("unexpected %s holding a stream's start; released unchanged", type(exc).__name__, exc_info=exc)
+                    responses = stream.release()
+                for response in responses:
+                    await context.write(response)
+                if stream.done:
+                    break
+        finally:
+            in_flight.dec()
+
     async def _router_message(self, stream: RouterStream, request: Request, kind: str | None) -> Response:
         return self.step(stream, "router", kind, lambda: stream.handle(request))
 
     async def _upstream_message(self, stream: UpstreamStream, request: Request, kind: str | None) -> Response:
         if kind == "request_headers":
             stream.identify(request)
-            if stream.number >= 2:  # a retry: its previous attempt's outcome is applied first
+            # A retry: its previous attempt's outcome is applied first; one its per-try timeout started has no answer to wait for.
+            if stream.number >= 2 and not stream.timeout_retry:
                 await self.runtime.observer.before_retry(stream.request_id, stream.number, RETRY_WAIT_S)
         response = self.step(stream, "upstream", kind, lambda: stream.handle(request))
         self._observe(stream, kind)
@@ -112,6 +136,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)
         if kind == "request_headers" and stream.number >= 2:
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
+            if stream.timeout_retry and stream.attempt.context.hedged:
+                self.runtime.metrics.hedged.labels(provider).inc()
         elif kind == "response_headers" and stream.answer is not None:
             status, headers = stream.answer
             self.runtime.observer.last_attempt_answered(stream.request_id, stream.number, provider, status, retry_after_seconds(headers))

@@ -1,7 +1,8 @@
 """Translate ext_proc protobuf messages to the processor's plain data and back.
 
 One object per gRPC stream. A router-level stream sees one request; an
-upstream-level stream sees one attempt. No decision is made here.
+upstream-level stream sees one attempt; a hold stream sees the start of one
+attempt's event stream. No decision is made here.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from ..contract import (
     PATCH_VALUE_KEY,
     PATH_METADATA_KEY,
     SIDECAR_REPLY_DETAILS,
+    TIMEOUT_RETRY_HEADER,
 )
 from ..processor import errors, router, upstream
 from ..processor.context import RequestContext
 from ..processor.cooldown import ProviderHealth
+from ..processor.firsttoken import FirstToken
 from ..processor.headermutator import HeaderPlan
 from ..processor.jsonbody import Patch
 from . import wire
@@ -184,6 +187,8 @@ class UpstreamStream:
         self.request_id = ""
         self.client_path = ""  # the client's path (from the router level's context): which API the client reads
         self.number = 0  # the attempt's number
+        #: Started because the attempt before ran past its per-try timeout (Envoy says so where a chain hedges).
+        self.timeout_retry = False
         #: The last attempt's response headers (status, headers), before Envoy passes them on.
         self.answer: tuple[int, dict[str, str]] | None = None
         #: A translated attempt: the client's request fields the provider's API had no place for.
@@ -198,6 +203,7 @@ class UpstreamStream:
         attempt = self.headers.get("x-envoy-attempt-count", "")
         self.number = int(attempt) if attempt.isdigit() else 0
         self.request_id = self.headers.get("x-request-id", "")
+        self.timeout_retry = self.headers.get(TIMEOUT_RETRY_HEADER) == "true"
 
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
@@ -292,6 +298,43 @@ class UpstreamStream:
         if namespace is None or METADATA_KEY not in namespace.fields:
             return None
         return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+
+
+class HoldStream:
+    """One event stream's start (the hold phase): its response headers wait here until its first token.
+
+    Envoy sends the headers and, without waiting for their answer, the first
+    chunks; none is answered until one holds a token (`FirstToken`), then all
+    are, unchanged and in order, and the stream ends so the rest flows past.
+    Anything but a 200 goes on at once: a 429 must reach Envoy's retry now.
+    """
+
+    def __init__(self) -> None:
+        self.first = FirstToken()
+        self.held: list[str] = []  # the kinds of the messages not answered yet, in order
+        self.done = False
+
+    def handle(self, request: Request) -> list[Response]:
+        kind = wire.kind(request)
+        assert not isinstance(request, wire.RequestBody)  # this phase never sees the request
+        if kind == "response_headers":
+            self.held.append(kind)
+            message = request.response_headers
+            status = next((header.raw_value or header.value.encode() for header in message.headers.headers if header.key == ":status"), b"")
+            if status != b"200" or message.end_of_stream:
+                return self.release()
+            return []
+        if kind == "response_body":
+            self.held.append(kind)
+            body = request.response_body
+            return self.release() if self.first.feed(body.body, body.end_of_stream) else []
+        return [_continue(kind)]
+
+    def release(self) -> list[Response]:
+        """Answer everything held, unchanged: the stream goes on to the client."""
+        self.done = True
+        held, self.held = self.held, []
+        return [_continue(kind) for kind in held]
 
 
 def _cluster_of(host_metadata: str) -> str | None:

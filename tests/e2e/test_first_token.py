@@ -1,0 +1,112 @@
+"""`first_token_timeout` and `hedge_after` through real Envoy: an attempt that shows the client nothing in time is left or raced."""
+
+import itertools
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .harness import chat, http_stream, provider, wait_for
+from .harness import gateway_config as config_of
+
+GPT = "openai/gpt-4o"
+STREAM = {"model": GPT, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+HELLO = {"model": GPT, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def two(mocks, gateway, policy: dict, slow: dict, fast: dict | None = None):
+    """gpt-4o on a slow provider then a fast one, both with their own key; (slow mock, fast mock, gateway)."""
+    slow_mock, fast_mock = mocks.start("slow", **slow), mocks.start("fast", **(fast or {}))
+    gw = gateway(
+        config_of(
+            provider("slow", GPT, slow_mock, access_key="sk-slow-0001", retry_policy=policy),
+            provider("fast", GPT, fast_mock, access_key="sk-fast-0002"),
+        )
+    )
+    return slow_mock, fast_mock, gw
+
+
+def texts(events: list[tuple[float, str]]) -> list[str]:
+    """The content of each chunk of an OpenAI-format stream, `[DONE]` as itself."""
+    out = []
+    for _, data in events:
+        choices = [{"delta": {"content": data}}] if data == "[DONE]" else json.loads(data)["choices"]
+        out.extend(choice["delta"].get("content") or "" for choice in choices)
+    return out
+
+
+def test_a_stream_stalled_after_its_headers_goes_to_the_next_provider_with_nothing_of_it_shown(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "first_token_timeout": "1s"}, {"first_token_delay_s": 30})
+
+    started = time.monotonic()
+    status, headers, events = http_stream(gw.port, STREAM)
+    elapsed = time.monotonic() - started
+
+    assert status == 200 and headers["x-arch-llm-provider"] == "fast"
+    assert all(json.loads(data)["id"] == "chatcmpl-fast" for _, data in events if data != "[DONE]"), "not one chunk of the stalled stream"
+    assert texts(events)[-1] == "[DONE]" and "".join(texts(events[:-1])).strip()
+    assert 1.0 <= elapsed < 3.0, f"left after its first_token_timeout (1s), answered in {elapsed:.2f}s"
+    assert [request.header("authorization") for request in slow.received] == ["Bearer sk-slow-0001"]
+    assert [request.header("authorization") for request in fast.received] == ["Bearer sk-fast-0002"], "each attempt only its own key"
+    assert fast.received[0].body == slow.received[0].body, "the next provider got the same body"
+    wait_for(lambda: slow.cancelled == 1)
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="first_token_timeout") == 1)
+
+
+def test_a_provider_that_sends_no_headers_is_left_at_the_first_token_timeout(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "first_token_timeout": "1s"}, {"delay_s": 30})
+
+    started = time.monotonic()
+    status, headers, events = http_stream(gw.port, STREAM)
+    json_answer = chat(gw.port, HELLO)
+    elapsed = time.monotonic() - started
+
+    assert status == 200 and headers["x-arch-llm-provider"] == "fast" and texts(events)[-1] == "[DONE]"
+    assert json_answer.status == 200 and json_answer.headers["x-arch-llm-provider"] == "fast"
+    assert elapsed < 5.0, f"two requests, each left after 1s: {elapsed:.2f}s"
+    assert fast.served == 2 and [request.header("authorization") for request in fast.received] == ["Bearer sk-fast-0002"] * 2
+    wait_for(lambda: slow.cancelled == 2)
+
+
+def test_a_prompt_stream_is_not_held_beyond_its_first_token_and_its_chunks_flow_as_they_come(mocks, gateway):
+    _, fast, gw = two(mocks, gateway, {"retry_on": [429], "first_token_timeout": "2s"}, {"chunks": 8, "chunk_interval_s": 0.2})
+
+    sent = time.monotonic()
+    status, headers, events = http_stream(gw.port, STREAM)
+
+    assert status == 200 and headers["x-arch-llm-provider"] == "slow"
+    assert texts(events)[-1] == "[DONE]" and len(events) == 9
+    first = events[0][0] - sent
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(events[:-1])]
+    assert first < 0.15, f"first chunk after {first * 1000:.0f} ms: the hold let it go as soon as it came"
+    assert all(0.1 < gap < 0.4 for gap in gaps), f"chunks arrive as the provider sends them (every 200 ms): {gaps}"
+    assert not fast.served
+
+
+def test_a_hedged_slow_answer_loses_to_the_fast_one_which_is_kept_and_the_slow_one_cancelled(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "hedge_after": "500ms"}, {"delay_s": 3}, {"delay_s": 0.2})
+
+    started = time.monotonic()
+    answer = chat(gw.port, HELLO)
+    elapsed = time.monotonic() - started
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "fast"
+    assert 0.6 <= elapsed < 1.5, f"hedged at 500 ms, answered 200 ms later: {elapsed:.2f}s"
+    assert [request.header("authorization") for request in fast.received] == ["Bearer sk-fast-0002"]
+    assert [request.header("authorization") for request in slow.received] == ["Bearer sk-slow-0001"]
+    assert all(request.header("x-envoy-is-timeout-retry") is None for request in [*slow.received, *fast.received])
+    wait_for(lambda: slow.cancelled == 1)
+    wait_for(lambda: gw.metric("extproc_hedged_attempts_total", provider="fast") == 1)
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="hedged_out") == 1)
+
+
+def test_hedged_streams_the_first_token_wins(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "hedge_after": "500ms"}, {"first_token_delay_s": 3}, {"first_token_delay_s": 0.3})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: http_stream(gw.port, STREAM), range(8)))
+
+    for status, headers, events in results:
+        assert status == 200 and headers["x-arch-llm-provider"] == "fast"
+        assert all(json.loads(data)["id"] == "chatcmpl-fast" for _, data in events if data != "[DONE]")
+    assert fast.served == 8 and slow.served == 8, "each request raced once"
+    wait_for(lambda: slow.cancelled == 8)

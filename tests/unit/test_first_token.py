@@ -1,0 +1,145 @@
+"""`first_token_timeout` and `hedge_after` without Envoy: the config, the rendered retry shape, when a stream's first token has come, what a timed attempt came to."""
+
+import pytest
+
+from extproc.config import ConfigError, parse_config
+from extproc.processor.context import RequestContext
+from extproc.processor.cooldown import FAILURE_KINDS, classify
+from extproc.processor.firsttoken import MAX_HELD_BYTES, FirstToken
+from extproc.render import render
+
+
+def config(policy: str):
+    return parse_config(
+        f"""
+listeners: [{{type: model, name: llm, port: 12000, timeout: 90s}}]
+model_providers:
+  - {{name: a, model: openai/gpt-4o, base_url: http://127.0.0.1:1, retry_policy: {policy}}}
+  - {{name: b, model: openai/gpt-4o, base_url: http://127.0.0.1:2}}
+""",
+        "test.yaml",
+        {},
+    )
+
+
+def route_and_cluster(policy: str) -> tuple[dict, dict, dict]:
+    """The chain starting at `a`: its route, its cluster, and the virtual host."""
+    loaded = config(policy)
+    bootstrap = render(loaded)
+    virtual_host = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    name = loaded.chain_clusters["a"]
+    route = next(route for route in virtual_host["routes"] if route["name"] == name)
+    cluster = next(cluster for cluster in bootstrap["static_resources"]["clusters"] if cluster["name"] == name)
+    return route, cluster, virtual_host
+
+
+def filter_names(cluster: dict) -> list[str]:
+    return [item["name"] for item in cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+
+
+def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_and_a_timeout_failing_over():
+    route, cluster, virtual_host = route_and_cluster("{retry_on: [429], first_token_timeout: 2s, per_try_timeout: 30s}")
+
+    retry = route["route"]["retry_policy"]
+    assert retry["per_try_timeout"] == "2.000s", "the shorter of the two: both end an attempt that sent the client nothing"
+    assert retry["retry_on"] == "retriable-status-codes,reset", "Envoy retries a per-try timeout only on a reset condition"
+    assert "hedge_policy" not in route["route"]
+    assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "first_token"
+    assert filter_names(cluster)[0] == "extproc.first_token"
+    assert "include_is_timeout_retry_header" not in virtual_host
+
+
+def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
+    route, cluster, virtual_host = route_and_cluster("{retry_on: [429], hedge_after: 1s}")
+
+    assert route["route"]["retry_policy"]["per_try_timeout"] == "1.000s"
+    assert route["route"]["retry_policy"]["retry_on"] == "retriable-status-codes", "a hedge needs no retry condition"
+    assert route["route"]["hedge_policy"] == {"hedge_on_per_try_timeout": True}
+    assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
+    assert filter_names(cluster)[0] == "extproc.first_token"
+    assert virtual_host["include_is_timeout_retry_header"] is True
+    patch = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][2]
+    assert 'remove("x-envoy-is-timeout-retry")' in patch["typed_config"]["default_source_code"]["inline_string"], "no provider is sent Envoy's mark"
+
+
+def test_a_plain_chain_has_no_hold_and_no_timing():
+    route, cluster, virtual_host = route_and_cluster("{retry_on: [429]}")
+
+    assert "per_try_timeout" not in route["route"]["retry_policy"] and "metadata" not in route
+    assert "extproc.first_token" not in filter_names(cluster)
+    assert "include_is_timeout_retry_header" not in virtual_host
+
+
+def test_a_new_timing_is_a_new_chain_cluster():
+    assert config("{first_token_timeout: 2s}").chain_clusters["a"] != config("{first_token_timeout: 3s}").chain_clusters["a"]
+    assert config("{first_token_timeout: 2s}").chain_clusters["a"] != config("{hedge_after: 2s}").chain_clusters["a"]
+
+
+def test_the_two_settings_exclude_each_other_and_say_why():
+    with pytest.raises(ConfigError) as error:
+        config("{first_token_timeout: 2s, hedge_after: 1s}")
+    assert "model_providers[0].retry_policy: first_token_timeout and hedge_after exclude each other" in str(error.value)
+    with pytest.raises(ConfigError, match=r"retry_policy.hedge_after: expected a duration"):
+        config("{hedge_after: soon}")
+
+
+def test_the_context_says_whether_the_chain_hedges():
+    assert RequestContext.decode(RequestContext("/v1/chat/completions", hedged=True).encode()).hedged
+    assert not RequestContext.decode(RequestContext("/v1/chat/completions").encode()).hedged
+
+
+def chunk(delta: dict, finish: str | None = None) -> bytes:
+    import json
+
+    return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "held"),
+    [
+        ([chunk({"role": "assistant", "content": ""})], True),  # OpenAI's opening chunk
+        ([chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"})], False),
+        ([chunk({"role": "assistant", "tool_calls": [{"index": 0}]})], False),
+        ([chunk({}, finish="stop")], False),
+        ([b": keep-alive\n\n"], True),  # a comment is not a token
+        ([b"event: message_start\ndata: {}\n\n", b"event: ping\ndata: {}\n\n", b"event: content_block_start\ndata: {}\n\n"], True),
+        ([b"event: message_start\ndata: {}\n\n", b"event: content_block_delta\ndata: {}\n\n"], False),
+        ([b"event: error\ndata: {}\n\n"], False),
+        ([b"event: response.created\ndata: {}\n\n", b"event: response.output_text.delta\ndata: {}\n\n"], False),
+        ([b"data: [DONE]\n\n"], False),
+        ([b"data: {not json\n\n"], False),  # never held on a guess
+        ([b'data: {"error": {"message": "overloaded"}}\n\n'], False),
+        ([chunk({"content": "Hi"})[:20], chunk({"content": "Hi"})[20:]], False),  # a token split across chunks
+        ([chunk({"content": "Hi"}).replace(b"\n", b"\r\n")[:-1]], True),  # the event is not complete yet
+    ],
+)
+def test_a_stream_is_held_until_an_event_carries_content(chunks, held):
+    first = FirstToken()
+    seen = [first.feed(piece) for piece in chunks]
+    assert seen[-1] is not held and not any(seen[:-1])
+
+
+def test_the_end_of_a_stream_or_too_much_without_a_token_lets_it_go():
+    assert FirstToken().feed(b"", end=True)
+    assert FirstToken().feed(b": " + b"x" * MAX_HELD_BYTES + b"\n")
+
+
+@pytest.mark.parametrize(
+    ("status", "flags", "timing", "kind"),
+    [
+        (0, {"upstream_request_timeout"}, "first_token", "first_token_timeout"),
+        (0, {"upstream_request_timeout"}, "", "timeout"),
+        (0, {"upstream_request_timeout"}, "hedge", "hedged_out"),  # past hedge_after, then lost the race
+        (0, set(), "hedge", "hedged_out"),  # the hedge that lost
+        (0, {"upstream_remote_reset"}, "hedge", "reset"),
+        (500, {"upstream_request_timeout"}, "hedge", "server_error"),  # hedged, then failed on its own
+        (429, set(), "hedge", "rate_limited"),
+        (0, set(), "first_token", "cancelled"),
+    ],
+)
+def test_what_a_timed_attempt_came_to(status, flags, timing, kind):
+    assert classify(status, flags, timing) == kind
+
+
+def test_a_first_token_stall_counts_against_the_provider_and_a_lost_race_does_not():
+    assert "first_token_timeout" in FAILURE_KINDS and "hedged_out" not in FAILURE_KINDS
