@@ -26,11 +26,12 @@ ATTEMPT_NAMESPACE = "extproc.attempt"
 BODY_NAMESPACE = "extproc.body"
 BODY_JSON_KEY = "json"  # "valid" or "invalid"
 BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_MODEL_END_KEY = "model", "model_start", "model_end"
-#: Endpoint metadata: the provider of an Envoy host, its cluster, its model, its `gen_ai.provider.name`.
+#: Endpoint metadata: the provider of an Envoy host, its cluster, its model, its `gen_ai.provider.name`, its group.
 PROVIDER_METADATA_KEY = "provider"
 CLUSTER_METADATA_KEY = "cluster"
 PROVIDER_MODEL_METADATA_KEY = "provider_model"
 SYSTEM_METADATA_KEY = "system"
+GROUP_METADATA_KEY = "group"  # its priority group (`Provider.group`)
 #: Token counts Envoy reads from answers (`json_to_metadata`, `sse_to_metadata`).
 USAGE_NAMESPACE = "extproc.usage"
 INPUT_TOKENS = "input_tokens"

@@ -37,6 +37,7 @@ from .contract import (
     BODY_NAMESPACE,
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
+    GROUP_METADATA_KEY,
     INPUT_TOKENS,
     LISTENER_METADATA,
     LISTENER_TAG,
@@ -595,6 +596,7 @@ def _stdout_access_log(token_usage: bool) -> dict:
         "path": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{PATH_METADATA_KEY})%",  # the client's: `:path` is the last attempt's by now
         "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{MODEL_METADATA_KEY})%",
         "provider": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%",
+        "group": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{GROUP_METADATA_KEY})%",
         "provider_model": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_MODEL_METADATA_KEY})%",
         "status": "%RESPONSE_CODE%",
         "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
@@ -699,6 +701,7 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
                     CLUSTER_METADATA_KEY: name,
                     PROVIDER_MODEL_METADATA_KEY: provider.model,
                     SYSTEM_METADATA_KEY: gen_ai_system(provider),
+                    GROUP_METADATA_KEY: provider.group,
                 }
             }
         },

@@ -80,6 +80,8 @@ class Provider:
     #: Its model's providers are tried by priority, lowest first (None: its position among them); equal priorities share by `weight`.
     priority: int | None = None
     weight: int = 1
+    #: Its priority group's name, set when the config is resolved: its model and the group's rank, "openai/gpt-4o#1".
+    group: str = ""
     #: Azure OpenAI: the `api-version` of the deployments path; None: Azure's v1 path (base_url's).
     api_version: str | None = None
     #: Vertex AI: the project and region of its paths, and the service-account key file (None: Application Default Credentials).
@@ -122,11 +124,11 @@ class Provider:
     def cluster(self) -> str:
         """Envoy's cluster for this provider, named for the host it stands for.
 
-        The name changes whenever the scheme, host, port or TLS trust changes,
-        so a cluster is never repointed in place: a request routed before a
+        The name changes whenever the scheme, host, port, TLS trust or group
+        (in its endpoint's metadata) changes, so a cluster is never repointed in place: a request routed before a
         reload reaches exactly the host its credentials were chosen for.
         """
-        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '')}"
+        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '', self.group)}"
 
     @property
     def authority(self) -> str:
@@ -246,8 +248,6 @@ class Config:
     #: model -> its priority groups (names, weights), for a model with a group of more than one provider; the router
     #: starts a request in the first group with a provider not cooling down, picked by weight.
     groups: Mapping[str, tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]] = field(default_factory=dict)
-    #: provider -> the name of its priority group: its model and the group's rank, "openai/gpt-4o#1" (metrics, logs).
-    group_names: Mapping[str, str] = field(default_factory=dict)
     #: A model's bare name ("gpt-4o") -> the model ("openai/gpt-4o"), where only one model has that name.
     bare_models: Mapping[str, str] = field(default_factory=dict)
     cooldown: Cooldown = Cooldown()

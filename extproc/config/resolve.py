@@ -9,7 +9,7 @@ Problems are collected, never raised one by one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
@@ -58,6 +58,10 @@ class Resolver:
         for provider in by_name.values():
             models.setdefault(provider.model, []).append(provider.name)
         groups = {name: _groups([by_name[member] for member in names]) for name, names in models.items()}
+        for name, model_groups in groups.items():
+            for rank, group in enumerate(model_groups, 1):
+                for member in group:
+                    by_name[member] = replace(by_name[member], group=f"{name}#{rank}")
         models = {name: [member for group in groups[name] for member in group] for name in models}
         policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
         bare: dict[str, list[str]] = {}
@@ -91,9 +95,6 @@ class Resolver:
                 (name, tuple((tuple(group), tuple(by_name[member].weight for member in group)) for group in model_groups))
                 for name, model_groups in groups.items()
                 if any(len(group) > 1 for group in model_groups)
-            ),
-            group_names=frozen_mapping(
-                (member, f"{name}#{rank}") for name, model_groups in groups.items() for rank, group in enumerate(model_groups, 1) for member in group
             ),
             chains=frozen_mapping(chains),
             default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
@@ -211,6 +212,7 @@ class Resolver:
             default_max_tokens=entry.default_max_tokens,
             priority=entry.priority,
             weight=entry.weight,
+            group="",  # known once every provider of its model is: `config`
             **(dict.fromkeys(providers.KIND_KEYS) | (kind_rules.settle(keys) if kind_rules.settle else keys)),
         )
 

@@ -96,7 +96,7 @@ class _ProviderCollector:
         )
         config = self.config()
         for provider in config.providers.values():
-            groups.add_metric([provider.name, provider.model, config.group_names.get(provider.name, ""), str(provider.weight)], 1)
+            groups.add_metric([provider.name, provider.model, provider.group, str(provider.weight)], 1)
             left = self.health.remaining(provider.name)
             current = "cooling_down" if left > 0 else "enabled"
             for name in PROVIDER_STATES:

@@ -162,7 +162,7 @@ def resolve(
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
     start = candidates[0]
     if health is not None:
-        trial_s = chain.policy.per_try_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
+        trial_s = chain.policy.attempt_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
         available, soonest = health.pick_start(candidates, trial_s)
         if available is not None:
             start = available

@@ -52,7 +52,7 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert all(PROVIDER[name].startswith(f"provider.{name}.") and CHAIN[name].startswith(f"chain.{name}.") for name in PROVIDER)
     assert clusters[CHAIN["primary"]]["cluster_type"]["typed_config"]["clusters"] == [PROVIDER["primary"], PROVIDER["secondary"]]
     endpoint = clusters[PROVIDER["secondary"]]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert endpoint["metadata"]["filter_metadata"]["extproc"] == {"provider": "secondary", "cluster": PROVIDER["secondary"], "provider_model": "openai/gpt-4", "system": "openai"}
+    assert endpoint["metadata"]["filter_metadata"]["extproc"] == {"provider": "secondary", "cluster": PROVIDER["secondary"], "provider_model": "openai/gpt-4", "system": "openai", "group": "openai/gpt-4#2"}
     assert endpoint["endpoint"]["hostname"] == "127.0.0.1:8082"
     tls = clusters[PROVIDER["hosted"]]["transport_socket"]["typed_config"]
     assert tls["sni"] == "api.openai.com"
