@@ -54,6 +54,7 @@ PROVIDER_TAG = "provider"
 MODEL_TAG = "model"
 LISTENER_TAG = "listener"
 ATTEMPT_TAG = "attempt"  # failed-attempt entries: the attempt's number (its `x-envoy-attempt-count`)
+GROUP_TAG = GROUP_METADATA_KEY  # failed-attempt entries: the provider's priority group
 INPUT_TOKENS_TAG = INPUT_TOKENS  # request entries, with token accounting on
 OUTPUT_TOKENS_TAG = OUTPUT_TOKENS
 PROVIDER_MODEL_TAG = PROVIDER_MODEL_METADATA_KEY

@@ -38,6 +38,7 @@ from .contract import (
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
     GROUP_METADATA_KEY,
+    GROUP_TAG,
     INPUT_TOKENS,
     LISTENER_METADATA,
     LISTENER_TAG,
@@ -536,7 +537,8 @@ def _failed_attempts_log(listener: Listener, response_headers: Iterable[str]) ->
     }
     attempt = {"tag": ATTEMPT_TAG, "request_header": {"name": "x-envoy-attempt-count"}}
     timing = {"tag": TIMING_TAG, "metadata": {"kind": {"route": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": TIMING_METADATA_KEY}]}}}
-    return _access_log(UPSTREAM_LOG, listener, response_headers, buffer_bytes=0, extra_tags=[attempt, timing], log_filter=failed)
+    group = {"tag": GROUP_TAG, "metadata": {"kind": {"host": {}}, "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": GROUP_METADATA_KEY}]}}}
+    return _access_log(UPSTREAM_LOG, listener, response_headers, buffer_bytes=0, extra_tags=[attempt, timing, group], log_filter=failed)
 
 
 def _access_log(

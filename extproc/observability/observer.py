@@ -30,6 +30,8 @@ from .metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
+#: Attempt ends that only a chain's timing explains (`first_token_timeout`, `hedge_after`): each gets a log line.
+_TIMED_OUT = frozenset({"first_token_timeout", "hedged_out"})
 #: Attempts waiting for their other half (a retry, or a failed attempt's entry); oldest dropped first.
 _MAX_PENDING = 50000
 
@@ -55,6 +57,7 @@ class LogEntry:
     budget: Budget | None = None  # what the answer's rate-limit headers say is left
     attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
     timing: str = ""  # upstream: how the chain times its attempts (`contract.TIMING_TAG`)
+    group: str = ""  # upstream: the provider's priority group
 
 
 def succeeded(status: int) -> bool:
@@ -107,6 +110,9 @@ class Observer:
             return
         key = (entry.request_id, entry.attempt)
         kind = classify(entry.status, entry.flags, entry.timing)
+        if kind in _TIMED_OUT:
+            # (No attempt number: a hedged attempt's entry carries the number of the attempt started last.)
+            log.info("request %s: an attempt to provider %s (group %s) ended: %s", entry.request_id, entry.provider, entry.group or "-", kind, extra={"request_id": entry.request_id})
         if self._answered.pop(key, None) is None:
             self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
         elif entry.attempt_s is not None:  # counted from its response headers already; its duration is known only now

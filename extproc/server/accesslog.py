@@ -10,6 +10,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from ..contract import (
     ATTEMPT_TAG,
+    GROUP_TAG,
     INPUT_TOKENS_TAG,
     LISTENER_TAG,
     MODEL_TAG,
@@ -51,6 +52,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
         usage_skipped=_count(tags.get(USAGE_SKIPPED_TAG)) is not None,
         timing=tags.get(TIMING_TAG, ""),
+        group=tags.get(GROUP_TAG, ""),
     )
 
 

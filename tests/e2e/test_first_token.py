@@ -50,6 +50,7 @@ def test_a_stream_stalled_after_its_headers_goes_to_the_next_provider_with_nothi
     assert fast.received[0].body == slow.received[0].body, "the next provider got the same body"
     wait_for(lambda: slow.cancelled == 1)
     wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="first_token_timeout") == 1)
+    assert "an attempt to provider slow (group openai/gpt-4o#1) ended: first_token_timeout" in gw.logs()
 
 
 def test_a_provider_that_sends_no_headers_is_left_at_the_first_token_timeout(mocks, gateway):
@@ -97,6 +98,8 @@ def test_a_hedged_slow_answer_loses_to_the_fast_one_which_is_kept_and_the_slow_o
     wait_for(lambda: slow.cancelled == 1)
     wait_for(lambda: gw.metric("extproc_hedged_attempts_total", provider="fast") == 1)
     wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="hedged_out") == 1)
+    assert "an attempt to provider slow (group openai/gpt-4o#1) ended: hedged_out" in gw.logs()
+    assert gw.metric("extproc_provider_cooldowns_total", provider="slow", reason="hedged_out") is None, "losing a race is no failure"
 
 
 def test_hedged_streams_the_first_token_wins(mocks, gateway):

@@ -1,5 +1,6 @@
 """Priority groups with weights, through real Envoy: traffic shared by weight, a member's 429 served by its group, then the next group."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from .harness import chat, gateway_config, provider
@@ -51,3 +52,26 @@ def test_a_members_429_is_served_by_its_group_and_a_cooling_group_hands_over_to_
     assert first.status == 200 and first.headers["x-arch-llm-provider"] == "backup", "the next group answers the request that found the group limited"
     assert {answer.headers["x-arch-llm-provider"] for answer in after} == {"backup"}
     assert healthy.served == 21, "once cooling, the group is not tried again"
+
+
+def test_metrics_and_the_access_log_name_the_group_and_the_member_that_answered(mocks, gateway):
+    limited, healthy, backup = mocks.start("limited", status=429, retry_after="30"), mocks.start("healthy"), mocks.start("backup")
+    gw = gateway(
+        gateway_config(
+            provider("limited", "openai/gpt-4o", limited, access_key="k1", priority=0, weight=2),
+            provider("healthy", "openai/gpt-4o", healthy, access_key="k2", priority=0, weight=1),
+            provider("backup", "openai/gpt-4o", backup, access_key="k3", priority=1),
+            access_log=True,
+        )
+    )
+
+    answers = [chat(gw.port, HELLO) for _ in range(6)]
+
+    assert {answer.headers["x-arch-llm-provider"] for answer in answers} == {"healthy"}
+    assert gw.metric("extproc_provider_group_info", provider="limited", group="openai/gpt-4o#1", weight="2") == 1
+    assert gw.metric("extproc_provider_group_info", provider="healthy", group="openai/gpt-4o#1", weight="1") == 1
+    assert gw.metric("extproc_provider_group_info", provider="backup", group="openai/gpt-4o#2", weight="1") == 1
+    gw.stop()
+    lines = [json.loads(line) for line in gw.process_output.splitlines() if line.startswith("{")]
+    served = {(line["group"], line["provider"]) for line in lines if line["path"].startswith("/v1/chat/completions")}
+    assert served == {("openai/gpt-4o#1", "healthy")}
