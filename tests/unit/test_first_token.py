@@ -1,5 +1,8 @@
 """`first_token_timeout` and `hedge_after` without Envoy: the config, the rendered retry shape, when a stream's first token has come, what a timed attempt came to."""
 
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from extproc.config import ConfigError, parse_config
@@ -143,3 +146,15 @@ def test_what_a_timed_attempt_came_to(status, flags, timing, kind):
 
 def test_a_first_token_stall_counts_against_the_provider_and_a_lost_race_does_not():
     assert "first_token_timeout" in FAILURE_KINDS and "hedged_out" not in FAILURE_KINDS
+
+
+def test_the_readmes_worked_example_is_a_valid_config_with_the_chain_it_describes():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme[readme.index("  Two keys of one model sharing it 3:1") :]
+    example = example[example.index("```yaml") + 7 : example.index("```", example.index("```yaml") + 7)]
+    loaded = parse_config(f"listeners: [{{type: model, name: llm, port: 12000}}]\n{textwrap.dedent(example)}", "README.md", {"KEY_A": "a", "KEY_B": "b", "AZURE_KEY": "z", "AWS_ACCESS_KEY_ID": "x"})
+
+    assert loaded.chains["key-a"].providers == ("key-a", "key-b", "azure", "bedrock")
+    assert loaded.chains["key-b"].providers == ("key-b", "key-a", "azure", "bedrock")
+    assert [loaded.providers[name].group for name in ("key-a", "key-b", "azure")] == ["openai/gpt-4o#1", "openai/gpt-4o#1", "openai/gpt-4o#2"]
+    assert loaded.chains["key-a"].timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout_s == 2.0
