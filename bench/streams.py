@@ -9,7 +9,11 @@ alone on a static route, then through the gateway (`extproc up`), and prints
 for each: time to first byte p50/p99, the largest delay between two chunks at
 p99, errors (a status other than 200, a stream cut short), and the peak RSS of
 Envoy and of the sidecar. `--rates 200,500` repeats at other rates to show
-where it breaks. Stops everything it started.
+where it breaks. A third row runs a gateway whose chain has
+`first_token_timeout` (every stream's start held at the sidecar until its
+first token): its time to the first chunk and the sidecar's CPU per stream,
+beside the plain gateway's, say what a held stream start costs.
+Stops everything it started.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, free_port, rss_mb, sample_rss, static_proxy, wait_port
+from bench.run import Processes, cpu_seconds, free_port, rss_mb, sample_rss, static_proxy, wait_port
 from extproc.render import CIRCUIT_BREAKERS
 
 
@@ -63,7 +67,7 @@ async def provider(port: int, chunks: int, seconds: float) -> None:
 
 
 async def one_stream(port: int, model: str, results: list) -> None:
-    """One `stream: true` request on its own connection: (ttfb, [gaps between chunks], error or None)."""
+    """One `stream: true` request on its own connection: (ttfb, [gaps between chunks], error or None, time to the first chunk)."""
     body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "stream"}]}).encode()
     started = time.perf_counter()
     try:
@@ -73,7 +77,7 @@ async def one_stream(port: int, model: str, results: list) -> None:
         status_line = await reader.readline()
         ttfb = time.perf_counter() - started
         if b" 200 " not in status_line:
-            results.append((ttfb, [], f"status {status_line.strip().decode(errors='replace')}"))
+            results.append((ttfb, [], f"status {status_line.strip().decode(errors='replace')}", ttfb))
             writer.close()
             return
         await reader.readuntil(b"\r\n\r\n")
@@ -87,9 +91,9 @@ async def one_stream(port: int, model: str, results: list) -> None:
             finished = b"[DONE]" in chunk
         writer.close()
         gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-        results.append((ttfb, gaps, None if finished else "stream cut short"))
+        results.append((ttfb, gaps, None if finished else "stream cut short", (arrivals[0] if arrivals else time.perf_counter()) - started))
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-        results.append((time.perf_counter() - started, [], type(exc).__name__))
+        results.append((time.perf_counter() - started, [], type(exc).__name__, time.perf_counter() - started))
 
 
 async def drive(port: int, model: str, rate: float, seconds: float) -> list:
@@ -131,6 +135,8 @@ def summary(results: list) -> dict:
     return {
         "ttfb_p50": percentile([result[0] for result in good], 0.50) * 1000,
         "ttfb_p99": percentile([result[0] for result in good], 0.99) * 1000,
+        "first_chunk_p50": percentile([result[3] for result in good], 0.50) * 1000,
+        "first_chunk_p99": percentile([result[3] for result in good], 0.99) * 1000,
         "gap_p99": percentile(gaps, 0.99) * 1000,
         "errors": len(results) - len(good),
         "kinds": sorted({result[2] for result in results if result[2]}),
@@ -172,26 +178,44 @@ def main() -> None:
             "model_providers": [{"name": "streamer", "model": "bench/stream", "base_url": f"http://127.0.0.1:{upstream}", "access_key": "bench-key"}],
         }
         gateway, gateway_port = processes.gateway(config)
-        envoy_pid = child_named(gateway.pid, "envoy")
+        held_config = json.loads(json.dumps(config))
+        held_config["model_providers"][0]["retry_policy"] = {"first_token_timeout": "5s"}
+        held, held_port = processes.gateway(held_config)
+        paths = (
+            ("Envoy alone", baseline, alone.pid, None),
+            ("gateway (extproc up)", gateway_port, child_named(gateway.pid, "envoy"), gateway.pid),
+            ("gateway, first_token_timeout", held_port, child_named(held.pid, "envoy"), held.pid),
+        )
         print(f"streams of {args.chunks} chunks over {args.stream_seconds:g} s, started for {args.seconds:g} s; Envoy --concurrency 1")
-        print(f"{'path':26} {'rate/s':>6} {'streams':>7} {'TTFB p50 ms':>11} {'TTFB p99 ms':>11} {'chunk gap p99 ms':>16} {'errors':>6} {'Envoy RSS MB':>12} {'sidecar RSS MB':>14}")
+        print(
+            f"{'path':29} {'rate/s':>6} {'streams':>7} {'TTFB p50 ms':>11} {'TTFB p99 ms':>11} {'1st chunk p50':>13} {'1st chunk p99':>13} {'chunk gap p99 ms':>16}"
+            f" {'errors':>6} {'Envoy RSS MB':>12} {'sidecar RSS MB':>14} {'sidecar CPU/stream':>18}"
+        )
         for rate in [float(value) for value in args.rates.split(",")]:
             rows = {}
-            for label, port, pids in (("Envoy alone", baseline, (alone.pid, None)), ("gateway (extproc up)", gateway_port, (envoy_pid, gateway.pid))):
-                stop, envoy_rss, sidecar_rss = threading.Event(), [rss_mb(pids[0])], [rss_mb(pids[1])] if pids[1] else []
-                samplers = [threading.Thread(target=sample_rss, args=(pid, stop, samples), daemon=True) for pid, samples in ((pids[0], envoy_rss), (pids[1], sidecar_rss)) if pid]
+            for label, port, envoy_pid, sidecar_pid in paths:
+                stop, envoy_rss, sidecar_rss = threading.Event(), [rss_mb(envoy_pid)], [rss_mb(sidecar_pid)] if sidecar_pid else []
+                samplers = [threading.Thread(target=sample_rss, args=(pid, stop, samples), daemon=True) for pid, samples in ((envoy_pid, envoy_rss), (sidecar_pid, sidecar_rss)) if pid]
                 for sampler in samplers:
                     sampler.start()
+                cpu_before = cpu_seconds(sidecar_pid) if sidecar_pid else 0.0
                 result = summary(asyncio.run(drive(port, "bench/stream", rate, args.seconds)))
+                cpu = f"{(cpu_seconds(sidecar_pid) - cpu_before) / max(result['streams'], 1) * 1e6:.0f} µs" if sidecar_pid else ""
                 stop.set()
                 rows[label] = result
                 sidecar = f"{max(sidecar_rss):.0f}" if sidecar_rss else ""
                 print(
-                    f"{label:26} {rate:>6.0f} {result['streams']:>7} {result['ttfb_p50']:>11.1f} {result['ttfb_p99']:>11.1f} {result['gap_p99']:>16.1f}"
-                    f" {result['errors']:>6} {max(envoy_rss):>12.0f} {sidecar:>14}" + (f"  {result['kinds']}" if result["kinds"] else "")
+                    f"{label:29} {rate:>6.0f} {result['streams']:>7} {result['ttfb_p50']:>11.1f} {result['ttfb_p99']:>11.1f} {result['first_chunk_p50']:>13.1f}"
+                    f" {result['first_chunk_p99']:>13.1f} {result['gap_p99']:>16.1f} {result['errors']:>6} {max(envoy_rss):>12.0f} {sidecar:>14} {cpu:>18}"
+                    + (f"  {result['kinds']}" if result["kinds"] else "")
                 )
             added = rows["gateway (extproc up)"]["ttfb_p99"] - rows["Envoy alone"]["ttfb_p99"]
             print(f"  at {rate:g}/s: gateway TTFB p99 {added:+.1f} ms over Envoy alone (target < 20 ms), errors {rows['gateway (extproc up)']['errors']} (target 0)")
+            plain, hold = rows["gateway (extproc up)"], rows["gateway, first_token_timeout"]
+            print(
+                f"  held stream start: first chunk p50 {hold['first_chunk_p50'] - plain['first_chunk_p50']:+.1f} ms, p99 {hold['first_chunk_p99'] - plain['first_chunk_p99']:+.1f} ms"
+                f" over the plain gateway, errors {hold['errors']}"
+            )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ class MockProvider:
     retry_after: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # before answering
-    #: A streamed answer: its headers and an opening chunk (a role, no content) at once, then this long before its first token.
+    #: A streamed answer: its headers and an opening event (OpenAI: a role, no content; Anthropic: `message_start`) at once,
+    #: then this long before its first token.
     first_token_delay_s: float = 0.0
     #: Requests whose connection was closed while they waited (a delay, or a first token) or streamed: abandoned by the gateway.
     cancelled: int = 0
@@ -129,7 +130,7 @@ class MockProvider:
     async def _answer(self, request: ReceivedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         headers = [("x-mock-provider", self.name), *self.extra_headers]
         if self.api == "anthropic":
-            await self._answer_anthropic(request, headers, writer)
+            await self._answer_anthropic(request, headers, reader, writer)
             return
         if self.api == "vertex":
             await self._answer_vertex(request, headers, reader, writer)
@@ -163,7 +164,7 @@ class MockProvider:
         await writer.drain()
         return True
 
-    async def _answer_anthropic(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
+    async def _answer_anthropic(self, request: ReceivedRequest, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if await self._refused(mock_anthropic.refusal(request.path, dict(request.headers), request.body), headers, writer, mock_anthropic.error_body):
             return
         payload = json.loads(request.body)
@@ -176,7 +177,9 @@ class MockProvider:
             events = mock_anthropic.events(self.name, payload, self.served)
             if self.sse_odd_event is not None:
                 events.insert(1, self.sse_odd_event)
-            for event in events:
+            for number, event in enumerate(events):
+                if number == 1 and self.first_token_delay_s and not await self._wait(reader, self.first_token_delay_s):  # after message_start
+                    raise ConnectionResetError("the gateway left this stream before its first token")
                 for piece in _pieces(event, self.sse_line_end.encode()):
                     _write_chunk(writer, piece)
                     await writer.drain()

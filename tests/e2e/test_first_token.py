@@ -113,3 +113,36 @@ def test_hedged_streams_the_first_token_wins(mocks, gateway):
         assert all(json.loads(data)["id"] == "chatcmpl-fast" for _, data in events if data != "[DONE]")
     assert fast.served == 8 and slow.served == 8, "each request raced once"
     wait_for(lambda: slow.cancelled == 8)
+
+
+def test_a_translated_stream_is_held_too_an_anthropic_provider_stalled_after_message_start(mocks, gateway):
+    claude, fast = mocks.start("claude", api="anthropic", first_token_delay_s=30), mocks.start("fast")
+    gw = gateway(
+        config_of(
+            provider("claude", "anthropic/claude-sonnet-4", claude, access_key="sk-ant-0001", retry_policy={"first_token_timeout": "1s", "fallback_models": [GPT]}),
+            provider("fast", GPT, fast, access_key="sk-fast-0002"),
+        )
+    )
+
+    status, headers, events = http_stream(gw.port, {**STREAM, "model": "anthropic/claude-sonnet-4"})
+
+    assert status == 200 and headers["x-arch-llm-provider"] == "fast"
+    assert all(json.loads(data)["id"] == "chatcmpl-fast" for _, data in events if data != "[DONE]"), "nothing of Claude's translated opening"
+    assert claude.received[0].path == "/v1/messages" and claude.received[0].header("x-api-key") == "sk-ant-0001"
+    assert fast.received[0].header("x-api-key") is None and fast.received[0].header("authorization") == "Bearer sk-fast-0002"
+    wait_for(lambda: claude.cancelled == 1)
+
+
+def test_when_every_provider_stalls_the_client_gets_a_504_in_its_apis_shape_and_nothing_else(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "first_token_timeout": "700ms"}, {"first_token_delay_s": 30}, {"first_token_delay_s": 30})
+
+    started = time.monotonic()
+    answer = chat(gw.port, STREAM)
+    elapsed = time.monotonic() - started
+
+    assert answer.status == 504 and b"data:" not in answer.body, "no byte of either stream"
+    assert answer.json()["error"]["type"] and answer.json()["error"]["message"], answer.body
+    assert 1.4 <= elapsed < 3.0, f"each provider had its 700 ms: {elapsed:.2f}s"
+    wait_for(lambda: slow.cancelled == 1 and fast.cancelled == 1)
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="fast", outcome="first_token_timeout") == 1)
+    assert chat(gw.port, HELLO).status == 200, "a JSON answer's first content is its headers: the stalls held nothing else back"
