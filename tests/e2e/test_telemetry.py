@@ -91,6 +91,24 @@ def test_a_failover_is_one_trace_with_a_span_per_attempt_continuing_the_clients_
     assert otlp.requests and set(otlp.requests) == {"/v1/traces"}
 
 
+def test_a_hedged_request_traces_both_attempts_the_loser_marked_cancelled(mocks, gateway, otlp):
+    slow, fast = mocks.start("slow", delay_s=3), mocks.start("fast")
+    gw = gateway(_traced(gateway_config(provider("slow", GPT4, slow, retry_policy={"hedge_after": "300ms"}), provider("fast", GPT4, fast)), otlp))
+
+    answer = chat(gw.port, {"model": GPT4, "messages": [{"role": "user", "content": "hi"}]}, {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "fast"
+    spans = wait_for(lambda: (found := otlp.trace(CLIENT_TRACE)) and len([s for s in found if s.kind == CLIENT and s.name.startswith("router ")]) == 2 and found)
+    server = next(span for span in spans if span.kind == SERVER)
+    # Each attempt's own address; its host-metadata tags (extproc.provider, …) name the winner on both: Envoy shares one upstream info.
+    attempts = {span.attributes["upstream_address"]: span for span in spans if span.kind == CLIENT and span.name.startswith("router ")}
+    loser, winner = attempts[f"127.0.0.1:{slow.port}"], attempts[f"127.0.0.1:{fast.port}"]
+    assert loser.parent_id == winner.parent_id == server.span_id
+    assert (loser.attributes["canceled"], loser.attributes["response_flags"], loser.attributes["http.status_code"]) == ("true", "UT", "0")
+    assert (winner.attributes["retry.count"], winner.attributes["http.status_code"]) == ("1", "200") and "canceled" not in winner.attributes
+    assert server.attributes["extproc.provider"] == "fast"
+
+
 def test_without_a_traceparent_the_trace_starts_at_the_gateway(mocks, gateway, otlp):
     main = mocks.start("main")
     gw = gateway(_traced(gateway_config(provider("main", GPT4, main)), otlp))
