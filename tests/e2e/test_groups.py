@@ -28,15 +28,22 @@ def test_a_group_shares_its_traffic_by_weight(mocks, gateway):
     assert {request.header("authorization") for request in light.received} == {"Bearer k-light"}, "each member its own key"
 
 
-def test_a_members_429_is_served_by_its_group_and_a_cooling_group_hands_over_to_the_next(mocks, gateway):
+def limited_group(mocks, gateway, limited_weight: int = 1, **listener):
+    """gpt-4o: a group of a rate-limited member and a healthy one, then a backup group; (limited, healthy, backup, gateway)."""
     limited, healthy, backup = mocks.start("limited", status=429, retry_after="30"), mocks.start("healthy"), mocks.start("backup")
     gw = gateway(
         gateway_config(
-            provider("limited", "openai/gpt-4o", limited, access_key="k1", priority=0, weight=1),
+            provider("limited", "openai/gpt-4o", limited, access_key="k1", priority=0, weight=limited_weight),
             provider("healthy", "openai/gpt-4o", healthy, access_key="k2", priority=0, weight=1),
             provider("backup", "openai/gpt-4o", backup, access_key="k3", priority=1),
+            **listener,
         )
     )
+    return limited, healthy, backup, gw
+
+
+def test_a_members_429_is_served_by_its_group_and_a_cooling_group_hands_over_to_the_next(mocks, gateway):
+    limited, healthy, backup, gw = limited_group(mocks, gateway)
 
     answers = [chat(gw.port, HELLO) for _ in range(20)]
 
@@ -55,15 +62,7 @@ def test_a_members_429_is_served_by_its_group_and_a_cooling_group_hands_over_to_
 
 
 def test_metrics_and_the_access_log_name_the_group_and_the_member_that_answered(mocks, gateway):
-    limited, healthy, backup = mocks.start("limited", status=429, retry_after="30"), mocks.start("healthy"), mocks.start("backup")
-    gw = gateway(
-        gateway_config(
-            provider("limited", "openai/gpt-4o", limited, access_key="k1", priority=0, weight=2),
-            provider("healthy", "openai/gpt-4o", healthy, access_key="k2", priority=0, weight=1),
-            provider("backup", "openai/gpt-4o", backup, access_key="k3", priority=1),
-            access_log=True,
-        )
-    )
+    _, _, _, gw = limited_group(mocks, gateway, limited_weight=2, access_log=True)
 
     answers = [chat(gw.port, HELLO) for _ in range(6)]
 
