@@ -35,7 +35,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         }
         self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold")}
         self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
-        self._seen_hold_errors: set[type] = set()
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -71,9 +70,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 try:
                     responses = stream.handle(request)
                 except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
-                    if type(exc) not in self._seen_hold_errors:
-                        self._seen_hold_errors.add(type(exc))
-                        log.error("unexpected %s holding a stream's start; released unchanged", type(exc).__name__, exc_info=exc)
+                    first = (type(exc), "hold", None) not in self._seen_errors
+                    self._seen_errors.add((type(exc), "hold", None))
+                    log.error("unexpected %s holding a stream's start; released unchanged", type(exc).__name__, exc_info=exc if first else None)
                     responses = stream.release()
                 for response in responses:
                     await context.write(response)

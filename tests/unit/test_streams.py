@@ -1,5 +1,6 @@
 """The protobuf translation layer, driven with real ext_proc messages (no network)."""
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -7,7 +8,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.config import parse_config
 from extproc.config.store import Live
 from extproc.server import wire
-from extproc.server.streams import RouterStream, UpstreamStream
+from extproc.server.streams import HoldStream, RouterStream, UpstreamStream
 
 CONFIG = parse_config(
     """
@@ -231,3 +232,42 @@ def test_router_stream_asks_for_the_body_when_envoy_found_no_model():
     assert response.mode_override.request_body_mode == ProcessingMode.BUFFERED
     assert response.mode_override.response_header_mode == ProcessingMode.SKIP, "the whole mode is replaced: nothing else is asked for"
     assert not response.request_headers.response.clear_route_cache
+
+
+def answer_headers(status: str, end_of_stream: bool = False) -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest()
+    request.response_headers.end_of_stream = end_of_stream
+    request.response_headers.headers.headers.extend([base_pb2.HeaderValue(key=":status", raw_value=status.encode()), base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream")])
+    return wire.decode_request(request.SerializeToString())
+
+
+def answer_chunk(data: bytes, end_of_stream: bool = False) -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest()
+    request.response_body.body = data
+    request.response_body.end_of_stream = end_of_stream
+    return wire.decode_request(request.SerializeToString())
+
+
+def test_a_hold_stream_answers_nothing_until_the_first_token_then_everything_in_order_unchanged():
+    stream = HoldStream()
+    opening = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}\n\n'
+
+    assert stream.handle(answer_headers("200")) == [] and stream.handle(answer_chunk(opening)) == [] and not stream.done
+    released = [message(response) for response in stream.handle(answer_chunk(b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'))]
+
+    assert [response.WhichOneof("response") for response in released] == ["response_headers", "response_body", "response_body"]
+    assert all(not response.response_headers.response.HasField("header_mutation") for response in released[:1])
+    assert all(not response.response_body.response.HasField("body_mutation") for response in released[1:]), "the stream goes on as the provider sent it"
+    assert stream.done
+
+
+@pytest.mark.parametrize("headers", [answer_headers("429"), answer_headers("200", end_of_stream=True)])
+def test_a_hold_stream_lets_an_error_or_an_empty_answer_go_at_once(headers):
+    stream = HoldStream()
+    assert [message(response).WhichOneof("response") for response in stream.handle(headers)] == ["response_headers"] and stream.done
+
+
+def test_a_stream_that_ends_without_a_token_is_released_at_its_end():
+    stream = HoldStream()
+    stream.handle(answer_headers("200"))
+    assert len(stream.handle(answer_chunk(b": keep-alive\n\n", end_of_stream=True))) == 2 and stream.done
