@@ -778,8 +778,8 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
     hold = {
         "@type": _EXT_PROC,
         "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": "hold"}]},
-        "failure_mode_allow": False,
-        "status_on_error": {"code": 503},
+        # The provider has answered: a sidecar that cannot hold the stream lets it go on unheld, never turns it into an error.
+        "failure_mode_allow": True,
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
         "message_timeout": _duration(max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s)),
         "send_body_without_waiting_for_header_response": True,

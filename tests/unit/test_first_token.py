@@ -50,6 +50,10 @@ def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_a
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "first_token"
     assert filter_names(cluster)[0] == "extproc.first_token"
     assert "include_is_timeout_retry_header" not in virtual_host
+    hold = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][0]
+    ext_proc = hold["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
+    assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot hold a stream lets it go on, never an error"
+    assert ext_proc["message_timeout"] == "90.000s", "the hold is bounded by the attempt's timeouts, not by a message timeout"
 
 
 def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
