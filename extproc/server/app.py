@@ -9,12 +9,14 @@ the caller explicitly accepts plain TCP on a loopback address.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..contract import EXT_PROC_SERVICE, bulk_address, message_limit
@@ -64,12 +66,28 @@ def check_listen(listen: str, tls: ServerTls | None, insecure_tcp: bool) -> None
         )
 
 
+def quiet_peer_gone(record: logging.LogRecord) -> bool:
+    """grpc.aio's ERROR record for a closing status it could not send, kept at DEBUG.
+
+    It happens when Envoy ends an ext_proc stream (its client left, an attempt
+    was reset) just as the sidecar, every answer written, ends it too: nothing
+    is lost (grpc/grpc#32551 turned the error into this log line). A failed
+    batch that carried a message is another matter and stays an error.
+    """
+    error = record.exc_info[1] if record.exc_info else None
+    if not isinstance(error, cygrpc.ExecuteBatchError) or "SendStatusFromServerOperation" not in str(error) or "SendMessageOperation" in str(error):
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = None) -> tuple[grpc.aio.Server, int, grpc.Server | None]:
     """Bind `unix:/path` (mode 0600) or `host:port` (mutual TLS when given) and start.
 
     Returns the server, the bound TCP port (0 for a Unix socket), and, beside a
     Unix socket, the bulk lane's server (`contract.bulk_address`).
     """
+    logging.getLogger("grpc._cython.cygrpc").addFilter(quiet_peer_gone)
     limit = message_limit(max(listener.max_body_bytes for listener in runtime.store.current.listeners))
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     server = grpc.aio.server(options=options)

@@ -1,11 +1,15 @@
-"""One running sidecar's health: a part that stops makes /readyz fail and say why; a reload never takes the watcher down."""
+"""One running sidecar's health: a part that stops makes /readyz fail and say why; a reload never takes the watcher down; gRPC's own logs."""
 
 import asyncio
+import logging
 import urllib.error
 import urllib.request
 
+from grpc._cython import cygrpc
+
 from extproc.config import parse_config
 from extproc.reload import Reloader
+from extproc.server.app import quiet_peer_gone
 from extproc.sidecar import Sidecar
 
 CONFIG = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{name: a, model: openai/gpt-4, base_url: 'http://127.0.0.1:1'}]\n", "t.yaml", {})
@@ -113,3 +117,24 @@ def test_idle_connections_never_keep_a_probe_out_and_are_closed_when_silent(monk
             connection.close()
     finally:
         server.stop()
+
+
+def _batch_error_record(operations: str, logger: str = "grpc._cython.cygrpc") -> logging.LogRecord:
+    error = cygrpc.ExecuteBatchError(f'Failed "execute_batch": ({operations},)')
+    return logging.LogRecord(logger, logging.ERROR, "server.pyx.pxi", 710, "ExecuteBatchError raised in core by servicer method", (), (type(error), error, None))
+
+
+def test_a_closing_status_envoy_no_longer_wanted_is_debug_not_an_error(monkeypatch):
+    status_only = "<grpc._cython.cygrpc.SendStatusFromServerOperation object at 0x7f>"
+    monkeypatch.setattr(logging.getLogger("test.quiet.info"), "level", logging.INFO)
+    monkeypatch.setattr(logging.getLogger("test.quiet.debug"), "level", logging.DEBUG)
+    record = _batch_error_record(status_only, "test.quiet.info")
+    assert quiet_peer_gone(record) is False and record.levelname == "DEBUG", "dropped below debug"
+    assert quiet_peer_gone(_batch_error_record(status_only, "test.quiet.debug")) is True, "kept, as debug, when debug is on"
+
+
+def test_a_failed_batch_that_carried_a_message_or_any_other_error_stays_an_error():
+    record = _batch_error_record("<grpc._cython.cygrpc.SendMessageOperation object at 0x7e>, <grpc._cython.cygrpc.SendStatusFromServerOperation object at 0x7f>")
+    assert quiet_peer_gone(record) is True and record.levelname == "ERROR"
+    other = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "x", 1, "Unexpected error", (), (ValueError, ValueError("x"), None))
+    assert quiet_peer_gone(other) is True and other.levelname == "ERROR"
