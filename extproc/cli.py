@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 
 from pythonjsonlogger.json import JsonFormatter
 
 from . import __version__, envoyadmin
 from .apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE
-from .config import Config, ConfigError, json_schema, load_config
+from .config import Chain, Config, ConfigError, json_schema, load_config
 from .mock import MockProvider, serve_forever
 from .mock import for_provider as mock_for
 from .mock_bedrock import BedrockState
@@ -191,9 +192,31 @@ def _check(args) -> int:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
         chain = config.chain_for_model(model)
-        members = [name if provider_api(config.providers[name]) == OPENAI_CHAT else f"{name} ({_API_NAMES[provider_api(config.providers[name])]})" for name in chain.providers] if chain else []
-        print(f"  model {model}: {' -> '.join(members) or '(no provider)'}")
+        print(f"  model {model}: {_chain_line(config, chain) if chain else '(no provider)'}")
     return 0
+
+
+def _chain_line(config: Config, chain: Chain) -> str:
+    """`a×3 | b×1 -> c (API) -> …; first token within 2s`: a priority group's members share it by weight, then the next."""
+    sizes = Counter(provider.group for provider in config.providers.values())
+    steps: list[tuple[str, list[str]]] = []
+    for name in chain.providers:
+        provider = config.providers[name]
+        api = provider_api(provider)
+        label = name if api == OPENAI_CHAT else f"{name} ({_API_NAMES[api]})"
+        if sizes[provider.group] > 1:
+            label += f"×{provider.weight}"
+        if steps and sizes[provider.group] > 1 and steps[-1][0] == provider.group:
+            steps[-1][1].append(label)
+        else:
+            steps.append((provider.group, [label]))
+    line = " -> ".join(" | ".join(members) for _, members in steps)
+    policy = chain.policy
+    if policy.first_token_timeout_s is not None:
+        line += f"; an attempt without its first token in {policy.first_token_timeout_s:g}s is left"
+    if policy.hedge_after_s is not None:
+        line += f"; hedged after {policy.hedge_after_s:g}s"
+    return line
 
 
 def _schema(args) -> int:

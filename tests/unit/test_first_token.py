@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from extproc.cli import main
 from extproc.config import ConfigError, parse_config
 from extproc.processor.context import RequestContext
 from extproc.processor.cooldown import FAILURE_KINDS, classify
@@ -162,3 +163,21 @@ def test_the_readmes_worked_example_is_a_valid_config_with_the_chain_it_describe
     assert loaded.chains["key-b"].providers == ("key-b", "key-a", "azure", "bedrock")
     assert [loaded.providers[name].group for name in ("key-a", "key-b", "azure")] == ["openai/gpt-4o#1", "openai/gpt-4o#1", "openai/gpt-4o#2"]
     assert loaded.chains["key-a"].timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout_s == 2.0
+
+
+def test_check_shows_the_groups_their_weights_and_the_timing(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """
+listeners: [{type: model, name: llm, port: 12000}]
+model_providers:
+  - {name: key-a, model: openai/gpt-4o, access_key: a, priority: 0, weight: 3, retry_policy: {hedge_after: 1s}}
+  - {name: key-b, model: openai/gpt-4o, access_key: b, priority: 0, weight: 1}
+  - {name: azure, model: openai/gpt-4o, base_url: https://res.openai.azure.com/openai/v1, provider_interface: azure_openai, access_key: z, priority: 1}
+  - {name: solo, model: openai/gpt-4o-mini, access_key: s, retry_policy: {first_token_timeout: 2500ms}}
+"""
+    )
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "model openai/gpt-4o: key-a×3 | key-b×1 -> azure; hedged after 1s" in out
+    assert "model openai/gpt-4o-mini: solo; an attempt without its first token in 2.5s is left" in out
