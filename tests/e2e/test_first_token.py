@@ -146,3 +146,18 @@ def test_when_every_provider_stalls_the_client_gets_a_504_in_its_apis_shape_and_
     wait_for(lambda: slow.cancelled == 1 and fast.cancelled == 1)
     wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="fast", outcome="first_token_timeout") == 1)
     assert chat(gw.port, HELLO).status == 200, "a JSON answer's first content is its headers: the stalls held nothing else back"
+
+
+def test_on_a_hedging_chain_a_429_still_fails_over_at_once_and_is_no_hedge(mocks, gateway):
+    limited, fast, gw = two(mocks, gateway, {"retry_on": [429], "hedge_after": "2s"}, {"status": 429, "retry_after": "30"})
+
+    started = time.monotonic()
+    first = chat(gw.port, HELLO)
+    elapsed = time.monotonic() - started
+    after = chat(gw.port, HELLO)
+
+    assert first.status == 200 and first.headers["x-arch-llm-provider"] == "fast" and elapsed < 1.0
+    assert after.headers["x-arch-llm-provider"] == "fast" and limited.served == 1, "its 429 cooled it before the client held the answer"
+    assert fast.served == 2 and fast.received[0].header("authorization") == "Bearer sk-fast-0002"
+    assert gw.metric("extproc_failovers_total", from_provider="slow", to_provider="fast", reason="rate_limited") == 1
+    assert gw.metric("extproc_hedged_attempts_total", provider="fast") is None
