@@ -161,3 +161,18 @@ def test_on_a_hedging_chain_a_429_still_fails_over_at_once_and_is_no_hedge(mocks
     assert fast.served == 2 and fast.received[0].header("authorization") == "Bearer sk-fast-0002"
     assert gw.metric("extproc_failovers_total", from_provider="slow", to_provider="fast", reason="rate_limited") == 1
     assert gw.metric("extproc_hedged_attempts_total", provider="fast") is None
+
+
+def test_two_hundred_streams_at_once_each_left_once_and_counted_once(mocks, gateway):
+    slow, fast, gw = two(mocks, gateway, {"retry_on": [429], "first_token_timeout": "1s"}, {"first_token_delay_s": 30}, {"chunks": 3, "chunk_interval_s": 0.01})
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda _: http_stream(gw.port, STREAM), range(200)))
+
+    assert [status for status, _, _ in results] == [200] * 200
+    assert all(headers["x-arch-llm-provider"] == "fast" for _, headers, _ in results)
+    assert all(json.loads(data)["id"] == "chatcmpl-fast" for _, _, events in results for _, data in events if data != "[DONE]"), "not one chunk of a stalled stream"
+    assert fast.served == 200 and slow.served >= 1
+    # Each stalled attempt: one cancelled connection, one first_token_timeout; its failures cooled the provider for the rest.
+    wait_for(lambda: slow.cancelled == slow.served and gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="first_token_timeout") == slow.served)
+    assert gw.metric("extproc_provider_cooldowns_total", provider="slow", reason="first_token_timeout") >= 1
