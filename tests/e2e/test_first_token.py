@@ -5,6 +5,8 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from extproc.mock_bedrock import BedrockState
+
 from .harness import chat, http_stream, provider, wait_for
 from .harness import gateway_config as config_of
 
@@ -176,3 +178,23 @@ def test_two_hundred_streams_at_once_each_left_once_and_counted_once(mocks, gate
     # Each stalled attempt: one cancelled connection, one first_token_timeout; its failures cooled the provider for the rest.
     wait_for(lambda: slow.cancelled == slow.served and gw.metric("extproc_upstream_attempts_total", provider="slow", outcome="first_token_timeout") == slow.served)
     assert gw.metric("extproc_provider_cooldowns_total", provider="slow", reason="first_token_timeout") >= 1
+
+
+def test_a_bedrock_stream_translated_from_its_frames_is_held_only_to_its_first_token(mocks, gateway):
+    bedrock = mocks.start("bedrock", api="bedrock", bedrock=BedrockState(), chunk_interval_s=0.1)
+    limited = mocks.start("limited", status=429, retry_after="1")
+    model = "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"
+    keys = {"aws_region_name": "us-east-1", "aws_access_key_id": "AKIAMOCKMOCKMOCK0001", "aws_secret_access_key": "mock-secret-access-key"}
+    gw = gateway(
+        config_of(
+            provider("limited", GPT, limited, access_key="sk-1", retry_policy={"fallback_models": [model], "first_token_timeout": "2s"}),
+            provider("bedrock", model, bedrock, **keys),
+        )
+    )
+
+    sent = time.monotonic()
+    status, headers, events = http_stream(gw.port, STREAM)
+
+    assert status == 200 and headers["x-arch-llm-provider"] == "bedrock" and headers["content-type"].startswith("text/event-stream")
+    assert "".join(texts(events[:-1])) == "[bedrock] you said: hi" and events[-1][1] == "[DONE]"
+    assert events[0][0] - sent < 1.0 and events[-1][0] - events[1][0] >= 0.3, "released at its first token, then frame by frame"
