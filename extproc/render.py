@@ -39,6 +39,7 @@ from .contract import (
     DOWNSTREAM_LOG,
     GROUP_METADATA_KEY,
     GROUP_TAG,
+    HEDGE_TIMING,
     INPUT_TOKENS,
     LISTENER_METADATA,
     LISTENER_TAG,
@@ -237,7 +238,7 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
                 "domains": ["*"],
                 "include_request_attempt_count": True,
                 # Where a chain hedges, a retry says whether a per-try timeout started it (then it races the attempt before it).
-                **({"include_is_timeout_retry_header": True} if any(chain.timing == "hedge" for config in configs for chain in config.chains.values()) else {}),
+                **({"include_is_timeout_retry_header": True} if any(chain.policy.timing == HEDGE_TIMING for config in configs for chain in config.chains.values()) else {}),
                 "request_body_buffer_limit": listener.max_body_bytes,
                 "routes": ordered,
             }
@@ -385,14 +386,7 @@ def _ext_proc(
         "failure_mode_allow": False,
         "status_on_error": {"code": 503},
         "message_timeout": _duration(options.message_timeout_s),
-        "processing_mode": {
-            "request_header_mode": "SEND",
-            "request_body_mode": body_mode,
-            "request_trailer_mode": "SKIP",
-            "response_header_mode": "SKIP",
-            "response_body_mode": "NONE",
-            "response_trailer_mode": "SKIP",
-        },
+        "processing_mode": _processing_mode(request_body=body_mode),
     }
     if phase == "router":
         namespaces: dict = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
@@ -410,6 +404,18 @@ def _ext_proc(
         # The body only for a translated attempt; the answer's headers only for a last one (mode overrides).
         config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
+
+
+def _processing_mode(request_headers: str = "SEND", request_body: str = "NONE", response_headers: str = "SKIP", response_body: str = "NONE") -> dict:
+    """An ext_proc processing mode; trailers are never sent (no decision reads them)."""
+    return {
+        "request_header_mode": request_headers,
+        "request_body_mode": request_body,
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": response_headers,
+        "response_body_mode": response_body,
+        "response_trailer_mode": "SKIP",
+    }
 
 
 def _listener(config: Config, listener: Listener, options: RenderOptions, routes: dict) -> dict:
@@ -464,7 +470,7 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
     retry = _retry_policy(chain)
     if retry is not None:
         action["retry_policy"] = retry
-    if chain.policy.hedge_after_s is not None and chain.num_retries:
+    if chain.policy.timing == HEDGE_TIMING and chain.num_retries:
         # An attempt past `hedge_after` is not reset: the next one starts beside it and the first answer wins.
         action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     route = {
@@ -480,8 +486,8 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
         "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
-    if chain.timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to
-        route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: chain.timing}}}
+    if chain.policy.timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to
+        route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: chain.policy.timing}}}
     return route
 
 
@@ -755,9 +761,9 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    *([_first_token_hold(options, config)] if chain.policy.holds_first_token else []),
+                    *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
-                    model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.timing == "hedge" else ()),
+                    model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
@@ -783,14 +789,7 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
         "message_timeout": _duration(max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s)),
         "send_body_without_waiting_for_header_response": True,
-        "processing_mode": {
-            "request_header_mode": "SKIP",
-            "request_body_mode": "NONE",
-            "request_trailer_mode": "SKIP",
-            "response_header_mode": "SEND",
-            "response_body_mode": "STREAMED",
-            "response_trailer_mode": "SKIP",
-        },
+        "processing_mode": _processing_mode(request_headers="SKIP", response_headers="SEND", response_body="STREAMED"),
     }
     stream = {"input": header_input("content-type", response=True), "value_match": {"prefix": "text/event-stream"}}
     return composite("extproc.first_token", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": stream}, "on_match": execute("hold", {"name": "envoy.filters.http.ext_proc", "typed_config": hold})}]}})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
+from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
 from ..providers import kind_of
 
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
@@ -44,9 +45,14 @@ class RetryPolicy:
     hedge_after_s: float | None = None
 
     @property
-    def holds_first_token(self) -> bool:
-        """A stream's response headers wait for its first token, so an attempt can still be left (or lose a race) until then."""
-        return self.first_token_timeout_s is not None or self.hedge_after_s is not None
+    def timing(self) -> str:
+        """How its attempts are timed (`contract.TIMING_TAG` carries it): hedged, left at the first token, or "" (plain failover).
+
+        With either timing a stream's response headers wait for its first token, so an attempt can still be left (or lose a race).
+        """
+        if self.hedge_after_s is not None:
+            return HEDGE_TIMING
+        return FIRST_TOKEN_TIMING if self.first_token_timeout_s is not None else ""
 
     @property
     def attempt_timeout_s(self) -> float | None:
@@ -151,13 +157,6 @@ class Chain:
     def num_retries(self) -> int:
         attempts = self.policy.max_attempts or len(self.providers)
         return max(attempts - 1, 0)
-
-    @property
-    def timing(self) -> str:
-        """How its attempts are timed: "hedge", "first_token", or "" (plain failover); `contract.TIMING_TAG` carries it."""
-        if self.policy.hedge_after_s is not None:
-            return "hedge"
-        return "first_token" if self.policy.first_token_timeout_s is not None else ""
 
 
 #: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).
@@ -271,7 +270,7 @@ class Config:
         providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.timing, str(chain.policy.attempt_timeout_s))}")
+            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s))}")
             for start, chain in self.chains.items()
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config import Cooldown
+from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
 
 #: Outcome kinds that count towards `failure_threshold`.
 FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error"})
@@ -56,10 +57,10 @@ def classify(status: int, response_flags: Iterable[str] = (), timing: str = "") 
     if "upstream_connection_failure" in flags or "upstream_overflow" in flags:
         return "connect_failure"
     reset = "upstream_remote_reset" in flags or "upstream_connection_termination" in flags
-    if timing == "hedge" and status == 0 and not reset:
+    if timing == HEDGE_TIMING and status == 0 and not reset:
         return "hedged_out"
-    if "upstream_request_timeout" in flags and timing != "hedge":  # on a hedging chain, the timeout only started the race
-        return "first_token_timeout" if timing == "first_token" else "timeout"
+    if "upstream_request_timeout" in flags and timing != HEDGE_TIMING:  # on a hedging chain, the timeout only started the race
+        return "first_token_timeout" if timing == FIRST_TOKEN_TIMING else "timeout"
     if reset:
         return "reset"
     if status == 0:

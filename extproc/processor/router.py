@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .. import providers, translator
 from ..config import Config, Listener
+from ..contract import HEDGE_TIMING
 from . import errors, multipart
 from .context import RequestContext
 from .cooldown import ProviderHealth
@@ -184,7 +185,7 @@ def resolve(
         originals=carried(config, originals, config.chains[start]),
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
-        hedged=config.chains[start].timing == "hedge",
+        hedged=config.chains[start].policy.timing == HEDGE_TIMING,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
     if translator.for_attempt(path, provider):

@@ -162,7 +162,7 @@ def test_the_readmes_worked_example_is_a_valid_config_with_the_chain_it_describe
     assert loaded.chains["key-a"].providers == ("key-a", "key-b", "azure", "bedrock")
     assert loaded.chains["key-b"].providers == ("key-b", "key-a", "azure", "bedrock")
     assert [loaded.providers[name].group for name in ("key-a", "key-b", "azure")] == ["openai/gpt-4o#1", "openai/gpt-4o#1", "openai/gpt-4o#2"]
-    assert loaded.chains["key-a"].timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout_s == 2.0
+    assert loaded.chains["key-a"].policy.timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout_s == 2.0
 
 
 def test_check_shows_the_groups_their_weights_and_the_timing(tmp_path, capsys):
