@@ -320,8 +320,7 @@ class HoldStream:
         if kind == "response_headers":
             self.held.append(kind)
             message = request.response_headers
-            status = next((header.raw_value or header.value.encode() for header in message.headers.headers if header.key == ":status"), b"")
-            if status != b"200" or message.end_of_stream:
+            if headers_of(message).get(":status") != "200" or message.end_of_stream:
                 return self.release()
             return []
         if kind == "response_body":
