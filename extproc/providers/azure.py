@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from .kind import Kind
+from .kind import Kind, without_version
 
 if TYPE_CHECKING:
     from ..config import Provider
@@ -26,7 +26,7 @@ def deployment_path(provider: Provider, path: str) -> str:
     if provider.api_version is None:
         return provider.prefixed_path(path)
     route, _, query = path.partition("?")
-    route = route[len("/v1") :] if route == "/v1" or route.startswith("/v1/") else route
+    route = without_version(route)
     version = urlencode({"api-version": provider.api_version})
     deployment = quote(provider.model_name, safe="")
     return f"{provider.path_prefix}/openai/deployments/{deployment}{route}?{query + '&' if query else ''}{version}"

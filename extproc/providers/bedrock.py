@@ -51,13 +51,17 @@ def path(provider: Provider, client_path: str) -> str:
     return converse_path(provider, stream=False)
 
 
+def _model_path(provider: Provider, operation: str) -> str:
+    return f"{provider.path_prefix}/model/{quote(provider.model_name, safe='')}/{operation}"
+
+
 def converse_path(provider: Provider, stream: bool) -> str:
-    return f"{provider.path_prefix}/model/{quote(provider.model_name, safe='')}/{'converse-stream' if stream else 'converse'}"
+    return _model_path(provider, "converse-stream" if stream else "converse")
 
 
 def invoke_path(provider: Provider, stream: bool) -> str:
     """InvokeModel's path: Claude with Anthropic's own bodies (an Anthropic-format client's)."""
-    return f"{provider.path_prefix}/model/{quote(provider.model_name, safe='')}/{'invoke-with-response-stream' if stream else 'invoke'}"
+    return _model_path(provider, "invoke-with-response-stream" if stream else "invoke")
 
 
 def converse_body(provider: Provider, body: dict[str, Any]) -> tuple[dict[str, Any], str]:

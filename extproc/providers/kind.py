@@ -17,6 +17,11 @@ class CredentialsMissing(Exception):
     """A provider's credentials could not be found: its attempt is refused, the message saying where they are looked for."""
 
 
+def without_version(route: str) -> str:
+    """The client's route without OpenAI's `/v1`, for a kind whose own path carries its version (Azure deployments, Vertex)."""
+    return route[len("/v1") :] if route == "/v1" or route.startswith("/v1/") else route
+
+
 def bearer(key: str) -> tuple[str, str]:
     return "authorization", f"Bearer {key}"
 

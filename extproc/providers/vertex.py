@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..apis import ANTHROPIC_MESSAGES, OPENAI_CHAT
-from .kind import Kind
+from .kind import Kind, without_version
 
 if TYPE_CHECKING:
     from ..config import Provider
@@ -70,9 +70,7 @@ def path(provider: Provider, client_path: str) -> str:
     """Claude: the rawPredict path (the body, read later, may switch it to streamRawPredict); others: the OpenAI-compatible endpoint."""
     if is_claude(provider):
         return claude_path(provider, stream=False)
-    route = client_path.split("?", 1)[0]
-    route = route[len("/v1") :] if route.startswith("/v1/") else route
-    return f"{_location_path(provider)}/endpoints/openapi{route}"
+    return f"{_location_path(provider)}/endpoints/openapi{without_version(client_path.split('?', 1)[0])}"
 
 
 def claude_body(provider: Provider, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
