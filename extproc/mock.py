@@ -16,6 +16,7 @@ import json
 import re
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import mock_anthropic, mock_bedrock, mock_openai, mock_vertex
@@ -117,6 +118,16 @@ class MockProvider:
             self._connections.discard(writer)
             writer.close()
 
+    async def _send(self, writer: asyncio.StreamWriter, chunks: Iterable[bytes], end: bool = True) -> None:
+        """Each chunk of a streamed answer, `chunk_interval_s` apart; at `end`, the answer's last (empty) chunk."""
+        for chunk in chunks:
+            _write_chunk(writer, chunk)
+            await writer.drain()
+            await asyncio.sleep(self.chunk_interval_s)
+        if end:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
     async def _wait(self, reader: asyncio.StreamReader, seconds: float) -> bool:
         """Wait `seconds`; False (and the request counted as cancelled) if the peer closed the connection meanwhile."""
         try:
@@ -177,15 +188,11 @@ class MockProvider:
             events = mock_anthropic.events(self.name, payload, self.served)
             if self.sse_odd_event is not None:
                 events.insert(1, self.sse_odd_event)
-            for number, event in enumerate(events):
-                if number == 1 and self.first_token_delay_s and not await self._wait(reader, self.first_token_delay_s):  # after message_start
-                    raise ConnectionResetError("the gateway left this stream before its first token")
-                for piece in _pieces(event, self.sse_line_end.encode()):
-                    _write_chunk(writer, piece)
-                    await writer.drain()
-                    await asyncio.sleep(self.chunk_interval_s)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+            line_end = self.sse_line_end.encode()
+            await self._send(writer, _pieces(events[0], line_end), end=False)
+            if self.first_token_delay_s and not await self._wait(reader, self.first_token_delay_s):  # after message_start
+                raise ConnectionResetError("the gateway left this stream before its first token")
+            await self._send(writer, [piece for event in events[1:] for piece in _pieces(event, line_end)])
             return
         _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, self.served)).encode())
         await writer.drain()
@@ -210,11 +217,8 @@ class MockProvider:
             _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         elif payload.get("stream") is True:
             _write_head(writer, headers)
-            for event in mock_vertex.claude_events(self.name, model, payload, self.served):
-                _write_chunk(writer, event)
-                await writer.drain()
-                await asyncio.sleep(self.chunk_interval_s)
-            writer.write(b"0\r\n\r\n")
+            await self._send(writer, mock_vertex.claude_events(self.name, model, payload, self.served))
+            return
         else:
             _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served)).encode())
         await writer.drain()
@@ -237,12 +241,7 @@ class MockProvider:
             return
         _write_head(writer, headers, content_type=mock_bedrock.EVENT_STREAM)
         frames = mock_bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else mock_bedrock.invoke_frames(self.name, model_id, payload, self.served)
-        for frame in frames:
-            _write_chunk(writer, frame)
-            await writer.drain()
-            await asyncio.sleep(self.chunk_interval_s)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await self._send(writer, frames)
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
         calls = mock_openai.tool_calls(self.name, payload, self.served)
@@ -265,9 +264,13 @@ class MockProvider:
 
     async def _stream(self, payload: dict, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _write_head(writer, headers)
+
+        def event(choices: list[dict], **extra) -> bytes:
+            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": choices, **extra}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
         if self.first_token_delay_s:
-            opening = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-            _write_chunk(writer, f"data: {json.dumps(opening)}\n\n".encode())
+            _write_chunk(writer, event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
             await writer.drain()
             if not await self._wait(reader, self.first_token_delay_s):
                 raise ConnectionResetError("the gateway left this stream before its first token")
@@ -280,17 +283,11 @@ class MockProvider:
             deltas = [{"role": "assistant", "tool_calls": [first]}, *({"tool_calls": [call]} for call in rest)]
         else:
             deltas = [{"content": f"{words[index % len(words)]} "} for index in range(max(self.chunks, len(words)))]
-        for number, delta in enumerate(deltas):
-            last = number == len(deltas) - 1
-            choice = {"index": 0, "delta": delta, "finish_reason": ("tool_calls" if calls else "stop") if last else None}
-            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [choice]}
-            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
-            await writer.drain()
-            await asyncio.sleep(self.chunk_interval_s)
+        finish = "tool_calls" if calls else "stop"
+        await self._send(writer, (event([{"index": 0, "delta": delta, "finish_reason": finish if number == len(deltas) - 1 else None}]) for number, delta in enumerate(deltas)), end=False)
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:  # OpenAI: one last chunk with the usage, no choices
-            chunk = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": int(time.time()), "model": payload.get("model", "unknown"), "choices": [], "usage": _usage(payload, " ".join(words))}
-            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
+            _write_chunk(writer, event([], usage=_usage(payload, " ".join(words))))
         _write_chunk(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
