@@ -131,8 +131,9 @@ class Provider:
         """Envoy's cluster for this provider, named for the host it stands for.
 
         The name changes whenever the scheme, host, port, TLS trust or group
-        (in its endpoint's metadata) changes, so a cluster is never repointed in place: a request routed before a
-        reload reaches exactly the host its credentials were chosen for.
+        (in its endpoint's metadata) changes, so a cluster is never repointed
+        in place: a request routed before a reload reaches exactly the host
+        its credentials were chosen for.
         """
         return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '', self.group)}"
 
@@ -266,8 +267,8 @@ class Config:
         """Chain start -> Envoy's aggregate cluster for that chain, named for its members in order.
 
         A chain whose members, attempts or attempt timing change gets a new
-        cluster (and route), so retries of a request routed before a reload stay on the
-        providers it was routed to.
+        cluster (and route), so retries of a request routed before a reload
+        stay on the providers it was routed to.
         """
         return frozen_mapping(
             (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s))}")
