@@ -192,6 +192,11 @@ class ProviderHealth:
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
 
+    def available(self, provider: str) -> bool:
+        """Neither cooling down nor half-open: `pick_start` takes it without a trial whenever it comes first."""
+        state = self._states.get(provider)
+        return state is None or (not state.probation and _left(state, self.clock()) <= 0)
+
     def pick_start(self, providers: Iterable[str], trial_s: float = 10.0) -> tuple[str | None, float]:
         """The first provider not cooling down, or (None, soonest remaining cooldown).
 

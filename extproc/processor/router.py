@@ -45,6 +45,9 @@ class Forward:
     #: attempts to providers with that same model name need no body rewrite.
     #: None when the client's body already names the provider's model (or has no body).
     patch: Patch | None = None
+    #: The same request gets this same decision for as long as `provider` stays available
+    #: (`ProviderHealth.available`): no cooldown, weighted draw or minted credential went into it.
+    reusable: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,30 @@ def on_headers(
 
     `count`: header lines as sent.
     """
+    return screen(config, listener, headers, count) or route(config, listener, headers, end_of_stream, health, found)
+
+
+def screen(config: Config, listener: Listener, headers: Mapping[str, str], count: int = 0) -> errors.Reply | None:
+    """What the headers alone answer, whatever the model: too many of them, a path or method refused, the model list, a body too large."""
     if count > CLIENT_HEADER_LIMIT:
         return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
-    max_body_bytes = listener.max_body_bytes
     path = headers.get(":path", "/")
     refused = refusal(listener, headers.get(":method", ""), path)
     if refused is not None:
         return refused
-    route = path.split("?", 1)[0]
-    if headers.get(":method") == "GET" and (route == MODELS_PATH or route.startswith(MODELS_PATH + "/")):
-        return models_reply(config, route[len(MODELS_PATH) + 1 :])
+    endpoint = path.split("?", 1)[0]
+    if headers.get(":method") == "GET" and (endpoint == MODELS_PATH or endpoint.startswith(MODELS_PATH + "/")):
+        return models_reply(config, endpoint[len(MODELS_PATH) + 1 :])
     length = headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_body_bytes:
-        return errors.too_large(int(length), max_body_bytes)
+    if length and length.isdigit() and int(length) > listener.max_body_bytes:
+        return errors.too_large(int(length), listener.max_body_bytes)
+    return None
+
+
+def route(
+    config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None, found: Found | None = None
+) -> errors.Reply | Forward | None:
+    """A screened request's chain, from its headers and what Envoy found in its body; None means: wait for the body."""
     if end_of_stream:
         return resolve(config, listener, headers, None, health)
     if found is not None:
@@ -162,6 +176,7 @@ def resolve(
             return errors.no_provider_for(only, model, providers.why_not(only))
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
     start = candidates[0]
+    reusable = groups is None
     if health is not None:
         trial_s = chain.policy.attempt_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
         available, soonest = health.pick_start(candidates, trial_s)
@@ -169,7 +184,9 @@ def resolve(
             start = available
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
+        reusable = reusable and start == candidates[0] and health.available(start)  # not diverted, not a trial
     provider = config.providers[start]
+    reusable = reusable and (bool(provider.access_key) or provider.passthrough_auth or providers.kind_of(provider).token_source is None)
     attempts = config.chains[start].num_retries + 1
     extra: dict[str, str] = {}
     if only is not None:  # retries stop where the chain's run of providers serving it ends
@@ -191,7 +208,7 @@ def resolve(
     if translator.for_attempt(path, provider):
         extra[TRANSLATE_HEADER] = "1"
     first_attempt = plan(config, provider, path, originals, headers, config.chain_clusters[start], extra)
-    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch)
+    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable)
 
 
 def by_weight(names: tuple[str, ...], weights: tuple[int, ...], draw: Callable[[], float] = random.random) -> list[str]:

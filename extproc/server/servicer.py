@@ -16,6 +16,7 @@ from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
+from .answers import Answers
 from .streams import HoldStream, Request, Response, RouterStream, UpstreamStream, immediate
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         }
         self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold")}
         self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
+        self.answers = Answers()  # router answers for request shapes seen before (event loop only: not the bulk lane's)
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -47,7 +49,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             level, stream = "upstream", UpstreamStream(live)
             handle = functools.partial(self._upstream_message, stream)
         else:
-            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""))
+            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers)
             handle = functools.partial(self._router_message, stream)
         in_flight = self.in_flight[level]
         in_flight.inc()

@@ -47,6 +47,7 @@ from ..processor.firsttoken import FirstToken
 from ..processor.headermutator import HeaderPlan
 from ..processor.jsonbody import Patch
 from . import wire
+from .answers import Answers
 
 #: What a stream reads (a body message arrives as a view of its bytes) and answers (a body-replacing reply in wire form).
 Request: TypeAlias = pb.ProcessingRequest | wire.RequestBody
@@ -106,9 +107,10 @@ def immediate(reply: errors.Reply) -> pb.ProcessingResponse:
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, live: Live, health: ProviderHealth | None, listener: str):
+    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, answers: Answers | None = None):
         config = self.config = live.current
         self.health = health
+        self.answers = answers
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
@@ -118,11 +120,27 @@ class RouterStream:
         kind = wire.kind(request)
         if kind == "request_headers":
             assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
-            self.headers = headers_of(request.request_headers)
+            headers = self.headers = headers_of(request.request_headers)
             message = request.request_headers
-            count = len(message.headers.headers)
-            decision = router.on_headers(self.config, self.listener, self.headers, message.end_of_stream, self.health, count, _found(request))
-            return self._respond("request_headers", decision)
+            refused = router.screen(self.config, self.listener, headers, len(message.headers.headers))
+            if refused is not None:
+                return self._respond("request_headers", refused)
+            found, answers = _found(request), self.answers
+            shape = None
+            if found is not None and answers is not None:
+                # Everything the decision reads of the request (router.route): the shape its answer is kept by.
+                shape = (self.listener.name, found, *headers, *(headers.get(name) for name in self.config.owned_headers), headers.get(":method"), headers.get(":path"))
+                kept = answers.get(self.config, shape, self.health)
+                if kept is not None:
+                    self.done = True
+                    return kept
+            decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found)
+            response = self._respond("request_headers", decision)
+            if shape is not None and answers is not None and isinstance(decision, router.Forward) and decision.reusable:
+                answer = response.SerializeToString()
+                answers.put(self.config, shape, decision.provider, answer)
+                return answer
+            return response
         if kind == "request_body":
             decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
             return self._respond("request_body", decision)
@@ -132,7 +150,7 @@ class RouterStream:
     def client_path(self) -> str:
         return self.headers.get(":path", "")
 
-    def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> Response:
+    def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
         if isinstance(decision, errors.Reply):
             self.reply = decision = errors.for_client(decision, self.client_path)
             self.done = True

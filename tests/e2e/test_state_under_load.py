@@ -99,3 +99,30 @@ def test_a_single_provider_models_429_is_known_before_the_next_request(mocks, ga
                 violations.append((index, first.status, second.status, second.body[:60]))
     assert violations == [], f"{len(violations)} of {SINGLE_PAIRS}: {violations[:5]}"
     assert len(limited.received) == SINGLE_PAIRS
+
+
+def test_a_route_kept_for_repeated_requests_gives_way_the_moment_its_provider_answers_429(mocks, gateway):
+    """Requests of one shape are routed from the answer the router kept for it (`server/answers.py`), under load:
+    a 429 must still move the very next request, and the route must come back when the provider does."""
+    first = mocks.start("first", retry_after="2")
+    other = mocks.start("other")
+    gw = gateway(gateway_config(provider("first", "openai/gpt-4", first), provider("other", "openai/gpt-4", other)))
+    payload = {"model": "openai/gpt-4", "messages": []}
+
+    violations = []
+    with Load(gw.port, payload, clients=8) as load:
+        for cycle in range(3):
+            wait_for(lambda: chat(gw.port, payload).headers.get("x-arch-llm-provider") == "first", timeout=15)  # its cooldown and trial are over
+            first.status = 429
+            answered = chat(gw.port, payload)
+            after = [chat(gw.port, payload) for _ in range(10)]
+            first.status = 200
+            if answered.status != 200 or answered.headers.get("x-arch-llm-provider") != "other":
+                violations.append((cycle, "answered", answered.status, answered.headers.get("x-arch-llm-provider")))
+            for index, answer in enumerate(after):
+                started_on = answer.json()["echo"]["headers"].get("x-envoy-attempt-count") if answer.status == 200 else None
+                if (answer.headers.get("x-arch-llm-provider"), started_on) != ("other", "1"):
+                    violations.append((cycle, index, answer.status, answer.headers.get("x-arch-llm-provider"), started_on))
+    assert violations == [], violations[:5]
+    assert set(load.statuses) == {200}, "every request of the load was answered, by one provider or the other"
+    assert first.received and other.received

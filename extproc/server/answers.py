@@ -1,0 +1,49 @@
+"""Router answers already made, kept in wire form for the requests that repeat them.
+
+A steady client sends the same request shape again and again: the same method,
+path and header names, the same values in the headers the gateway owns, and a
+body whose model Envoy finds at the same place. The router's decision is a pure
+function of those and the config, except where it reads the moment (a
+provider's cooldown, a weighted draw, a credential minted at run time);
+`router.Forward.reusable` says none of these went into it. Such an answer is
+kept, serialized, and given again while its provider stays available (checked
+on each use) under the same config snapshot: the decision, the header plan and
+protobuf serialization run once per shape instead of once per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from ..config import Config
+from ..processor.cooldown import ProviderHealth
+
+#: Shapes kept at once; all are dropped when it is reached (a client sending ever-new header values never grows memory).
+LIMIT = 4096
+
+
+class Answers:
+    """Kept answers by request shape, for one config snapshot; used from the event loop only."""
+
+    def __init__(self, limit: int = LIMIT):
+        self.limit = limit
+        self._config: Config | None = None
+        self._answers: dict[Hashable, tuple[str, bytes]] = {}
+
+    def get(self, config: Config, key: Hashable, health: ProviderHealth | None) -> bytes | None:
+        """The answer kept for `key` under `config`, if its provider is still available."""
+        if config is not self._config:
+            return None
+        kept = self._answers.get(key)
+        if kept is None or (health is not None and not health.available(kept[0])):
+            return None
+        return kept[1]
+
+    def put(self, config: Config, key: Hashable, provider: str, answer: bytes) -> None:
+        if config is not self._config or len(self._answers) >= self.limit:
+            self._answers = {}
+            self._config = config
+        self._answers[key] = (provider, answer)
+
+    def __len__(self) -> int:
+        return len(self._answers)
