@@ -18,8 +18,8 @@ from collections.abc import Hashable
 from ..config import Config
 from ..processor.cooldown import ProviderHealth
 
-#: Shapes kept at once; all are dropped when it is reached (a client sending ever-new header values never grows memory).
-LIMIT = 4096
+#: Shapes kept at once (~2 KB each); all are dropped when it is reached, so clients sending ever-new header values cost no more memory.
+LIMIT = 1024
 
 
 class Answers:
