@@ -71,24 +71,8 @@ def refusal(listener: Listener, method: str, path: str) -> errors.Reply | None:
     return None
 
 
-def on_headers(
-    config: Config,
-    listener: Listener,
-    headers: Mapping[str, str],
-    end_of_stream: bool,
-    health: ProviderHealth | None = None,
-    count: int = 0,
-    found: Found | None = None,
-) -> errors.Reply | Forward | None:
-    """Decide from the headers (and what Envoy `found` in the body) when possible; None means: wait for the body.
-
-    `count`: header lines as sent.
-    """
-    return screen(config, listener, headers, count) or route(config, listener, headers, end_of_stream, health, found)
-
-
 def screen(config: Config, listener: Listener, headers: Mapping[str, str], count: int = 0) -> errors.Reply | None:
-    """What the headers alone answer, whatever the model: too many of them, a path or method refused, the model list, a body too large."""
+    """What the headers alone answer, whatever the model: too many of them (`count`: lines as sent), a path or method refused, the model list, a body too large."""
     if count > CLIENT_HEADER_LIMIT:
         return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
     path = headers.get(":path", "/")

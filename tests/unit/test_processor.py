@@ -133,7 +133,7 @@ def test_an_azure_deployment_gets_its_deployments_path_with_the_api_version():
 
 def test_missing_model_goes_to_the_default_provider():
     assert forward(b'{"messages": []}').provider == "mini"
-    assert router.on_headers(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/embeddings"}, True).provider == "mini"
+    assert router.route(CONFIG, LISTENER, {":method": "POST", ":path": "/v1/embeddings"}, True).provider == "mini"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_missing_model_goes_to_the_default_provider():
     ],
 )
 def test_requests_no_provider_may_see_are_answered_by_the_gateway(method, path, status, code):
-    reply = router.on_headers(CONFIG, LISTENER, {":method": method, ":path": path}, False)
+    reply = router.screen(CONFIG, LISTENER, {":method": method, ":path": path})
     assert isinstance(reply, Reply) and reply.status == status and json.loads(reply.body)["error"]["code"] == code
 
 
@@ -184,15 +184,16 @@ def test_bad_bodies_are_refused(body, status, code):
 
 def test_declared_length_over_the_limit_is_refused_before_the_body():
     small = dataclasses.replace(LISTENER, max_body_bytes=1024)
-    decision = router.on_headers(CONFIG, small, {**CLIENT, "content-length": "2000"}, False)
+    decision = router.screen(CONFIG, small, {**CLIENT, "content-length": "2000"})
     assert isinstance(decision, Reply) and decision.status == 413
-    assert router.on_headers(CONFIG, small, {**CLIENT, "content-length": "100"}, False) is None
+    assert router.screen(CONFIG, small, {**CLIENT, "content-length": "100"}) is None
+    assert router.route(CONFIG, small, {**CLIENT, "content-length": "100"}, False) is None, "the body decides"
 
 
 def test_models_endpoint():
-    listing = router.on_headers(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models"}, True)
+    listing = router.screen(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models"})
     assert [item["id"] for item in json.loads(listing.body)["data"]] == ["openai/gpt-4", "openai/gpt-4o-mini"]
-    one = router.on_headers(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models/openai/gpt-4o-mini"}, True)
+    one = router.screen(CONFIG, LISTENER, {":method": "GET", ":path": "/v1/models/openai/gpt-4o-mini"})
     assert json.loads(one.body)["id"] == "openai/gpt-4o-mini"
 
 
