@@ -399,7 +399,8 @@ def _ext_proc(
         else:  # the headers decide nothing that the body must wait for: save a round trip
             config["send_body_without_waiting_for_header_response"] = True
     else:
-        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}, "receiving_namespaces": {"untyped": [ATTEMPT_NAMESPACE]}}
+        # The request's context, and where Envoy found the model (the context's span may be relative to it).
+        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE, BODY_NAMESPACE]}, "receiving_namespaces": {"untyped": [ATTEMPT_NAMESPACE]}}
         config["request_attributes"] = ["xds.upstream_host_metadata"]
         # The body only for a translated attempt; the answer's headers only for a last one (mode overrides).
         config["allow_mode_override"] = True

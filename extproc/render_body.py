@@ -193,6 +193,8 @@ def model_patch(namespace: str, strip: tuple[str, ...] = ()) -> dict:
     `content-length`: Envoy keeps one header map for all attempts, so an
     earlier attempt's patched or translated length would otherwise stay.
     `strip`: Envoy's own headers of an attempt that no provider is sent.
+    A patch without a start and end replaces the model where Envoy found it
+    (`find_model`), so the sidecar's answer does not depend on where that is.
     """
     removals = "".join(f'  handle:headers():remove("{name}")\n' for name in strip)
     lua = f"""
@@ -203,6 +205,13 @@ function envoy_on_request(handle)
   end
   local value = patch["{PATCH_VALUE_KEY}"]
   local first, last = patch["{PATCH_START_KEY}"], patch["{PATCH_END_KEY}"]
+  if first == nil then  -- the model is where Envoy found it
+    local found = handle:streamInfo():dynamicMetadata():get("{BODY_NAMESPACE}")
+    if found == nil then
+      return
+    end
+    first, last = found["{BODY_MODEL_START_KEY}"], found["{BODY_MODEL_END_KEY}"]
+  end
   local body = handle:body()
   if body == nil then
     return

@@ -24,10 +24,15 @@ class RequestContext:
     attempts: int = 1  # how many attempts the chain makes: the last one is watched to its response headers
     hedged: bool = False  # the chain hedges (`hedge_after`): an attempt started by a per-try timeout races the one before
 
-    def encode(self) -> str:
+    def encode(self, found_at: int | None = None) -> str:
+        """`found_at`: where Envoy found the model in the body; a span starting there is written as its width only,
+        so the same request with its model elsewhere in the body (after a longer prompt) encodes the same."""
         data: dict = {"p": self.path, "h": dict(self.originals)}
-        if self.span is not None:
-            data["s"] = [self.span.start, self.span.end, int(self.span.insert), int(self.span.needs_comma)]
+        span = self.span
+        if span is not None and found_at is not None and span.start == found_at and not span.insert:
+            data["w"] = span.end - span.start
+        elif span is not None:
+            data["s"] = [span.start, span.end, int(span.insert), int(span.needs_comma)]
         if self.body_model is not None:
             data["m"] = self.body_model
         if self.attempts != 1:
@@ -37,9 +42,13 @@ class RequestContext:
         return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
 
     @classmethod
-    def decode(cls, text: str) -> RequestContext:
+    def decode(cls, text: str, found_at: int | None = None) -> RequestContext:
+        """`found_at`: where Envoy found the model (a span written as a width starts there)."""
         data = msgspec.json.decode(text)
         span = data.get("s")
+        width = data.get("w")
+        if width is not None and found_at is not None:
+            span = [found_at, found_at + width, 0, 0]
         return cls(
             path=data["p"],
             originals=data.get("h", {}),

@@ -86,11 +86,15 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
     return wire.with_body(response, kind, body)
 
 
-def set_patch(namespace: struct_pb2.Struct, patch: Patch | None) -> None:
-    """The model patch Envoy's Lua filter applies to the body (`render_body.model_patch`); no patch is an empty value."""
+def set_patch(namespace: struct_pb2.Struct, patch: Patch | None, found: router.Found | None = None) -> None:
+    """The model patch Envoy's Lua filter applies to the body (`render_body.model_patch`); no patch is an empty value.
+
+    A patch of the model where Envoy `found` it carries no place: the Lua filter takes Envoy's.
+    """
     start, end, value = (patch.start, patch.end, patch.value.decode()) if patch is not None else (0, 0, "")
-    namespace.fields[PATCH_START_KEY].number_value = start
-    namespace.fields[PATCH_END_KEY].number_value = end
+    if found is None or (start, end) != (found.start, found.end):
+        namespace.fields[PATCH_START_KEY].number_value = start
+        namespace.fields[PATCH_END_KEY].number_value = end
     namespace.fields[PATCH_VALUE_KEY].string_value = value
 
 
@@ -113,6 +117,7 @@ class RouterStream:
         self.answers = answers
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
+        self.found: router.Found | None = None  # the model Envoy found in the body, and where
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
         self.done = False  # the request is routed (or answered): Envoy needs nothing more from this stream
 
@@ -125,11 +130,13 @@ class RouterStream:
             refused = router.screen(self.config, self.listener, headers, len(message.headers.headers))
             if refused is not None:
                 return self._respond("request_headers", refused)
-            found, answers = _found(request), self.answers
+            found = self.found = _found(request)
+            answers = self.answers
             shape = None
             if found is not None and answers is not None:
-                # Everything the decision reads of the request (router.route): the shape its answer is kept by.
-                shape = (self.listener.name, found, *headers, *(headers.get(name) for name in self.config.owned_headers), headers.get(":method"), headers.get(":path"))
+                # Everything the decision reads of the request (router.route): the shape its answer is kept by. Not
+                # where the model is: the answer says "where Envoy found it" (`set_patch`, `RequestContext.encode`).
+                shape = (self.listener.name, found.model, *headers, *(headers.get(name) for name in self.config.owned_headers), headers.get(":method"), headers.get(":path"))
                 kept = answers.get(self.config, shape, self.health)
                 if kept is not None:
                     self.done = True
@@ -167,10 +174,11 @@ class RouterStream:
         apply_headers(common.header_mutation, decision.headers)
         common.clear_route_cache = True
         namespace = self._log_path(response)
-        namespace.fields[METADATA_KEY].string_value = decision.context.encode()
+        found = self.found
+        namespace.fields[METADATA_KEY].string_value = decision.context.encode(found.start if found is not None else None)
         namespace.fields[MODEL_METADATA_KEY].string_value = decision.model
         if decision.patch is not None:
-            set_patch(namespace, decision.patch)
+            set_patch(namespace, decision.patch, found)
         return response
 
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
@@ -315,7 +323,8 @@ class UpstreamStream:
         namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
         if namespace is None or METADATA_KEY not in namespace.fields:
             return None
-        return RequestContext.decode(namespace.fields[METADATA_KEY].string_value)
+        found = _found(request)
+        return RequestContext.decode(namespace.fields[METADATA_KEY].string_value, found.start if found is not None else None)
 
 
 class HoldStream:

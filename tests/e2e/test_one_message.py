@@ -7,6 +7,7 @@ sidecar then reads the body itself). A wrong finding would route a request to
 another model, or patch bytes that are not its model.
 """
 
+import concurrent.futures
 import json
 
 import pytest
@@ -198,3 +199,25 @@ def test_each_retry_gets_its_own_providers_model_patched_by_envoy_and_no_body_cr
     for phase in ("router_request_body", "upstream_request_body"):
         assert gw.metric("extproc_processing_seconds_count", phase=phase) in (None, 0), f"{phase}: the body stayed in Envoy"
     assert gw.metric("extproc_processing_seconds_count", phase="upstream_request_headers") == 2, "one message per retry"
+
+
+def test_a_model_whose_place_moves_with_each_prompt_is_patched_in_place_on_every_attempt(mocks, gateway):
+    """OpenAI's and Anthropic's SDKs write `model` after `messages`: its place differs on every request while the
+    router's answer for the shape is the same (kept: `server/answers.py`). 200 such requests at once, each failing
+    over to a provider of another model name: each attempt gets exactly the client's body, its own model in place."""
+    first, second = mocks.start("first", status=429), mocks.start("second")
+    config = gateway_config(provider("first", GPT4, first, retry_policy={"fallback_models": ["openai/gpt-4o"]}), provider("second", "openai/gpt-4o", second))
+    config["cooldown"] = {"enabled": False}  # every request tries first, then fails over
+    gw = gateway(config)
+    bodies = [json.dumps({"messages": [{"role": "user", "content": "x" * size}], "model": GPT4, "n": 1}).encode() for size in range(200)]
+
+    def send(body: bytes) -> int:
+        return request(gw.port, "POST", "/v1/chat/completions", body, {"content-type": "application/json"}).status
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        assert set(pool.map(send, bodies)) == {200}
+    for mock, model in ((first, b'"gpt-4"'), (second, b'"gpt-4o"')):
+        received = sorted((item.body for item in mock.received), key=len)
+        assert received == [body.replace(b'"openai/gpt-4"', model) for body in bodies], f"{mock.name}: the client's body, its model replaced in place"
+        assert all(int(item.header("content-length")) == len(item.body) for item in mock.received)
+    assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0), "Envoy found every model"

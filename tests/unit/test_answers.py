@@ -6,6 +6,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.config import parse_config
 from extproc.config.store import Live
 from extproc.processor import router
+from extproc.processor.context import RequestContext
 from extproc.processor.cooldown import Outcome, ProviderHealth
 from extproc.server import wire
 from extproc.server.answers import Answers
@@ -92,17 +93,28 @@ def test_a_request_differing_in_what_the_decision_reads_is_decided_afresh(monkey
         assert name in removed or name == "authorization", "the fresh decision saw the header"
 
 
-def test_another_path_model_or_place_of_the_model_is_another_shape(monkeypatch):
+def test_another_path_or_model_is_another_shape(monkeypatch):
     gateway = Router(monkeypatch)
     gateway.send(request())
-    moved = request()
-    moved.metadata_context.filter_metadata["extproc.body"].fields["model_start"].number_value = 11
-    moved.metadata_context.filter_metadata["extproc.body"].fields["model_end"].number_value = 25
     other_path = request()
     other_path.request_headers.headers.headers[1].raw_value = b"/v1/chat/completions?x=1"
-    for message in (moved, other_path, request("gpt-4")):
+    for message in (other_path, request("gpt-4")):
         gateway.send(message)
-    assert gateway.decided == 4
+    assert gateway.decided == 3
+
+
+def test_the_model_after_a_longer_prompt_is_the_same_shape_and_its_answer_says_where_envoy_found_it(monkeypatch):
+    """SDKs put `model` after `messages`: its place moves with every prompt, the kept answer must not depend on it."""
+    gateway = Router(monkeypatch)
+    first = gateway.send(request())
+    moved = request()
+    moved.metadata_context.filter_metadata["extproc.body"].fields["model_start"].number_value = 5000
+    moved.metadata_context.filter_metadata["extproc.body"].fields["model_end"].number_value = 5014
+    assert gateway.send(moved) == first and gateway.decided == 1
+    fields = first.dynamic_metadata.fields["extproc"].struct_value.fields
+    assert "patch_start" not in fields and fields["patch_value"].string_value == '"gpt-4"', "Envoy's Lua patches the place it found"
+    context = RequestContext.decode(fields["ctx"].string_value, found_at=5000)
+    assert (context.span.start, context.span.end, context.body_model) == (5000, 5007, "gpt-4"), "a retry reads the patched model's place from Envoy's finding"
 
 
 def test_the_headers_are_screened_before_a_kept_answer_is_used(monkeypatch):
