@@ -67,6 +67,9 @@ class GatewayMetrics:
             "extproc_translation_malformed_events", "Events of a translated answer stream that could not be read: each reached the client as an error event.", ["provider"], registry=r
         ))
         self.rejected = Labelled(Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r))
+        self.reused_answers = Counter(
+            "extproc_router_answers_reused", "Requests routed with the answer kept for their shape (no decision made): against extproc_requests_total, the share of steady clients.", registry=r
+        )
         self.processing = Labelled(Histogram("extproc_processing_seconds", "Sidecar time per ext_proc message, by phase.", ["phase"], buckets=_PROCESSING_BUCKETS, registry=r))
         self.in_flight = Labelled(Gauge("extproc_streams_in_flight", "ext_proc streams open now, by level.", ["level"], registry=r))
         self.reloads = Labelled(Counter("extproc_config_reloads", "Config reloads by result.", ["result"], registry=r))

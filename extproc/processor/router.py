@@ -46,8 +46,11 @@ class Forward:
     #: None when the client's body already names the provider's model (or has no body).
     patch: Patch | None = None
     #: The same request gets this same decision for as long as `provider` stays available
-    #: (`ProviderHealth.available`): no cooldown, weighted draw or minted credential went into it.
+    #: (`ProviderHealth.available`) and each of `passed_over` keeps cooling down: no trial,
+    #: weighted draw or minted credential went into it.
     reusable: bool = False
+    #: The providers before `provider` in the chain, passed over because they were cooling down.
+    passed_over: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def resolve(
             return errors.no_provider_for(only, model, providers.why_not(only))
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
     start = candidates[0]
-    reusable = groups is None
+    reusable, passed_over = groups is None, candidates[:0]
     if health is not None:
         trial_s = chain.policy.attempt_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
         available, soonest = health.pick_start(candidates, trial_s)
@@ -168,7 +171,9 @@ def resolve(
             start = available
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
-        reusable = reusable and start == candidates[0] and health.available(start)  # not diverted, not a trial
+        passed_over = candidates[: candidates.index(start)]
+        # Not a trial, and the same pick while those before it cool down (pick_start passes a cooling provider over).
+        reusable = reusable and health.available(start) and all(health.cooling(name) for name in passed_over)
     provider = config.providers[start]
     reusable = reusable and (bool(provider.access_key) or provider.passthrough_auth or providers.kind_of(provider).token_source is None)
     attempts = config.chains[start].num_retries + 1
@@ -192,7 +197,7 @@ def resolve(
     if translator.for_attempt(path, provider):
         extra[TRANSLATE_HEADER] = "1"
     first_attempt = plan(config, provider, path, originals, headers, config.chain_clusters[start], extra)
-    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable)
+    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable, passed_over=passed_over)
 
 
 def by_weight(names: tuple[str, ...], weights: tuple[int, ...], draw: Callable[[], float] = random.random) -> list[str]:

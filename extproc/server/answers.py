@@ -6,9 +6,10 @@ body whose model Envoy finds at the same place. The router's decision is a pure
 function of those and the config, except where it reads the moment (a
 provider's cooldown, a weighted draw, a credential minted at run time);
 `router.Forward.reusable` says none of these went into it. Such an answer is
-kept, serialized, and given again while its provider stays available (checked
-on each use) under the same config snapshot: the decision, the header plan and
-protobuf serialization run once per shape instead of once per request.
+kept, serialized, and given again while its provider stays available and the
+providers it passed over keep cooling down (checked on each use), under the
+same config snapshot: the decision, the header plan and protobuf
+serialization run once per shape instead of once per request.
 """
 
 from __future__ import annotations
@@ -28,22 +29,25 @@ class Answers:
     def __init__(self, limit: int = LIMIT):
         self.limit = limit
         self._config: Config | None = None
-        self._answers: dict[Hashable, tuple[str, bytes]] = {}
+        self._answers: dict[Hashable, tuple[str, tuple[str, ...], bytes]] = {}
 
     def get(self, config: Config, key: Hashable, health: ProviderHealth | None) -> bytes | None:
-        """The answer kept for `key` under `config`, if its provider is still available."""
+        """The answer kept for `key` under `config`, if it is still the one the router would give."""
         if config is not self._config:
             return None
         kept = self._answers.get(key)
-        if kept is None or (health is not None and not health.available(kept[0])):
+        if kept is None:
             return None
-        return kept[1]
+        provider, passed_over, answer = kept
+        if health is not None and not (health.available(provider) and all(health.cooling(name) for name in passed_over)):
+            return None
+        return answer
 
-    def put(self, config: Config, key: Hashable, provider: str, answer: bytes) -> None:
+    def put(self, config: Config, key: Hashable, provider: str, passed_over: tuple[str, ...], answer: bytes) -> None:
         if config is not self._config or len(self._answers) >= self.limit:
             self._answers = {}
             self._config = config
-        self._answers[key] = (provider, answer)
+        self._answers[key] = (provider, passed_over, answer)
 
     def __len__(self) -> int:
         return len(self._answers)

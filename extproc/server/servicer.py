@@ -84,7 +84,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             in_flight.dec()
 
     async def _router_message(self, stream: RouterStream, request: Request, kind: str | None) -> Response:
-        return self.step(stream, "router", kind, lambda: stream.handle(request))
+        response = self.step(stream, "router", kind, lambda: stream.handle(request))
+        if stream.reused:
+            self.runtime.metrics.reused_answers.inc()
+        return response
 
     async def _upstream_message(self, stream: UpstreamStream, request: Request, kind: str | None) -> Response:
         if kind == "request_headers":

@@ -118,6 +118,7 @@ class RouterStream:
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
         self.found: router.Found | None = None  # the model Envoy found in the body, and where
+        self.reused = False  # answered with the answer kept for the request's shape
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
         self.done = False  # the request is routed (or answered): Envoy needs nothing more from this stream
 
@@ -139,13 +140,13 @@ class RouterStream:
                 shape = (self.listener.name, found.model, *headers, *(headers.get(name) for name in self.config.owned_headers), headers.get(":method"), headers.get(":path"))
                 kept = answers.get(self.config, shape, self.health)
                 if kept is not None:
-                    self.done = True
+                    self.done = self.reused = True
                     return kept
             decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found)
             response = self._respond("request_headers", decision)
             if shape is not None and answers is not None and isinstance(decision, router.Forward) and decision.reusable:
                 answer = response.SerializeToString()
-                answers.put(self.config, shape, decision.provider, answer)
+                answers.put(self.config, shape, decision.provider, decision.passed_over, answer)
                 return answer
             return response
         if kind == "request_body":

@@ -221,3 +221,4 @@ def test_a_model_whose_place_moves_with_each_prompt_is_patched_in_place_on_every
         assert received == [body.replace(b'"openai/gpt-4"', model) for body in bodies], f"{mock.name}: the client's body, its model replaced in place"
         assert all(int(item.header("content-length")) == len(item.body) for item in mock.received)
     assert gw.metric("extproc_processing_seconds_count", phase="router_request_body") in (None, 0), "Envoy found every model"
+    assert gw.metric("extproc_router_answers_reused_total") == len(bodies) - 1, "one decision; every later request reused its answer"

@@ -125,4 +125,5 @@ def test_a_route_kept_for_repeated_requests_gives_way_the_moment_its_provider_an
                     violations.append((cycle, index, answer.status, answer.headers.get("x-arch-llm-provider"), started_on))
     assert violations == [], violations[:5]
     assert set(load.statuses) == {200}, "every request of the load was answered, by one provider or the other"
+    assert gw.metric("extproc_router_answers_reused_total") > len(load.statuses) / 2, "most requests were routed by a kept answer"
     assert first.received and other.received

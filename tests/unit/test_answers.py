@@ -125,7 +125,7 @@ def test_the_headers_are_screened_before_a_kept_answer_is_used(monkeypatch):
     assert gateway.decided == 1
 
 
-def test_a_provider_cooling_down_or_on_trial_is_not_given_from_memory(monkeypatch):
+def test_a_kept_answer_holds_only_while_the_cooldowns_it_saw_do(monkeypatch):
     now = [1000.0]
     health = ProviderHealth(CONFIG.cooldown, clock=lambda: now[0])
     gateway = Router(monkeypatch, health=health)
@@ -133,14 +133,22 @@ def test_a_provider_cooling_down_or_on_trial_is_not_given_from_memory(monkeypatc
     health.record(Outcome("a", 429, "rate_limited", retry_after_s=10))
     assert provider_of(gateway.send(request())) == "b", "the next request after a 429 starts elsewhere"
     assert provider_of(gateway.send(request())) == "b"
-    assert gateway.decided == 3, "a diverted decision is never kept: it holds only while a cools down"
-    now[0] += 11  # the cooldown is over: a is half-open
-    assert provider_of(gateway.send(request())) == "a", "one trial request"
+    assert gateway.decided == 2, "b while a cools down: kept too"
+    now[0] += 11  # a's cooldown is over: it is half-open
+    assert provider_of(gateway.send(request())) == "a", "one trial request: b's answer no longer holds"
     assert provider_of(gateway.send(request())) == "b", "the others pass a over while its trial is out"
+    assert provider_of(gateway.send(request())) == "b"
+    assert gateway.decided == 5, "passed over for a trial, not a cooldown: decided each time"
     health.record(Outcome("a", 200, "ok", started=now[0]))
     assert provider_of(gateway.send(request())) == "a"
     assert provider_of(gateway.send(request())) == "a"
-    assert gateway.decided == 5, "once a is available again, the answer kept before its cooldown is right again"
+    assert gateway.decided == 6
+    health.record(Outcome("b", 429, "rate_limited", retry_after_s=10))
+    assert provider_of(gateway.send(request())) == "a"
+    assert gateway.decided == 6, "a cooldown further down the chain leaves a's kept answer right"
+    health.record(Outcome("a", 429, "rate_limited", retry_after_s=10))
+    assert gateway.send(request()).immediate_response.status.code == 429, "both cooling: the gateway's own 429"
+    assert gateway.decided == 7
 
 
 def test_weighted_draws_and_minted_credentials_are_never_kept(monkeypatch):
@@ -174,6 +182,6 @@ model_providers:
 def test_kept_answers_are_bounded():
     answers = Answers(limit=3)
     for n in range(7):
-        answers.put(CONFIG, n, "a", b"x")
+        answers.put(CONFIG, n, "a", (), b"x")
     assert len(answers) == 1 + (6 % 3)
     assert answers.get(CONFIG, 6, None) == b"x" and answers.get(CONFIG, 0, None) is None
