@@ -2,10 +2,11 @@
 
 A steady client sends the same request shape again and again: the same method,
 path and header names, the same values in the headers the gateway owns, and a
-body whose model Envoy finds at the same place. The router's decision is a pure
-function of those and the config, except where it reads the moment (a
-provider's cooldown, a weighted draw, a credential minted at run time);
-`router.Forward.reusable` says none of these went into it. Such an answer is
+body in which Envoy finds the same model (wherever it is: the answer says
+"where Envoy found it"). The router's decision is a pure function of those, the
+config and which providers are cooling down, except where it reads the moment
+(a half-open provider's trial, a weighted draw, a credential minted at run
+time); `router.Forward.reusable` says none of these went into it. Such an answer is
 kept, serialized, and given again while its provider stays available and the
 providers it passed over keep cooling down (checked on each use), under the
 same config snapshot: the decision, the header plan and protobuf
