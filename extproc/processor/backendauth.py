@@ -14,6 +14,11 @@ from ..providers import kind_of
 from ..providers.kind import bearer
 
 
+def minted(provider: Provider) -> bool:
+    """Its attempts carry a credential minted at run time (`providers.tokens`), which changes while the config does not."""
+    return not provider.passthrough_auth and not provider.access_key and kind_of(provider).token_source is not None
+
+
 def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> dict[str, str | None]:
     """Value per credential header for this provider's attempt; None removes the header."""
     if provider.passthrough_auth:

@@ -192,10 +192,13 @@ class ProviderHealth:
     def cooling(self, provider: str) -> bool:
         return self.remaining(provider) > 0
 
-    def available(self, provider: str) -> bool:
-        """Neither cooling down nor half-open: `pick_start` takes it without a trial whenever it comes first."""
+    def still_picks(self, provider: str, passed_over: Iterable[str] = ()) -> bool:
+        """Whether `pick_start` takes `provider`, without a trial, after `passed_over`: each of those cooling down, and it neither cooling nor half-open."""
         state = self._states.get(provider)
-        return state is None or (not state.probation and _left(state, self.clock()) <= 0)
+        now = self.clock()
+        if state is not None and (state.probation or _left(state, now) > 0):
+            return False
+        return all(name in self._states and _left(self._states[name], now) > 0 for name in passed_over)
 
     def pick_start(self, providers: Iterable[str], trial_s: float = 10.0) -> tuple[str | None, float]:
         """The first provider not cooling down, or (None, soonest remaining cooldown).

@@ -16,6 +16,7 @@ from .. import providers, translator
 from ..config import Config, Listener
 from ..contract import HEDGE_TIMING
 from . import errors, multipart
+from .backendauth import minted
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
@@ -45,9 +46,8 @@ class Forward:
     #: attempts to providers with that same model name need no body rewrite.
     #: None when the client's body already names the provider's model (or has no body).
     patch: Patch | None = None
-    #: The same request gets this same decision for as long as `provider` stays available
-    #: (`ProviderHealth.available`) and each of `passed_over` keeps cooling down: no trial,
-    #: weighted draw or minted credential went into it.
+    #: The same request gets this same decision for as long as `ProviderHealth.still_picks(provider,
+    #: passed_over)`: no trial, weighted draw or minted credential went into it.
     reusable: bool = False
     #: The providers before `provider` in the chain, passed over because they were cooling down.
     passed_over: tuple[str, ...] = ()
@@ -172,10 +172,9 @@ def resolve(
         elif listener.on_all_cooling == "reject":
             return errors.all_cooling(model, math.ceil(soonest))
         passed_over = candidates[: candidates.index(start)]
-        # Not a trial, and the same pick while those before it cool down (pick_start passes a cooling provider over).
-        reusable = reusable and health.available(start) and all(health.cooling(name) for name in passed_over)
+        reusable = reusable and health.still_picks(start, passed_over)  # False for a trial: a kept answer never repeats one
     provider = config.providers[start]
-    reusable = reusable and (bool(provider.access_key) or provider.passthrough_auth or providers.kind_of(provider).token_source is None)
+    reusable = reusable and not minted(provider)
     attempts = config.chains[start].num_retries + 1
     extra: dict[str, str] = {}
     if only is not None:  # retries stop where the chain's run of providers serving it ends

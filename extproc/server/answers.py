@@ -40,7 +40,7 @@ class Answers:
         if kept is None:
             return None
         provider, passed_over, answer = kept
-        if health is not None and not (health.available(provider) and all(health.cooling(name) for name in passed_over)):
+        if health is not None and not health.still_picks(provider, passed_over):
             return None
         return answer
 
