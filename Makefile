@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke bench bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke docker-build-test bench bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ e2e: $(STAMP)
 ## Opt-in: the full stack against real providers (OPENAI_API_KEY, ANTHROPIC_API_KEY, AWS credentials, Vertex AI credentials; each test skipped, saying why, without its own).
 e2e-smoke: $(STAMP)
 	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
+
+## Opt-in: build the image (needs a running Docker engine; `make test` checks the Dockerfile with hadolint instead).
+docker-build-test: $(STAMP)
+	$(BIN)/python -m pytest -m docker_engine tests/unit/test_deploy.py
 
 ## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
 bench: $(STAMP)

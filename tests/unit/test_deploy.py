@@ -103,9 +103,10 @@ def test_hadolint():
     assert result.returncode == 0, result.stdout
 
 
-def test_docker_build_if_an_engine_is_running():
-    if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip("no Docker engine here: docker build skipped (the structural checks above still ran)")
+@pytest.mark.docker_engine
+def test_docker_build():
+    """Opt-in (`make docker-build-test`): the hermetic lane has no Docker engine; the structural checks above run there."""
+    assert shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0, "no Docker engine is running here"
     result = subprocess.run(["docker", "build", "-q", str(ROOT)], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
 
