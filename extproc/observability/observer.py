@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..processor.cooldown import RATE_LIMIT_STATUSES, Outcome, ProviderHealth, classify
 from ..processor.ratelimit import Budget
-from .metrics import GatewayMetrics
+from .metrics import GatewayMetrics, Labelled
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,12 @@ _TIMED_OUT = frozenset({"first_token_timeout", "hedged_out"})
 _MAX_PENDING = 50000
 
 
-@dataclass(frozen=True)
-class LogEntry:
-    """One access-log entry, reduced to what the gateway learns from it."""
+class LogEntry(NamedTuple):
+    """One access-log entry, reduced to what the gateway learns from it.
+
+    (A NamedTuple: one is built for every request; a frozen dataclass of this
+    many fields costs four times as much to build.)
+    """
 
     upstream: bool  # a failed attempt (True) or the client's whole request (False)
     request_id: str
@@ -82,6 +87,24 @@ class Observer:
     _waiting: dict = field(default_factory=dict)
     #: (request id, attempt) of last attempts already recorded from their response headers.
     _answered: OrderedDict = field(default_factory=OrderedDict)
+    #: Counter increments and gauge values not yet applied to the metrics (see `batch`).
+    _counts: Counter = field(default_factory=Counter)
+    _levels: dict = field(default_factory=dict)
+    _batching: bool = False
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Observe one access-log message's entries: their counts reach the metrics once, at its end.
+
+        (A labelled metric update costs ~2.5 µs and each request entry made
+        seven; a message holds up to ~30 entries, mostly of the same few label sets.)
+        """
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._apply()
 
     def observe(self, entry: LogEntry) -> None:
         if entry.upstream:
@@ -90,14 +113,28 @@ class Observer:
             self._request(entry)
         if entry.budget is not None and entry.provider:
             self._budget(entry.provider, entry.status, entry.budget)
+        self._apply()
+
+    def _count(self, metric: Labelled, *labels: str, amount: int = 1) -> None:
+        self._counts[metric, labels] += amount
+
+    def _apply(self) -> None:
+        if self._batching:
+            return
+        for (metric, labels), amount in self._counts.items():
+            metric.labels(*labels).inc(amount)
+        for (metric, labels), value in self._levels.items():
+            metric.labels(*labels).set(value)
+        self._counts.clear()
+        self._levels.clear()
 
     def _budget(self, provider: str, status: int, budget: Budget) -> None:
         """An answer's rate-limit headers: the remaining gauges, and a cooldown before the provider has to say 429."""
         for kind, left in (("requests", budget.requests), ("tokens", budget.tokens)):
             if left is not None:
-                self.metrics.remaining.labels(provider, kind).set(left)
+                self._levels[self.metrics.remaining, (provider, kind)] = left
         for header in budget.malformed:
-            self.metrics.malformed_rate_limit_headers.labels(provider, header).inc()
+            self._count(self.metrics.malformed_rate_limit_headers, provider, header)
         policy = self.health.policy
         if not policy.rate_limit_headers or status in RATE_LIMIT_STATUSES:  # a 429 (or 529) started its own cooldown
             return
@@ -119,7 +156,7 @@ class Observer:
             self.metrics.attempt_seconds.labels(entry.provider).observe(entry.attempt_s)
         retry = self._retries.pop((entry.request_id, entry.attempt + 1), None)
         if retry is not None:
-            self.metrics.failovers.labels(entry.provider, retry, kind).inc()
+            self._count(self.metrics.failovers, entry.provider, retry, kind)
         else:
             _remember(self._failed, key, (entry.provider, kind))
         waiter = self._waiting.pop(key, None)
@@ -127,7 +164,7 @@ class Observer:
             waiter.set()
 
     def _attempt(self, provider: str, status: int, outcome: str, duration_s: float | None) -> None:
-        self.metrics.attempts.labels(provider, str(status) if status else "none", outcome).inc()
+        self._count(self.metrics.attempts, provider, str(status) if status else "none", outcome)
         if duration_s is not None:
             self.metrics.attempt_seconds.labels(provider).observe(duration_s)
 
@@ -136,7 +173,7 @@ class Observer:
             self._attempt(outcome.provider, outcome.status, outcome.kind, duration_s)
         seconds = self.health.record(outcome)
         if seconds:
-            self.metrics.cooldowns.labels(outcome.provider, outcome.kind).inc()
+            self._count(self.metrics.cooldowns, outcome.provider, outcome.kind)
             if self.shared is not None:
                 self.shared.publish(outcome.provider, self.health.clock() + seconds, outcome.kind)
 
@@ -149,20 +186,21 @@ class Observer:
             return
         self._record(Outcome(provider, status, classify(status), retry_after_s))
         _remember(self._answered, (request_id, attempt), True)
+        self._apply()
 
     def _request(self, entry: LogEntry) -> None:
         for attempt in range(1, entry.attempt + 1):  # the request is over: none of its attempts waits for a retry now
             self._failed.pop((entry.request_id, attempt), None)
         status_class = f"{entry.status // 100}xx" if entry.status else "none"
-        self.metrics.requests.labels(entry.listener, entry.model or "none", entry.provider or "none", status_class).inc()
+        self._count(self.metrics.requests, entry.listener, entry.model or "none", entry.provider or "none", status_class)
         if entry.provider and succeeded(entry.status):
             self._attempt(entry.provider, entry.status, "ok", entry.attempt_s)
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
             if entry.usage_skipped:
-                self.metrics.usage_skipped.labels(entry.provider, "answer_too_large").inc()
+                self._count(self.metrics.usage_skipped, entry.provider, "answer_too_large")
             for kind, count in (("input", entry.input_tokens), ("output", entry.output_tokens)):
                 if count:
-                    self.metrics.tokens.labels(entry.provider, entry.provider_model or entry.model or "none", kind).inc(count)
+                    self._count(self.metrics.tokens, entry.provider, entry.provider_model or entry.model or "none", kind, amount=count)
 
     async def before_retry(self, request_id: str, attempt: int, timeout_s: float) -> bool:
         """Wait until attempt `attempt - 1` of this request has been observed; False if it was not within `timeout_s`."""

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Cooldown
 from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
@@ -23,9 +24,8 @@ FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_t
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt to one provider came to."""
+class Outcome(NamedTuple):
+    """What one attempt to one provider came to (a NamedTuple: one per request, cheap to build)."""
 
     provider: str
     status: int  # 0 when no response arrived

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 #: (remaining header, reset header, kind) for every family, in the order they are read.
 _HEADERS = (
@@ -31,9 +31,11 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)", re.ASCII)
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-@dataclass(frozen=True)
-class Budget:
-    """The least of what an answer says is left, by kind, and when each resets (seconds from now)."""
+class Budget(NamedTuple):
+    """The least of what an answer says is left, by kind, and when each resets (seconds from now).
+
+    (A NamedTuple: most answers carry rate-limit headers, so one is built for nearly every request.)
+    """
 
     requests: int | None = None
     requests_reset_s: float | None = None

@@ -31,26 +31,29 @@ log = logging.getLogger(__name__)
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
     common = entry.common_properties
     response = entry.response
-    tags = common.custom_tags
-    flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
+    tags = dict(common.custom_tags)  # one copy: a dozen lookups on protobuf's map cost twice as much
+    headers = response.response_headers
+    # Envoy sets the flags message only when a flag is up (a plain success has none).
+    flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True) if common.HasField("response_flags") else frozenset()
     attempt = tags.get(ATTEMPT_TAG, "") if upstream else str(common.upstream_request_attempt_count)
+    started = common.start_time if common.HasField("start_time") else None
     return LogEntry(
         upstream=upstream,
         request_id=entry.request.request_id,
         provider=tags.get(PROVIDER_TAG, ""),
         status=response.response_code.value,
         flags=flags,
-        retry_after_s=retry_after_seconds(response.response_headers) if response.response_headers else None,
-        budget=budget(response.response_headers, time.time()) if response.response_headers else None,
-        attempt_s=_attempt_seconds(common),
+        retry_after_s=retry_after_seconds(headers) if headers else None,
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
         attempt=int(attempt) if attempt.isdigit() else 0,
-        started=common.start_time.seconds + common.start_time.nanos / 1e9 if common.HasField("start_time") else None,
+        started=started.seconds + started.nanos / 1e9 if started is not None else None,
         provider_model=tags.get(PROVIDER_MODEL_TAG, ""),
         input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),
         output_tokens=_count(tags.get(OUTPUT_TOKENS_TAG)),
         usage_skipped=_count(tags.get(USAGE_SKIPPED_TAG)) is not None,
+        budget=budget(headers, time.time()) if headers else None,
+        attempt_s=_attempt_seconds(common),
         timing=tags.get(TIMING_TAG, ""),
         group=tags.get(GROUP_TAG, ""),
     )
@@ -82,9 +85,10 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         async for message in request_iterator:
             if message.HasField("identifier"):
                 upstream = message.identifier.log_name == UPSTREAM_LOG
-            for entry in message.http_logs.log_entry:
-                try:
-                    self.observer.observe(translate(entry, upstream))
-                except Exception:  # one odd entry must not end the stream
-                    log.exception("could not process an access-log entry")
+            with self.observer.batch():
+                for entry in message.http_logs.log_entry:
+                    try:
+                        self.observer.observe(translate(entry, upstream))
+                    except Exception:  # one odd entry must not end the stream
+                        log.exception("could not process an access-log entry")
         return als_pb2.StreamAccessLogsResponse()
