@@ -11,6 +11,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import providers, translator
 from ..config import Config, Listener
@@ -53,8 +54,7 @@ class Forward:
     passed_over: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """What Envoy found in a JSON body before the sidecar heard of the request: its top-level model string, and where its token is."""
 
     model: str
@@ -85,6 +85,17 @@ def screen(config: Config, listener: Listener, headers: Mapping[str, str], count
     endpoint = path.split("?", 1)[0]
     if headers.get(":method") == "GET" and (endpoint == MODELS_PATH or endpoint.startswith(MODELS_PATH + "/")):
         return models_reply(config, endpoint[len(MODELS_PATH) + 1 :])
+    return _too_large(listener, headers)
+
+
+def limits(listener: Listener, headers: Mapping[str, str], count: int) -> errors.Reply | None:
+    """The part of `screen` that differs between requests of one method and path: the number of header lines, the body's size."""
+    if count > CLIENT_HEADER_LIMIT:
+        return errors.too_many_headers(count, CLIENT_HEADER_LIMIT)
+    return _too_large(listener, headers)
+
+
+def _too_large(listener: Listener, headers: Mapping[str, str]) -> errors.Reply | None:
     length = headers.get("content-length")
     if length and length.isdigit() and int(length) > listener.max_body_bytes:
         return errors.too_large(int(length), listener.max_body_bytes)

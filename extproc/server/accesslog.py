@@ -33,9 +33,16 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
     response = entry.response
     tags = dict(common.custom_tags)  # one copy: a dozen lookups on protobuf's map cost twice as much
     headers = response.response_headers
-    # Envoy sets the flags message only when a flag is up (a plain success has none).
-    flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True) if common.HasField("response_flags") else frozenset()
-    attempt = tags.get(ATTEMPT_TAG, "") if upstream else str(common.upstream_request_attempt_count)
+    flags: frozenset[str] = frozenset()
+    retry_after_s = None
+    if upstream:  # what only a failed attempt is read for; Envoy sets the flags message only when a flag is up
+        if common.HasField("response_flags"):
+            flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
+        retry_after_s = retry_after_seconds(headers) if headers else None
+        number = tags.get(ATTEMPT_TAG, "")
+        attempt = int(number) if number.isdigit() else 0
+    else:
+        attempt = common.upstream_request_attempt_count
     started = common.start_time if common.HasField("start_time") else None
     return LogEntry(
         upstream=upstream,
@@ -43,10 +50,10 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         provider=tags.get(PROVIDER_TAG, ""),
         status=response.response_code.value,
         flags=flags,
-        retry_after_s=retry_after_seconds(headers) if headers else None,
+        retry_after_s=retry_after_s,
         model=tags.get(MODEL_TAG, ""),
         listener=tags.get(LISTENER_TAG, ""),
-        attempt=int(attempt) if attempt.isdigit() else 0,
+        attempt=attempt,
         started=started.seconds + started.nanos / 1e9 if started is not None else None,
         provider_model=tags.get(PROVIDER_MODEL_TAG, ""),
         input_tokens=_count(tags.get(INPUT_TOKENS_TAG)),

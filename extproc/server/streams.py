@@ -128,9 +128,7 @@ class RouterStream:
             assert not isinstance(request, wire.RequestBody)  # a body message is the only other shape
             headers = self.headers = headers_of(request.request_headers)
             message = request.request_headers
-            refused = router.screen(self.config, self.listener, headers, len(message.headers.headers))
-            if refused is not None:
-                return self._respond("request_headers", refused)
+            count = len(message.headers.headers)
             found = self.found = _found(request)
             answers = self.answers
             shape = None
@@ -140,8 +138,15 @@ class RouterStream:
                 shape = (self.listener.name, found.model, *headers, *(headers.get(name) for name in self.config.owned_headers), headers.get(":method"), headers.get(":path"))
                 kept = answers.get(self.config, shape, self.health)
                 if kept is not None:
+                    # Its method and path passed `router.screen` when it was kept; the rest of the screen differs by request.
+                    refused = router.limits(self.listener, headers, count)
+                    if refused is not None:
+                        return self._respond("request_headers", refused)
                     self.done = self.reused = True
                     return kept
+            refused = router.screen(self.config, self.listener, headers, count)
+            if refused is not None:
+                return self._respond("request_headers", refused)
             decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found)
             response = self._respond("request_headers", decision)
             if shape is not None and answers is not None and isinstance(decision, router.Forward) and decision.reusable:

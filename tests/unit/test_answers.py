@@ -122,7 +122,12 @@ def test_the_headers_are_screened_before_a_kept_answer_is_used(monkeypatch):
     gateway.send(request())
     too_large = gateway.send(request(content_length="5000"))
     assert too_large.immediate_response.status.code == 413, "content-length is not part of the shape: the limit is checked every time"
-    assert gateway.decided == 1
+    repeated = request(x_extra="1")
+    assert gateway.send(repeated).HasField("request_headers")
+    for _ in range(120):  # the same header names, so the same shape: but 120 more lines of them
+        repeated.request_headers.headers.headers.add(key="x-extra", raw_value=b"1")
+    assert gateway.send(repeated).immediate_response.status.code == 431, "the header count is checked every time"
+    assert gateway.decided == 2
 
 
 def test_a_kept_answer_holds_only_while_the_cooldowns_it_saw_do(monkeypatch):
