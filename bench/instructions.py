@@ -158,7 +158,8 @@ def main() -> None:
         measure("Envoy alone", envoy_command(p, "alone", static_proxy(port, upstream)), port)
 
         floor_socket = os.path.join(p.workdir, "floor.sock")
-        floor = p.spawn([sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket])
+        floor_servicer = [sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket]
+        floor = p.spawn(floor_servicer)
         wait_socket(floor_socket)
         port = free_port()
         measure("floor: Envoy", envoy_command(p, "floor", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)), port)
@@ -177,8 +178,7 @@ def main() -> None:
 
         port = free_port()
         envoy = p.spawn(envoy_command(p, "floor-native", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)))
-        process_floor = [sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket]
-        measure("floor: Python servicer", process_floor, port)
+        measure("floor: Python servicer", floor_servicer, port)
         envoy.terminate()
         envoy.wait(30)
 
