@@ -12,9 +12,10 @@ warm-up and dumped after `--requests`. Measured:
   the fixed upstream (Envoy alone), with the bare one-message ext_proc (the
   floor's Envoy), and with the gateway's rendered config (`extproc serve`
   beside it);
-- the floor's Python servicer (`floor.py`), behind a native Envoy. (The
-  gateway's sidecar under callgrind behind a native Envoy answered 503 in
-  this harness; measured by hand instead, see README Performance.)
+- the Python processes behind a native Envoy: the floor's servicer
+  (`floor.py`) and the gateway's sidecar (`extproc serve`), the latter also
+  with Envoy's per-request access-log entry left out of the config (what
+  that entry costs the sidecar, by difference).
 
 The gateway's request access-log entries are flushed every 2 s in these runs,
 not every 20 ms: a client sending one request at a time to a process under
@@ -26,6 +27,7 @@ about five minutes.
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import http.client
 import os
@@ -110,7 +112,7 @@ def gateway_bootstrap(p: Processes, upstream: int, socket_path: str) -> tuple[di
         "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": port}],
         "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{upstream}", "access_key": "k"}],
     }
-    path = os.path.join(p.workdir, "gateway.yaml")
+    path = os.path.join(p.workdir, "extproc.yaml")  # not "gateway.yaml": `envoy_command` names Envoy's bootstrap after its label
     with open(path, "w") as handle:
         yaml.safe_dump(config, handle)
     bootstrap = render(load_config(path), RenderOptions(sidecar=f"unix:{socket_path}", admin_port=free_port()))
@@ -119,6 +121,14 @@ def gateway_bootstrap(p: Processes, upstream: int, socket_path: str) -> tuple[di
         if common.get("log_name") == DOWNSTREAM_LOG:
             common["buffer_flush_interval"] = "2s"  # batched as under load (see the module docstring)
     return bootstrap, path, port
+
+
+def without_request_log(bootstrap: dict) -> dict:
+    """`bootstrap` without the per-request access-log entry to the sidecar: what that entry costs the sidecar, by difference."""
+    trimmed = copy.deepcopy(bootstrap)
+    hcm = trimmed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"] = [log for log in hcm["access_log"] if log["typed_config"].get("common_config", {}).get("log_name") != DOWNSTREAM_LOG]
+    return trimmed
 
 
 def envoy_command(p: Processes, name: str, bootstrap: dict) -> list[str]:
@@ -146,11 +156,19 @@ def main() -> None:
         out = os.path.join(p.workdir, "callgrind")
         upstream = p.fixed_upstream(200, COMPLETION)
 
-        def measure(label: str, command: list[str], port: int, **kwargs) -> None:
+        def measure(label: str, command: list[str], port: int, behind: tuple[str, dict] | None = None, **kwargs) -> None:
+            """Count `command` under callgrind; a servicer is `behind` a native Envoy (its socket, that Envoy's bootstrap), started once it listens."""
             process = p.spawn(under_callgrind(f"{out}-{label}", command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+            envoy = None
+            if behind is not None:
+                socket, bootstrap = behind
+                wait_socket(socket)
+                envoy = p.spawn(envoy_command(p, "native", bootstrap))
             rows[label] = counted(process.pid, f"{out}-{label}", port, args.requests)
-            process.terminate()
-            process.wait(60)
+            for started in (process, envoy):
+                if started is not None:
+                    started.terminate()
+                    started.wait(60)
             print(f"{label:28} {rows[label] / 1e3:8.1f} k", flush=True)
 
         print(f"instructions per request ({args.requests} requests, one at a time)")
@@ -159,13 +177,15 @@ def main() -> None:
 
         floor_socket = os.path.join(p.workdir, "floor.sock")
         floor_servicer = [sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket]
+        floor_port = free_port()
+        floor_bootstrap = envoy_with_bare_ext_proc(static_proxy(floor_port, upstream), floor_socket)
         floor = p.spawn(floor_servicer)
         wait_socket(floor_socket)
-        port = free_port()
-        measure("floor: Envoy", envoy_command(p, "floor", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)), port)
+        measure("floor: Envoy", envoy_command(p, "floor", floor_bootstrap), floor_port)
         floor.terminate()
         floor.wait(30)
         os.unlink(floor_socket)
+        measure("floor: Python servicer", floor_servicer, floor_port, behind=(floor_socket, floor_bootstrap))
 
         socket_path = os.path.join(p.workdir, "sidecar.sock")
         bootstrap, config_path, gateway_port = gateway_bootstrap(p, upstream, socket_path)
@@ -174,16 +194,14 @@ def main() -> None:
         wait_socket(socket_path)
         measure("gateway: Envoy", envoy_command(p, "gateway", bootstrap), gateway_port)
         sidecar.terminate()
-        sidecar.wait(30)
-
-        port = free_port()
-        envoy = p.spawn(envoy_command(p, "floor-native", envoy_with_bare_ext_proc(static_proxy(port, upstream), floor_socket)))
-        measure("floor: Python servicer", floor_servicer, port)
-        envoy.terminate()
-        envoy.wait(30)
+        sidecar.wait(30)  # (it removes its socket as it stops)
+        measure("gateway: sidecar", serve, gateway_port, behind=(socket_path, bootstrap), cwd=ROOT)
+        measure("  without request log entries", serve, gateway_port, behind=(socket_path, without_request_log(bootstrap)), cwd=ROOT)
 
     print()
     print(f"Envoy: the gateway's {rows['gateway: Envoy'] / rows['floor: Envoy']:.2f}x the floor's, {rows['gateway: Envoy'] / rows['Envoy alone']:.2f}x Envoy alone's")
+    log_entry = rows["gateway: sidecar"] - rows["  without request log entries"]
+    print(f"Python: the gateway's sidecar {rows['gateway: sidecar'] / rows['floor: Python servicer']:.2f}x the floor's servicer; its request log entry {log_entry / 1e3:.0f} k of that")
 
 
 if __name__ == "__main__":
