@@ -21,7 +21,7 @@ The gateway's request access-log entries are flushed every 2 s in these runs,
 not every 20 ms: a client sending one request at a time to a process under
 valgrind would otherwise get one log message per request, where under load a
 message carries ~30 entries. Installs valgrind with apt-get when missing;
-about five minutes.
+about ten minutes.
 """
 
 from __future__ import annotations
