@@ -164,7 +164,9 @@ def test_one_token_serves_many_requests_and_a_new_one_is_minted_before_it_expire
     assert set(statuses) == {200}, "no request ever went out with an expired token"
     assert len(mock.vertex.issued) >= 2
     used = {request.header("authorization") for request in mock.received}
-    assert used == {f"Bearer {token}" for token in mock.vertex.issued}
+    # Every request carried a token the mock issued, and a renewed one served requests. (Not every issued one:
+    # renewal runs ahead of expiry, so the last may be minted just before the loop ends.)
+    assert used <= {f"Bearer {token}" for token in mock.vertex.issued} and len(used) >= 2
 
 
 def test_a_vertex_429_fails_over_and_the_next_provider_never_sees_googles_token(mocks, gateway, google_key):

@@ -112,7 +112,10 @@ def test_a_route_kept_for_repeated_requests_gives_way_the_moment_its_provider_an
     violations = []
     with Load(gw.port, payload, clients=8) as load:
         for cycle in range(3):
-            wait_for(lambda: chat(gw.port, payload).headers.get("x-arch-llm-provider") == "first", timeout=15)  # its cooldown and trial are over
+            # Its cooldown and trial are over: two requests in a row routed to it. (One is not enough: it may be the
+            # half-open trial, whose success arrives with the batched request entry; until then the next requests go
+            # to "other", so a 429 set now would be found by a later request than `answered`.)
+            wait_for(lambda: all(chat(gw.port, payload).headers.get("x-arch-llm-provider") == "first" for _ in range(2)), timeout=15)
             first.status = 429
             answered = chat(gw.port, payload)
             after = [chat(gw.port, payload) for _ in range(10)]
