@@ -27,6 +27,7 @@ about ten minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import glob
 import http.client
@@ -116,19 +117,41 @@ def gateway_bootstrap(p: Processes, upstream: int, socket_path: str) -> tuple[di
     with open(path, "w") as handle:
         yaml.safe_dump(config, handle)
     bootstrap = render(load_config(path), RenderOptions(sidecar=f"unix:{socket_path}", admin_port=free_port()))
-    for log in bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]:
-        common = log["typed_config"].get("common_config", {})
-        if common.get("log_name") == DOWNSTREAM_LOG:
-            common["buffer_flush_interval"] = "2s"  # batched as under load (see the module docstring)
+    for log in _access_logs(bootstrap):
+        if _is_request_log(log):
+            log["typed_config"]["common_config"]["buffer_flush_interval"] = "2s"  # batched as under load (see the module docstring)
     return bootstrap, path, port
 
 
 def without_request_log(bootstrap: dict) -> dict:
     """`bootstrap` without the per-request access-log entry to the sidecar: what that entry costs the sidecar, by difference."""
     trimmed = copy.deepcopy(bootstrap)
-    hcm = trimmed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["access_log"] = [log for log in hcm["access_log"] if log["typed_config"].get("common_config", {}).get("log_name") != DOWNSTREAM_LOG]
+    logs = _access_logs(trimmed)
+    logs[:] = [log for log in logs if not _is_request_log(log)]
     return trimmed
+
+
+def _access_logs(bootstrap: dict) -> list[dict]:
+    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+
+
+def _is_request_log(log: dict) -> bool:
+    """The gateway's per-request entry to the sidecar (not the failed-attempts log, not stdout)."""
+    return log["typed_config"].get("common_config", {}).get("log_name") == DOWNSTREAM_LOG
+
+
+@contextlib.contextmanager
+def running(p: Processes, command: list[str], socket: str, **kwargs):
+    """A servicer run natively while its Envoy is counted; afterwards its socket is gone, free for the next to bind."""
+    process = p.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    wait_socket(socket)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+        with contextlib.suppress(FileNotFoundError):  # the sidecar removes its socket as it stops; the floor's servicer does not
+            os.unlink(socket)
 
 
 def envoy_command(p: Processes, name: str, bootstrap: dict) -> list[str]:
@@ -179,22 +202,15 @@ def main() -> None:
         floor_servicer = [sys.executable, os.path.join(ROOT, "bench", "floor.py"), floor_socket]
         floor_port = free_port()
         floor_bootstrap = envoy_with_bare_ext_proc(static_proxy(floor_port, upstream), floor_socket)
-        floor = p.spawn(floor_servicer)
-        wait_socket(floor_socket)
-        measure("floor: Envoy", envoy_command(p, "floor", floor_bootstrap), floor_port)
-        floor.terminate()
-        floor.wait(30)
-        os.unlink(floor_socket)
+        with running(p, floor_servicer, floor_socket):
+            measure("floor: Envoy", envoy_command(p, "floor", floor_bootstrap), floor_port)
         measure("floor: Python servicer", floor_servicer, floor_port, behind=(floor_socket, floor_bootstrap))
 
         socket_path = os.path.join(p.workdir, "sidecar.sock")
         bootstrap, config_path, gateway_port = gateway_bootstrap(p, upstream, socket_path)
         serve = [sys.executable, "-m", "extproc", "--log-level", "warning", "serve", config_path, "--listen", f"unix:{socket_path}", "--metrics-port", "0"]
-        sidecar = p.spawn(serve, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_socket(socket_path)
-        measure("gateway: Envoy", envoy_command(p, "gateway", bootstrap), gateway_port)
-        sidecar.terminate()
-        sidecar.wait(30)  # (it removes its socket as it stops)
+        with running(p, serve, socket_path, cwd=ROOT):
+            measure("gateway: Envoy", envoy_command(p, "gateway", bootstrap), gateway_port)
         measure("gateway: sidecar", serve, gateway_port, behind=(socket_path, bootstrap), cwd=ROOT)
         measure("  without request log entries", serve, gateway_port, behind=(socket_path, without_request_log(bootstrap)), cwd=ROOT)
 
