@@ -165,12 +165,17 @@ class Processes:
         wait_port(port)
         return port
 
-    def gateway(self, config: dict) -> tuple[subprocess.Popen, int]:
-        """`extproc up` on `config` (Envoy --concurrency 1); returns the process and its listener's port."""
-        path = os.path.join(self.workdir, "gateway.yaml")
-        with open(path, "w") as handle:
-            yaml.safe_dump(config, handle)
-        gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1", "--metrics-port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    def gateway(self, config: dict, root: str = ROOT) -> tuple[subprocess.Popen, int]:
+        """`extproc up` on `config` (Envoy --concurrency 1), the code of the checkout at `root`; returns the process and its listener's port.
+
+        Each gateway gets a config file of its own: `extproc up` watches its
+        file, so a second gateway writing the same path would reload the first
+        into the second's config.
+        """
+        handle, path = tempfile.mkstemp(prefix="gateway-", suffix=".yaml", dir=self.workdir)
+        with os.fdopen(handle, "w") as file:
+            yaml.safe_dump(config, file)
+        gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1", "--metrics-port", "0"], stdout=subprocess.PIPE, text=True, cwd=root)
         line = gateway.stdout.readline()
         match = re.search(r"http://[^:]+:(\d+)", line)
         if not match:
