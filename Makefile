@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke docker-build-test bench bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke docker-build-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ docker-build-test: $(STAMP)
 ## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## This code against an earlier revision in the same run (REV=<commit>): c=1 and c=64, beside Envoy alone and the floor.
+bench-ab: $(STAMP)
+	$(BIN)/python bench/ab.py $(REV)
 
 ## Instructions per request (valgrind's callgrind) of Envoy and the sidecar, beside Envoy alone and the floor: a measure that does not drift with the machine.
 bench-instructions: $(STAMP)
