@@ -241,6 +241,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_named(parent: int, prefix: str) -> int:
+    """The pid of `parent`'s child process whose name starts with `prefix` (the gateway's Envoy)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            if int(rest[1]) == parent and name.startswith(prefix):
+                return int(entry)
+    raise SystemExit(f"no {prefix} process under {parent}")
+
+
 def slow_listener(name: str, port: int, delay_ms: int) -> dict:
     """A provider that answers the fixed completion after `delay_ms` (Envoy's fault filter: no Python in the way)."""
     listener = direct_listener(name, port, 200, COMPLETION, [("content-type", "application/json")])

@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, cpu_seconds, free_port, rss_mb, sample_rss, static_proxy, wait_port
+from bench.run import Processes, child_named, cpu_seconds, free_port, rss_mb, sample_rss, static_proxy, wait_port
 from extproc.render import CIRCUIT_BREAKERS
 
 
@@ -108,20 +108,6 @@ async def drive(port: int, model: str, rate: float, seconds: float) -> list:
         tasks.append(asyncio.create_task(one_stream(port, model, results)))
     await asyncio.gather(*tasks)
     return results
-
-
-def child_named(parent: int, prefix: str) -> int:
-    """The pid of `parent`'s child process whose name starts with `prefix` (the gateway's Envoy)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-            if int(rest[1]) == parent and name.startswith(prefix):
-                return int(entry)
-    raise SystemExit(f"no {prefix} process under {parent}")
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -5,8 +5,9 @@ provider (`fixed_upstream.py`, answering with a `usage` and OpenAI's
 rate-limit headers): all three off; rate-limit headers read; token accounting
 too (the default); and every request traced too (OTLP/HTTP to an Envoy
 `direct_response` sink). wrk at c=1 and c=64, the four interleaved and
-repeated (`--rounds`); prints the median req/s and p50 of each, and the
-difference from the first.
+repeated (`--rounds`); prints the median req/s and p50 of each, the
+difference from the first, and the CPU each gateway's sidecar and Envoy
+spent per request (which of the two a feature costs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import Processes, direct_listener, ensure_wrk, free_port, post, wait_port, wrk
+from bench.run import Processes, child_named, cpu_seconds, direct_listener, ensure_wrk, free_port, post, wait_port, wrk
 
 
 def main() -> None:
@@ -47,23 +48,32 @@ def main() -> None:
             "+ token accounting (the default)": config(),
             "+ every request traced": config(tracing={"endpoint": f"http://127.0.0.1:{sink_port}", "random_sampling": 100}),
         }
-        ports = {label: processes.gateway(gateway)[1] for label, gateway in gateways.items()}
+        started = {label: processes.gateway(gateway) for label, gateway in gateways.items()}
+        ports = {label: port for label, (_, port) in started.items()}
+        pids = {label: (gateway.pid, child_named(gateway.pid, "envoy")) for label, (gateway, _) in started.items()}
         for port in ports.values():
             assert post(port, "bench/ok") == 200
         results: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.rounds):
             for connections in (1, 64):
                 for label, port in ports.items():
-                    results.setdefault((label, connections), []).append(wrk(binary, port, connections, args.seconds, "bench/ok", processes.workdir))
-        print(f"\n{'':34} {'c':>3} {'req/s':>8} {'vs all off':>10} {'p50 ms':>7} {'vs all off':>10} {'non-2xx':>8}")
+                    before = [cpu_seconds(pid) for pid in pids[label]]
+                    result = wrk(binary, port, connections, args.seconds, "bench/ok", processes.workdir)
+                    result["sidecar_us"], result["envoy_us"] = ((cpu_seconds(pid) - spent) / max(result["requests"], 1) * 1e6 for pid, spent in zip(pids[label], before, strict=True))
+                    results.setdefault((label, connections), []).append(result)
+        print(f"\n{'':34} {'c':>3} {'req/s':>8} {'vs all off':>10} {'p50 ms':>7} {'vs all off':>10} {'non-2xx':>8} {'sidecar CPU/req':>16} {'Envoy CPU/req':>14}")
         for connections in (1, 64):
             base = None
             for label in ports:
                 runs = results[(label, connections)]
                 rps, p50 = statistics.median(r["rps"] for r in runs), statistics.median(r["p50"] for r in runs)
+                sidecar, envoy = statistics.median(r["sidecar_us"] for r in runs), statistics.median(r["envoy_us"] for r in runs)
                 base = base or (rps, p50)
                 errors = sum(r["non2xx"] + r["socket_errors"] for r in runs)
-                print(f"{label:34} {connections:>3} {rps:>8.0f} {(rps / base[0] - 1) * 100:>+9.1f}% {p50:>7.2f} {p50 - base[1]:>+8.2f}ms {errors:>8}")
+                print(
+                    f"{label:34} {connections:>3} {rps:>8.0f} {(rps / base[0] - 1) * 100:>+9.1f}% {p50:>7.2f} {p50 - base[1]:>+8.2f}ms {errors:>8}"
+                    f" {sidecar:>13.0f} us {envoy:>11.0f} us"
+                )
 
 
 if __name__ == "__main__":
