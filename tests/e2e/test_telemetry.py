@@ -1,6 +1,7 @@
 """Token usage and traces, read by the real Envoy from real answers, counted by the real sidecar."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -120,3 +121,17 @@ def test_without_a_traceparent_the_trace_starts_at_the_gateway(mocks, gateway, o
     trace_id, parent = main.received[0].header("traceparent").split("-")[1:3]
     assert trace_id == server.trace_id
     assert parent in {span.span_id for span in otlp.trace(server.trace_id) if span.kind == CLIENT}
+
+
+def test_the_spans_of_many_requests_leave_envoy_together_not_a_few_at_a_time(mocks, gateway, otlp):
+    """Envoy exports when 5 spans are buffered unless told otherwise: under load, one export every second request."""
+    main = mocks.start("main")
+    gw = gateway(_traced(gateway_config(provider("main", GPT4, main)), otlp))
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(lambda _: chat(gw.port, {"model": GPT4, "messages": []}).status, range(40)))
+
+    assert statuses == [200] * 40
+    wait_for(lambda: len([span for span in otlp.spans if span.kind == SERVER]) == 40)
+    assert len(otlp.spans) >= 80  # a server span and an attempt span per request, at least
+    assert 1 <= len(otlp.requests) <= 3, f"{len(otlp.requests)} exports for {len(otlp.spans)} spans"
