@@ -124,7 +124,7 @@ def test_without_a_traceparent_the_trace_starts_at_the_gateway(mocks, gateway, o
 
 
 def test_the_spans_of_many_requests_leave_envoy_together_not_a_few_at_a_time(mocks, gateway, otlp):
-    """Envoy exports when 5 spans are buffered unless told otherwise: under load, one export every second request."""
+    """Envoy exports when 5 spans are buffered unless told otherwise: under load, an export every two to four requests."""
     main = mocks.start("main")
     gw = gateway(_traced(gateway_config(provider("main", GPT4, main)), otlp))
 
