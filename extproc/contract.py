@@ -41,11 +41,15 @@ USAGE_SKIPPED = "skipped_bytes"
 
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-PHASE_METADATA = "x-extproc-phase"  # "router", "upstream" or "hold"
+PHASE_METADATA = "x-extproc-phase"  # "router", "upstream", "hold" or "failed"
 LISTENER_METADATA = "x-extproc-listener"
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+REQUEST_ID_ATTRIBUTE = "request.id"
+#: The answers whose outcome moves a provider's state (a 429, Anthropic's 529, any 5xx): each is shown to the
+#: sidecar (phase "failed") before Envoy retries it or passes it on. Keep in step with `cooldown.classify`.
+FAILED_STATUS = r"429|529|5[0-9][0-9]"
 
 #: Access-log names (`log_name`) and the custom tags on their entries.
 UPSTREAM_LOG = "upstream"  # failed attempts, unbatched

@@ -56,6 +56,8 @@ class MockProvider:
     retry_after: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # before answering
+    #: An error answer's headers go out at once and its body this long after (chunked): the attempt lasts until it ends.
+    error_body_delay_s: float = 0.0
     #: A streamed answer: its headers and an opening event (OpenAI: a role, no content; Anthropic: `message_start`) at once,
     #: then this long before its first token.
     first_token_delay_s: float = 0.0
@@ -171,6 +173,12 @@ class MockProvider:
         status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
         if self.retry_after is not None and refused is None:
             headers.append(("retry-after", self.retry_after))
+        if self.error_body_delay_s:
+            _write_head(writer, headers, content_type="application/json", status=status)
+            await writer.drain()
+            await asyncio.sleep(self.error_body_delay_s)
+            await self._send(writer, [error_body(status, message)])
+            return True
         _write_response(writer, status, headers, error_body(status, message))
         await writer.drain()
         return True
@@ -356,9 +364,9 @@ def _write_response(writer: asyncio.StreamWriter, status: int, headers: list[tup
     writer.write(("".join(head) + "\r\n").encode() + body)
 
 
-def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]], content_type: str = "text/event-stream") -> None:
-    """The head of a 200 event stream (chunked)."""
-    head = ["HTTP/1.1 200 OK\r\n", f"content-type: {content_type}\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
+def _write_head(writer: asyncio.StreamWriter, headers: list[tuple[str, str]], content_type: str = "text/event-stream", status: int = 200) -> None:
+    """The head of a chunked answer: a 200 event stream, unless told otherwise."""
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n", f"content-type: {content_type}\r\n", "transfer-encoding: chunked\r\n", "cache-control: no-cache\r\n"]
     head += [f"{key}: {value}\r\n" for key, value in headers]
     writer.write(("".join(head) + "\r\n").encode())
 

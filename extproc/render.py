@@ -37,9 +37,11 @@ from .contract import (
     BODY_NAMESPACE,
     CLUSTER_METADATA_KEY,
     DOWNSTREAM_LOG,
+    FAILED_STATUS,
     GROUP_METADATA_KEY,
     GROUP_TAG,
     HEDGE_TIMING,
+    HOST_METADATA_ATTRIBUTE,
     INPUT_TOKENS,
     LISTENER_METADATA,
     LISTENER_TAG,
@@ -52,6 +54,7 @@ from .contract import (
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
     PROVIDER_TAG,
+    REQUEST_ID_ATTRIBUTE,
     SIDECAR_REPLY_DETAILS,
     SYSTEM_METADATA_KEY,
     TIMEOUT_RETRY_HEADER,
@@ -401,7 +404,7 @@ def _ext_proc(
     else:
         # The request's context, and where Envoy found the model (the context's span may be relative to it).
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE, BODY_NAMESPACE]}, "receiving_namespaces": {"untyped": [ATTEMPT_NAMESPACE]}}
-        config["request_attributes"] = ["xds.upstream_host_metadata"]
+        config["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
         # The body only for a translated attempt; the answer's headers only for a last one (mode overrides).
         config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
@@ -762,6 +765,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
+                    _failed_answers(options),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
                     model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
@@ -770,6 +774,29 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
             }
         },
     }
+
+
+def _failed_answers(options: RenderOptions) -> dict:
+    """Shows the sidecar each attempt's answer that moves its provider's state (429, 529, 5xx) before Envoy acts on it.
+
+    The sidecar records the outcome before it answers, and Envoy neither
+    retries nor passes the answer on before that: when a client holds the
+    answer, or the next attempt starts, the cooldown is known, whichever
+    attempt of whichever chain it was. Chosen on the answer's `:status` (a
+    composite), so an answer that succeeds costs no message. Listed first: its
+    answer's headers come to it last, as the router will see them.
+    """
+    watch = {
+        "@type": _EXT_PROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": "failed"}]},
+        # The answer failed already: a sidecar that cannot take note of it must not turn it into another error.
+        "failure_mode_allow": True,
+        "message_timeout": _duration(options.message_timeout_s),
+        "processing_mode": _processing_mode(request_headers="SKIP", response_headers="SEND"),
+        "response_attributes": [HOST_METADATA_ATTRIBUTE, REQUEST_ID_ATTRIBUTE],
+    }
+    failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": FAILED_STATUS}}}
+    return composite("extproc.failed", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": failed}, "on_match": execute("watch", {"name": "envoy.filters.http.ext_proc", "typed_config": watch})}]}})
 
 
 def _first_token_hold(options: RenderOptions, config: Config) -> dict:

@@ -75,13 +75,14 @@ def _usage_rule(selectors: tuple[str, ...], key: str) -> dict:
 
 
 def usage_filters(buffer_limit: int) -> list[dict]:
-    """Read `usage` from JSON answers (buffered by Envoy) and from event streams (as they pass).
+    """Read `usage` from successful JSON answers (buffered by Envoy) and from event streams (as they pass).
 
     Envoy can buffer an answer only up to `buffer_limit`: a JSON answer whose
     content-length says it may not fit (embeddings batches, b64 images) passes
     unread, and its size is noted instead (`USAGE_SKIPPED`), so the sidecar
     counts the skip. The choice is made on the response headers (a composite
-    filter), before a byte is buffered.
+    filter), before a byte is buffered. An error answer carries no usage: it
+    passes unbuffered, so its status reaches the client while its body is on the way.
     """
     digits = len(str(buffer_limit)) - 1  # content-lengths below 10**digits fit
     large = {"input": header_input("content-length", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": f"^[0-9]{{{digits + 1},}}$"}}}
@@ -96,11 +97,13 @@ def usage_filters(buffer_limit: int) -> list[dict]:
         "name": "envoy.filters.http.json_to_metadata",
         "typed_config": {"@type": _JSON_TO_METADATA, "response_rules": {"rules": [_usage_rule(selectors, key) for selectors, key in _JSON_USAGE]}},
     }
+    succeeded = {"single_predicate": {"input": header_input(":status", response=True), "value_match": {"prefix": "2"}}}
+    lanes = [
+        {"predicate": {"and_matcher": {"predicate": [succeeded, {"single_predicate": large}]}}, "on_match": execute("note_size", note_size)},
+        {"predicate": succeeded, "on_match": execute("read_usage", read_usage)},
+    ]
     return [
-        composite(
-            "extproc.usage_json",
-            {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("note_size", note_size)}]}, "on_no_match": execute("read_usage", read_usage)},
-        ),
+        composite("extproc.usage_json", {"matcher_list": {"matchers": lanes}}),
         {
             "name": "envoy.filters.http.sse_to_metadata",
             "typed_config": {

@@ -8,12 +8,16 @@ Envoy reports to the sidecar over the gRPC access log service, off the request p
 - every client request, batched: request totals, and the success of the
   attempt that answered.
 
-A retry reaches the sidecar anyway (the upstream-level ext_proc runs on
-attempts 2, 3, …): it waits, briefly, until the previous attempt's entry has
-been applied (`before_retry`), so by the time a client holds an answer that
-took a failover, the cooldown and the failover are already known. A failover
-is counted where both of its ends meet: the failed attempt's entry and the
-retry's own stream, whichever comes second.
+An answer that moves its provider's state (429, 529, 5xx) is also shown to
+the sidecar before Envoy acts on it (`answered`): its cooldown is known before
+Envoy retries or the client holds it, and its entry, when it comes, is not
+counted again. A retry reaches the sidecar anyway (the upstream-level ext_proc
+runs on attempts 2, 3, …): it waits, briefly, until the previous attempt's
+entry has been applied (`before_retry`), so by the time a client holds an
+answer that took a failover, the failover is already counted, and so is an
+attempt that failed without an answer. A failover is counted where both of its
+ends meet: the failed attempt's entry and the retry's own stream, whichever
+comes second.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class Observer:
     #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
     _retries: OrderedDict = field(default_factory=OrderedDict)
     _waiting: dict = field(default_factory=dict)
-    #: (request id, attempt) of last attempts already recorded from their response headers.
+    #: (request id, provider) of attempts already recorded from their answer's headers (`answered`).
     _answered: OrderedDict = field(default_factory=OrderedDict)
     #: Counter increments and gauge values not yet applied to the metrics (see `batch`).
     _counts: Counter = field(default_factory=Counter)
@@ -150,7 +154,7 @@ class Observer:
         if kind in _TIMED_OUT:
             # (No attempt number: a hedged attempt's entry carries the number of the attempt started last.)
             log.info("request %s: an attempt to provider %s (group %s) ended: %s", entry.request_id, entry.provider, entry.group or "-", kind, extra={"request_id": entry.request_id})
-        if self._answered.pop(key, None) is None:
+        if self._answered.pop((entry.request_id, entry.provider), None) is None:
             self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
         elif entry.attempt_s is not None:  # counted from its response headers already; its duration is known only now
             self.metrics.attempt_seconds.labels(entry.provider).observe(entry.attempt_s)
@@ -177,15 +181,17 @@ class Observer:
             if self.shared is not None:
                 self.shared.publish(outcome.provider, self.health.clock() + seconds, outcome.kind)
 
-    def last_attempt_answered(self, request_id: str, attempt: int, provider: str, status: int, retry_after_s: float | None) -> None:
-        """A chain's last attempt got its response headers (seen before the client gets them): record a failure now.
+    def answered(self, request_id: str, provider: str, status: int, retry_after_s: float | None) -> None:
+        """An attempt's failed answer, seen before Envoy retries it or passes it on: record its outcome now.
 
-        Its failed-attempt entry, arriving later, is then not counted again.
+        Its failed-attempt entry, arriving later, is then not counted again (a
+        chain never tries one provider twice, so the request and the provider
+        name the attempt).
         """
         if succeeded(status):
             return
         self._record(Outcome(provider, status, classify(status), retry_after_s))
-        _remember(self._answered, (request_id, attempt), True)
+        _remember(self._answered, (request_id, provider), True)
         self._apply()
 
     def _request(self, entry: LogEntry) -> None:
@@ -227,7 +233,7 @@ class Observer:
             _remember(self._retries, (request_id, attempt), provider)
 
 
-def _remember(pending: OrderedDict, key: tuple[str, int], value) -> None:
+def _remember(pending: OrderedDict, key: tuple, value) -> None:
     pending[key] = value
     if len(pending) > _MAX_PENDING:
         pending.popitem(last=False)

@@ -21,7 +21,6 @@ class RequestContext:
     originals: Mapping[str, str] = field(default_factory=dict, repr=False)  # client values of owned headers
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
     body_model: str | None = None  # the model name the body already carries (set by the router level)
-    attempts: int = 1  # how many attempts the chain makes: the last one is watched to its response headers
     hedged: bool = False  # the chain hedges (`hedge_after`): an attempt started by a per-try timeout races the one before
 
     def encode(self, found_at: int | None = None) -> str:
@@ -35,8 +34,6 @@ class RequestContext:
             data["s"] = [span.start, span.end, int(span.insert), int(span.needs_comma)]
         if self.body_model is not None:
             data["m"] = self.body_model
-        if self.attempts != 1:
-            data["n"] = self.attempts
         if self.hedged:
             data["g"] = 1
         return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
@@ -54,6 +51,5 @@ class RequestContext:
             originals=data.get("h", {}),
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
             body_model=data.get("m"),
-            attempts=data.get("n", 1),
             hedged=bool(data.get("g")),
         )

@@ -1,7 +1,7 @@
 """Provider cooldowns: remember who is rate limited or failing, and start chains elsewhere.
 
-Fed with every attempt's outcome (from Envoy's per-attempt access logs); read
-by the router level when it picks where a chain starts. State is per sidecar
+Fed with every attempt's outcome (a failed answer's headers, Envoy's
+per-attempt access logs); read by the router level when it picks where a chain starts. State is per sidecar
 process and keyed by provider name, so it survives reloads for providers that
 still exist. The clock is injected so the logic is tested without sleeping.
 """

@@ -196,7 +196,6 @@ def resolve(
     patch = model_patch(token, span, provider.model_name) if span is not None else None
     originals = client_values(config, headers)
     context = RequestContext(
-        attempts=attempts,
         path=path,
         originals=carried(config, originals, config.chains[start]),
         span=patch.span if patch is not None else span,

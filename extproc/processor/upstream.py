@@ -38,11 +38,6 @@ class Attempt:
         return self.translation is not None
 
     @property
-    def last(self) -> bool:
-        """The chain's last attempt: no later attempt will wait for its outcome, so the sidecar watches its response headers."""
-        return self.number >= self.context.attempts
-
-    @property
     def patch(self) -> Patch | None:
         """What sets the body Envoy re-sends (the router level's) to this provider's model; None when it names it already.
 

@@ -17,7 +17,7 @@ from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
 from .answers import Answers
-from .streams import HoldStream, Request, Response, RouterStream, UpstreamStream, immediate
+from .streams import HoldStream, Request, Response, RouterStream, UpstreamStream, failed_answer, immediate, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,21 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             for level in ("router", "upstream", "bulk")
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
-        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold")}
-        self._seen_errors: set[tuple] = set()  # each kind of unexpected error gets its traceback logged once
+        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold", "failed")}
+        self._seen_errors: set[tuple[type, str]] = set()  # each kind of unexpected error gets its traceback logged once (`_log_once`)
         self.answers = Answers()  # router answers for request shapes seen before (event loop only: not the bulk lane's)
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
-        if metadata.get(PHASE_METADATA) == "hold":
+        phase = metadata.get(PHASE_METADATA)
+        if phase == "failed":
+            return await self._failed(context)
+        if phase == "hold":
             return await self._hold(HoldStream(), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]
-        if metadata.get(PHASE_METADATA) == "upstream":
+        if phase == "upstream":
             level, stream = "upstream", UpstreamStream(live)
             handle = functools.partial(self._upstream_message, stream)
         else:
@@ -63,6 +66,24 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         finally:
             in_flight.dec()
 
+    async def _failed(self, context: grpc.aio.ServicerContext) -> None:
+        """An attempt's failed answer: its outcome is recorded before Envoy hears back, so before it retries or answers the client."""
+        in_flight = self.in_flight["failed"]
+        in_flight.inc()
+        try:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            try:
+                answer = failed_answer(request)
+                if answer is not None:
+                    self.runtime.observer.answered(answer.request_id, answer.provider, answer.status, retry_after_seconds(answer.headers))
+            except Exception as exc:  # the answer goes on to Envoy whatever happened here
+                self._log_once(exc, "failed", "unexpected %s taking note of a failed answer", type(exc).__name__)
+            await context.write(unchanged(wire.kind(request)))
+        finally:
+            in_flight.dec()
+
     async def _hold(self, stream: HoldStream, context: grpc.aio.ServicerContext) -> None:
         """An event stream's start: answers come only when its first token has (several at once, in order)."""
         in_flight = self.in_flight["hold"]
@@ -72,9 +93,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 try:
                     responses = stream.handle(request)
                 except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
-                    first = (type(exc), "hold", None) not in self._seen_errors
-                    self._seen_errors.add((type(exc), "hold", None))
-                    log.error("unexpected %s holding a stream's start; released unchanged", type(exc).__name__, exc_info=exc if first else None)
+                    self._log_once(exc, "hold", "unexpected %s holding a stream's start; released unchanged", type(exc).__name__)
                     responses = stream.release()
                 for response in responses:
                     await context.write(response)
@@ -113,21 +132,22 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
         return response
 
+    def _log_once(self, exc: Exception, where: str, message: str, *args, **extra) -> None:
+        """Log an unexpected error; its traceback only the first time this kind of error happens here."""
+        first = (type(exc), where) not in self._seen_errors
+        self._seen_errors.add((type(exc), where))
+        log.error(message + ("" if first else " (traceback logged before)"), *args, exc_info=exc if first else None, **extra)
+
     def _unexpected(self, stream: RouterStream | UpstreamStream, level: str, kind: str | None, exc: Exception) -> pb.ProcessingResponse:
         request_id = stream.headers.get("x-request-id", "unknown")
-        first = (type(exc), level, kind) not in self._seen_errors
-        self._seen_errors.add((type(exc), level, kind))
-        log.error(
-            "request %s: unexpected %s in %s %s%s", request_id, type(exc).__name__, level, kind, "" if first else " (traceback logged before)",
-            exc_info=exc if first else None, extra={"request_id": request_id},
-        )
+        self._log_once(exc, f"{level} {kind}", "request %s: unexpected %s in %s %s", request_id, type(exc).__name__, level, kind, extra={"request_id": request_id})
         reply = errors.error_reply(500, f"The gateway hit an unexpected error (request id {request_id}).", "api_error", "gateway_error")
         stream.reply = errors.for_client(reply, stream.client_path)
         stream.done = True
         return immediate(stream.reply)
 
     def _observe(self, stream: UpstreamStream, kind: str | None) -> None:
-        """What an attempt tells the observer before Envoy goes on: a failover, or a last attempt's answer."""
+        """What an attempt tells the observer and the metrics before Envoy goes on: a failover, a translation."""
         if stream.attempt is None:
             return
         provider = stream.attempt.provider.name
@@ -142,9 +162,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
             if stream.timeout_retry and stream.attempt.context.hedged:
                 self.runtime.metrics.hedged.labels(provider).inc()
-        elif kind == "response_headers" and stream.answer is not None:
-            status, headers = stream.answer
-            self.runtime.observer.last_attempt_answered(stream.request_id, stream.number, provider, status, retry_after_seconds(headers))
 
 
 class BulkProcessor:

@@ -7,8 +7,9 @@ attempt's event stream. No decision is made here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from typing import ClassVar, TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import msgspec
 from envoy.config.core.v3 import base_pb2
@@ -37,6 +38,8 @@ from ..contract import (
     PATCH_START_KEY,
     PATCH_VALUE_KEY,
     PATH_METADATA_KEY,
+    PROVIDER_METADATA_KEY,
+    REQUEST_ID_ATTRIBUTE,
     SIDECAR_REPLY_DETAILS,
     TIMEOUT_RETRY_HEADER,
 )
@@ -157,7 +160,7 @@ class RouterStream:
         if kind == "request_body":
             decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
             return self._respond("request_body", decision)
-        return _continue(kind)
+        return unchanged(kind)
 
     @property
     def client_path(self) -> str:
@@ -208,8 +211,6 @@ def _found(request: pb.ProcessingRequest) -> router.Found | None:
 class UpstreamStream:
     """One attempt at the upstream level: rewrite it for the provider Envoy picked."""
 
-    _cluster_cache: ClassVar[dict[str, str | None]] = {}  # shared by every stream: host metadata texts are few
-
     def __init__(self, live: Live):
         self.live = live
         self.headers: dict[str, str] = {}
@@ -221,8 +222,6 @@ class UpstreamStream:
         self.number = 0  # the attempt's number
         #: Started because the attempt before ran past its per-try timeout (Envoy says so where a chain hedges).
         self.timeout_retry = False
-        #: The last attempt's response headers (status, headers), before Envoy passes them on.
-        self.answer: tuple[int, dict[str, str]] | None = None
         #: A translated attempt: the client's request fields the provider's API had no place for.
         self.dropped: tuple[str, ...] = ()
         #: A translated answer stream: events the last body message held that could not be read (each sent on as an error event).
@@ -257,24 +256,17 @@ class UpstreamStream:
             # nothing an earlier attempt left can apply to it, and the Lua filter sets its content-length.
             set_patch(response.dynamic_metadata.fields[ATTEMPT_NAMESPACE].struct_value, decision.patch)
             if decision.translation is not None:  # the body now; the answer's headers later (and from them, its body) when it is translated
-                response.mode_override.CopyFrom(_TRANSLATE if decision.translation.translates_answer or decision.last else _BODY_ONLY)
+                response.mode_override.CopyFrom(_TRANSLATE if decision.translation.translates_answer else _BODY_ONLY)
                 return response
-            if decision.last:
-                response.mode_override.CopyFrom(_WATCH)
-            else:
-                self.done = True
+            self.done = True
             return response
         if kind == "request_body" and self.attempt is not None and self.attempt.translate:
             return self._translate_request(wire.request_body(request))
         if kind == "response_headers":
             assert not isinstance(request, wire.RequestBody)
-            headers = headers_of(request.response_headers)
-            status = headers.get(":status", "")
-            code = int(status) if status.isdigit() else 0
-            if self.attempt is None or self.attempt.last:
-                self.answer = (code, headers)
             if self._answer_translation is not None:
-                return self._answer_translation.on_headers(code, headers)
+                headers = headers_of(request.response_headers)
+                return self._answer_translation.on_headers(_status(headers), headers)
             self.done = True
         if kind == "response_body" and self._answer_translation is not None:
             assert not isinstance(request, wire.RequestBody)
@@ -283,7 +275,7 @@ class UpstreamStream:
             self.malformed_events = self._answer_translation.malformed - before
             self.done = self._answer_translation.finished
             return response
-        return _continue(kind)
+        return unchanged(kind)
 
     def _translate_request(self, body: bytes | memoryview) -> Response:
         assert self.attempt is not None
@@ -298,7 +290,7 @@ class UpstreamStream:
         if pair.answer is not None:
             self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage)
         else:
-            self.done = not self.attempt.last  # the answer is in the client's API already: only a last attempt's headers are watched
+            self.done = True  # the answer is in the client's API already
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
         sent = msgspec.json.encode(translated.body)
         signature = self.attempt.signature(translated.path, sent)
@@ -311,18 +303,10 @@ class UpstreamStream:
         set_headers(response.request_body.response.header_mutation.set_headers, [*path, *signature])
         return with_body(response, "request_body", sent)
 
-    def _cluster(self, request: pb.ProcessingRequest) -> str | None:
-        """The picked endpoint's cluster, from its metadata (Envoy sends `xds.upstream_host_metadata` as text-format proto)."""
-        attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
-        if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
-            return None
-        text = attributes.fields[HOST_METADATA_ATTRIBUTE].string_value
-        cache = UpstreamStream._cluster_cache
-        if text not in cache:
-            if len(cache) > 4096:
-                cache.clear()
-            cache[text] = _cluster_of(text)
-        return cache[text]
+    @staticmethod
+    def _cluster(request: pb.ProcessingRequest) -> str | None:
+        """The picked endpoint's cluster."""
+        return _endpoint(request).cluster
 
     @staticmethod
     def _context(request: pb.ProcessingRequest) -> RequestContext | None:
@@ -360,25 +344,69 @@ class HoldStream:
             self.held.append(kind)
             body = request.response_body
             return self.release() if self.first.feed(body.body, body.end_of_stream) else []
-        return [_continue(kind)]
+        return [unchanged(kind)]
 
     def release(self) -> list[Response]:
         """Answer everything held, unchanged: the stream goes on to the client."""
         self.done = True
         held, self.held = self.held, []
-        return [_continue(kind) for kind in held]
+        return [unchanged(kind) for kind in held]
 
 
-def _cluster_of(host_metadata: str) -> str | None:
-    """The `extproc` cluster key of a host's metadata, parsed by protobuf's own text-format parser."""
+class FailedAnswer(NamedTuple):
+    """An attempt's answer that moves its provider's state (phase "failed"), as Envoy shows it before acting on it."""
+
+    request_id: str
+    provider: str
+    status: int
+    headers: dict[str, str]
+
+
+def failed_answer(request: pb.ProcessingRequest) -> FailedAnswer | None:
+    """The failed answer a "failed"-phase message carries; None for any other message, or one whose provider is not known."""
+    if wire.kind(request) != "response_headers":
+        return None
+    attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
+    request_id = attributes.fields[REQUEST_ID_ATTRIBUTE].string_value if attributes is not None and REQUEST_ID_ATTRIBUTE in attributes.fields else ""
+    provider = _endpoint(request).provider
+    if not provider:
+        return None
+    headers = headers_of(request.response_headers)
+    return FailedAnswer(request_id, provider, _status(headers), headers)
+
+
+def _status(headers: dict[str, str]) -> int:
+    status = headers.get(":status", "")
+    return int(status) if status.isdigit() else 0
+
+
+class _Endpoint(NamedTuple):
+    cluster: str | None = None
+    provider: str = ""
+
+
+def _endpoint(request: pb.ProcessingRequest) -> _Endpoint:
+    """The picked endpoint's cluster and provider, from its metadata (Envoy sends `xds.upstream_host_metadata` as text-format proto)."""
+    attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
+    if attributes is None or HOST_METADATA_ATTRIBUTE not in attributes.fields:
+        return _Endpoint()
+    return _endpoint_of(attributes.fields[HOST_METADATA_ATTRIBUTE].string_value)
+
+
+@functools.lru_cache(maxsize=4096)  # the texts are few: one per endpoint
+def _endpoint_of(host_metadata: str) -> _Endpoint:
+    """The `extproc` keys of a host's metadata, parsed by protobuf's own text-format parser."""
     try:
         metadata = text_format.Parse(host_metadata, base_pb2.Metadata())
     except text_format.ParseError:
-        return None
+        return _Endpoint()
     namespace = metadata.filter_metadata.get(METADATA_NAMESPACE)
-    if namespace is None or CLUSTER_METADATA_KEY not in namespace.fields:
-        return None
-    return namespace.fields[CLUSTER_METADATA_KEY].string_value
+    if namespace is None:
+        return _Endpoint()
+    fields = namespace.fields
+    cluster = fields[CLUSTER_METADATA_KEY].string_value if CLUSTER_METADATA_KEY in fields else None
+    provider = fields[PROVIDER_METADATA_KEY].string_value if PROVIDER_METADATA_KEY in fields else ""
+    return _Endpoint(cluster, provider)
 
 
 class _AnswerTranslation:
@@ -448,11 +476,9 @@ _BODY_ONLY = _mode(_Mode.BUFFERED, response_headers=_Mode.SKIP)
 _TRANSLATE = _mode(_Mode.BUFFERED)
 _ANSWER_BUFFERED = _mode(_Mode.BUFFERED, response_body=_Mode.BUFFERED)
 _ANSWER_STREAMED = _mode(_Mode.BUFFERED, response_body=_Mode.STREAMED)
-#: A last attempt: its response headers come to the sidecar before they go on to the client.
-_WATCH = _mode(_Mode.NONE)
 
 
-def _continue(kind: str | None) -> pb.ProcessingResponse:
+def unchanged(kind: str | None) -> pb.ProcessingResponse:
     """An empty answer of the right kind: let the message through unchanged."""
     response = pb.ProcessingResponse()
     if kind in ("request_headers", "response_headers", "request_body", "response_body"):

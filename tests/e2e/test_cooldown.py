@@ -58,9 +58,11 @@ def test_all_providers_cooling_answers_429_at_once_without_calling_any(mocks, ga
     assert "x-arch-llm-provider" not in answer.headers
     assert (len(primary.received), len(secondary.received)) == (1, 1)
     assert gw.metric("extproc_rejected_requests_total", reason="all_providers_cooling_down") == 1
-    # The last attempt was recorded from its response headers; its log entry, when it comes, is not counted again.
+    # Each attempt was recorded from its answer's headers; its log entry, when it comes, is not counted again.
     wait_for(lambda: gw.metric("extproc_requests_total", listener="llm", model=GPT4, provider="secondary", status_class="4xx"))
-    assert gw.metric("extproc_upstream_attempts_total", provider="secondary", code="429", outcome="rate_limited") == 1
+    for name in ("primary", "secondary"):
+        assert gw.metric("extproc_upstream_attempts_total", provider=name, code="429", outcome="rate_limited") == 1
+        assert gw.metric("extproc_upstream_attempt_duration_seconds_count", provider=name) == 1, "its duration came with its entry"
 
 
 def test_try_anyway_listener_still_calls_the_providers(mocks, gateway):

@@ -9,7 +9,9 @@
 """
 
 import concurrent.futures
+import http.client
 import json
+import time
 
 from .harness import Load, chat, gateway_config, provider, wait_for
 
@@ -82,8 +84,8 @@ SINGLE_PAIRS = 200
 
 
 def test_a_single_provider_models_429_is_known_before_the_next_request(mocks, gateway):
-    """A chain of one attempt is not watched (that would cost every request a message): its failed-attempt
-    entry, sent unbatched as the attempt ends, must still win against the client's next request."""
+    """A chain of one attempt has no retry to wait in: its 429 must be known from the answer's headers, before Envoy
+    passes them on, while other clients load the gateway."""
     limited = mocks.start("limited", status=429, retry_after="60")
     healthy = mocks.start("healthy")
     entries = [provider(f"solo{index}", f"openai/s{index}", limited) for index in range(SINGLE_PAIRS)]
@@ -99,6 +101,36 @@ def test_a_single_provider_models_429_is_known_before_the_next_request(mocks, ga
                 violations.append((index, first.status, second.status, second.body[:60]))
     assert violations == [], f"{len(violations)} of {SINGLE_PAIRS}: {violations[:5]}"
     assert len(limited.received) == SINGLE_PAIRS
+
+
+def test_a_429_is_known_once_its_status_reaches_the_client_while_its_body_still_trickles(mocks, gateway):
+    """A client may act on a 429's status line at once; the provider may take its time over the body. The attempt (and
+    its failed-attempt log entry) ends only with the body, so the gateway must have learnt the 429 from the answer's
+    headers: for a model with one provider (attempt 1 is its last) and for the last attempt of a failover."""
+    slow = mocks.start("slow", status=429, retry_after="60", error_body_delay_s=2)
+    gw = gateway(gateway_config(
+        provider("solo", "openai/solo", slow, headers={"x-test-as": "solo"}),
+        provider("first", "openai/pair", slow, headers={"x-test-as": "first"}),
+        provider("second", "openai/pair", slow, headers={"x-test-as": "second"}),
+    ))  # fmt: skip
+
+    for model, providers in (("openai/solo", ["solo"]), ("openai/pair", ["first", "second"])):
+        connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+        try:
+            connection.request("POST", "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode(), {"content-type": "application/json"})
+            answer = connection.getresponse()  # its status and headers; its body has ~2 s to go
+            headers_at = time.monotonic()
+            assert answer.status == 429
+            following = chat(gw.port, {"model": model, "messages": []})
+            answered_at = time.monotonic()
+            body = answer.read()
+            body_at = time.monotonic()
+        finally:
+            connection.close()
+        assert answered_at - headers_at < 1.0 < body_at - headers_at, "the next request was answered while the 429's body still trickled"
+        assert json.loads(body)["error"]["message"] == "slow: mock status 429"
+        assert following.status == 429 and following.json()["error"]["code"] == "all_providers_cooling_down", following.body[:200]
+        assert [received.header("x-test-as") for received in slow.received if received.header("x-test-as") in providers] == providers, "no provider was called again"
 
 
 def test_a_route_kept_for_repeated_requests_gives_way_the_moment_its_provider_answers_429(mocks, gateway):

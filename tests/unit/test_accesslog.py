@@ -8,7 +8,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from extproc.config import Cooldown
 from extproc.contract import DOWNSTREAM_LOG, INPUT_TOKENS_TAG, LISTENER_TAG, MODEL_TAG, OUTPUT_TOKENS_TAG, PROVIDER_MODEL_TAG, PROVIDER_TAG
 from extproc.observability.metrics import GatewayMetrics
-from extproc.observability.observer import Observer
+from extproc.observability.observer import LogEntry, Observer
 from extproc.processor.cooldown import ProviderHealth
 from extproc.server.accesslog import AccessLogReceiver
 
@@ -103,3 +103,21 @@ def test_an_entry_that_cannot_be_read_loses_only_itself(monkeypatch, caplog):
     receive(observer, message)
     assert sample(metrics, "extproc_requests_total", listener="llm", model="gpt-4o", provider="a", status_class="2xx") == 2
     assert "could not process an access-log entry" in caplog.text
+
+
+def test_a_failed_answer_cools_its_provider_at_once_and_its_entry_later_counts_only_its_duration():
+    metrics = GatewayMetrics()
+    health = ProviderHealth(Cooldown(), clock=lambda: NOW)
+    observer = Observer(health, metrics)
+    observer.answered("request-1", "a", 429, 7.0)
+    assert health.remaining("a") == 7.0, "cooling before Envoy retries or answers"
+    assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="429", outcome="rate_limited") == 1
+    observer.answered("request-1", "b", 200, None)
+    assert not health.cooling("b"), "an answer that succeeded says nothing"
+
+    observer.observe(LogEntry(upstream=True, request_id="request-1", provider="a", status=429, attempt=1, retry_after_s=30.0, attempt_s=0.25))
+    assert health.remaining("a") == 7.0, "the same attempt's entry is not recorded again"
+    assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="429", outcome="rate_limited") == 1
+    assert sample(metrics, "extproc_upstream_attempt_duration_seconds_count", provider="a") == 1, "its duration is known only from the entry"
+    observer.observe(LogEntry(upstream=True, request_id="request-2", provider="a", status=429, attempt=1, retry_after_s=30.0))
+    assert health.remaining("a") == 30.0, "another request's attempt is"

@@ -49,9 +49,9 @@ def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_a
     assert retry["retry_on"] == "retriable-status-codes,reset", "Envoy retries a per-try timeout only on a reset condition"
     assert "hedge_policy" not in route["route"]
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "first_token"
-    assert filter_names(cluster)[0] == "extproc.first_token"
+    assert filter_names(cluster)[:2] == ["extproc.failed", "extproc.first_token"]
     assert "include_is_timeout_retry_header" not in virtual_host
-    hold = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][0]
+    hold = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][1]
     ext_proc = hold["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot hold a stream lets it go on, never an error"
     assert ext_proc["message_timeout"] == "90.000s", "the hold is bounded by the attempt's timeouts, not by a message timeout"
@@ -64,9 +64,9 @@ def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
     assert route["route"]["retry_policy"]["retry_on"] == "retriable-status-codes", "a hedge needs no retry condition"
     assert route["route"]["hedge_policy"] == {"hedge_on_per_try_timeout": True}
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
-    assert filter_names(cluster)[0] == "extproc.first_token"
+    assert filter_names(cluster)[:2] == ["extproc.failed", "extproc.first_token"]
     assert virtual_host["include_is_timeout_retry_header"] is True
-    patch = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][2]
+    patch = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][3]
     assert 'remove("x-envoy-is-timeout-retry")' in patch["typed_config"]["default_source_code"]["inline_string"], "no provider is sent Envoy's mark"
 
 

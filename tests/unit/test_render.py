@@ -58,8 +58,8 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert tls["sni"] == "api.openai.com"
     assert clusters[PROVIDER["hosted"]]["type"] == "LOGICAL_DNS"
     upstream_filters = clusters[CHAIN["primary"]]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
-    assert [item["name"] for item in upstream_filters] == ["extproc.retries", "extproc.model_patch", "envoy.filters.http.upstream_codec"]
-    marked, retries = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"], upstream_filters[0]["typed_config"]["xds_matcher"]["on_no_match"]
+    assert [item["name"] for item in upstream_filters] == ["extproc.failed", "extproc.retries", "extproc.model_patch", "envoy.filters.http.upstream_codec"]
+    marked, retries = upstream_filters[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"], upstream_filters[1]["typed_config"]["xds_matcher"]["on_no_match"]
     predicate = marked[0]["predicate"]["single_predicate"]
     assert predicate["input"]["typed_config"]["header_name"] == "x-arch-translate", "an attempt 1 the router level marked is translated here"
     matcher = retries["matcher"]["matcher_tree"]

@@ -8,7 +8,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.config import parse_config
 from extproc.config.store import Live
 from extproc.server import wire
-from extproc.server.streams import HoldStream, RouterStream, UpstreamStream
+from extproc.server.streams import FailedAnswer, HoldStream, RouterStream, UpstreamStream, failed_answer
 
 CONFIG = parse_config(
     """
@@ -126,10 +126,25 @@ model_providers:
     assert body[:start] + value.encode() + body[end:] == b'{"model": "gpt-4o"}'
     last = headers_message({":path": "/v1/chat/completions", "x-envoy-attempt-count": "2"})
     last.MergeFrom(request)
-    watched = UpstreamStream(Live.of(config))
-    watched.identify(last)
-    mode = watched.handle(last).mode_override
-    assert (mode.request_body_mode, mode.response_header_mode) == (ProcessingMode.NONE, ProcessingMode.SEND), "the last attempt's answer is watched"
+    retry = UpstreamStream(Live.of(config))
+    retry.identify(last)
+    assert not retry.handle(last).HasField("mode_override") and retry.done, "a retry's answer is none of its business (a failed one is the failed phase's)"
+
+
+def failed_headers(status: str, host_metadata: str, request_id: str = "r-1") -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest()
+    request.response_headers.headers.headers.extend([base_pb2.HeaderValue(key=":status", raw_value=status.encode()), base_pb2.HeaderValue(key="retry-after", raw_value=b"7")])
+    attributes = request.attributes["envoy.filters.http.ext_proc"].fields
+    attributes["xds.upstream_host_metadata"].string_value = host_metadata
+    attributes["request.id"].string_value = request_id
+    return wire.decode_request(request.SerializeToString())
+
+
+def test_a_failed_answer_names_its_request_its_provider_and_its_status():
+    host = 'filter_metadata { key: "extproc" value { fields { key: "cluster" value { string_value: "provider.a.1" } } fields { key: "provider" value { string_value: "a" } } } }'
+    assert failed_answer(failed_headers("429", host)) == FailedAnswer("r-1", "a", 429, {":status": "429", "retry-after": "7"})
+    assert failed_answer(failed_headers("503", "not metadata {")) is None, "no provider known: nothing to record"
+    assert failed_answer(headers_message({":path": "/"})) is None, "only an answer's headers"
 
 
 def test_an_unexpected_error_is_a_json_500_naming_the_request_and_never_its_text(monkeypatch, caplog):
