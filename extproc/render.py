@@ -405,7 +405,7 @@ def _ext_proc(
         # The request's context, and where Envoy found the model (the context's span may be relative to it).
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE, BODY_NAMESPACE]}, "receiving_namespaces": {"untyped": [ATTEMPT_NAMESPACE]}}
         config["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
-        # The body only for a translated attempt; the answer's headers only for a last one (mode overrides).
+        # The body and the answer only for a translated attempt (mode overrides); a failed answer is the failed phase's.
         config["allow_mode_override"] = True
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
@@ -765,7 +765,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _failed_answers(options),
+                    *([_failed_answers(options)] if config.cooldown.enabled else []),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
                     model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
@@ -784,7 +784,8 @@ def _failed_answers(options: RenderOptions) -> dict:
     answer, or the next attempt starts, the cooldown is known, whichever
     attempt of whichever chain it was. Chosen on the answer's `:status` (a
     composite), so an answer that succeeds costs no message. Listed first: its
-    answer's headers come to it last, as the router will see them.
+    answer's headers come to it last, as the router will see them. With
+    cooldowns off nothing needs knowing sooner: not rendered (the access log counts).
     """
     watch = {
         "@type": _EXT_PROC,

@@ -1,9 +1,9 @@
 """Provider cooldowns: remember who is rate limited or failing, and start chains elsewhere.
 
 Fed with every attempt's outcome (a failed answer's headers, Envoy's
-per-attempt access logs); read by the router level when it picks where a chain starts. State is per sidecar
-process and keyed by provider name, so it survives reloads for providers that
-still exist. The clock is injected so the logic is tested without sleeping.
+per-attempt access logs); read by the router level when it picks where a
+chain starts. State is per sidecar process and keyed by provider name, so it
+survives reloads for providers that still exist. The clock is injected so the logic is tested without sleeping.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The rendered bootstrap: Envoy accepts it, and it has the routing and failover shape."""
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert sorted(matcher["exact_match_map"]["map"]) == ["2"], "max_attempts 2: only attempt 2 is a retry"
     delegated = matcher["exact_match_map"]["map"]["2"]["action"]["typed_config"]["typed_config"]
     assert delegated["name"] == "envoy.filters.http.ext_proc"
+
+    watch = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+    status = watch["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
+    assert [code for code in ("200", "400", "404", "429", "500", "503", "529") if re.fullmatch(status, code)] == ["429", "500", "503", "529"]
+    ext_proc = watch["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
+    assert ext_proc["response_attributes"] == ["xds.upstream_host_metadata", "request.id"]
+    assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot take note of a failed answer lets it go on unchanged"
+    off = dataclasses.replace(CONFIG, cooldown=dataclasses.replace(CONFIG.cooldown, enabled=False))
+    chain = next(cluster for cluster in render(off)["static_resources"]["clusters"] if cluster["name"] == CHAIN["primary"])
+    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+    assert "extproc.failed" not in names, "cooldowns off: nothing to know before Envoy acts"
 
 
 def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
