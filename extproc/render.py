@@ -287,8 +287,15 @@ def render_yaml(config: Config, options: RenderOptions = RenderOptions(), xds_di
     return header + to_yaml(bootstrap)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a piece of config used in several places out in full each time (no `&id001` anchors for a reader to chase)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def to_yaml(document: dict) -> str:
-    return yaml.safe_dump(document, sort_keys=False, width=120)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=120)
 
 
 def _admin_address(options: RenderOptions) -> dict:
