@@ -70,7 +70,7 @@ from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADE
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
 from .render_body import find_model, large_request, model_patch, small_request
-from .render_composite import composite, execute, header_input
+from .render_composite import composite, execute, header_input, only_when
 from .render_telemetry import TRACE_RUNTIME, gen_ai_system, hcm_tracing, trace_cluster, usage_filters, usage_tags
 from .translator import MESSAGES
 
@@ -357,7 +357,7 @@ def _whole_body(listener: Listener) -> dict:
     """
     buffer = {"name": "envoy.filters.http.buffer", "typed_config": {"@type": _BUFFER, "max_request_bytes": listener.max_body_bytes}}
     connect = {"single_predicate": {"input": header_input(":method"), "value_match": {"exact": "CONNECT"}}}
-    return composite("extproc.whole_body", {"matcher_list": {"matchers": [{"predicate": {"not_matcher": connect}, "on_match": execute("buffer", buffer)}]}})
+    return only_when("extproc.whole_body", {"not_matcher": connect}, "buffer", buffer)
 
 
 def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
@@ -794,17 +794,9 @@ def _failed_answers(options: RenderOptions) -> dict:
     answer's headers come to it last, as the router will see them. With
     cooldowns off nothing needs knowing sooner: not rendered (the access log counts).
     """
-    watch = {
-        "@type": _EXT_PROC,
-        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": "failed"}]},
-        # The answer failed already: a sidecar that cannot take note of it must not turn it into another error.
-        "failure_mode_allow": True,
-        "message_timeout": _duration(options.message_timeout_s),
-        "processing_mode": _processing_mode(request_headers="SKIP", response_headers="SEND"),
-        "response_attributes": [HOST_METADATA_ATTRIBUTE, REQUEST_ID_ATTRIBUTE],
-    }
+    watch = _answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE, REQUEST_ID_ATTRIBUTE])
     failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": FAILED_STATUS}}}
-    return composite("extproc.failed", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": failed}, "on_match": execute("watch", {"name": "envoy.filters.http.ext_proc", "typed_config": watch})}]}})
+    return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 
 
 def _first_token_hold(options: RenderOptions, config: Config) -> dict:
@@ -817,18 +809,32 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
     waiting for its reply, the first chunks; it answers all of them once one
     holds a token and ends the stream, so the rest flows past it.
     """
-    hold = {
-        "@type": _EXT_PROC,
-        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": "hold"}]},
-        # The provider has answered: a sidecar that cannot hold the stream lets it go on unheld, never turns it into an error.
-        "failure_mode_allow": True,
+    hold = _answer_phase(
+        "hold",
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
-        "message_timeout": _duration(max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s)),
-        "send_body_without_waiting_for_header_response": True,
-        "processing_mode": _processing_mode(request_headers="SKIP", response_headers="SEND", response_body="STREAMED"),
-    }
+        max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s),
+        response_body="STREAMED",
+        send_body_without_waiting_for_header_response=True,
+    )
     stream = {"input": header_input("content-type", response=True), "value_match": {"prefix": "text/event-stream"}}
-    return composite("extproc.first_token", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": stream}, "on_match": execute("hold", {"name": "envoy.filters.http.ext_proc", "typed_config": hold})}]}})
+    return only_when("extproc.first_token", {"single_predicate": stream}, "hold", hold)
+
+
+def _answer_phase(phase: str, message_timeout_s: float, response_body: str = "NONE", **fields) -> dict:
+    """An upstream ext_proc that starts at an attempt's answer (a composite delegates it on the answer's headers).
+
+    The provider has answered: a sidecar that cannot take part lets the
+    answer go on unchanged, never turns it into an error (`failure_mode_allow`).
+    """
+    config = {
+        "@type": _EXT_PROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": phase}]},
+        "failure_mode_allow": True,
+        "message_timeout": _duration(message_timeout_s),
+        "processing_mode": _processing_mode(request_headers="SKIP", response_headers="SEND", response_body=response_body),
+        **fields,
+    }
+    return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
 def _retries_only(ext_proc: dict, chain: Chain) -> dict:

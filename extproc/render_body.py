@@ -23,7 +23,7 @@ from .contract import (
     SMALL_CONTENT_LENGTH,
 )
 from .processor.jsonbody import MAX_TOP_LEVEL_KEYS
-from .render_composite import composite, execute, header_input
+from .render_composite import header_input, only_when
 
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
@@ -178,7 +178,7 @@ def find_model() -> list[dict]:
         },
     }
     return [
-        composite("extproc.json_check", {"matcher_list": {"matchers": [{"predicate": small_request(), "on_match": execute("json_check", json_check)}]}}),
+        only_when("extproc.json_check", small_request(), "json_check", json_check),
         {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA}}},
     ]
 

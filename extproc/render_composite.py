@@ -21,6 +21,11 @@ def composite(name: str, matcher: dict) -> dict:
     }
 
 
+def only_when(name: str, predicate: dict, action: str, http_filter: dict) -> dict:
+    """A composite named `name` that runs `http_filter` (as action `action`) when `predicate` holds, and nothing otherwise."""
+    return composite(name, {"matcher_list": {"matchers": [{"predicate": predicate, "on_match": execute(action, http_filter)}]}})
+
+
 def execute(name: str, http_filter: dict) -> dict:
     """The matcher action that runs `http_filter` (`{"name", "typed_config"}`, as in a filter chain)."""
     return {"action": {"name": name, "typed_config": {"@type": _EXECUTE_FILTER, "typed_config": http_filter}}}

@@ -244,7 +244,7 @@ class UpstreamStream:
             context = self._context(request)
             if context is not None:
                 self.client_path = context.path
-            decision = upstream.plan_attempt(self.live, self._cluster(request), context, headers, self.number)
+            decision = upstream.plan_attempt(self.live, _endpoint(request).cluster, context, headers, self.number)
             if isinstance(decision, errors.Reply):
                 self.reply = decision = errors.for_client(decision, self.client_path)
                 self.done = True
@@ -302,11 +302,6 @@ class UpstreamStream:
         path = [(":path", translated.path)] if translated.path is not None else []
         set_headers(response.request_body.response.header_mutation.set_headers, [*path, *signature])
         return with_body(response, "request_body", sent)
-
-    @staticmethod
-    def _cluster(request: pb.ProcessingRequest) -> str | None:
-        """The picked endpoint's cluster."""
-        return _endpoint(request).cluster
 
     @staticmethod
     def _context(request: pb.ProcessingRequest) -> RequestContext | None:
