@@ -7,6 +7,8 @@ and protobuf, so rendering a config never loads the servers.
 
 from __future__ import annotations
 
+import re
+
 #: Envoy dynamic metadata and endpoint metadata, namespace `extproc`.
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
@@ -46,10 +48,15 @@ LISTENER_METADATA = "x-extproc-listener"
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-REQUEST_ID_ATTRIBUTE = "request.id"
 #: The answers whose outcome moves a provider's state (a 429, Anthropic's 529, any 5xx): each is shown to the
-#: sidecar (phase "failed") before Envoy retries it or passes it on. Keep in step with `cooldown.classify`.
+#: sidecar (phase "failed") before Envoy retries it or passes it on, on chains that do not hedge. Keep in step with `cooldown.classify`.
 FAILED_STATUS = r"429|529|5[0-9][0-9]"
+_FAILED_STATUS = re.compile(FAILED_STATUS)
+
+
+def watched_status(status: int) -> bool:
+    """An answer status `FAILED_STATUS` shows to the sidecar (where cooldowns are on)."""
+    return _FAILED_STATUS.fullmatch(str(status)) is not None
 
 #: Access-log names (`log_name`) and the custom tags on their entries.
 UPSTREAM_LOG = "upstream"  # failed attempts, unbatched
@@ -68,6 +75,18 @@ USAGE_SKIPPED_TAG = USAGE_SKIPPED
 TIMING_TAG = TIMING_METADATA_KEY = "timing"
 FIRST_TOKEN_TIMING = "first_token"  # `first_token_timeout`: a timed-out attempt was abandoned before its first token
 HEDGE_TIMING = "hedge"  # `hedge_after`: a timed-out attempt raced the next one; an unanswered one lost the race
+#: A request on a hedging chain that is not hedged (`Chain.unhedged`): plain failover.
+UNHEDGED_TIMING = "unhedged"
+#: Chains with these timings have no failed-answer watch (an upstream filter cannot tell which of two attempts in
+#: flight an answer is from: docs/envoy-behaviour.md): their failed answers are recorded from their log entries.
+UNWATCHED_TIMINGS = (HEDGE_TIMING, UNHEDGED_TIMING)
+
+
+def unhedged_route(chain_cluster: str) -> str:
+    """The routing-header value (and route name) of a hedging chain's route without hedging (`Chain.unhedged`)."""
+    return f"{chain_cluster}.unhedged"
+
+
 #: Envoy's mark on an attempt started because an earlier one ran past its per-try timeout (on chains that hedge).
 TIMEOUT_RETRY_HEADER = "x-envoy-is-timeout-retry"
 

@@ -54,16 +54,17 @@ from .contract import (
     PROVIDER_METADATA_KEY,
     PROVIDER_MODEL_METADATA_KEY,
     PROVIDER_TAG,
-    REQUEST_ID_ATTRIBUTE,
     SIDECAR_REPLY_DETAILS,
     SYSTEM_METADATA_KEY,
     TIMEOUT_RETRY_HEADER,
     TIMING_METADATA_KEY,
     TIMING_TAG,
+    UNHEDGED_TIMING,
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
     bulk_address,
     message_limit,
+    unhedged_route,
 )
 from .processor.cooldown import OVERLOADED
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
@@ -223,7 +224,10 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
     for config in configs:
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
-            routes.setdefault(name, _chain_route(start, name, chain, listener, config.providers[start].model))
+            model = config.providers[start].model
+            routes.setdefault(name, _chain_route(start, name, chain, listener, model))
+            if chain.hedges:
+                routes.setdefault(unhedged_route(name), _chain_route(start, name, chain.unhedged, listener, model, unhedged_route(name), UNHEDGED_TIMING))
     ordered = list(routes.values())
     ordered.append(
         {
@@ -241,7 +245,7 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
                 "domains": ["*"],
                 "include_request_attempt_count": True,
                 # Where a chain hedges, a retry says whether a per-try timeout started it (then it races the attempt before it).
-                **({"include_is_timeout_retry_header": True} if any(chain.policy.timing == HEDGE_TIMING for config in configs for chain in config.chains.values()) else {}),
+                **({"include_is_timeout_retry_header": True} if any(chain.hedges for config in configs for chain in config.chains.values()) else {}),
                 "request_body_buffer_limit": listener.max_body_bytes,
                 "routes": ordered,
             }
@@ -472,7 +476,13 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
     }
 
 
-def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, model: str) -> dict:
+def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, model: str, name: str | None = None, timing: str | None = None) -> dict:
+    """The route of the chain starting at `start`, matched by its routing headers (`name`: the cluster's unless given).
+
+    `timing` (the chain's unless given) tells the failed-attempts log what its attempts came to.
+    """
+    name = name or cluster
+    timing = chain.policy.timing if timing is None else timing
     action: dict = {
         "cluster": cluster,
         "timeout": _duration(listener.timeout_s),
@@ -481,14 +491,14 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
     retry = _retry_policy(chain)
     if retry is not None:
         action["retry_policy"] = retry
-    if chain.policy.timing == HEDGE_TIMING and chain.num_retries:
+    if chain.hedges:
         # An attempt past `hedge_after` is not reset: the next one starts beside it and the first answer wins.
         action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     route = {
-        "name": cluster,
+        "name": name,
         "match": {
             "prefix": "/",
-            "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}, {"name": CHAIN_HEADER, "string_match": {"exact": cluster}}],
+            "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": start}}, {"name": CHAIN_HEADER, "string_match": {"exact": name}}],
         },
         "route": action,
         # The request's span is named for the model it asked for (Envoy's default name is "ingress").
@@ -497,8 +507,8 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
         "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
         "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
-    if chain.policy.timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to
-        route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: chain.policy.timing}}}
+    if timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to, and whether it was watched
+        route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: timing}}}
     return route
 
 
@@ -772,7 +782,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    *([_failed_answers(options)] if config.cooldown.enabled else []),
+                    *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
                     model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
@@ -793,8 +803,14 @@ def _failed_answers(options: RenderOptions) -> dict:
     composite), so an answer that succeeds costs no message. Listed first: its
     answer's headers come to it last, as the router will see them. With
     cooldowns off nothing needs knowing sooner: not rendered (the access log counts).
+
+    Nor on a chain that hedges (docs/envoy-behaviour.md): Envoy 1.40 crashes
+    when an upstream filter releases a held failed answer while another
+    attempt is in flight, and an upstream filter sees the latest attempt's
+    host whichever attempt answered. Each attempt's log entry names its own
+    provider: those chains' failed answers are recorded from them.
     """
-    watch = _answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE, REQUEST_ID_ATTRIBUTE])
+    watch = _answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE])
     failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": FAILED_STATUS}}}
     return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 
@@ -154,10 +154,32 @@ class Chain:
     providers: tuple[str, ...]
     policy: RetryPolicy
 
+    @classmethod
+    def of(cls, providers: tuple[str, ...], policy: RetryPolicy) -> Chain:
+        """A chain; without a second attempt to hedge on, `hedge_after` is dropped (it would only time the one attempt out)."""
+        chain = cls(providers, policy)
+        return chain.unhedged if policy.hedge_after_s is not None and not chain.hedges else chain
+
     @property
     def num_retries(self) -> int:
         attempts = self.policy.max_attempts or len(self.providers)
         return max(attempts - 1, 0)
+
+    @property
+    def hedges(self) -> bool:
+        """Two of its attempts can be in flight at once (`hedge_after`, and a provider to hedge on)."""
+        return self.policy.timing == HEDGE_TIMING and self.num_retries > 0
+
+    @property
+    def unhedged(self) -> Chain:
+        """The same chain without `hedge_after`: plain failover (its own `per_try_timeout` only).
+
+        Envoy 1.40 crashes when an upstream filter releases a failed answer
+        while another attempt is in flight (docs/envoy-behaviour.md), and the
+        upstream level holds every answer it translates: a request whose
+        answer may be translated takes this chain's route (`contract.unhedged_route`).
+        """
+        return replace(self, policy=replace(self.policy, hedge_after_s=None))
 
 
 #: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).

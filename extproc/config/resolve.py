@@ -78,7 +78,7 @@ class Resolver:
             for index, group in enumerate(groups[name_of_model]):
                 later = [member for following in groups[name_of_model][index + 1 :] for member in following]
                 for member in group:  # itself, the rest of its group, the later groups, the fallbacks
-                    chains[member] = Chain(tuple(dict.fromkeys([member, *group, *later, *tail])), policy)
+                    chains[member] = Chain.of(tuple(dict.fromkeys([member, *group, *later, *tail])), policy)
         owned = set(CREDENTIAL_HEADERS)
         if len({translator.provider_api(provider) for provider in by_name.values()}) > 1:
             owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others

@@ -8,10 +8,12 @@ Envoy reports to the sidecar over the gRPC access log service, off the request p
 - every client request, batched: request totals, and the success of the
   attempt that answered.
 
-An answer that moves its provider's state (429, 529, 5xx) is also shown to
-the sidecar before Envoy acts on it (`answered`): its cooldown is known before
-Envoy retries or the client holds it, and its entry, when it comes, is not
-counted again. A retry reaches the sidecar anyway (the upstream-level ext_proc
+Where cooldowns are on, an answer that moves its provider's state (429, 529,
+5xx) on a chain that does not hedge is shown to the sidecar before Envoy acts
+on it (`answered`): its cooldown is known before Envoy retries or the client
+holds it, and that is where it is recorded; its entry, when it comes, brings
+only its duration. A chain that hedges has no such watch
+(`contract.UNWATCHED_TIMINGS`): its entries record every failed attempt. A retry reaches the sidecar anyway (the upstream-level ext_proc
 runs on attempts 2, 3, …): it waits, briefly, until the previous attempt's
 entry has been applied (`before_retry`), so by the time a client holds an
 answer that took a failover, the failover is already counted, and so is an
@@ -30,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from ..contract import UNWATCHED_TIMINGS, watched_status
 from ..processor.cooldown import RATE_LIMIT_STATUSES, Outcome, ProviderHealth, classify
 from ..processor.ratelimit import Budget
 from .metrics import GatewayMetrics, Labelled
@@ -89,8 +92,6 @@ class Observer:
     #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
     _retries: OrderedDict = field(default_factory=OrderedDict)
     _waiting: dict = field(default_factory=dict)
-    #: (request id, provider) of attempts already recorded from their answer's headers (`answered`).
-    _answered: OrderedDict = field(default_factory=OrderedDict)
     #: Counter increments and gauge values not yet applied to the metrics (see `batch`).
     _counts: Counter = field(default_factory=Counter)
     _levels: dict = field(default_factory=dict)
@@ -154,9 +155,10 @@ class Observer:
         if kind in _TIMED_OUT:
             # (No attempt number: a hedged attempt's entry carries the number of the attempt started last.)
             log.info("request %s: an attempt to provider %s (group %s) ended: %s", entry.request_id, entry.provider, entry.group or "-", kind, extra={"request_id": entry.request_id})
-        if self._answered.pop((entry.request_id, entry.provider), None) is None:
+        watched = self.health.policy.enabled and watched_status(entry.status) and entry.timing not in UNWATCHED_TIMINGS
+        if not watched:
             self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
-        elif entry.attempt_s is not None:  # counted from its response headers already; its duration is known only now
+        elif entry.attempt_s is not None:  # recorded from its response headers (`answered`); its duration is known only now
             self.metrics.attempt_seconds.labels(entry.provider).observe(entry.attempt_s)
         retry = self._retries.pop((entry.request_id, entry.attempt + 1), None)
         if retry is not None:
@@ -181,17 +183,15 @@ class Observer:
             if self.shared is not None:
                 self.shared.publish(outcome.provider, self.health.clock() + seconds, outcome.kind)
 
-    def answered(self, request_id: str, provider: str, status: int, retry_after_s: float | None) -> None:
-        """An attempt's failed answer, seen before Envoy retries it or passes it on: record its outcome now.
+    def answered(self, provider: str, status: int, retry_after_s: float | None) -> None:
+        """An attempt's failed answer (`contract.watched_status`), seen as Envoy shows it: record its outcome, its only record.
 
-        Its failed-attempt entry, arriving later, is then not counted again (a
-        chain never tries one provider twice, so the request and the provider
-        name the attempt).
+        On a chain that does not hedge Envoy waits for this before it retries
+        or passes the answer on; on one that hedges it is shown without waiting.
         """
         if succeeded(status):
             return
         self._record(Outcome(provider, status, classify(status), retry_after_s))
-        _remember(self._answered, (request_id, provider), True)
         self._apply()
 
     def _request(self, entry: LogEntry) -> None:

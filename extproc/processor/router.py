@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import providers, translator
-from ..config import Config, Listener
-from ..contract import HEDGE_TIMING
+from ..config import Config, Listener, Provider
+from ..contract import unhedged_route
 from . import errors, multipart
 from .backendauth import minted
 from .context import RequestContext
@@ -195,18 +195,29 @@ def resolve(
     span = body.span if body is not None else None
     patch = model_patch(token, span, provider.model_name) if span is not None else None
     originals = client_values(config, headers)
+    started = config.chains[start]
+    route = config.chain_clusters[start]
+    hedged = started.hedges
+    if hedged and any(_answer_translated(path, config.providers[name]) for name in started.providers):
+        hedged, route = False, unhedged_route(route)  # an answer held for translation must not meet a hedge (`Chain.unhedged`)
     context = RequestContext(
         path=path,
-        originals=carried(config, originals, config.chains[start]),
+        originals=carried(config, originals, started),
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
-        hedged=config.chains[start].policy.timing == HEDGE_TIMING,
+        hedged=hedged,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
     if translator.for_attempt(path, provider):
         extra[TRANSLATE_HEADER] = "1"
-    first_attempt = plan(config, provider, path, originals, headers, config.chain_clusters[start], extra)
+    first_attempt = plan(config, provider, path, originals, headers, route, extra)
     return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable, passed_over=passed_over)
+
+
+def _answer_translated(path: str, provider: Provider) -> bool:
+    """Whether the upstream level holds `provider`'s answer to a client of `path` to translate it."""
+    pair = translator.for_attempt(path, provider)
+    return pair is not None and pair.translates_answer
 
 
 def by_weight(names: tuple[str, ...], weights: tuple[int, ...], draw: Callable[[], float] = random.random) -> list[str]:

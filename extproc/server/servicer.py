@@ -77,7 +77,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             try:
                 answer = failed_answer(request)
                 if answer is not None:
-                    self.runtime.observer.answered(answer.request_id, answer.provider, answer.status, retry_after_seconds(answer.headers))
+                    self.runtime.observer.answered(answer.provider, answer.status, retry_after_seconds(answer.headers))
             except Exception as exc:  # the answer goes on to Envoy whatever happened here
                 self._log_once(exc, "failed", "unexpected %s taking note of a failed answer", type(exc).__name__)
             await context.write(unchanged(wire.kind(request)))

@@ -39,7 +39,6 @@ from ..contract import (
     PATCH_VALUE_KEY,
     PATH_METADATA_KEY,
     PROVIDER_METADATA_KEY,
-    REQUEST_ID_ATTRIBUTE,
     SIDECAR_REPLY_DETAILS,
     TIMEOUT_RETRY_HEADER,
 )
@@ -351,7 +350,6 @@ class HoldStream:
 class FailedAnswer(NamedTuple):
     """An attempt's answer that moves its provider's state (phase "failed"), as Envoy shows it before acting on it."""
 
-    request_id: str
     provider: str
     status: int
     headers: dict[str, str]
@@ -361,13 +359,11 @@ def failed_answer(request: pb.ProcessingRequest) -> FailedAnswer | None:
     """The failed answer a "failed"-phase message carries; None for any other message, or one whose provider is not known."""
     if wire.kind(request) != "response_headers":
         return None
-    attributes = request.attributes.get(EXT_PROC_ATTRIBUTES)
-    request_id = attributes.fields[REQUEST_ID_ATTRIBUTE].string_value if attributes is not None and REQUEST_ID_ATTRIBUTE in attributes.fields else ""
     provider = _endpoint(request).provider
     if not provider:
         return None
     headers = headers_of(request.response_headers)
-    return FailedAnswer(request_id, provider, _status(headers), headers)
+    return FailedAnswer(provider, _status(headers), headers)
 
 
 def _status(headers: dict[str, str]) -> int:

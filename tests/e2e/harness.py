@@ -333,7 +333,7 @@ class GatewayProcess:
     def logs(self) -> str:
         if not self.log.closed:
             self.log.flush()
-        with open(self.log_path, encoding="utf-8") as handle:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
 
     def stop(self) -> int:

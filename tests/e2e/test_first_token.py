@@ -5,6 +5,8 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from extproc.mock_bedrock import BedrockState
 
 from .harness import chat, http_stream, provider, wait_for
@@ -198,3 +200,81 @@ def test_a_bedrock_stream_translated_from_its_frames_is_held_only_to_its_first_t
     assert status == 200 and headers["x-arch-llm-provider"] == "bedrock" and headers["content-type"].startswith("text/event-stream")
     assert "".join(texts(events[:-1])) == "[bedrock] you said: hi" and events[-1][1] == "[DONE]"
     assert events[0][0] - sent < 1.0 and events[-1][0] - events[1][0] >= 0.3, "released at its first token, then frame by frame"
+
+
+
+#: A hedged chain (hedge after 1s) where one attempt fails while the other is in flight:
+#: (first provider, second provider, streamed, what the client gets: status and the provider that answered, the provider whose failure is recorded).
+HEDGED_FAILURES = {
+    "the hedge answers 429 at once, the first answers later": ({"delay_s": 2}, {"status": 429, "retry_after": "30"}, False, (200, "slow"), ("fast", "429")),
+    "the hedge answers 500 at once, the first answers later": ({"delay_s": 2}, {"status": 500}, False, (200, "slow"), ("fast", "500")),
+    "the first fails while the hedge is in flight": ({"delay_s": 1.5, "status": 429, "retry_after": "30"}, {"delay_s": 1}, False, (200, "fast"), ("slow", "429")),
+    "both fail, the hedge first": ({"delay_s": 2, "status": 503}, {"status": 429, "retry_after": "30"}, False, (503, "slow"), ("fast", "429")),
+    "a stalled stream, its hedge answers 429": ({"first_token_delay_s": 2}, {"status": 429, "retry_after": "30"}, True, (200, "slow"), ("fast", "429")),
+    "a stalled stream, its hedge answers 529": ({"first_token_delay_s": 2}, {"status": 529}, True, (200, "slow"), ("fast", "529")),
+}
+
+
+@pytest.mark.parametrize("slow, fast, streamed, answered, failed", HEDGED_FAILURES.values(), ids=HEDGED_FAILURES.keys())
+def test_a_failed_answer_while_another_attempt_is_in_flight_is_recorded_and_the_race_goes_on(mocks, gateway, slow, fast, streamed, answered, failed):
+    slow_mock, fast_mock, gw = two(mocks, gateway, {"retry_on": [429, 500, 503], "hedge_after": "1s"}, slow, fast)
+
+    if streamed:
+        status, headers, events = http_stream(gw.port, STREAM)
+        assert texts(events)[-1] == "[DONE]" and all(json.loads(data)["id"] == "chatcmpl-slow" for _, data in events if data != "[DONE]")
+    else:
+        answer = chat(gw.port, HELLO)
+        status, headers = answer.status, answer.headers
+        assert answer.json()["error" if status >= 400 else "choices"], answer.body
+
+    assert (status, headers.get("x-arch-llm-provider")) == answered
+    assert slow_mock.served == 1 and fast_mock.served == 1, "one attempt each: the failure ended its attempt, the race went on"
+    provider_name, failed_status = failed
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider=provider_name, code=failed_status) == 1)
+    assert chat(gw.port, HELLO).json(), "the gateway is still up and answering"
+    assert gw.process.poll() is None, gw.logs()[-2000:]
+
+
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
+def test_a_request_whose_answer_is_translated_is_not_hedged_and_its_failures_crash_nothing(mocks, gateway, client):
+    """Envoy 1.40 crashes when an upstream filter releases a failed answer while another attempt is in flight
+    (docs/envoy-behaviour.md); the upstream level holds every answer it translates, so such a request is not hedged."""
+    slow = mocks.start("slow", api="anthropic", delay_s=1.5)
+    failing = mocks.start("failing", status=529)
+    claude = "anthropic/claude-sonnet-4"
+    gw = gateway(
+        config_of(
+            provider("slow", claude, slow, access_key="sk-ant-0001", retry_policy={"retry_on": [429], "hedge_after": "500ms", "fallback_models": [GPT]}),
+            provider("failing", GPT, failing, access_key="sk-fast-0002"),
+        )
+    )
+    message = {"model": claude, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+
+    started = time.monotonic()
+    answer = chat(gw.port, message, path="/v1/messages") if client == "anthropic" else chat(gw.port, {**HELLO, "model": claude})
+    elapsed = time.monotonic() - started
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "slow", answer.body
+    assert answer.json()["type" if client == "anthropic" else "object"] == ("message" if client == "anthropic" else "chat.completion")
+    assert elapsed >= 1.5 and failing.served == 0, "not hedged at 500 ms: the slow provider's answer was waited for"
+    assert gw.metric("extproc_hedged_attempts_total", provider="failing") is None
+    assert gw.process.poll() is None
+
+
+def test_a_chain_that_hedges_still_hedges_a_request_answered_in_its_own_api(mocks, gateway):
+    slow = mocks.start("slow", api="anthropic", delay_s=3)
+    fast = mocks.start("fast", api="anthropic", status=529)
+    claude = "anthropic/claude-sonnet-4"
+    gw = gateway(
+        config_of(
+            provider("slow", claude, slow, access_key="sk-ant-0001", retry_policy={"retry_on": [429], "hedge_after": "500ms"}),
+            provider("fast", claude, fast, access_key="sk-ant-0002"),
+        )
+    )
+
+    answer = chat(gw.port, {"model": claude, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}, path="/v1/messages")
+
+    assert answer.status == 200 and answer.headers["x-arch-llm-provider"] == "slow"
+    assert fast.served == 1, "hedged at 500 ms; its 529 ended that attempt and the race went on"
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="fast", code="529") == 1)
+    assert gw.process.poll() is None

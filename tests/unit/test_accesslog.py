@@ -109,15 +109,23 @@ def test_a_failed_answer_cools_its_provider_at_once_and_its_entry_later_counts_o
     metrics = GatewayMetrics()
     health = ProviderHealth(Cooldown(), clock=lambda: NOW)
     observer = Observer(health, metrics)
-    observer.answered("request-1", "a", 429, 7.0)
+    observer.answered("a", 429, 7.0)
     assert health.remaining("a") == 7.0, "cooling before Envoy retries or answers"
     assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="429", outcome="rate_limited") == 1
-    observer.answered("request-1", "b", 200, None)
+    observer.answered("b", 200, None)
     assert not health.cooling("b"), "an answer that succeeded says nothing"
 
-    observer.observe(LogEntry(upstream=True, request_id="request-1", provider="a", status=429, attempt=1, retry_after_s=30.0, attempt_s=0.25))
-    assert health.remaining("a") == 7.0, "the same attempt's entry is not recorded again"
+    # A hedged request's entry may name the other attempt's provider: a watched status is recorded from the answer alone.
+    observer.observe(LogEntry(upstream=True, request_id="request-1", provider="b", status=429, attempt=1, retry_after_s=30.0, attempt_s=0.25))
+    assert health.remaining("a") == 7.0 and not health.cooling("b"), "the entry is not recorded again, nor against another provider"
     assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="429", outcome="rate_limited") == 1
-    assert sample(metrics, "extproc_upstream_attempt_duration_seconds_count", provider="a") == 1, "its duration is known only from the entry"
-    observer.observe(LogEntry(upstream=True, request_id="request-2", provider="a", status=429, attempt=1, retry_after_s=30.0))
-    assert health.remaining("a") == 30.0, "another request's attempt is"
+    assert sample(metrics, "extproc_upstream_attempt_duration_seconds_count", provider="b") == 1, "its duration is known only from the entry"
+    observer.observe(LogEntry(upstream=True, request_id="request-2", provider="a", status=0, flags=frozenset({"upstream_connection_failure"}), attempt=1))
+    assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="none", outcome="connect_failure") == 1, "what the watch never sees: from the entry"
+
+
+def test_with_cooldowns_off_nothing_is_watched_and_entries_count_every_failed_attempt():
+    metrics = GatewayMetrics()
+    observer = Observer(ProviderHealth(Cooldown(enabled=False), clock=lambda: NOW), metrics)
+    observer.observe(LogEntry(upstream=True, request_id="request-1", provider="a", status=429, attempt=1))
+    assert sample(metrics, "extproc_upstream_attempts_total", provider="a", code="429", outcome="rate_limited") == 1

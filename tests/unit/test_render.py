@@ -73,12 +73,38 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     status = watch["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
     assert [code for code in ("200", "400", "404", "429", "500", "503", "529") if re.fullmatch(status, code)] == ["429", "500", "503", "529"]
     ext_proc = watch["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-    assert ext_proc["response_attributes"] == ["xds.upstream_host_metadata", "request.id"]
+    assert ext_proc["response_attributes"] == ["xds.upstream_host_metadata"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot take note of a failed answer lets it go on unchanged"
     off = dataclasses.replace(CONFIG, cooldown=dataclasses.replace(CONFIG.cooldown, enabled=False))
     chain = next(cluster for cluster in render(off)["static_resources"]["clusters"] if cluster["name"] == CHAIN["primary"])
     names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
     assert "extproc.failed" not in names, "cooldowns off: nothing to know before Envoy acts"
+
+
+def test_a_chain_that_hedges_has_an_unhedged_route_too_and_no_failed_answer_watch():
+    hedging = parse_config(
+        """
+listeners: [{type: model, name: llm, port: 12000}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, base_url: http://127.0.0.1:1, retry_policy: {retry_on: [429], hedge_after: 1s, per_try_timeout: 20s}}
+  - {name: b, model: openai/gpt-4o, base_url: http://127.0.0.1:2}
+""",
+        "hedge.yaml",
+        {},
+    )
+    bootstrap = render(hedging)
+    host = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    routes = {route["name"]: route for route in host["routes"]}
+    cluster = hedging.chain_clusters["a"]
+    hedged, unhedged = routes[cluster], routes[f"{cluster}.unhedged"]
+    assert hedged["route"]["hedge_policy"] == {"hedge_on_per_try_timeout": True} and hedged["route"]["retry_policy"]["per_try_timeout"] == "1.000s"
+    assert "hedge_policy" not in unhedged["route"] and unhedged["route"]["retry_policy"]["per_try_timeout"] == "20.000s", "plain failover, its own per_try_timeout"
+    assert unhedged["route"]["cluster"] == cluster and {"name": "x-arch-route", "string_match": {"exact": f"{cluster}.unhedged"}} in unhedged["match"]["headers"]
+    assert hedged["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
+    assert unhedged["metadata"]["filter_metadata"]["extproc"]["timing"] == "unhedged", "plain timeouts, recorded from the log"
+    chain = next(item for item in bootstrap["static_resources"]["clusters"] if item["name"] == cluster)
+    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+    assert "extproc.failed" not in names, "Envoy 1.40 crashes releasing a held failed answer while another attempt is in flight"
 
 
 def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
