@@ -75,7 +75,7 @@ def envoy_with_bare_ext_proc(port: int, upstream_port: int, socket_path: str) ->
     hcm["http_filters"].insert(0, composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("bare", ext_proc)}]}}))
     listener = bootstrap["static_resources"]["listeners"][0]
     listener["per_connection_buffer_limit_bytes"] = 17 * 2**20
-    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(options, "bare"))
+    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(options, 16 * 2**20, "bare"))
     bootstrap["static_resources"]["clusters"][0]["per_connection_buffer_limit_bytes"] = 17 * 2**20
     return bootstrap
 

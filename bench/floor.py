@@ -54,7 +54,7 @@ def envoy_with_bare_ext_proc(bootstrap: dict, socket_path: str) -> dict:
         "processing_mode": _processing_mode(),  # the request headers only
     }
     hcm["http_filters"].insert(0, {"name": "envoy.filters.http.ext_proc", "typed_config": ext_proc})
-    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(RenderOptions(sidecar=f"unix:{socket_path}"), "floor"))
+    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(RenderOptions(sidecar=f"unix:{socket_path}"), 0, "floor"))
     return bootstrap
 
 

@@ -180,6 +180,8 @@ def _load_serving(path: str) -> Config:
     config = load_config(path, lenient=True)
     for error in config.provider_errors:
         log.error("provider %s left out: %s", error.name, error.message)
+    for warning in config.warnings:
+        log.warning("%s: %s", path, warning)
     return config
 
 
@@ -188,6 +190,8 @@ def _check(args) -> int:
     print(f"{args.config}: ok")
     if not config.providers:
         print("  warning: no providers: every request will be refused with model_not_found")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
     for listener in config.listeners:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:

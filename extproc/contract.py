@@ -48,9 +48,9 @@ LISTENER_METADATA = "x-extproc-listener"
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-#: The answers whose outcome moves a provider's state (a 429, Anthropic's 529, any 5xx): each is shown to the
+#: The answers whose outcome moves a provider's state (a refused key, a 429, Anthropic's 529, any 5xx): each is shown to the
 #: sidecar (phase "failed") before Envoy retries it or passes it on, on chains that do not hedge. Keep in step with `cooldown.classify`.
-FAILED_STATUS = r"429|529|5[0-9][0-9]"
+FAILED_STATUS = r"401|403|429|529|5[0-9][0-9]"
 _FAILED_STATUS = re.compile(FAILED_STATUS)
 
 

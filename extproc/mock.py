@@ -64,6 +64,8 @@ class MockProvider:
     #: Requests whose connection was closed while they waited (a delay, or a first token) or streamed: abandoned by the gateway.
     cancelled: int = 0
     chunks: int = 5  # SSE chunks in a streamed answer (at least one per word of the reply)
+    #: A streamed answer stops after this many content chunks and sends nothing more until the gateway goes away.
+    stall_after_chunks: int | None = None
     chunk_interval_s: float = 0.05
     received: list[ReceivedRequest] = field(default_factory=list)  # the latest `history` requests, oldest first
     history: int = 1000
@@ -74,10 +76,12 @@ class MockProvider:
     #: How SSE lines end ("\n", "\r\n" or "\r"); with a CR, each event goes out in pieces split just after every CR,
     #: so a read can end between CR and LF (as on a real network).
     sse_line_end: str = "\n"
-    #: Bytes of filler in each chat.completion (a large answer: embeddings batches, b64 images).
+    #: Bytes of filler in each JSON answer (a large answer: embeddings batches, b64 images), a field the gateway passes over.
     padding: int = 0
     #: An event sent as it is after the first one (a provider's malformed event, say).
     sse_odd_event: bytes | None = None
+    #: A successful JSON answer's body as it is (a provider's malformed answer; b"" for an empty one).
+    answer_body: bytes | None = None
     #: Refuse what OpenAI's chat.completions refuses (`mock_openai.refusal`), not only its 404s.
     strict: bool = False
     #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`mock_vertex.VertexState`).
@@ -163,7 +167,7 @@ class MockProvider:
         if payload.get("stream") is True:
             await self._stream(payload, headers, reader, writer)
             return
-        _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
+        _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode() if self.answer_body is None else self.answer_body)
         await writer.drain()
 
     async def _refused(self, refused: tuple[int, str] | None, headers: list[tuple[str, str]], writer: asyncio.StreamWriter, error_body) -> bool:
@@ -202,7 +206,10 @@ class MockProvider:
                 raise ConnectionResetError("the gateway left this stream before its first token")
             await self._send(writer, [piece for event in events[1:] for piece in _pieces(event, line_end)])
             return
-        _write_response(writer, 200, headers, json.dumps(mock_anthropic.answer(self.name, payload, self.served)).encode())
+        whole = mock_anthropic.answer(self.name, payload, self.served)
+        if self.padding:
+            whole["padding"] = "x" * self.padding
+        _write_response(writer, 200, headers, json.dumps(whole).encode() if self.answer_body is None else self.answer_body)
         await writer.drain()
 
     async def _answer_vertex(self, request: ReceivedRequest, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -292,6 +299,10 @@ class MockProvider:
         else:
             deltas = [{"content": f"{words[index % len(words)]} "} for index in range(max(self.chunks, len(words)))]
         finish = "tool_calls" if calls else "stop"
+        if self.stall_after_chunks is not None:
+            await self._send(writer, (event([{"index": 0, "delta": delta, "finish_reason": None}]) for delta in deltas[: self.stall_after_chunks]), end=False)
+            await self._wait(reader, 3600)
+            raise ConnectionResetError("the gateway left this stalled stream")
         await self._send(writer, (event([{"index": 0, "delta": delta, "finish_reason": finish if number == len(deltas) - 1 else None}]) for number, delta in enumerate(deltas)), end=False)
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:  # OpenAI: one last chunk with the usage, no choices

@@ -1,9 +1,11 @@
 """Reload the config without a restart: on file change, SIGHUP or `POST /reload`.
 
 A new snapshot is validated in full before anything changes. A file that
-does not load (bad YAML, unset variable, unreadable) leaves the previous
-snapshot serving; a provider entry that is invalid on its own is left out with
-status `error` while the rest loads. Listener changes (ports) need an Envoy
+does not load whole (bad YAML, an unset variable, an unreadable file, any
+invalid entry) leaves the previous snapshot serving and counts a `failure`
+naming the file, the key and why: one typo never silently drops a model that
+was serving. (Only the first start is lenient: it serves the entries that
+are valid, `Config.provider_errors`.) Listener changes (ports) need an Envoy
 restart and are logged as such; everything else (providers, models, chains,
 keys, retry policies) goes to Envoy as new routes and clusters.
 
@@ -67,15 +69,13 @@ class Reloader:
             return True, "unchanged"
         self._digest = digest
         try:
-            new = load_config(self.path, lenient=True)
+            new = load_config(self.path)
         except ConfigError as exc:
             metrics.reloads.labels("failure").inc()
             log.error("reload (%s) refused, still serving the previous config: %s", trigger, exc)
             return False, str(exc)
         old = self.runtime.store.current
         new = _keep_listeners(old, new)
-        for error in new.provider_errors:
-            log.error("provider %s left out: %s", error.name, error.message)
         if new == old:
             metrics.reloads.labels("unchanged").inc()
             metrics.last_reload_success.set_to_current_time()
@@ -94,8 +94,8 @@ class Reloader:
         metrics.reloads.labels("success").inc()
         metrics.last_reload_success.set_to_current_time()
         message = f"reloaded ({trigger}): {len(new.providers)} providers, {len(new.models)} models"
-        if new.provider_errors:
-            message += f", {len(new.provider_errors)} provider entries left out"
+        for warning in new.warnings:
+            log.warning("%s: %s", new.source, warning)
         log.info("%s", message)
         return True, message
 

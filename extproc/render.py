@@ -66,7 +66,7 @@ from .contract import (
     message_limit,
     unhedged_route,
 )
-from .processor.cooldown import OVERLOADED
+from .processor.cooldown import AUTH_STATUSES, OVERLOADED
 from .processor.headermutator import CHAIN_HEADER, ROUTE_HEADER, TRANSLATE_HEADER
 from .processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from .processor.router import CLIENT_HEADER_LIMIT
@@ -162,10 +162,11 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
 
 def _fixed_clusters(config: Config, options: RenderOptions) -> list[dict]:
     """The clusters fixed at start: the sidecar's, the trace collector's when tracing is on, Envoy's admin when its stats are served."""
-    clusters = [_sidecar_cluster(options)]
+    body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
+    clusters = [_sidecar_cluster(options, body_limit)]
     bulk = bulk_address(options.sidecar)
     if bulk is not None:
-        clusters.append(_sidecar_cluster(options, BULK_CLUSTER, bulk))
+        clusters.append(_sidecar_cluster(options, body_limit, BULK_CLUSTER, bulk))
     if config.tracing.endpoint:
         clusters.append(trace_cluster(config.tracing, options.ca_file or _system_ca_bundle()))
     if options.envoy_stats_port is not None:
@@ -317,7 +318,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sidecar: str | None = None) -> dict:
+def _sidecar_cluster(options: RenderOptions, body_limit: int, name: str = SIDECAR_CLUSTER, sidecar: str | None = None) -> dict:
+    """The sidecar's gRPC cluster. Its connections buffer a whole message: Envoy 1.40 crashes on a message
+    from the sidecar larger than the connection's buffer limit (1 MiB by default; docs/envoy-behaviour.md)."""
     sidecar = sidecar or options.sidecar
     if sidecar.startswith("unix:"):
         address = {"pipe": {"path": sidecar.removeprefix("unix:").removeprefix("//")}}
@@ -332,6 +335,7 @@ def _sidecar_cluster(options: RenderOptions, name: str = SIDECAR_CLUSTER, sideca
             _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
         },
         "circuit_breakers": CIRCUIT_BREAKERS,
+        "per_connection_buffer_limit_bytes": message_limit(body_limit),
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
     tls = options.sidecar_tls
@@ -453,6 +457,8 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "request_headers_timeout": "10s",
+        # A stream stalled mid-answer ends here (counted against its provider as a timeout), not at the route's timeout.
+        "stream_idle_timeout": _duration(listener.stream_idle_timeout_s),
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
             *(usage_filters(listener.max_body_bytes) if token_usage else ()),
@@ -520,7 +526,12 @@ def _retry_policy(chain: Chain) -> dict | None:
     """
     policy = chain.policy
     conditions = list(policy.conditions)
-    if policy.status_codes:
+    # Anthropic's 529 (overloaded) is its 429: wherever 429 fails over, so does 529. A key the gateway owns that is
+    # refused (401, 403) fails over too; a client's own credential refused does not move to the gateway's keys.
+    statuses = [*policy.status_codes]
+    statuses += [OVERLOADED] if 429 in statuses and OVERLOADED not in statuses else []
+    statuses += [status for status in AUTH_STATUSES if status not in statuses] if chain.owns_keys else []
+    if statuses:
         conditions.append("retriable-status-codes")
     if policy.first_token_timeout_s is not None and "reset" not in conditions:
         conditions.append("reset")  # Envoy retries a per-try timeout (an abandoned attempt) only on a reset condition
@@ -537,10 +548,8 @@ def _retry_policy(chain: Chain) -> dict | None:
         # Failing over goes to another provider: no reason to wait between attempts.
         "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.005s"},
     }
-    if policy.status_codes:
-        # Anthropic's 529 (overloaded) is its 429: wherever 429 fails over, so does 529.
-        extra = [OVERLOADED] if 429 in policy.status_codes and OVERLOADED not in policy.status_codes else []
-        retry["retriable_status_codes"] = [*policy.status_codes, *extra]
+    if statuses:
+        retry["retriable_status_codes"] = statuses
     if timeout:
         retry["per_try_timeout"] = _duration(timeout)
     return retry
@@ -686,13 +695,13 @@ def _local_replies() -> dict:
     }
 
 
+def _cel(expression: str) -> dict:
+    """An access-log filter on a CEL expression (the local-reply mappers' filters are access-log filters)."""
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": _CEL_FILTER, "expression": expression}}}
+
+
 #: A local reply the sidecar did not make (its own, at either level, have these details: `streams.immediate`).
-_NOT_THE_SIDECARS = {
-    "extension_filter": {
-        "name": "envoy.access_loggers.extension_filters.cel",
-        "typed_config": {"@type": _CEL_FILTER, "expression": f"response.code_details != '{SIDECAR_REPLY_DETAILS}'"},
-    }
-}
+_NOT_THE_SIDECARS = _cel(f"response.code_details != '{SIDECAR_REPLY_DETAILS}'")
 
 
 def _anthropic_path(match_if_absent: bool) -> dict:

@@ -27,6 +27,7 @@ class Runtime:
         health = ProviderHealth(config.cooldown)
         metrics = GatewayMetrics()
         runtime = cls(ConfigStore(config), health, metrics, Observer(health, metrics))
+        runtime.observer.passthrough = lambda name: (provider := runtime.store.current.providers.get(name)) is not None and provider.passthrough_auth
         metrics.watch_providers(lambda: runtime.store.current, health)
         return runtime
 

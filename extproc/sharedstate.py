@@ -2,10 +2,13 @@
 
 Redis is never on the request path: the router level reads each process's own
 `ProviderHealth`, and this only feeds it. A cooldown started here is queued
-(never awaited by a request), then `SET extproc:cooldown:<provider>` with the
+(never awaited by a request), then `SET extproc:cooldown:<identity>` with the
 cooldown's end as its expiry and `PUBLISH extproc:cooldowns`; every other
 replica, subscribed, applies it within milliseconds, and one that (re)connects
-reads the keys still alive. Nothing grows: keys expire with their cooldowns,
+reads the keys still alive. A cooldown is keyed by the provider's identity
+(`Provider.identity`: its model, deployment and credential), not its name, so
+gateways of different configs on one Redis share exactly the cooldowns of
+what they both call. Nothing grows: keys expire with their cooldowns,
 messages are not stored. While Redis is away each replica keeps its own state,
 says so once (log, `/readyz`, `extproc_shared_state_up 0`) and reconnects with
 backoff.
@@ -18,13 +21,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .config import Config
 from .observability.metrics import GatewayMetrics
 from .processor.cooldown import ProviderHealth
 
@@ -43,9 +47,10 @@ _NO_RETRY = Retry(NoBackoff(), 0)
 
 
 class SharedCooldowns:
-    def __init__(self, url: str, health: ProviderHealth, metrics: GatewayMetrics, notes: dict[str, str]):
+    def __init__(self, url: str, health: ProviderHealth, metrics: GatewayMetrics, notes: dict[str, str], config: Callable[[], Config]):
         self._url = url  # may hold a password: never logged
         self.health = health
+        self.config = config  # the running config (its providers' identities)
         # Registered only when shared state is configured: without Redis there is nothing to be up or down.
         self.up_gauge = Gauge("extproc_shared_state_up", "1 while the shared cooldown state (Redis) is reachable; 0 while not (each replica then uses its own).", registry=metrics.registry)
         self.exchanged = Counter("extproc_shared_cooldowns", "Cooldowns exchanged with other replicas, by direction (published, applied).", ["direction"], registry=metrics.registry)
@@ -56,9 +61,12 @@ class SharedCooldowns:
 
     def publish(self, provider: str, until: float, reason: str) -> None:
         """A cooldown started here (called on the event loop, from the observer): queued, never awaited."""
+        known = self.config().providers.get(provider)
+        if known is None:  # gone with a reload meanwhile
+            return
         if self._outbox.full():
             self._outbox.get_nowait()
-        self._outbox.put_nowait((provider, until, reason))
+        self._outbox.put_nowait((known.identity, until, reason))
 
     async def run(self) -> None:
         """Connect, catch up, then exchange cooldowns until anything fails; again, with backoff, for ever.
@@ -125,12 +133,12 @@ class SharedCooldowns:
 
     async def _send(self, client: redis.Redis) -> None:
         while True:
-            provider, until, reason = await self._outbox.get()
+            identity, until, reason = await self._outbox.get()
             if until <= time.time():
                 continue
-            value = json.dumps({"provider": provider, "until": until, "reason": reason, "origin": self.origin})
+            value = json.dumps({"identity": identity, "until": until, "reason": reason, "origin": self.origin})
             async with asyncio.timeout(2 * _DEADLINE_S):
-                await client.set(f"{KEY_PREFIX}{provider}", value, pxat=int(until * 1000))
+                await client.set(f"{KEY_PREFIX}{identity}", value, pxat=int(until * 1000))
                 await client.publish(CHANNEL, value)
             self.exchanged.labels("published").inc()
 
@@ -144,12 +152,15 @@ class SharedCooldowns:
     def _apply(self, raw: bytes | str) -> None:
         try:
             message = json.loads(raw)
-            provider, until, origin = str(message["provider"]), float(message["until"]), message.get("origin")
+            identity, until, origin = str(message["identity"]), float(message["until"]), message.get("origin")
         except (ValueError, KeyError, TypeError):
             log.warning("ignored an unreadable shared cooldown")
             return
-        if origin != self.origin and self.health.share(provider, until):
-            self.exchanged.labels("applied").inc()
+        if origin == self.origin:
+            return
+        for provider in self.config().providers_by_identity.get(identity, ()):  # none: a provider this gateway does not call
+            if self.health.share(provider, until):
+                self.exchanged.labels("applied").inc()
 
     def _state(self, up: bool, reason: str = "") -> None:
         """Gauge and /readyz always; the log once per change (not once per reconnect attempt)."""

@@ -51,13 +51,13 @@ class Sidecar:
 
     async def start(self) -> None:
         await tokens.prepare(self.config)
-        self.spawn(tokens.keep_fresh(lambda: self.runtime.store.live.configs), "token refresher")
+        self.spawn(tokens.keep_fresh(lambda: self.runtime.store.live.configs, self.runtime.notes), "token refresher")
         if self.xds is not None:
             self.xds.write([self.config])
         self._server, self.port, self._bulk = await start_server(self.runtime, self.listen, self.tls)
         self.metrics = MetricsServer(self.runtime, self.config.metrics.address, self.metrics_port, self.reload_token).start()
         if self.config.cooldown.redis_url:
-            shared = SharedCooldowns(self.config.cooldown.redis_url, self.runtime.health, self.runtime.metrics, self.runtime.notes)
+            shared = SharedCooldowns(self.config.cooldown.redis_url, self.runtime.health, self.runtime.metrics, self.runtime.notes, lambda: self.runtime.store.current)
             self.runtime.observer.shared = shared
             self.spawn(shared.run(), PART)
         if self.config_path:

@@ -171,8 +171,10 @@ class Gateway:
             time.sleep(0.05)
 
 
-#: Envoy components whose debug output prints request headers or header mutations, provider keys included.
-SECRET_LOGGING_COMPONENTS = ("router", "ext_proc")
+#: Envoy components whose debug or trace output prints request headers or header mutations (a client's
+#: credentials, a provider's keys): the connection manager's and codecs' header dumps, the router's, the
+#: ext_proc mutations, the async gRPC client's. Held by `test_keys_never_appear_in_logs_…_even_at_trace`.
+SECRET_LOGGING_COMPONENTS = ("http", "http2", "router", "ext_proc", "upstream", "client", "grpc")
 
 
 def _without_secrets(level: str) -> str:

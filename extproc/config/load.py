@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from .envsubst import UnsetVariable, expand
 from .model import Config, ProviderError
 from .resolve import Problem, Resolver
-from .schema import ConfigFile, Provider, Section, kind
+from .schema import Checked, ConfigFile, Duration, Provider, Section, kind
 
 #: Plano keys for features this gateway does not have: refused by name, with why, rather than as unknown keys.
 PLANO_ONLY_KEYS = {
@@ -125,7 +126,44 @@ def _resolve(data: dict, source: str, environ: Mapping[str, str], dropped: froze
     declared = {item["model"] for item in entries if isinstance(item, dict) and isinstance(item.get("model"), str)}
     config = resolver.config(file, valid, declared)
     problems = _in_file_order(problems + resolver.problems)
+    if config is not None:
+        config = dataclasses.replace(config, warnings=(*_as_written(data, ()), *config.warnings))
     return (config, problems) if not problems else (None, problems)
+
+
+def _typed_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """The keys the schema reads as durations (`Duration`), and those it reads as plain integers (`schema.integer`)."""
+    duration = typing.get_args(Duration)[1]
+    durations, integers = set(), set()
+    sections: list[type[BaseModel]] = [*Section.__subclasses__(), ConfigFile]
+    for section in sections:
+        for name, field in section.model_fields.items():
+            checks = [*field.metadata, *(item for arg in typing.get_args(field.annotation) for item in getattr(arg, "__metadata__", ()))]
+            if any(check is duration for check in checks):
+                durations.add(name)
+            elif any(isinstance(check, Checked) and check.check.__qualname__.startswith("integer.") for check in checks):
+                integers.add(name)
+    return frozenset(durations), frozenset(integers)
+
+
+_DURATION_KEYS, _INTEGER_KEYS = _typed_keys()
+
+
+def _as_written(value: Any, loc: tuple) -> list[str]:
+    """Values the file writes loosely, read as meant but worth a warning: a duration without a unit, a quoted number."""
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            if key in _DURATION_KEYS and isinstance(item, (int, float)) and not isinstance(item, bool):
+                found.append(f"{_path((*loc, key))}: {item} has no unit: read as {item} seconds (write {item}s)")
+            elif key in _INTEGER_KEYS and isinstance(item, str) and "$" not in item:
+                found.append(f"{_path((*loc, key))}: {item!r} is a string: read as a number (write it unquoted)")
+            else:
+                found += _as_written(item, (*loc, str(key)))
+        return found
+    if isinstance(value, list):
+        return [warning for index, item in enumerate(value) for warning in _as_written(item, (*loc, index))]
+    return []
 
 
 def _expand(value: Any, loc: tuple, environ: Mapping[str, str], unset: list[Problem]) -> Any:

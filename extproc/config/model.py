@@ -127,6 +127,20 @@ class Provider:
         return prefix + path
 
     @cached_property
+    def identity(self) -> str:
+        """What it calls, as another gateway would see it: the model at one deployment with one credential.
+
+        Shared cooldowns (Redis) are keyed by it, so two gateways share a
+        provider's cooldown only when they call the same model on the same
+        host and path with the same key, whatever each names its provider.
+        The credential enters only through its SHA-256.
+        """
+        credential = self.access_key or self.aws_access_key_id or self.vertex_credentials or ""
+        secret = hashlib.sha256(credential.encode()).hexdigest() if credential else ""
+        parts = (self.model, self.scheme, self.host, str(self.port), self.path_prefix, self.vertex_project or "", self.vertex_location or "", self.aws_region_name or "", secret)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+    @cached_property
     def cluster(self) -> str:
         """Envoy's cluster for this provider, named for the host it stands for.
 
@@ -153,11 +167,13 @@ class Chain:
 
     providers: tuple[str, ...]
     policy: RetryPolicy
+    #: Every provider of it sends a key the gateway owns (none `passthrough_auth`): a refused key (401, 403) fails over.
+    owns_keys: bool = True
 
     @classmethod
-    def of(cls, providers: tuple[str, ...], policy: RetryPolicy) -> Chain:
+    def of(cls, providers: tuple[str, ...], policy: RetryPolicy, owns_keys: bool = True) -> Chain:
         """A chain; without a second attempt to hedge on, `hedge_after` is dropped (it would only time the one attempt out)."""
-        chain = cls(providers, policy)
+        chain = cls(providers, policy, owns_keys)
         return chain.unhedged if policy.hedge_after_s is not None and not chain.hedges else chain
 
     @property
@@ -210,6 +226,9 @@ class Listener:
     #: What clients may call through this listener; anything else is answered by the gateway, with no key.
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
     allowed_methods: tuple[str, ...] = DEFAULT_ALLOWED_METHODS
+    #: A request whose stream (either way) moves no byte for this long is ended: a stream stalled after its first
+    #: token, and also the wait for a non-streamed answer's first byte (Envoy's `stream_idle_timeout`).
+    stream_idle_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +298,8 @@ class Config:
     aliases: Mapping[str, str] = field(default_factory=dict)
     connect_timeout_s: float = 5.0  # to providers (Plano's `overrides.upstream_connect_timeout`)
     provider_errors: tuple[ProviderError, ...] = ()
+    #: What loads but probably does not do what was meant (a weight without a priority, say), key by key.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def chain_for_model(self, model: str) -> Chain | None:
         names = self.models.get(model)
@@ -293,9 +314,17 @@ class Config:
         stay on the providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s))}")
+            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s), str(chain.owns_keys))}")
             for start, chain in self.chains.items()
         )
+
+    @cached_property
+    def providers_by_identity(self) -> Mapping[str, tuple[str, ...]]:
+        """`Provider.identity` -> the names of this config's providers with it (a shared cooldown applies to each)."""
+        names: dict[str, list[str]] = {}
+        for provider in self.providers.values():
+            names.setdefault(provider.identity, []).append(provider.name)
+        return frozen_mapping((identity, tuple(members)) for identity, members in names.items())
 
     @cached_property
     def providers_by_cluster(self) -> Mapping[str, Provider]:

@@ -69,6 +69,7 @@ class Resolver:
             bare.setdefault(name.partition("/")[2], []).append(name)
         aliases = self.aliases(file.model_aliases, models, bare)
         tracing = self.tracing(file.tracing)
+        self.related_keys(file, listeners)
         if self.problems:
             return None
         chains = {}
@@ -78,7 +79,8 @@ class Resolver:
             for index, group in enumerate(groups[name_of_model]):
                 later = [member for following in groups[name_of_model][index + 1 :] for member in following]
                 for member in group:  # itself, the rest of its group, the later groups, the fallbacks
-                    chains[member] = Chain.of(tuple(dict.fromkeys([member, *group, *later, *tail])), policy)
+                    members = tuple(dict.fromkeys([member, *group, *later, *tail]))
+                    chains[member] = Chain.of(members, policy, owns_keys=not any(by_name[name].passthrough_auth for name in members))
         owned = set(CREDENTIAL_HEADERS)
         if len({translator.provider_api(provider) for provider in by_name.values()}) > 1:
             owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
@@ -113,7 +115,36 @@ class Resolver:
             tracing=tracing,
             aliases=frozen_mapping(aliases),
             connect_timeout_s=file.overrides.upstream_connect_timeout or 5.0,
+            warnings=tuple(self.warnings(entries, listeners, policies)),
         )
+
+    def related_keys(self, file: schema.ConfigFile, listeners: list[model.Listener]) -> None:
+        """Keys that are each valid but cannot go together."""
+        if file.metrics.port:
+            for index, listener in enumerate(listeners):
+                if listener.port == file.metrics.port:
+                    self.problem("metrics.port", f"{file.metrics.port} is listener {listener.name}'s port (listeners[{index}].port): each needs its own")
+        if file.cooldown.default_cooldown > file.cooldown.max_cooldown:
+            self.problem(
+                "cooldown.default_cooldown",
+                f"{file.cooldown.default_cooldown:g}s is longer than cooldown.max_cooldown ({file.cooldown.max_cooldown:g}s), which caps every cooldown",
+            )
+
+    def warnings(self, entries: list[tuple[int, schema.Provider]], listeners: list[model.Listener], policies: Mapping[str, model.RetryPolicy]) -> list[str]:
+        """What loads but probably does not do what was meant: `extproc check` prints these, the sidecar logs them."""
+        found = []
+        for index, entry in entries:
+            if entry.weight != 1 and entry.priority is None:
+                found.append(
+                    f"{self.providers_key}[{index}].weight: {entry.weight} has no effect without a priority "
+                    "(providers of a model are tried in file order; give those that share traffic the same priority)"
+                )
+        longest = max((listener.timeout_s for listener in listeners), default=0.0)
+        for name, policy in policies.items():
+            for key, seconds in (("per_try_timeout", policy.per_try_timeout_s), ("first_token_timeout", policy.first_token_timeout_s), ("hedge_after", policy.hedge_after_s)):
+                if seconds is not None and seconds >= longest:
+                    found.append(f"model {name}: retry_policy.{key} ({seconds:g}s) is not shorter than the listener's timeout ({longest:g}s): it never ends an attempt")
+        return found
 
     def listeners(self, entries: list[schema.Listener]) -> list[model.Listener]:
         result: list[model.Listener] = []
@@ -133,6 +164,7 @@ class Resolver:
                     address=entry.address,
                     port=entry.port,
                     timeout_s=entry.timeout,
+                    stream_idle_timeout_s=entry.stream_idle_timeout,
                     max_body_bytes=entry.max_body_bytes,
                     on_all_cooling=entry.on_all_cooling,
                     access_log=entry.access_log,

@@ -13,6 +13,7 @@ voice.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 from collections.abc import Callable
@@ -120,6 +121,17 @@ def _size(value: Any) -> int:
     return size
 
 
+#: A message to the sidecar carries a body twice over at most (`contract.message_limit`), and gRPC's limit is 2 GiB.
+MAX_BODY_BYTES = 2**30 - 1
+
+
+def _body_size(value: Any) -> int:
+    size = _size(value)
+    if size > MAX_BODY_BYTES:
+        raise invalid(f"{size} bytes is too large: must be less than 1GiB (the sidecar's gRPC messages carry up to twice the body, at most 2GiB)")
+    return size
+
+
 def _text(pattern: re.Pattern[str], what: str) -> Checked:
     def check(value: Any) -> str:
         if not isinstance(value, str):
@@ -143,7 +155,8 @@ def _base_url(value: Any) -> Any:
         return value
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid(f"{value!r} is not an http:// or https:// URL with a host")
+        shown = value if "@" not in parts.netloc else parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise invalid(f"{shown!r} is not an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise invalid("must not hold credentials (user:password@): use access_key")
     if parts.query or parts.fragment:
@@ -152,6 +165,33 @@ def _base_url(value: Any) -> Any:
         parts.port  # noqa: B018 - raises on an invalid port
     except ValueError:
         raise invalid(f"{value!r} has an invalid port") from None
+    return value
+
+
+#: The fields google-auth needs of a key file, by its `type`.
+_GOOGLE_KEY_FIELDS = {
+    "service_account": ("client_email", "private_key", "token_uri"),
+    "authorized_user": ("client_id", "client_secret", "refresh_token"),
+    "external_account": ("audience", "subject_token_type", "token_url"),
+}
+
+
+def _google_key_file(value: Any) -> Any:
+    """A Google credentials file as google-auth reads it (a service account's key, most often); never echoes its content."""
+    value = _readable_file(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        with open(value, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        raise invalid(f"{value!r} is not a JSON key file") from None
+    kind_of_key = data.get("type") if isinstance(data, dict) else None
+    if kind_of_key not in _GOOGLE_KEY_FIELDS:
+        raise invalid(f"{value!r} is not a Google credentials file (its type is not one of {', '.join(_GOOGLE_KEY_FIELDS)})")
+    missing = [name for name in _GOOGLE_KEY_FIELDS[kind_of_key] if not isinstance(data.get(name), str) or not data[name]]
+    if missing:
+        raise invalid(f"{value!r} is a {kind_of_key} file without {', '.join(missing)}")
     return value
 
 
@@ -329,7 +369,7 @@ class Provider(Section):
     weight: Annotated[int, integer(1, 1000)] = Field(default=1, description="this provider's share of its priority group's traffic")
     vertex_project: Text | None = Field(default=None, description="vertex_ai/<model>: the Google Cloud project")
     vertex_location: Text | None = Field(default=None, description="vertex_ai/<model>: the region (us-east5, europe-west1, global, …)")
-    vertex_credentials: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(
+    vertex_credentials: Annotated[Text, BeforeValidator(_google_key_file)] | None = Field(
         default=None, description="vertex_ai/<model>: a service-account key file; without it, Application Default Credentials"
     )
     aws_region_name: Text | None = Field(default=None, description="bedrock/<model>: the AWS region; default AWS_REGION, then AWS_DEFAULT_REGION")
@@ -345,7 +385,10 @@ class Listener(Section):
     name: Text | None = None
     address: Text = "0.0.0.0"
     timeout: Duration = Field(default=300.0, description="the whole request, every attempt included")
-    max_body_bytes: Size = Field(default=10 * 1024 * 1024, description="larger request bodies get 413")
+    stream_idle_timeout: Duration = Field(
+        default=300.0, description="a request that moves no byte for this long ends (a stream stalled mid-answer; also the wait for a non-streamed answer)"
+    )
+    max_body_bytes: Annotated[Size, BeforeValidator(_body_size)] = Field(default=10 * 1024 * 1024, description="larger request bodies get 413; less than 1GiB")
     on_all_cooling: Annotated[Literal["reject", "try_anyway"], _one_of("reject", "try_anyway")] = "reject"
     access_log: bool = False
     allowed_paths: Annotated[list[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")]], BeforeValidator(_non_empty)] | None = None

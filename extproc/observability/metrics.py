@@ -50,7 +50,7 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Labelled(Counter("extproc_requests", "Client requests by listener, model, the provider that answered last, and status class.", ["listener", "model", "provider", "status_class"], registry=r))
-        self.attempts = Labelled(Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, first_token_timeout, hedged_out, cancelled).", ["provider", "code", "outcome"], registry=r))
+        self.attempts = Labelled(Counter("extproc_upstream_attempts", "Attempts sent to providers: HTTP `code` (none without a response) and `outcome` (ok, rate_limited, server_error, client_error, connect_failure, reset, timeout, first_token_timeout, hedged_out, cancelled, invalid_answer: a success the client's API could not carry).", ["provider", "code", "outcome"], registry=r))
         self.attempt_seconds = Labelled(Histogram("extproc_upstream_attempt_duration_seconds", "Attempts from the first byte sent to the provider to the last byte of its answer (streams included), by provider.", ["provider"], buckets=_ATTEMPT_BUCKETS, registry=r))
         self.hedged = Labelled(Counter("extproc_hedged_attempts", "Attempts started beside an unanswered one (retry_policy.hedge_after), by the provider they went to.", ["provider"], registry=r))
         self.failovers = Labelled(Counter("extproc_failovers", "Retries that moved a request from one provider to the next.", ["from_provider", "to_provider", "reason"], registry=r))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -87,6 +87,8 @@ class Observer:
     metrics: GatewayMetrics
     #: Where cooldowns started here are shared with other replicas (Redis), if anywhere.
     shared: CooldownSink | None = None
+    #: Whether a provider sends the client's own credential (`passthrough_auth`): its 401 is the client's, not its key's.
+    passthrough: Callable[[str], bool] = lambda provider: False
     #: (request id, attempt) -> (provider, kind) of failed attempts whose retry was not seen yet.
     _failed: OrderedDict = field(default_factory=OrderedDict)
     #: (request id, attempt) -> provider of retries seen before their previous attempt's entry.
@@ -151,7 +153,7 @@ class Observer:
         if not entry.provider:
             return
         key = (entry.request_id, entry.attempt)
-        kind = classify(entry.status, entry.flags, entry.timing)
+        kind = classify(entry.status, entry.flags, entry.timing, owns_key=not self.passthrough(entry.provider))
         if kind in _TIMED_OUT:
             # (No attempt number: a hedged attempt's entry carries the number of the attempt started last.)
             log.info("request %s: an attempt to provider %s (group %s) ended: %s", entry.request_id, entry.provider, entry.group or "-", kind, extra={"request_id": entry.request_id})
@@ -191,7 +193,12 @@ class Observer:
         """
         if succeeded(status):
             return
-        self._record(Outcome(provider, status, classify(status), retry_after_s))
+        self._record(Outcome(provider, status, classify(status, owns_key=not self.passthrough(provider)), retry_after_s))
+        self._apply()
+
+    def invalid_answer(self, provider: str, status: int) -> None:
+        """A provider's successful answer that the gateway answered as a 502 (unreadable, empty, too large): its failure."""
+        self._record(Outcome(provider, status, "invalid_answer"))
         self._apply()
 
     def _request(self, entry: LogEntry) -> None:
@@ -199,6 +206,13 @@ class Observer:
             self._failed.pop((entry.request_id, attempt), None)
         status_class = f"{entry.status // 100}xx" if entry.status else "none"
         self._count(self.metrics.requests, entry.listener, entry.model or "none", entry.provider or "none", status_class)
+        if entry.provider and succeeded(entry.status) and entry.flags:
+            # Its answer started, then was cut: the provider stopped sending (a timeout) or closed mid-answer (a reset).
+            kind = classify(entry.status, entry.flags - _NOT_THE_PROVIDERS)
+            if kind != "ok":
+                log.info("request %s: the answer of provider %s was cut: %s", entry.request_id, entry.provider, kind, extra={"request_id": entry.request_id})
+                self._record(Outcome(entry.provider, entry.status, kind, started=entry.started), duration_s=entry.attempt_s)
+                return
         if entry.provider and succeeded(entry.status):
             self._attempt(entry.provider, entry.status, "ok", entry.attempt_s)
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
@@ -231,6 +245,10 @@ class Observer:
             self.metrics.failovers.labels(previous[0], provider, previous[1]).inc()
         else:
             _remember(self._retries, (request_id, attempt), provider)
+
+
+#: Response flags of a request that say nothing about its provider (the client went away).
+_NOT_THE_PROVIDERS = frozenset({"downstream_connection_termination", "downstream_remote_reset"})
 
 
 def _remember(pending: OrderedDict, key: tuple, value) -> None:

@@ -19,6 +19,16 @@ def minted(provider: Provider) -> bool:
     return not provider.passthrough_auth and not provider.access_key and kind_of(provider).token_source is not None
 
 
+def unavailable(provider: Provider) -> str | None:
+    """Why a provider whose credential is minted at run time cannot be called now (it has no token); None when it can."""
+    if not minted(provider):
+        return None
+    source = kind_of(provider).token_source(provider)  # type: ignore[misc]
+    if source is None or source.problem is None:
+        return None
+    return f"Provider '{provider.name}' has no credentials ({source.problem}): nothing is sent to it without them."
+
+
 def credential_headers(provider: Provider, client_values: Mapping[str, str]) -> dict[str, str | None]:
     """Value per credential header for this provider's attempt; None removes the header."""
     if provider.passthrough_auth:

@@ -19,7 +19,10 @@ from ..config import Cooldown
 from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
 
 #: Outcome kinds that count towards `failure_threshold`.
-FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error"})
+FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error", "invalid_answer"})
+#: A key the gateway owns was refused (401, 403): it will not work again by itself, so its provider cools at once for `max_cooldown`.
+AUTH_FAILED = "auth_failed"
+AUTH_STATUSES = (401, 403)
 #: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
@@ -30,7 +33,8 @@ class Outcome(NamedTuple):
     provider: str
     status: int  # 0 when no response arrived
     #: "ok", "rate_limited", "rate_limit_headers", "server_error", "client_error", "connect_failure", "reset",
-    #: "timeout", "first_token_timeout", "hedged_out", "cancelled"
+    #: "timeout", "first_token_timeout", "hedged_out", "cancelled", "invalid_answer" (a success its client's API could not carry),
+    #: "auth_failed" (a key the gateway owns refused)
     kind: str
     retry_after_s: float | None = None
     #: When the attempt started (the clock's time base); None: just now.
@@ -42,18 +46,23 @@ OVERLOADED = 529
 RATE_LIMIT_STATUSES = (429, OVERLOADED)
 
 
-def classify(status: int, response_flags: Iterable[str] = (), timing: str = "") -> str:
+def classify(status: int, response_flags: Iterable[str] = (), timing: str = "", owns_key: bool = True) -> str:
     """What an attempt came to, from its status, Envoy's response flags and how its chain times attempts.
 
     An attempt without a response that the provider did not cause (the client
     went away, Envoy reset it) is "cancelled": it says nothing about the
     provider; on a chain that hedges, that is an attempt that lost its race
     ("hedged_out"). On a chain with `first_token_timeout`, a timed-out
-    attempt had not sent its first token ("first_token_timeout").
+    attempt had not sent its first token ("first_token_timeout"). A 401 or
+    403 is the provider's key refused ("auth_failed") when the gateway owns
+    the key, the client's own credential refused ("client_error") when it
+    passed the client's through (`owns_key` false).
     """
     flags = set(response_flags)
     if status in RATE_LIMIT_STATUSES:
         return "rate_limited"
+    if status in AUTH_STATUSES and owns_key:
+        return AUTH_FAILED
     if "upstream_connection_failure" in flags or "upstream_overflow" in flags:
         return "connect_failure"
     reset = "upstream_remote_reset" in flags or "upstream_connection_termination" in flags
@@ -61,6 +70,8 @@ def classify(status: int, response_flags: Iterable[str] = (), timing: str = "") 
         return "hedged_out"
     if "upstream_request_timeout" in flags and timing != HEDGE_TIMING:  # on a hedging chain, the timeout only started the race
         return "first_token_timeout" if timing == FIRST_TOKEN_TIMING else "timeout"
+    if "stream_idle_timeout" in flags:  # an answer that stopped coming (a stream stalled after its first token)
+        return "timeout"
     if reset:
         return "reset"
     if status == 0:
@@ -147,6 +158,12 @@ class ProviderHealth:
             return 0.0
         if not self.policy.enabled:
             return 0.0
+        if outcome.kind == AUTH_FAILED:
+            seconds = self.policy.max_s
+            state.failing_until = max(state.failing_until, now + seconds)
+            state.failing_since = now
+            self._cooled(state, now)
+            return seconds
         if outcome.kind in RATE_LIMIT_KINDS:
             seconds = self._seconds(outcome.retry_after_s)
             state.rate_limited_until = max(state.rate_limited_until, now + seconds)

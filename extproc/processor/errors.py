@@ -27,8 +27,10 @@ def for_client(reply: Reply, path: str) -> Reply:
     """`reply` in the shape the client on `path` reads: Anthropic's clients (`/v1/messages`) get `{"type": "error", "error": {"type", "message"}}`."""
     if reply.status < 400 or not speaks_anthropic(path):
         return reply
-    message = json.loads(reply.body)["error"]["message"]
-    return replace(reply, body=json.dumps(tables.anthropic_error(reply.status, message)).encode())
+    body = tables.anthropic_error(reply.status, json.loads(reply.body)["error"]["message"])
+    if reply.status >= 500:  # the gateway's own failure: not `overloaded_error` (503), which SDKs retry as if it would pass
+        body["error"] = {**body["error"], "type": "api_error"}  # type: ignore[dict-item]
+    return replace(reply, body=json.dumps(body).encode())
 
 
 def json_reply(status: int, payload: object) -> Reply:
@@ -48,6 +50,21 @@ def model_not_found(model: str, known: list[str]) -> Reply:
 def too_large(size: int, limit: int) -> Reply:
     message = f"The request body is {size} bytes, over this gateway's limit of {limit} bytes."
     return error_reply(413, message, "invalid_request_error", "request_too_large")
+
+
+def bad_answer(provider: str, what: str) -> Reply:
+    """A provider's successful answer the client's API cannot carry (`translator.BadAnswer` says what it lacked)."""
+    message = f"Provider '{provider}' answered, but {what}: the gateway could not translate it for your API."
+    return error_reply(502, message, "api_error", "bad_provider_answer")
+
+
+def answer_too_large(provider: str) -> Reply:
+    message = f"Provider '{provider}' answered more than this gateway's size limit (the listener's max_body_bytes): it cannot be translated whole."
+    return error_reply(502, message, "api_error", "response_too_large")
+
+
+def credentials_missing(message: str) -> Reply:
+    return error_reply(503, message, "api_error", "provider_credentials_missing")
 
 
 def no_provider_for(endpoint: str, model: str, why: str) -> Reply:

@@ -17,7 +17,7 @@ from .. import providers, translator
 from ..config import Config, Listener, Provider
 from ..contract import unhedged_route
 from . import errors, multipart
-from .backendauth import minted
+from .backendauth import minted, unavailable
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
@@ -173,6 +173,10 @@ def resolve(
         if not candidates:
             return errors.no_provider_for(only, model, providers.why_not(only))
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
+    callable_now = tuple(name for name in candidates if unavailable(config.providers[name]) is None)
+    if not callable_now:  # a credential minted at run time is missing: nothing goes out without it
+        return errors.credentials_missing(unavailable(config.providers[candidates[0]]) or "")
+    candidates = callable_now
     start = candidates[0]
     reusable, passed_over = groups is None, candidates[:0]
     if health is not None:

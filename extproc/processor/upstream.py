@@ -18,7 +18,7 @@ from ..config import Provider
 from ..config.store import Live
 from ..providers import kind_of
 from ..providers.kind import CredentialsMissing
-from . import errors
+from . import backendauth, errors
 from .context import RequestContext
 from .headermutator import HeaderPlan, plan
 from .jsonbody import Patch, model_patch
@@ -69,7 +69,7 @@ class Attempt:
         try:
             return sign(self.provider, path or dict(self.headers.set)[":path"], body)
         except CredentialsMissing as exc:
-            return errors.error_reply(503, f"{exc}.", "api_error", "provider_credentials_missing")
+            return errors.credentials_missing(f"{exc}.")
 
 
 def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None, present: Collection[str], number: int = 0) -> Attempt | errors.Reply:
@@ -84,6 +84,9 @@ def plan_attempt(live: Live, cluster: str | None, context: RequestContext | None
     if provider is None:
         message = f"The upstream cluster {cluster!r} is not in the gateway's configuration."
         return errors.error_reply(503, message, "api_error", "provider_unavailable")
+    missing = backendauth.unavailable(provider)
+    if missing is not None:
+        return errors.credentials_missing(missing)
     only = providers.restricted(context.path)
     if only is not None and not providers.serves(provider, only):  # the router level caps retries before such a provider: never reached
         return errors.no_provider_for(only, provider.model, providers.why_not(only))

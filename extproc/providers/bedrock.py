@@ -81,6 +81,13 @@ class AwsCredentials:
         self.token: str | None = None  # not a bearer credential: signatures are made per request
         self.renew_at = 0.0
 
+    @property
+    def problem(self) -> str | None:
+        """Why there are no credentials to sign with, while there are none."""
+        if self.frozen is not None:
+            return None
+        return "no AWS credentials found: aws_access_key_id/aws_secret_access_key, the environment, shared files, web identity, container or instance metadata"
+
     def refresh(self) -> None:
         from botocore.credentials import ReadOnlyCredentials
         from botocore.session import Session

@@ -2,8 +2,11 @@
 
 A kind with a `token_source` hands each of its providers a `TokenSource`;
 `prepare` mints the tokens a config needs before it serves (start-up and
-every reload), and `keep_fresh` renews each before it expires. A request only
-reads the current token: it never waits for one while a valid one exists.
+every reload), waiting a bounded time: a token endpoint that hangs delays no
+start. `keep_fresh` renews each before it expires and keeps trying one that
+failed. A request only reads the current token and never waits for one; a
+provider without one is refused (`backendauth.unavailable`), never called
+unauthenticated, and `/readyz` says why (`problems`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ _MIN_SLEEP_S = 0.2
 _MAX_SLEEP_S = 60.0
 
 
+#: How long a start or a reload waits for its tokens before it serves anyway.
+PREPARE_WAIT_S = 2.0
+
+
 class TokenSource(Protocol):
-    token: str | None
+    token: str | None  # a bearer token, for a kind that sends one
     renew_at: float  # time.time() after which `refresh` mints a new one
+
+    @property
+    def problem(self) -> str | None:
+        """Why there is no credential to call the provider with, while there is none; None when there is one."""
 
     def refresh(self) -> None:
         """Mint a token when none is held or the held one is due (blocking: run off the event loop)."""
@@ -45,18 +56,40 @@ def sources(configs: Iterable[Config]) -> set[TokenSource]:
     return found
 
 
-async def prepare(config: Config) -> None:
-    """Mint every token `config` needs (in threads), before it serves a request."""
-    await asyncio.gather(*(asyncio.to_thread(source.refresh) for source in sources([config])))
+async def prepare(config: Config, wait_s: float = PREPARE_WAIT_S) -> None:
+    """Mint every token `config` needs (in threads), waiting at most `wait_s` for them: the rest go on in the background."""
+    pending = [asyncio.ensure_future(asyncio.to_thread(source.refresh)) for source in sources([config])]
+    if pending:
+        await asyncio.wait(pending, timeout=wait_s)
 
 
-async def keep_fresh(configs: Callable[[], Iterable[Config]]) -> None:
-    """Renew each token of the live configs when it is due, for as long as the sidecar runs."""
+def problems(configs: Iterable[Config]) -> dict[str, str]:
+    """Each provider whose minted credential is missing, and why (shown by `/readyz`; its requests are refused)."""
+    found = {}
+    for config in configs:
+        for provider in config.providers.values():
+            make = kind_of(provider).token_source
+            source = make(provider) if make is not None and not provider.access_key and not provider.passthrough_auth else None
+            if source is not None and source.problem is not None:
+                found[f"credential of provider {provider.name}"] = f"none ({source.problem}): its requests are refused with 503"
+    return found
+
+
+async def keep_fresh(configs: Callable[[], Iterable[Config]], notes: dict[str, str]) -> None:
+    """Renew each token of the live configs when it is due, for as long as the sidecar runs; `notes` say which are missing."""
     while True:
+        _note(problems(configs()), notes)  # before a round that may wait on a token endpoint that hangs
         live = sources(configs())
         now = time.time()
         due = [source for source in live if source.renew_at <= now]
         if due:
             await asyncio.gather(*(asyncio.to_thread(source.refresh) for source in due))
+            _note(problems(configs()), notes)
         upcoming = min((source.renew_at for source in live), default=now + _MAX_SLEEP_S)
         await asyncio.sleep(min(max(upcoming - time.time(), _MIN_SLEEP_S), _MAX_SLEEP_S))
+
+
+def _note(missing: dict[str, str], notes: dict[str, str]) -> None:
+    for part in [part for part in notes if part.startswith("credential of provider ") and part not in missing]:
+        del notes[part]
+    notes.update(missing)

@@ -90,6 +90,7 @@ class GoogleToken:
         self.token: str | None = None
         self.renew_at = 0.0  # time.time() after which `refresh` mints a new one
         self.minted = 0  # tokens minted so far
+        self.problem: str | None = "no access token yet"  # why there is no token, while there is none (`TokenSource.problem`)
 
     def refresh(self) -> None:
         """Mint a token when there is none or the current one is due; a failure is logged and the current one kept."""
@@ -99,13 +100,23 @@ class GoogleToken:
             try:
                 credentials = self._load()
                 credentials.refresh(_transport())
+            except ImportError as exc:  # an install without google-auth's urllib3 transport
+                self._failed(f"{exc.name or exc} is not installed (pip install 'google-auth[urllib3]')")
+                return
             except Exception as exc:  # google-auth raises several kinds; the key itself is never in the message
-                log.warning("could not get a Google access token (%s): %s", self.credentials_file or "application default credentials", exc)
-                self.renew_at = time.time() + 10.0  # try again soon
+                self._failed(f"{type(exc).__name__}: {exc}")
                 return
             self.token = credentials.token
+            self.problem = None
             self.minted += 1
             self.renew_at = _renew_at(credentials.expiry)
+
+    def _failed(self, why: str) -> None:
+        """Keep a token still valid (it is used until it expires); without one, say why (`/readyz`, each refused request)."""
+        log.warning("could not get a Google access token (%s): %s", self.credentials_file or "application default credentials", why)
+        if self.token is None:
+            self.problem = why
+        self.renew_at = time.time() + 10.0  # try again soon
 
     def _load(self) -> Any:
         if self._credentials is None:

@@ -34,10 +34,10 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
     tags = dict(common.custom_tags)  # one copy: a dozen lookups on protobuf's map cost twice as much
     headers = response.response_headers
     flags: frozenset[str] = frozenset()
+    if common.HasField("response_flags"):  # Envoy sets the flags message only when a flag is up (a request's: its stream was cut, say)
+        flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
     retry_after_s = None
-    if upstream:  # what only a failed attempt is read for; Envoy sets the flags message only when a flag is up
-        if common.HasField("response_flags"):
-            flags = frozenset(field.name for field, value in common.response_flags.ListFields() if value is True)
+    if upstream:  # what only a failed attempt is read for
         retry_after_s = retry_after_seconds(headers) if headers else None
         number = tags.get(ATTEMPT_TAG, "")
         attempt = int(number) if number.isdigit() else 0

@@ -156,6 +156,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             metrics.translated.labels(provider, stream.attempt.translation.label).inc()
             for name in stream.dropped:
                 metrics.dropped_fields.labels(provider, name).inc()
+        refused = stream.refused_answer
+        if refused is not None and kind in ("response_headers", "response_body"):
+            self.runtime.observer.invalid_answer(provider, refused)
         if kind == "response_body" and stream.malformed_events:
             self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)
         if kind == "request_headers" and stream.number >= 2:

@@ -265,7 +265,9 @@ class UpstreamStream:
             assert not isinstance(request, wire.RequestBody)
             if self._answer_translation is not None:
                 headers = headers_of(request.response_headers)
-                return self._answer_translation.on_headers(_status(headers), headers)
+                response = self._answer_translation.on_headers(_status(headers), headers, request.response_headers.end_of_stream)
+                self.done = self._answer_translation.finished
+                return response
             self.done = True
         if kind == "response_body" and self._answer_translation is not None:
             assert not isinstance(request, wire.RequestBody)
@@ -275,6 +277,12 @@ class UpstreamStream:
             self.done = self._answer_translation.finished
             return response
         return unchanged(kind)
+
+    @property
+    def refused_answer(self) -> int | None:
+        """The provider's status, when its answer became the gateway's 502 (`_AnswerTranslation`)."""
+        translation = self._answer_translation
+        return translation.status if translation is not None and translation.refused is not None else None
 
     def _translate_request(self, body: bytes | memoryview) -> Response:
         assert self.attempt is not None
@@ -287,7 +295,8 @@ class UpstreamStream:
         pair = self.attempt.translation
         assert pair is not None
         if pair.answer is not None:
-            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage)
+            limit = max(listener.max_body_bytes for listener in self.live.current.listeners)
+            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage, self.client_path, limit)
         else:
             self.done = True  # the answer is in the client's API already
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
@@ -401,20 +410,33 @@ def _endpoint_of(host_metadata: str) -> _Endpoint:
 
 
 class _AnswerTranslation:
-    """A translated attempt's answer, back in the client's API: whole when JSON, event by event when a stream."""
+    """A translated attempt's answer, back in the client's API: whole when JSON, event by event when a stream.
 
-    def __init__(self, answer: translator.Answer, provider: Provider, include_usage: bool):
+    A successful answer the client's API cannot carry (empty, unreadable, no
+    choices or content, over the size limit) becomes a 502 in the client's
+    shape, never a 200; `refused` says why, so it counts as the provider's failure.
+    """
+
+    def __init__(self, answer: translator.Answer, provider: Provider, include_usage: bool, client_path: str, limit: int):
         self.answer = answer
         self.provider = provider.name
         self.model = provider.model_name
+        self.client_path = client_path
+        self.limit = limit  # Envoy buffers an answer up to this (the listeners' max_body_bytes)
         self.status = 0
         self.stream: translator.AnswerStream | None = None
         self.include_usage = include_usage
         self.finished = False
+        self.refused: str | None = None
 
-    def on_headers(self, status: int, headers: dict[str, str]) -> pb.ProcessingResponse:
+    def on_headers(self, status: int, headers: dict[str, str], end: bool) -> pb.ProcessingResponse:
         """Ask for the body: chunk by chunk for an event stream (Envoy drops content-length), else whole."""
         self.status = status
+        if end and 200 <= status < 300:  # no body: the body phase would never run
+            return self._refuse(errors.bad_answer(self.provider, "its answer was empty"))
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:  # refused before a byte is buffered (a reply to a body message could crash Envoy 1.40)
+            return self._refuse(errors.answer_too_large(self.provider))
         streamed = status == 200 and headers.get("content-type", "").startswith(self.answer.stream_type)
         if streamed:
             self.stream = self.answer.stream(self.include_usage, self.model)
@@ -437,9 +459,16 @@ class _AnswerTranslation:
         else:
             try:
                 answer = self.answer.response(msgspec.json.decode(body), self.model)
-            except (ValueError, AttributeError, TypeError, LookupError):  # an answer of an unexpected shape: the provider's fault, a 502
-                answer = self.answer.error(502, b"", self.provider)
+            except translator.BadAnswer as exc:
+                return self._refuse(errors.bad_answer(self.provider, str(exc).removeprefix("the provider's answer ")))
+            except (ValueError, AttributeError, TypeError, LookupError):  # not JSON, or JSON of another shape
+                return self._refuse(errors.bad_answer(self.provider, "its answer was not JSON of its API"))
         return with_body(pb.ProcessingResponse(), "response_body", msgspec.json.encode(answer))
+
+    def _refuse(self, reply: errors.Reply) -> pb.ProcessingResponse:
+        self.finished = True
+        self.refused = reply.reason
+        return immediate(errors.for_client(reply, self.client_path))
 
 
 _Mode = ext_proc_pb2.ProcessingMode

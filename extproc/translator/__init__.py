@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE, OPENAI_CHAT
 from ..providers import bedrock, kind_of
 from . import anthropic_bedrock, anthropic_openai, openai_anthropic, openai_bedrock, tables
-from .base import InvalidField, Request, TranslationError
+from .base import BadAnswer, InvalidField, Request, TranslationError
 
 if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
     from ..config import Provider
@@ -158,6 +158,19 @@ def speaks_anthropic(path: str) -> bool:
 
 
 __all__ = [
-    "ANTHROPIC_TO_OPENAI", "CHAT_COMPLETIONS", "HEADERS", "MESSAGES", "OPENAI_TO_ANTHROPIC", "InvalidField", "Pair", "Request",
-    "TranslationError", "client_api", "for_attempt", "provider_api", "speaks_anthropic", "tables",
+    "ANTHROPIC_TO_OPENAI",
+    "CHAT_COMPLETIONS",
+    "HEADERS",
+    "MESSAGES",
+    "OPENAI_TO_ANTHROPIC",
+    "BadAnswer",
+    "InvalidField",
+    "Pair",
+    "Request",
+    "TranslationError",
+    "client_api",
+    "for_attempt",
+    "provider_api",
+    "speaks_anthropic",
+    "tables",
 ]  # fmt: skip

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sse, tables
-from .base import Request, TranslationError, body_field
+from .base import Request, TranslationError, anthropic_blocks, body_field
 from .eventstream import FrameReader
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
@@ -42,6 +42,7 @@ def request(payload: Any, model_id: str, path: str) -> Request:
 
 def response(payload: Any, model: str) -> dict[str, Any]:
     """InvokeModel answers Claude's Messages response as Anthropic's API does."""
+    anthropic_blocks(payload)
     return payload
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sse, tables
-from .base import InvalidField, Request, TranslationError, body_field, expect, is_number
+from .base import InvalidField, Request, TranslationError, body_field, expect, expect_answer, is_number
 
 #: The chat.completions path, under the provider's base_url path.
 PATH = "/v1/chat/completions"
@@ -205,8 +205,12 @@ def _tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
 
 def response(payload: Any) -> dict[str, Any]:
     """A chat.completion -> a Messages response (the model is the provider's)."""
-    choice = (payload.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    expect_answer(isinstance(payload, dict), "no JSON object")
+    choices = payload.get("choices")
+    expect_answer(isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict), "no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    expect_answer(isinstance(message, dict), "no message")
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
@@ -256,9 +260,13 @@ class StreamTranslator:
 
     Content blocks open as their first delta arrives (text, then each tool
     call) and close when another starts or the choice finishes; the usage
-    OpenAI sends in its last chunk goes into `message_delta`. An unreadable
-    event, or a stream that ends before `[DONE]`, becomes an `error` event
-    for the client, never silence; `malformed` counts the unreadable events.
+    OpenAI sends in its last chunk goes into `message_delta`. A tool call's
+    arguments are sent whole when its block closes, read as a JSON answer's
+    are (`_arguments`: what is not a JSON object is kept under "value"), so a
+    client's parser never meets arguments it cannot read. An unreadable
+    event, a stream that ends before `[DONE]`, or one with no content at all,
+    becomes an `error` event for the client, never silence or an empty
+    success; `malformed` counts the unreadable events.
     """
 
     include_usage: bool = True  # Anthropic's stream always carries usage
@@ -268,6 +276,7 @@ class StreamTranslator:
     _block: int = -1  # index of the open content block; -1: none
     _block_kind: str = ""
     _tools: dict[int, int] = field(default_factory=dict)  # OpenAI tool call index -> content block index
+    _arguments: list[str] = field(default_factory=list)  # the open tool call's arguments so far
     _stop_reason: str | None = None
     _usage: dict[str, Any] = field(default_factory=dict)
     _done: bool = False
@@ -326,7 +335,7 @@ class StreamTranslator:
                     self._open({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": {}}, out)
                     self._tools[number] = self._block
                 if function.get("arguments") and self._tools[number] == self._block:
-                    out.append(self._delta({"type": "input_json_delta", "partial_json": function["arguments"]}))
+                    self._arguments.append(str(function["arguments"]))
             if choice.get("finish_reason"):
                 self._close(out)
                 self._stop_reason = tables.STOP_REASONS.get(choice["finish_reason"], "end_turn")
@@ -338,6 +347,9 @@ class StreamTranslator:
         out.append(sse.named_event("content_block_start", {"type": "content_block_start", "index": self._block, "content_block": block}))
 
     def _close(self, out: list[bytes]) -> None:
+        if self._block_kind == "tool_use" and self._arguments:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(_arguments("".join(self._arguments)))}))
+            self._arguments.clear()
         if self._block_kind:
             out.append(sse.named_event("content_block_stop", {"type": "content_block_stop", "index": self._block}))
             self._block_kind = ""
@@ -346,8 +358,8 @@ class StreamTranslator:
         return sse.named_event("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": delta})
 
     def _finish(self, out: list[bytes]) -> None:
-        if not self._started:
-            out.append(sse.anthropic_error("the provider's event stream ended before any message"))
+        if not self._started or self._block < 0:
+            out.append(sse.anthropic_error("the provider's event stream ended before any message" if not self._started else "the provider's answer had no choices"))
             self._done = True
             return
         self._close(out)

@@ -19,6 +19,30 @@ class InvalidField(TranslationError):
         self.param = param
 
 
+class BadAnswer(ValueError):
+    """A provider's successful answer that says nothing the client's API can carry (no choices, no message, no content):
+    the provider's fault, a 502 to the client; the message says what was missing."""
+
+
+def expect_answer(ok: bool, what: str) -> None:
+    if not ok:
+        raise BadAnswer(f"the provider's answer had {what}")
+
+
+#: Anthropic content blocks an answer may carry that hold nothing for a chat.completion's text or tool calls.
+ANTHROPIC_SILENT_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+def anthropic_blocks(payload: Any) -> list[dict[str, Any]]:
+    """A Messages answer's content blocks; BadAnswer when it has none a client could read (only blocks of unknown types)."""
+    expect_answer(isinstance(payload, dict), "no JSON object")
+    blocks = payload.get("content")
+    expect_answer(isinstance(blocks, list) and all(isinstance(block, dict) for block in blocks), "no content")
+    known = {"text", "tool_use", *ANTHROPIC_SILENT_BLOCKS}
+    expect_answer(not blocks or any(block.get("type") in known for block in blocks), "no content of a known type")
+    return blocks
+
+
 def json_type(value: Any) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), type(value).__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..providers.anthropic import API_VERSION, VERSION_HEADER
 from . import sse, tables
-from .base import InvalidField, Request, TranslationError, body_field, expect, is_number
+from .base import InvalidField, Request, TranslationError, anthropic_blocks, body_field, expect, is_number
 
 #: The Messages API path, under the provider's base_url path.
 PATH = "/v1/messages"
@@ -214,10 +214,11 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 
 def response(payload: Any, created: int | None = None) -> dict[str, Any]:
     """A Messages response -> a chat.completion (the model is the provider's)."""
-    text = "".join(block.get("text", "") for block in payload.get("content", ()) if block.get("type") == "text")
+    blocks = anthropic_blocks(payload)
+    text = "".join(str(block.get("text", "")) for block in blocks if block.get("type") == "text")
     calls = [
         {"id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}}
-        for block in payload.get("content", ())
+        for block in blocks
         if block.get("type") == "tool_use"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
@@ -268,6 +269,7 @@ class StreamTranslator:
     _chunks: sse.Chunks = field(default_factory=sse.Chunks)
     _usage: dict[str, Any] = field(default_factory=dict)
     _tools: dict[int, int] = field(default_factory=dict)  # content block index -> tool call index
+    _blocks: int = 0  # content blocks started: a stream with none had no content for the client (an error, not an empty success)
     _done: bool = False
 
     def feed(self, data: bytes, end: bool = False) -> bytes:
@@ -302,6 +304,7 @@ class StreamTranslator:
             self._usage.update(message.get("usage") or {})
             return (self._chunks.delta({"role": "assistant", "content": ""}),)
         if kind == "content_block_start":
+            self._blocks += 1
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 number = self._tools[event.get("index", 0)] = len(self._tools)
@@ -321,8 +324,10 @@ class StreamTranslator:
             reason = (event.get("delta") or {}).get("stop_reason")
             return (self._chunks.delta({}, _FINISH_REASONS.get(reason or "", "stop")),) if reason else ()
         if kind == "message_stop":
-            usage_chunk = (self._chunks.usage(usage(self._usage)),) if self.include_usage else ()
             self._done = True
+            if not self._blocks:
+                return (sse.openai_error("the provider's answer had no content", "bad_provider_answer"), sse.DONE)
+            usage_chunk = (self._chunks.usage(usage(self._usage)),) if self.include_usage else ()
             return (*usage_chunk, sse.DONE)
         if kind == "error":
             detail = event.get("error") or {}

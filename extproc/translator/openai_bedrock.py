@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import openai_anthropic, sse
-from .base import Request, TranslationError, body_field
+from .base import BadAnswer, Request, TranslationError, body_field, expect_answer
 from .eventstream import FrameReader
 
 #: Converse's `stopReason` -> OpenAI's `finish_reason`.
@@ -75,8 +75,16 @@ def _block(block: dict[str, Any]) -> dict[str, Any]:
 
 def response(payload: Any, model: str = "", created: int | None = None) -> dict[str, Any]:
     """A Converse response -> a chat.completion (Bedrock's answer does not name its model: `model` is the provider's id)."""
-    content = ((payload.get("output") or {}).get("message") or {}).get("content") or []
-    text = "".join(block.get("text", "") for block in content if "text" in block)
+    expect_answer(isinstance(payload, dict), "no JSON object")
+    output = payload.get("output")
+    said = output.get("message") if isinstance(output, dict) else None
+    if not isinstance(said, dict):
+        raise BadAnswer("the provider's answer had no message")
+    content = said.get("content")
+    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
+        raise BadAnswer("the provider's answer had no content")
+    expect_answer(not content or any({"text", "toolUse", "reasoningContent"} & block.keys() for block in content), "no content of a known type")
+    text = "".join(str(block.get("text", "")) for block in content if "text" in block)
     calls = [
         {"id": block["toolUse"].get("toolUseId", ""), "type": "function", "function": {"name": block["toolUse"].get("name", ""), "arguments": json.dumps(block["toolUse"].get("input", {}))}}
         for block in content

@@ -70,13 +70,13 @@ def google_key(tmp_path):
     return tmp_path, private, public
 
 
-def vertex(mocks, google_key, lifetime_s: int = 3600, **behaviour):
-    """A Vertex mock and a service-account file whose token_uri is that mock's token endpoint; (mock, its provider entry's keys)."""
+def vertex(mocks, google_key, lifetime_s: int = 3600, token_port: int | None = None, **behaviour):
+    """A Vertex mock and a service-account file whose token_uri is that mock's token endpoint (or `token_port`'s); (mock, its provider entry's keys)."""
     directory, private, public = google_key
     mock = mocks.start("vertex", api="vertex", vertex=VertexState(public_key=public, lifetime_s=lifetime_s), **behaviour)
     account = {
         "type": "service_account", "project_id": "proj-1", "private_key_id": "key-1", "private_key": private,
-        "client_email": "gateway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": f"http://127.0.0.1:{mock.port}/token",
+        "client_email": "gateway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": f"http://127.0.0.1:{token_port or mock.port}/token",
     }  # fmt: skip
     path = directory / f"service-account-{mock.port}.json"
     path.write_text(json.dumps(account))
@@ -398,6 +398,9 @@ def test_bedrock_without_any_aws_credentials_is_a_clear_503_and_nothing_is_sent_
 
     assert answer.status == 503, answer.body
     assert answer.json()["error"]["code"] == "provider_credentials_missing" and "aws_access_key_id" in answer.json()["error"]["message"]
+    anthropic = chat(gw.port, {**HELLO, "model": CLAUDE_ON_BEDROCK, "max_tokens": 10}, path="/v1/messages")
+    assert anthropic.status == 503 and anthropic.json()["type"] == "error"
+    assert anthropic.json()["error"]["type"] == "api_error", "not overloaded_error: Anthropic's SDKs retry that as if it would pass"
     assert not mock.received
 
 
@@ -448,3 +451,29 @@ def test_an_azure_refusal_reaches_the_client_as_azure_sent_it_and_is_not_failed_
     assert answer.status == 400
     assert answer.json() == {"error": {"message": "azure: mock status 400", "type": "invalid_request_error", "param": None, "code": "invalid_request_error"}}
     assert not backup.received
+
+
+@pytest.mark.parametrize("token_endpoint", [{"status": 500}, {"delay_s": 30}], ids=["answers 500", "hangs"])
+def test_a_vertex_token_that_cannot_be_minted_is_a_503_naming_the_provider_and_nothing_goes_out_unauthenticated(mocks, gateway, google_key, token_endpoint):
+    tokens = mocks.start("tokens", **token_endpoint)
+    mock, keys = vertex(mocks, google_key, token_port=tokens.port)
+    openai = mocks.start("openai")
+    started = time.monotonic()
+    gw = gateway(
+        gateway_config(
+            provider("vertex", CLAUDE_ON_VERTEX, mock, **keys, retry_policy={"fallback_models": ["openai/gpt-4o"]}),
+            provider("lonely", "vertex_ai/claude-opus-4@20250514", mock, **keys),
+            provider("openai", "openai/gpt-4o", openai, access_key="sk-openai-0001"),
+        )
+    )
+    assert time.monotonic() - started < 8.0, "a token endpoint that hangs delays no start"
+
+    refused = chat(gw.port, {**HELLO, "model": "vertex_ai/claude-opus-4@20250514"})
+    served = chat(gw.port, {**HELLO, "model": CLAUDE_ON_VERTEX})
+    ready = gw.get("/readyz")
+
+    assert refused.status == 503 and refused.json()["error"]["code"] == "provider_credentials_missing", refused.body
+    assert "Provider 'lonely' has no credentials" in refused.json()["error"]["message"]
+    assert served.status == 200 and served.headers["x-arch-llm-provider"] == "openai", "the chain's next provider serves meanwhile"
+    assert not mock.received, "nothing reached Vertex without a token"
+    assert ready.status == 200 and b"credential of provider lonely" in ready.body and b"credential of provider vertex" in ready.body

@@ -348,3 +348,38 @@ def test_a_translated_retry_after_a_patched_one_gets_only_its_translation(mocks,
     received = claude.received[0]
     assert json.loads(received.body)["model"] == "claude-sonnet-4" and json.loads(received.body)["system"] == "Be brief."
     assert int(received.header("content-length")) == len(received.body)
+
+
+#: (provider's API, its 200 answer's body): what a client of the other API cannot be given.
+UNREADABLE_ANSWERS = {
+    "openai, not JSON": ("openai", b"<html>oops</html>"),
+    "openai, no choices": ("openai", b'{"id": "x", "object": "chat.completion"}'),
+    "openai, message null": ("openai", b'{"choices": [{"index": 0, "message": null}]}'),
+    "openai, empty": ("openai", b""),
+    "anthropic, a top-level array": ("anthropic", b"[1, 2]"),
+    "anthropic, content null": ("anthropic", b'{"type": "message", "content": null}'),
+    "anthropic, only unknown blocks": ("anthropic", b'{"type": "message", "content": [{"type": "mystery"}]}'),
+    "anthropic, empty": ("anthropic", b""),
+}
+
+
+@pytest.mark.parametrize("provider_api, body", UNREADABLE_ANSWERS.values(), ids=UNREADABLE_ANSWERS.keys())
+def test_an_answer_the_clients_api_cannot_carry_is_a_502_in_its_shape_counted_against_the_provider(mocks, gateway, provider_api, body):
+    anthropic_client = provider_api == "openai"
+    openai, claude, gw = openai_and_claude(mocks, gateway, claude_first=not anthropic_client, openai={"answer_body": body}, claude={"answer_body": body})
+    model = "openai/gpt-4o" if anthropic_client else "anthropic/claude-sonnet-4"
+    payload = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+    answer = chat(gw.port, payload, path="/v1/messages" if anthropic_client else "/v1/chat/completions")
+
+    assert answer.status == 502, answer.body
+    assert (openai if anthropic_client else claude).served == 1
+    error = answer.json()["error"]
+    assert f"Provider '{provider_api if provider_api == 'openai' else 'claude'}' answered" in error["message"]
+    if anthropic_client:
+        assert answer.json()["type"] == "error" and error["type"] == "api_error"
+    else:
+        assert error["code"] == "bad_provider_answer"
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="openai" if anthropic_client else "claude", code="200", outcome="invalid_answer") == 1)
+    wait_for(lambda: gw.metric("extproc_requests_total", status_class="5xx") == 1)
+    assert gw.process.poll() is None

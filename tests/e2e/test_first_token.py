@@ -1,5 +1,6 @@
 """`first_token_timeout` and `hedge_after` through real Envoy: an attempt that shows the client nothing in time is left or raced."""
 
+import http.client
 import itertools
 import json
 import time
@@ -278,3 +279,22 @@ def test_a_chain_that_hedges_still_hedges_a_request_answered_in_its_own_api(mock
     assert fast.served == 1, "hedged at 500 ms; its 529 ended that attempt and the race went on"
     wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="fast", code="529") == 1)
     assert gw.process.poll() is None
+
+
+
+def test_a_stream_stalled_after_its_first_token_ends_at_the_idle_timeout_counted_against_its_provider(mocks, gateway):
+    stalled = mocks.start("stalled", stall_after_chunks=1)
+    gw = gateway(config_of(provider("stalled", GPT, stalled, access_key="sk-1"), stream_idle_timeout="1s"))
+
+    started = time.monotonic()
+    try:
+        status, _, events = http_stream(gw.port, STREAM, timeout=20)
+    except http.client.IncompleteRead:  # the chunked answer was cut: what a client sees
+        status, events = 200, None
+    elapsed = time.monotonic() - started
+
+    assert status == 200 and 1.0 <= elapsed < 5.0, f"ended {elapsed:.1f}s in, at its stream_idle_timeout (1s), not the listener's timeout"
+    assert events is None or "[DONE]" not in [data for _, data in events], "never a clean end"
+    wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="stalled", code="200", outcome="timeout") == 1)
+    assert gw.metric("extproc_upstream_attempts_total", provider="stalled", code="200", outcome="ok") is None
+    wait_for(lambda: stalled.cancelled == 1)

@@ -74,3 +74,22 @@ def test_metrics_and_the_access_log_name_the_group_and_the_member_that_answered(
     lines = [json.loads(line) for line in gw.process_output.splitlines() if line.startswith("{")]
     served = {(line["group"], line["provider"]) for line in lines if line["path"].startswith("/v1/chat/completions")}
     assert served == {("openai/gpt-4o#1", "healthy")}
+
+
+def test_a_member_whose_key_is_revoked_fails_over_inside_its_group_and_cools_at_once(mocks, gateway):
+    heavy, revoked = mocks.start("heavy"), mocks.start("revoked", status=401)
+    gw = gateway(
+        gateway_config(
+            provider("heavy", "openai/gpt-4o", heavy, access_key="k-heavy", priority=0, weight=3),
+            provider("revoked", "openai/gpt-4o", revoked, access_key="k-revoked", priority=0, weight=1),
+        )
+    )
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: chat(gw.port, HELLO), range(400)))
+
+    assert [answer.status for answer in answers] == [200] * 400, "no client sees the revoked key's 401"
+    assert revoked.served <= 16, f"its first 401 cooled it (one per request already on its way): {revoked.served} of 400"
+    assert gw.metric("extproc_provider_cooldowns_total", provider="revoked", reason="auth_failed") >= 1
+    assert gw.metric("extproc_provider_state", provider="revoked", model="openai/gpt-4o", state="cooling_down") == 1
+    assert {request.header("authorization") for request in heavy.received} == {"Bearer k-heavy"}, "the failover carried heavy's own key"

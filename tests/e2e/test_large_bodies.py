@@ -5,7 +5,9 @@ import socket
 import threading
 import time
 
-from .harness import chat, gateway_config, provider, request, wait_for
+import pytest
+
+from .harness import chat, gateway_config, http_stream, provider, request, wait_for
 
 GPT4 = "openai/gpt-4"
 
@@ -79,3 +81,61 @@ def test_a_large_answer_passes_whole_and_its_uncounted_tokens_are_counted_as_ski
     assert chat(gw.port, {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).status == 200
     wait_for(lambda: (gw.metric("extproc_tokens_total", provider="medium", model="openai/gpt-4o", type="output") or 0) > 0)
     assert gw.metric("extproc_token_usage_skipped_total", provider="medium", reason="answer_too_large") is None, "5 MB fits: counted"
+
+
+CLAUDE = "anthropic/claude-sonnet-4"
+#: (client's path, model asked for): an Anthropic client answered by OpenAI, an OpenAI client answered by Claude.
+CROSSED = {"anthropic client, openai provider": ("/v1/messages", "openai/gpt-4o"), "openai client, anthropic provider": ("/v1/chat/completions", CLAUDE)}
+
+
+def crossed_gateway(mocks, gateway, padding: int = 0, metrics: dict | None = None, **listener):
+    openai = mocks.start("openai", padding=padding)
+    claude = mocks.start("claude", api="anthropic", padding=padding)
+    config = gateway_config(provider("openai", "openai/gpt-4o", openai, access_key="sk-o"), provider("claude", CLAUDE, claude, access_key="sk-a"), **listener)
+    if metrics is not None:
+        config["metrics"] = metrics
+    return gateway(config)
+
+
+@pytest.mark.parametrize("path, model", CROSSED.values(), ids=CROSSED.keys())
+def test_a_translated_answer_of_megabytes_arrives_whole_json_and_as_one_event(mocks, gateway, path, model):
+    """Envoy 1.40 crashed on a message from the sidecar over its connection's buffer limit (1 MiB by default)."""
+    gw = crossed_gateway(mocks, gateway)
+    prompt = "y" * 3_000_000  # the mocks echo it: a 3 MB answer, one word (one event when streamed)
+    payload = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": prompt}]}
+
+    answer = chat(gw.port, payload, path=path)
+    status, _, events = http_stream(gw.port, {**payload, "stream": True}, path=path)
+
+    assert answer.status == 200, answer.body[:300]
+    body = answer.json()
+    text = body["content"][0]["text"] if path == "/v1/messages" else body["choices"][0]["message"]["content"]
+    assert text.endswith(prompt) and len(text) < len(prompt) + 40
+    assert status == 200
+    datas = [json.loads(data) for _, data in events if data != "[DONE]"]
+    if path == "/v1/messages":
+        streamed = "".join(event["delta"].get("text", "") for event in datas if event["type"] == "content_block_delta")
+        assert datas[-1]["type"] == "message_stop"
+    else:
+        streamed = "".join(choice["delta"].get("content") or "" for event in datas for choice in event["choices"])
+        assert events[-1][1] == "[DONE]"
+    assert prompt in streamed, "the one 3 MB event, translated whole"
+    assert gw.process.poll() is None
+
+
+@pytest.mark.parametrize("path, model", CROSSED.values(), ids=CROSSED.keys())
+def test_a_translated_answer_over_the_size_limit_is_a_502_in_the_clients_shape_at_once(mocks, gateway, path, model):
+    gw = crossed_gateway(mocks, gateway, padding=3_000_000, max_body_bytes="2MiB")
+
+    started = time.monotonic()
+    answer = chat(gw.port, {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}, path=path)
+
+    assert time.monotonic() - started < 5.0
+    assert answer.status == 502, answer.body
+    error = answer.json()["error"]
+    assert "more than this gateway's size limit" in error["message"] and "max_body_bytes" in error["message"]
+    if path == "/v1/messages":
+        assert answer.json()["type"] == "error" and error["type"] == "api_error"
+    else:
+        assert error["code"] == "response_too_large"
+    assert chat(gw.port, {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}, path=path).status == 502, "and the gateway is still up"

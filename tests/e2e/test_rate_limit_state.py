@@ -124,6 +124,27 @@ def test_a_429_seen_by_one_replica_keeps_every_replica_off_that_provider(mocks, 
     assert (three.metric("extproc_provider_cooldown_remaining_seconds", provider="primary") or 0) > 20
 
 
+def test_two_teams_configs_on_one_redis_share_a_cooldown_by_what_they_call_not_by_name(mocks, gateway, redis_server):
+    limited, own_host, spare = mocks.start("limited", status=429, retry_after="30"), mocks.start("own"), mocks.start("spare")
+    # Team A's "fA" is rate limited; team B has a provider of the same name on another host, and one named
+    # otherwise that calls A's deployment with A's key.
+    team_a = gateway_config(provider("fA", GPT4, limited, access_key="sk-shared-key"), provider("spare", GPT4, spare, access_key="sk-a-spare"))
+    team_b = gateway_config(
+        provider("fA", "openai/gpt-4o", own_host, access_key="sk-b-own"),
+        provider("same-deployment", GPT4, limited, access_key="sk-shared-key"),
+        provider("spare", GPT4, spare, access_key="sk-b-spare"),
+    )
+    a, b = _replica(gateway, team_a, redis_server.url), _replica(gateway, team_b, redis_server.url)
+
+    assert chat(a.port, HELLO).headers["x-arch-llm-provider"] == "spare"
+    wait_for(lambda: (b.metric("extproc_provider_cooldown_remaining_seconds", provider="same-deployment") or 0) > 25, timeout=5)
+
+    assert not b.metric("extproc_provider_cooldown_remaining_seconds", provider="fA"), "B's own fA (another host, another key) is not A's"
+    assert chat(b.port, {**HELLO, "model": "openai/gpt-4o"}).headers["x-arch-llm-provider"] == "fA" and own_host.served == 1
+    assert chat(b.port, HELLO).headers["x-arch-llm-provider"] == "spare" and limited.served == 1, "the deployment A saw limited, with A's key, is cooling for B too"
+    assert b.metric("extproc_shared_cooldowns_total", direction="applied") == 1
+
+
 def test_losing_redis_under_load_loses_no_request_and_it_comes_back(mocks, gateway, redis_server):
     main = mocks.start("main")
     gw = _replica(gateway, gateway_config(provider("main", GPT4, main)), redis_server.url)

@@ -112,18 +112,19 @@ def test_a_broken_file_keeps_the_previous_snapshot_and_says_so(mocks, gateway):
     assert "UNSET_VARIABLE_FOR_TEST" in gw.logs() and "model_providers[0].access_key" in gw.logs()
 
 
-def test_invalid_entries_are_left_out_and_reported_while_the_rest_loads(mocks, gateway):
+def test_one_invalid_entry_refuses_the_reload_and_the_previous_snapshot_keeps_every_model(mocks, gateway):
     main, other = mocks.start("main"), mocks.start("other")
-    gw = gateway(gateway_config(provider("main", GPT4, main)))
+    gw = gateway(gateway_config(provider("main", GPT4, main), provider("ok", "mistral/large", other)))
+    assert ask(gw, "mistral/large").headers["x-arch-llm-provider"] == "ok"
 
-    broken = {"name": "broken", "model": MINI, "base_url": "not a url"}
-    duplicate = provider("main", MINI, other)
-    apply(gw, gateway_config(provider("main", GPT4, main), broken, duplicate, provider("other", "mistral/large", other)))
+    # A typo in an entry that was serving, and a new model beside it.
+    apply(gw, gateway_config(provider("main", GPT4, main), provider("ok", "mistral/large", other, weight=0), provider("new", MINI, other)), result="failure")
 
-    assert ask(gw).status == 200
-    assert ask(gw, "mistral/large").headers["x-arch-llm-provider"] == "other"
-    assert ask(gw, MINI).status == 404
-    assert provider_series(gw) == {("main", GPT4, "enabled"), ("other", "mistral/large", "enabled"), ("broken", MINI, "error"), ("main", MINI, "error")}
+    assert ask(gw, "mistral/large").headers["x-arch-llm-provider"] == "ok", "the model the typo would have dropped still serves"
+    assert ask(gw, MINI).status == 404, "nothing of the refused file applies"
+    assert reloads(gw, "failure") == 1 and reloads(gw, "success") == 0
+    assert "model_providers[1].weight" in gw.logs() and "still serving the previous config" in gw.logs()
+    assert provider_series(gw) == {("main", GPT4, "enabled"), ("ok", "mistral/large", "enabled")}
 
 
 def test_a_request_in_flight_during_a_reload_completes(mocks, gateway):

@@ -150,7 +150,7 @@ def test_a_request_envoy_accepts_is_never_failed_by_what_the_gateway_adds(mocks,
     assert answer.status == 431 and answer.json()["error"]["code"] == "too_many_headers"
 
 
-def test_keys_never_appear_in_logs_metrics_or_envoys_config_even_at_debug(mocks, gateway, monkeypatch, tmp_path):
+def test_keys_never_appear_in_logs_metrics_or_envoys_config_even_at_trace(mocks, gateway, monkeypatch, tmp_path):
     from extproc import envoyadmin
 
     from .harness import request
@@ -162,9 +162,10 @@ def test_keys_never_appear_in_logs_metrics_or_envoys_config_even_at_debug(mocks,
         provider("b", GPT4, secondary, access_key="$SECRET_B", headers={"x-org-token": "org-SECRETKEY-c"}),
     )
     config["cooldown"] = {"enabled": False}
-    gw = gateway(config, "--envoy-log-level", "debug")
+    gw = gateway(config, "--envoy-log-level", "trace")
+    client_keys = {"authorization": "Bearer client-SECRETKEY-d", "x-api-key": "client-SECRETKEY-e", "api-key": "client-SECRETKEY-f"}
     for _ in range(3):
-        assert chat(gw.port, {"model": GPT4}).status == 200
+        assert chat(gw.port, {"model": GPT4}, headers=client_keys).status == 200
     assert secondary.received[-1].header("authorization") == "Bearer sk-from-env-SECRETKEY-b", "the keys are in use"
     assert request(gw.metrics_port, "POST", "/reload").status == 200
 
@@ -173,7 +174,7 @@ def test_keys_never_appear_in_logs_metrics_or_envoys_config_even_at_debug(mocks,
     rendered = subprocess.run([sys.executable, "-m", "extproc", "render", str(config_path)], capture_output=True, text=True, timeout=30, env={**os.environ, "SECRET_B": "sk-from-env-SECRETKEY-b"})
     assert rendered.returncode == 0, rendered.stderr
     dump = envoyadmin._call(gw.admin_url, "GET", "/config_dump?include_eds").decode()
-    places = {"logs (debug)": gw.logs(), "/metrics": gw.get("/metrics").body.decode(), "config_dump": dump, "render": rendered.stdout + rendered.stderr}
-    assert "debug" in places["logs (debug)"], "Envoy did log at debug"
+    places = {"logs (trace)": gw.logs(), "/metrics": gw.get("/metrics").body.decode(), "config_dump": dump, "render": rendered.stdout + rendered.stderr}
+    assert "[trace]" in places["logs (trace)"] and "[debug]" in places["logs (trace)"], "Envoy did log at trace"
     leaks = {where: text.count("SECRETKEY") for where, text in places.items() if "SECRETKEY" in text}
     assert leaks == {}, leaks

@@ -334,7 +334,7 @@ def test_shipped_configs_name_the_schema_and_pass_it(name):
     ("change", "problem"),
     [
         (("port: 12000", "port: 70000"), "listeners[0].port: 70000 is out of range: must be between 0 and 65535"),
-        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key (allowed: access_log, address, allowed_methods, allowed_paths, max_body_bytes, name, on_all_cooling, port, timeout, type)"),
+        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key (allowed: access_log, address, allowed_methods, allowed_paths, max_body_bytes, name, on_all_cooling, port, stream_idle_timeout, timeout, type)"),
         (("max_attempts: 3", "max_attempts: 11"), "model_providers[0].retry_policy.max_attempts: 11 is out of range: must be between 1 and 10"),
         (("per_try_timeout: 30s", "per_try_timeout: 30 parsecs"), "model_providers[0].retry_policy.per_try_timeout: expected a duration like 30s, 500ms or 5m, got '30 parsecs'"),
     ],
@@ -363,3 +363,65 @@ def test_a_typed_key_may_come_from_the_environment():
     config = parse_config(BASE.replace("port: 12000", "port: ${PORT}").replace("max_attempts: 3", "max_attempts: $ATTEMPTS"), "gw.yaml", {"PRIMARY_KEY": "k", "PORT": "8080", "ATTEMPTS": "2"})
     assert config.listeners[0].port == 8080 and config.chain_for_model("openai/gpt-4").num_retries == 1
     assert problems(BASE.replace("port: 12000", "port: ${PORT}"), {"PRIMARY_KEY": "k"}) == ["listeners[0].port: environment variable PORT is not set (give a default with ${PORT:-value})"]
+
+
+def test_keys_that_go_wrong_together_are_refused_naming_the_key():
+    body = "listeners: [{type: model, port: 12000, max_body_bytes: 1GiB}]\nmodel_providers: [{model: openai/gpt-4o}]\nmetrics: {port: 12000}\ncooldown: {default_cooldown: 90s}\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(body, "gw.yaml", {})
+    text = str(error.value)
+    assert "listeners[0].max_body_bytes: 1073741824 bytes is too large: must be less than 1GiB" in text
+    with pytest.raises(ConfigError) as error:
+        parse_config(body.replace("1GiB", "10MiB"), "gw.yaml", {})
+    text = str(error.value)
+    assert "metrics.port: 12000 is listener listener_0's port (listeners[0].port): each needs its own" in text
+    assert "cooldown.default_cooldown: 90s is longer than cooldown.max_cooldown (60s)" in text
+
+
+def test_a_base_url_that_is_not_http_is_refused_without_echoing_its_credentials():
+    with pytest.raises(ConfigError) as error:
+        parse_config("listeners: [{type: model, port: 1}]\nmodel_providers: [{model: openai/gpt-4o, base_url: 'ftp://user:SECRET@host/x'}]\n", "gw.yaml", {})
+    assert "SECRET" not in str(error.value) and "ftp://…@host/x" in str(error.value)
+
+
+def test_what_loads_but_does_nothing_is_a_warning_naming_the_key():
+    config = parse_config(
+        """
+listeners: [{type: model, port: 1, timeout: 60s}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, weight: 3, retry_policy: {per_try_timeout: 90s}}
+  - {name: b, model: openai/gpt-4o}
+""",
+        "gw.yaml",
+        {},
+    )
+    assert config.warnings == (
+        "model_providers[0].weight: 3 has no effect without a priority (providers of a model are tried in file order; give those that share traffic the same priority)",
+        "model openai/gpt-4o: retry_policy.per_try_timeout (90s) is not shorter than the listener's timeout (60s): it never ends an attempt",
+    )
+
+
+def test_a_duration_without_a_unit_and_a_quoted_number_are_read_as_meant_with_a_warning_naming_the_key():
+    config = parse_config(
+        'listeners: [{type: model, port: 1, timeout: 300}]\nmodel_providers: [{model: openai/gpt-4o, weight: "3", priority: 0, retry_policy: {per_try_timeout: $T}}]\n',
+        "gw.yaml",
+        {"T": "20s"},
+    )
+    assert config.listeners[0].timeout_s == 300 and next(iter(config.providers.values())).weight == 3
+    assert config.warnings == (
+        "listeners[0].timeout: 300 has no unit: read as 300 seconds (write 300s)",
+        "model_providers[0].weight: '3' is a string: read as a number (write it unquoted)",
+    ), "a value from a variable is text by nature: no warning"
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [("garbage", "is not a JSON key file"), ('{"type": "mystery"}', "is not a Google credentials file"), ('{"type": "service_account", "client_email": "a@b"}', "without private_key, token_uri")],
+)
+def test_a_vertex_key_file_that_is_not_one_is_refused_by_check(tmp_path, content, reason):
+    key = tmp_path / "key.json"
+    key.write_text(content)
+    text = f"listeners: [{{type: model, port: 1}}]\nmodel_providers: [{{model: vertex_ai/claude-sonnet-4, vertex_project: p, vertex_location: us-east5, vertex_credentials: {key}}}]\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "gw.yaml", {})
+    assert "model_providers[0].vertex_credentials" in str(error.value) and reason in str(error.value)

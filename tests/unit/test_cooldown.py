@@ -160,3 +160,14 @@ def test_retry_after_forms():
 )
 def test_classify(status, flags, kind):
     assert classify(status, flags) == kind
+
+
+def test_a_refused_key_the_gateway_owns_cools_its_provider_at_once_for_the_longest_cooldown(clock):
+    assert classify(401) == classify(403) == "auth_failed"
+    assert classify(401, owns_key=False) == "client_error", "a client's own credential refused says nothing about the provider"
+    states = health(clock, failure_threshold=3, max_s=60)
+    assert states.record(Outcome("a", 401, "auth_failed")) == 60, "a revoked key does not recover in seconds, nor needs three tries to be known"
+    assert states.pick_start(["a", "b"]) == ("b", 0.0)
+    clock.now += 61
+    assert states.pick_start(["a", "b"], 5) == ("a", 0.0), "then one trial finds out"
+    assert states.record(Outcome("a", 401, "auth_failed")) == 60

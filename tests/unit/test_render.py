@@ -81,6 +81,24 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert "extproc.failed" not in names, "cooldowns off: nothing to know before Envoy acts"
 
 
+def test_a_refused_key_fails_over_only_where_every_key_is_the_gateways():
+    mixed = parse_config(
+        """
+listeners: [{type: model, name: llm, port: 12000}]
+model_providers:
+  - {name: own, model: openai/gpt-4o, base_url: http://127.0.0.1:1, access_key: k}
+  - {name: client, model: openai/gpt-4o, base_url: http://127.0.0.1:2, passthrough_auth: true}
+  - {name: last, model: openai/gpt-4o, base_url: http://127.0.0.1:3, access_key: k2}
+""",
+        "mixed.yaml",
+        {},
+    )
+    routes = {route["name"]: route for route in render(mixed)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]}
+    assert routes[mixed.chain_clusters["own"]]["route"]["retry_policy"]["retriable_status_codes"] == [429, 529], "a client's refused credential never moves to the gateway's key"
+    assert routes[mixed.chain_clusters["client"]]["route"]["retry_policy"]["retriable_status_codes"] == [429, 529]
+    assert not mixed.chains["own"].owns_keys and mixed.chains["last"].owns_keys
+
+
 def test_a_chain_that_hedges_has_an_unhedged_route_too_and_no_failed_answer_watch():
     hedging = parse_config(
         """
@@ -120,7 +138,7 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
     assert route["request_headers_to_remove"] == ["x-arch-route", "x-arch-llm-provider"], "the routing headers never reach a provider"
     retry = route["route"]["retry_policy"]
     assert retry["retry_on"] == "connect-failure,retriable-status-codes"
-    assert retry["retriable_status_codes"] == [429, 503, 529], "Anthropic's 529 (overloaded) fails over wherever 429 does"
+    assert retry["retriable_status_codes"] == [429, 503, 529, 401, 403], "529 (overloaded) fails over wherever 429 does; a refused key the gateway owns too"
     assert retry["num_retries"] == 1
     assert retry["per_try_timeout"] == "10.000s"
     assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"

@@ -280,3 +280,13 @@ def test_the_anthropic_mock_refuses_what_anthropic_refuses(headers, payload, sta
     refused = mock_anthropic.refusal("/v1/messages", headers, json.dumps(payload).encode())
     assert refused is not None and refused[0] == status and says in refused[1]
     assert mock_anthropic.refusal("/v1/chat/completions", AUTH, json.dumps(GOOD).encode())[0] == 404
+
+
+def test_an_anthropic_stream_without_any_content_is_an_error_for_an_openai_client_not_an_empty_success():
+    empty = (
+        b'event: message_start\ndata: {"type": "message_start", "message": {"id": "m", "model": "claude", "usage": {}}}\n\n'
+        b'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}\n\n'
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    )
+    events = _events(t.StreamTranslator().feed(empty, end=True))
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "bad_provider_answer"

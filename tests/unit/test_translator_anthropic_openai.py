@@ -170,11 +170,30 @@ def test_tool_calls_stream_as_tool_use_blocks_after_the_text():
     assert [start["content_block"] for start in starts] == [{"type": "text", "text": ""}, {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]
     assert [(event["index"], event["delta"]) for event in out if event["type"] == "content_block_delta"] == [
         (0, {"type": "text_delta", "text": "Let me look."}),
-        (1, {"type": "input_json_delta", "partial_json": '{"a":'}),
-        (1, {"type": "input_json_delta", "partial_json": "1}"}),
-    ]
+        (1, {"type": "input_json_delta", "partial_json": '{"a": 1}'}),
+    ], "the arguments whole, when the call's block closes"
     assert [event["index"] for event in out if event["type"] == "content_block_stop"] == [0, 1]
     assert out[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("arguments, expected", [("not json", {"value": "not json"}), ("[1, 2]", {"value": [1, 2]}), ('{"a": 1}', {"a": 1})])
+def test_tool_arguments_read_the_same_in_a_json_answer_and_in_a_stream(arguments, expected):
+    answer = t.response({"choices": [{"message": {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": arguments}}]}}]})
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": arguments[:3]}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": arguments[3:]}}]}, "finish_reason": "tool_calls"}]},
+    ]
+    stream = t.StreamTranslator()
+    out = events(stream.feed(b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n", end=True))
+    streamed = "".join(event["delta"]["partial_json"] for event in out if event["type"] == "content_block_delta")
+    assert answer["content"][0]["input"] == json.loads(streamed) == expected
+
+
+def test_a_stream_without_any_choice_is_an_error_event_not_an_empty_success():
+    stream = t.StreamTranslator()
+    out = events(stream.feed(b'data: {"id": "x", "object": "chat.completion.chunk"}\n\ndata: [DONE]\n\n', end=True))
+    assert out[-1]["type"] == "error" and "no choices" in out[-1]["error"]["message"]
+    assert not any(event["type"] == "message_stop" for event in out)
 
 
 def test_a_stream_cut_short_or_unreadable_ends_with_an_error_event_never_silence():
@@ -223,14 +242,69 @@ def test_a_block_whose_type_is_not_a_string_is_the_clients_error_not_a_crash():
         t.request({"model": "m", "messages": [{"role": "assistant", "content": [{"type": ["tool", "text"]}]}]}, "m")
 
 
-def test_an_answer_of_an_unexpected_shape_becomes_a_502_in_the_clients_shape():
-    """Found by fuzzing: `choices` as an object raised KeyError, which no handler caught (a 500 with a traceback logged)."""
+#: Answers a client's API cannot carry, from an OpenAI provider (to an Anthropic client) and from an Anthropic one (to an OpenAI client).
+UNREADABLE = {
+    "openai: not JSON": ("openai", b"<html>bad gateway</html>"),
+    "openai: a top-level array": ("openai", b"[1, 2]"),
+    "openai: a top-level string": ("openai", b'"x"'),
+    "openai: choices a string": ("openai", b'{"choices": "x"}'),
+    "openai: choices an object": ("openai", b'{"choices": {"0": {}}}'),
+    "openai: no choices": ("openai", b'{"id": "x"}'),
+    "openai: choices null": ("openai", b'{"choices": null}'),
+    "openai: choices empty": ("openai", b'{"choices": []}'),
+    "openai: message null": ("openai", b'{"choices": [{"message": null}]}'),
+    "anthropic: not JSON": ("anthropic", b"oops"),
+    "anthropic: no content": ("anthropic", b'{"type": "message"}'),
+    "anthropic: content null": ("anthropic", b'{"type": "message", "content": null}'),
+    "anthropic: only unknown blocks": ("anthropic", b'{"type": "message", "content": [{"type": "mystery"}]}'),
+}
+
+
+def answer_translation(provider_api: str):
     from extproc.config import parse_config
     from extproc.server.streams import _AnswerTranslation
 
-    provider = next(iter(parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: openai/gpt-4o}]", "t.yaml", {}).providers.values()))
-    answer = _AnswerTranslation(translator.ANTHROPIC_TO_OPENAI.answer, provider, False)
-    answer.on_headers(200, {"content-type": "application/json"})
-    body = answer.on_body(b'{"choices": {"0": {}}}', True)
+    model = "openai/gpt-4o" if provider_api == "openai" else "anthropic/claude-sonnet-4"
+    provider = next(iter(parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{model: {model}}}]", "t.yaml", {}).providers.values()))
+    pair, path = (translator.ANTHROPIC_TO_OPENAI, "/v1/messages") if provider_api == "openai" else (translator.OPENAI_TO_ANTHROPIC, "/v1/chat/completions")
+    return _AnswerTranslation(pair.answer, provider, False, path, 1000)
 
-    assert b'"type":"error"' in body.replace(b" ", b"") and b"answered status 502" in body
+
+@pytest.mark.parametrize("provider_api, body", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_answer_the_clients_api_cannot_carry_is_a_502_in_the_clients_shape_never_a_200(provider_api, body):
+    answer = answer_translation(provider_api)
+    answer.on_headers(200, {"content-type": "application/json"}, False)
+
+    reply = answer.on_body(body, True).immediate_response
+
+    assert reply.status.code == 502 and answer.refused == "bad_provider_answer" and answer.finished
+    error = json.loads(reply.body)
+    if provider_api == "openai":  # an Anthropic client
+        assert error["type"] == "error" and error["error"]["type"] == "api_error" and "could not translate" in error["error"]["message"]
+    else:
+        assert error["error"]["code"] == "bad_provider_answer" and error["error"]["message"].startswith("Provider '")
+
+
+def test_an_empty_success_and_one_past_the_size_limit_are_502s_too():
+    empty = answer_translation("openai")
+    assert empty.on_headers(200, {"content-type": "application/json"}, True).immediate_response.status.code == 502
+    assert b"empty" in empty.on_headers(200, {}, True).immediate_response.body
+    large = answer_translation("anthropic")
+    reply = large.on_headers(200, {"content-type": "application/json", "content-length": "1001"}, False).immediate_response
+    assert reply.status.code == 502 and json.loads(reply.body)["error"]["code"] == "response_too_large" and large.refused == "response_too_large"
+
+
+def body_of(reply: bytes) -> dict:
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    return json.loads(pb.ProcessingResponse.FromString(reply).response_body.response.body_mutation.body)
+
+
+def test_a_readable_answer_and_an_error_answer_are_translated_as_before():
+    answer = answer_translation("openai")
+    answer.on_headers(200, {"content-type": "application/json"}, False)
+    body = body_of(answer.on_body(b'{"id": "c", "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}', True))
+    assert body["content"] == [{"type": "text", "text": "hi"}] and answer.refused is None
+    error = answer_translation("openai")
+    error.on_headers(429, {"content-type": "application/json"}, False)
+    assert body_of(error.on_body(b'{"error": {"message": "slow down"}}', True))["error"]["type"] == "rate_limit_error"
