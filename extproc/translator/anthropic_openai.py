@@ -5,7 +5,7 @@ functions over parsed JSON, plus `StreamTranslator`, which turns
 `chat.completion.chunk` events into Anthropic's event stream as each arrives.
 
 A request field with no chat.completions equivalent is dropped and reported
-(never sent raw); see `DROPPED` and the README's translation table.
+(never sent raw); see `DROPPED` and docs/translation.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Anthropic's server-sent events into `chat.completion.chunk` events as each
 arrives. Nothing here knows about Envoy or gRPC.
 
 A request field with no Messages equivalent is dropped and reported (never
-sent raw); see `DROPPED` and the README's translation table.
+sent raw); see `DROPPED` and docs/translation.md.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def test_tool_use_round_trips_through_openai(mocks, gateway, stream):
         [start] = [event for event in data if event["type"] == "content_block_start"]
         block = start["content_block"]
         arguments = "".join(event["delta"]["partial_json"] for event in data if event["type"] == "content_block_delta")
-        assert [event["delta"]["type"] for event in data if event["type"] == "content_block_delta"] == ["input_json_delta"] * 2
+        assert [event["delta"]["type"] for event in data if event["type"] == "content_block_delta"] == ["input_json_delta"], "the arguments whole, read as a JSON answer's are"
         call = {**block, "input": json.loads(arguments)}
         assert next(event for event in data if event["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
     else:

@@ -70,7 +70,7 @@ def test_try_anyway_listener_still_calls_the_providers(mocks, gateway):
     gw = gateway(gateway_config(provider("primary", GPT4, primary), on_all_cooling="try_anyway"))
 
     assert chat(gw.port, HELLO).status == 429
-    # A chain of one attempt: its outcome comes by the failed-attempts log alone (see the README), not with the answer.
+    # A chain of one attempt: its 429 is recorded by the failed-answer watch before the client holds it (docs/cooldowns.md).
     wait_for(lambda: cooling_seconds(gw, "primary") > 0)
     answer = chat(gw.port, HELLO)
 

@@ -158,11 +158,11 @@ def test_a_first_token_stall_counts_against_the_provider_and_a_lost_race_does_no
     assert "first_token_timeout" in FAILURE_KINDS and "hedged_out" not in FAILURE_KINDS
 
 
-def test_the_readmes_worked_example_is_a_valid_config_with_the_chain_it_describes():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_config_references_worked_example_is_a_valid_config_with_the_chain_it_describes():
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     example = readme[readme.index("  Two keys of one model sharing it 3:1") :]
     example = example[example.index("```yaml") + 7 : example.index("```", example.index("```yaml") + 7)]
-    loaded = parse_config(f"listeners: [{{type: model, name: llm, port: 12000}}]\n{textwrap.dedent(example)}", "README.md", {"KEY_A": "a", "KEY_B": "b", "AZURE_KEY": "z", "AWS_ACCESS_KEY_ID": "x"})
+    loaded = parse_config(f"listeners: [{{type: model, name: llm, port: 12000}}]\n{textwrap.dedent(example)}", "docs/config.md", {"KEY_A": "a", "KEY_B": "b", "AZURE_KEY": "z", "AWS_ACCESS_KEY_ID": "x"})
 
     assert loaded.chains["key-a"].providers == ("key-a", "key-b", "azure", "bedrock")
     assert loaded.chains["key-b"].providers == ("key-b", "key-a", "azure", "bedrock")
