@@ -214,6 +214,9 @@ def response(payload: Any) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
+    refusal = message.get("refusal")
+    if refusal:  # the model declined: its words, and Anthropic's reason for that
+        content.append({"type": "text", "text": str(refusal)})
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": _arguments(function.get("arguments"))})
@@ -223,7 +226,7 @@ def response(payload: Any) -> dict[str, Any]:
         "role": "assistant",
         "model": payload.get("model", ""),
         "content": content,
-        "stop_reason": tables.STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_reason": "refusal" if refusal else tables.STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
         "stop_sequence": None,
         "usage": usage(payload.get("usage") or {}),
     }
@@ -278,6 +281,7 @@ class StreamTranslator:
     _tools: dict[int, int] = field(default_factory=dict)  # OpenAI tool call index -> content block index
     _arguments: list[str] = field(default_factory=list)  # the open tool call's arguments so far
     _stop_reason: str | None = None
+    _refused: bool = False  # a refusal came (`delta.refusal`): the stop reason is Anthropic's `refusal`
     _usage: dict[str, Any] = field(default_factory=dict)
     _done: bool = False
 
@@ -324,10 +328,13 @@ class StreamTranslator:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self._block_kind != "text":
-                    self._open({"type": "text", "text": ""}, out)
-                out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
+            for text in (delta.get("content"), delta.get("refusal")):
+                if text:
+                    if self._block_kind != "text":
+                        self._open({"type": "text", "text": ""}, out)
+                    out.append(self._delta({"type": "text_delta", "text": str(text)}))
+            if delta.get("refusal"):
+                self._refused = True
             for call in delta.get("tool_calls") or ():
                 number = call.get("index", 0)
                 function = call.get("function") or {}
@@ -338,7 +345,7 @@ class StreamTranslator:
                     self._arguments.append(str(function["arguments"]))
             if choice.get("finish_reason"):
                 self._close(out)
-                self._stop_reason = tables.STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                self._stop_reason = "refusal" if self._refused else tables.STOP_REASONS.get(choice["finish_reason"], "end_turn")
 
     def _open(self, block: dict[str, Any], out: list[bytes]) -> None:
         self._close(out)

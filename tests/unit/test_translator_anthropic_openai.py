@@ -308,3 +308,16 @@ def test_a_readable_answer_and_an_error_answer_are_translated_as_before():
     error = answer_translation("openai")
     error.on_headers(429, {"content-type": "application/json"}, False)
     assert body_of(error.on_body(b'{"error": {"message": "slow down"}}', True))["error"]["type"] == "rate_limit_error"
+
+def test_an_openai_refusal_reaches_an_anthropic_client_as_its_words_and_stop_reason_refusal():
+    answer = t.response({"choices": [{"message": {"role": "assistant", "content": None, "refusal": "I can't help with that."}, "finish_reason": "stop"}]})
+    assert answer["content"] == [{"type": "text", "text": "I can't help with that."}] and answer["stop_reason"] == "refusal"
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "refusal": ""}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "I can't "}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "help with that."}, "finish_reason": "stop"}]},
+    ]
+    stream = t.StreamTranslator()
+    out = events(stream.feed(b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n", end=True))
+    assert "".join(event["delta"]["text"] for event in out if event["type"] == "content_block_delta") == "I can't help with that."
+    assert next(event for event in out if event["type"] == "message_delta")["delta"]["stop_reason"] == "refusal"
