@@ -81,7 +81,7 @@ def test_the_anthropic_sdk_creates_streams_and_rebuilds_the_final_message(both, 
         final = stream.get_final_message()
 
     assert created.content[0].type == "text" and created.content[0].text.startswith(f"[{name}] you said: hi") and created.stop_reason == "end_turn"
-    assert [event.type for event in events][0] == "message_start" and events[-1].type == "message_stop"
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
     streamed = "".join(event.delta.text for event in events if event.type == "content_block_delta" and event.delta.type == "text_delta")
     assert f"[{name}]" in streamed and final.content[0].text.strip() == streamed.strip() and final.stop_reason == "end_turn"
     mock = claude_mock if model == CLAUDE else openai_mock
