@@ -17,10 +17,10 @@ def gateway(tmp_path):
     """Start `extproc up` on a config dict; every gateway started is stopped after the test."""
     started: list[GatewayProcess] = []
 
-    def start(config: dict, *extra_args: str) -> GatewayProcess:
+    def start(config: dict, *extra_args: str, **how) -> GatewayProcess:
         directory = tmp_path / f"gateway{len(started)}"
         directory.mkdir()
-        process = GatewayProcess(config, str(directory), extra_args)
+        process = GatewayProcess(config, str(directory), extra_args, **how)
         started.append(process)
         return process
 

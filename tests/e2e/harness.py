@@ -270,13 +270,15 @@ def _otlp_value(value):
 class GatewayProcess:
     """`python -m extproc up CONFIG` in a subprocess, as a user runs it."""
 
-    def __init__(self, config: dict, directory: str, extra_args: tuple[str, ...] = ()):
+    def __init__(self, config: dict, directory: str, extra_args: tuple[str, ...] = (), extproc: tuple[str, ...] = (sys.executable, "-m", "extproc")):
+        """`extproc`: the command that runs it (another install's `bin/extproc`, say), started in `directory`."""
         self.config_path = os.path.join(directory, "config.yaml")
         self.write_config(config)
         self.log_path = os.path.join(directory, "gateway.log")
         self.log = open(self.log_path, "w+", encoding="utf-8")
-        command = [sys.executable, "-m", "extproc", "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", "--drain-time", "0", *extra_args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        command = [*extproc, "up", self.config_path, "--concurrency", "1", "--metrics-port", "0", "--drain-time", "0", *extra_args]
+        cwd = None if extproc[1:2] == ("-m",) else directory  # another install must not import this checkout's package
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True, cwd=cwd)
         self.ports: dict[str, int] = {}
         self.metrics_port = 0
         self.admin_url = ""  # Envoy's admin API
