@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke docker-build-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke image-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,9 @@ e2e: $(STAMP)
 e2e-smoke: $(STAMP)
 	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
 
-## Opt-in: build the image (needs a running Docker engine; `make test` checks the Dockerfile with hadolint instead).
-docker-build-test: $(STAMP)
-	$(BIN)/python -m pytest -m docker_engine tests/unit/test_deploy.py
+## The image built with podman (on a debootstrapped Debian base) and run: check, up --mock-providers, the compose topology (CI runs it after `make test`; installs podman, runc and debootstrap with apt-get when missing).
+image-test: $(STAMP)
+	$(BIN)/python -m pytest -m image -p no:cacheprovider tests/image
 
 ## Envoy alone vs the gateway, side by side (prints a table; installs wrk if missing).
 bench: $(STAMP)
