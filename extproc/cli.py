@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--drain-timeout", type=float, default=30.0, help="on stop, seconds to let open connections and in-flight requests finish")
     up.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     up.add_argument("--reload-token-file", help="a file holding a token: POST /reload then needs `Authorization: Bearer <token>` (default: loopback callers only)")
+    up.add_argument("--max-heap-mb", type=int, default=200, help="Envoy's heap budget: near it Envoy refuses requests (and /readyz says so) instead of being OOM-killed")
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
@@ -312,6 +313,7 @@ def _up(args) -> int:
             drain_time_s=args.drain_time,
             metrics_port=args.metrics_port,
             reload_token=_token(args.reload_token_file),
+            max_heap_bytes=args.max_heap_mb * 1024 * 1024,
         )
         try:
             await gateway.start()

@@ -59,6 +59,7 @@ class Gateway:
     listener_ports: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None  # None: the config's metrics port
     reload_token: str | None = None  # lets non-loopback callers POST /reload
+    max_heap_bytes: int = RenderOptions.max_heap_bytes  # Envoy's heap budget: past 98% of it, Envoy refuses every request
     sidecar: Sidecar | None = None
     #: Set when Envoy exits on its own; `failure` says how. `up` then stops and exits non-zero.
     envoy_exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,7 +72,7 @@ class Gateway:
             self.workdir = tempfile.mkdtemp(prefix="extproc-")
             self._owns_workdir = True
         socket_path = os.path.join(self.workdir, "sidecar.sock")
-        options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0)
+        options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0, max_heap_bytes=self.max_heap_bytes)
         xds_dir = os.path.join(self.workdir, "xds")
         xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
         self.sidecar = Sidecar(self.config, f"unix:{socket_path}", self.config_path, self.metrics_port, xds, reload_token=self.reload_token)
@@ -102,6 +103,20 @@ class Gateway:
             raise
         self.sidecar.runtime.problems.pop("envoy", None)
         self.sidecar.spawn(self._watch_envoy(self._envoy), "envoy")
+        self.sidecar.spawn(self._watch_overload(), "envoy overload watch")
+
+    async def _watch_overload(self, interval_s: float = 0.5) -> None:
+        """While Envoy's overload manager refuses requests (its heap near the budget), the gateway is not ready, and says why."""
+        assert self.sidecar is not None
+        problems = self.sidecar.runtime.problems
+        while True:
+            active = await asyncio.to_thread(envoyadmin.stats, self.admin_url, _SHEDDING)
+            if any(float(str(value or 0)) > 0 for value in active.values()):
+                budget = self.max_heap_bytes // (1024 * 1024)
+                problems[_OVERLOAD] = f"shedding load: its heap is past 98% of its budget ({budget} MiB; up --max-heap-mb): every request is answered 503"
+            else:
+                problems.pop(_OVERLOAD, None)
+            await asyncio.sleep(interval_s)
 
     async def _watch_envoy(self, envoy: subprocess.Popen) -> None:
         code = await asyncio.to_thread(envoy.wait)
@@ -170,6 +185,10 @@ class Gateway:
         while time.monotonic() < deadline and self._open_connections() > 0:
             time.sleep(0.05)
 
+
+#: Envoy's overload action that refuses every new request, and the part of `/readyz` that says it is active.
+_SHEDDING = r"overload\.envoy\.overload_actions\.stop_accepting_requests\.active$"
+_OVERLOAD = "envoy overload"
 
 #: Envoy components whose debug or trace output prints request headers or header mutations (a client's
 #: credentials, a provider's keys): the connection manager's and codecs' header dumps, the router's, the

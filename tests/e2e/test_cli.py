@@ -233,3 +233,15 @@ def test_log_options_go_before_or_after_the_command_and_json_lines_have_stable_f
     line = json.loads(log_formatter("json").format(record))
     assert {key: line[key] for key in ("level", "logger", "message", "request_id")} == {"level": "WARNING", "logger": "extproc.test", "message": "request r-1 went wrong", "request_id": "r-1"}
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$", line["time"])
+
+
+def test_while_envoy_sheds_load_the_gateway_is_not_ready_and_says_why(mocks, gateway):
+    main = mocks.start("main")
+    gw = gateway(gateway_config(provider("main", "openai/gpt-4", main)), "--max-heap-mb", "1")  # Envoy alone starts above 1 MiB
+
+    wait_for(lambda: gw.get("/readyz").status == 503)
+    ready = gw.get("/readyz")
+    answer = chat(gw.port, {"model": "openai/gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+
+    assert b"envoy overload: shedding load" in ready.body and b"1 MiB" in ready.body, ready.body
+    assert answer.status == 503 and not main.received, "Envoy refused it: the gateway said so before a client had to find out"
