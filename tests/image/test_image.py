@@ -26,14 +26,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.image
+from extproc.config.envsubst import expand
+
+#: Building the base and the images is part of the first test's time: more than the suite's 300 s per test.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "localhost/extproc-base:bookworm"
 IMAGE = "localhost/extproc:image-test"
 PODMAN = ["podman", "--storage-driver", "vfs"]
 #: What these machines allow a container: runc (crun is refused), and limits under the host's.
-RUN = [*PODMAN, "run", "--runtime", "runc", "--network", "host", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1000:1000"]
+RUN_ANYWHERE = [*PODMAN, "run", "--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1000:1000"]
+RUN = [*RUN_ANYWHERE, "--network", "host"]
 DEMO_MODELS = ("openai/gpt-4", "gpt-4o", "gpt-4o-mini", "vertex_ai/claude-sonnet-4@20250514", "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0")
 #: The demo's answering provider per model: each first provider answers 429 (the mocks of config_failover.yaml).
 ANSWERED_BY = {"openai/gpt-4": "secondary", "gpt-4o": "claude", "gpt-4o-mini": "bedrock", DEMO_MODELS[3]: "vertex", DEMO_MODELS[4]: "bedrock"}
@@ -98,7 +102,7 @@ def containers():
     start.volume = volume  # type: ignore[attr-defined]
     yield start
     for name in started:
-        run([*PODMAN, "rm", "-f", "-t", "5", name], check=False)
+        run([*PODMAN, "rm", "-f", "-t", "1", name], check=False)
     for name in volumes:
         run([*PODMAN, "volume", "rm", "-f", name], check=False)
 
@@ -158,24 +162,73 @@ def test_up_with_mock_providers_serves_every_demo_model_and_its_healthcheck_pass
     assert run([*PODMAN, "exec", name, *healthcheck(image)], check=False).returncode == 0, "the HEALTHCHECK command passes"
 
 
-def test_the_compose_topology_envoy_and_the_sidecar_in_two_containers_sharing_the_socket_volume(image, containers):
-    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
-    services = compose["services"]
-    for name, service in services.items():
-        if name.startswith("mock-"):  # each mock as compose runs it, on loopback
-            command = [part if part != "0.0.0.0" else "127.0.0.1" for part in service["command"]]
-            mounts = ["-v", f"{ROOT / 'deploy/demo/vertex-service-account.json'}:/etc/extproc/vertex-service-account.json:ro"] if name == "mock-vertex" else []
-            containers(*mounts, image, *command)
-    shared = containers.volume()
-    sidecar = services["extproc"]
-    containers(*CONFIG_MOUNTS, "-v", f"{shared}:/run/extproc", image, *sidecar["command"])
-    wait_until(lambda: get("http://127.0.0.1:9092/readyz")[0] == 200, "the sidecar ready")
-    envoy = services["envoy"]
-    containers("-v", f"{ROOT / 'envoy/envoy.yaml'}:/etc/envoy/envoy.yaml:ro", "-v", f"{shared}:/run/extproc", "--entrypoint", envoy["entrypoint"][0], image, *envoy["command"])
-    wait_until(lambda: get("http://127.0.0.1:9902/stats/prometheus")[0] == 200, "Envoy serving")
-    wait_until(lambda: _answers("openai/gpt-4"), "Envoy routing with the sidecar's routes")
+#: Stand-ins for the compose file's services whose images no registry here serves.
+REDIS_STAND_IN = "localhost/extproc-redis:bookworm"
+#: An OTLP/HTTP endpoint that keeps what it is sent (Jaeger's role in the compose file: Envoy exports its spans there).
+OTLP_CATCHER = """
+import http.server, os
+class Catch(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with open(os.path.join("/spans", f"{self.path.strip('/').replace('/', '_')}-{len(os.listdir('/spans'))}"), "wb") as out:
+            out.write(body)
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 4318), Catch).serve_forever()
+"""
 
-    assert_every_demo_model_answers()
+
+@pytest.fixture(scope="session")
+def redis_image(image) -> str:
+    """Debian's redis-server on the same base (no registry here serves the compose file's `redis` image)."""
+    if run([*PODMAN, "image", "exists", REDIS_STAND_IN], check=False).returncode != 0:
+        recipe = f"FROM {BASE}\nRUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*\n"
+        built = subprocess.run([*PODMAN, "build", "--isolation", "chroot", "--network", "host", "-t", REDIS_STAND_IN, "-f", "-", str(ROOT / "tests" / "image")], input=recipe, capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stderr[-3000:]
+    return REDIS_STAND_IN
+
+
+def test_the_compose_topology_as_docker_compose_declares_it(image, redis_image, containers, tmp_path):
+    """Every service of docker-compose.yaml, by its name on one network, with its command, environment, volumes and ports."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    network = f"extproc-compose-{uuid.uuid4().hex[:8]}"
+    run([*PODMAN, "network", "create", network])
+    volumes = {name: containers.volume() for name in compose.get("volumes", {})}
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    spans.chmod(0o777)
+    try:
+        last = ("extproc", "envoy")  # what they depend on first, as compose's depends_on has it
+        for name in [name for name in compose["services"] if name not in last] + list(last):
+            service = compose["services"][name]
+            options = [*RUN_ANYWHERE, "-d", "--network", network, "--name", name, "--no-healthcheck"]
+            for key, value in (service.get("environment") or {}).items():
+                options += ["-e", f"{key}={expand(str(value), os.environ)}"]  # compose's ${VAR:-default}, as compose expands it
+            for mount in service.get("volumes") or []:
+                source, _, target = mount.partition(":")
+                options += ["-v", f"{volumes.get(source) or (ROOT / source).resolve()}:{target}"]
+            for port in service.get("ports") or []:
+                options += ["-p", f"127.0.0.1:{port}"]
+            if name == "redis":  # Debian's redis-server listens on loopback and guards it unless told otherwise
+                run([*options, redis_image, *service["command"], "--bind", "0.0.0.0", "--protected-mode", "no"])
+            elif name == "jaeger":
+                run([*options, "-v", f"{spans}:/spans", "--entrypoint", "python", image, "-c", OTLP_CATCHER])
+            else:
+                entrypoint = ["--entrypoint", service["entrypoint"][0]] if service.get("entrypoint") else []
+                run([*options, *entrypoint, image, *service.get("command", [])])
+            if name == "extproc":
+                wait_until(lambda: get("http://127.0.0.1:9092/readyz") == (200, b"ready\n"), "the sidecar ready, with nothing to note (Redis reached, every credential held)")
+        wait_until(lambda: get("http://127.0.0.1:9902/stats/prometheus")[0] == 200, "Envoy serving")
+        wait_until(lambda: _answers("openai/gpt-4"), "Envoy routing with the sidecar's routes")
+
+        assert_every_demo_model_answers()
+        metrics = get("http://127.0.0.1:9092/metrics")[1].decode()
+        assert "extproc_shared_state_up 1.0" in metrics, "the sidecar shares its cooldowns through the redis service"
+        wait_until(lambda: any(path.name.startswith("v1_traces") for path in spans.iterdir()), "Envoy's spans at the jaeger service", timeout=15)
+    finally:
+        for name in compose["services"]:
+            run([*PODMAN, "rm", "-f", "-t", "1", name], check=False)
+        run([*PODMAN, "network", "rm", "-f", network], check=False)
 
 
 def _answers(model: str) -> bool:
