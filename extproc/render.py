@@ -162,11 +162,10 @@ def render_dynamic(config: Config, xds_dir: str, options: RenderOptions = Render
 
 def _fixed_clusters(config: Config, options: RenderOptions) -> list[dict]:
     """The clusters fixed at start: the sidecar's, the trace collector's when tracing is on, Envoy's admin when its stats are served."""
-    body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
-    clusters = [_sidecar_cluster(options, body_limit)]
+    clusters = [_sidecar_cluster(options, config.body_limit)]
     bulk = bulk_address(options.sidecar)
     if bulk is not None:
-        clusters.append(_sidecar_cluster(options, body_limit, BULK_CLUSTER, bulk))
+        clusters.append(_sidecar_cluster(options, config.body_limit, BULK_CLUSTER, bulk))
     if config.tracing.endpoint:
         clusters.append(trace_cluster(config.tracing, options.ca_file or _system_ca_bundle()))
     if options.envoy_stats_port is not None:
@@ -210,7 +209,7 @@ def upstream_clusters(configs: Iterable[Config], options: RenderOptions = Render
     """A cluster per provider and an aggregate cluster per chain start, of every snapshot given (once per name)."""
     clusters: dict[str, dict] = {}
     for config in configs:
-        body_limit = max((listener.max_body_bytes for listener in config.listeners), default=0)
+        body_limit = config.body_limit
         for provider in config.providers.values():
             clusters.setdefault(provider.cluster, _provider_cluster(provider, body_limit, options, config.connect_timeout_s))
         for start, chain in config.chains.items():

@@ -319,6 +319,11 @@ class Config:
         )
 
     @cached_property
+    def body_limit(self) -> int:
+        """The largest listener's `max_body_bytes`: what Envoy buffers of a body or an answer, and what sizes the sidecar's gRPC messages."""
+        return max((listener.max_body_bytes for listener in self.listeners), default=0)
+
+    @cached_property
     def providers_by_identity(self) -> Mapping[str, tuple[str, ...]]:
         """`Provider.identity` -> the names of this config's providers with it (a shared cooldown applies to each)."""
         names: dict[str, list[str]] = {}

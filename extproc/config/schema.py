@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
 from pydantic_core import PydanticCustomError, core_schema
 
 from .model import RETRY_CONDITIONS, TRACE_PROTOCOLS
@@ -125,8 +125,7 @@ def _size(value: Any) -> int:
 MAX_BODY_BYTES = 2**30 - 1
 
 
-def _body_size(value: Any) -> int:
-    size = _size(value)
+def _body_size(size: int) -> int:
     if size > MAX_BODY_BYTES:
         raise invalid(f"{size} bytes is too large: must be less than 1GiB (the sidecar's gRPC messages carry up to twice the body, at most 2GiB)")
     return size
@@ -388,7 +387,7 @@ class Listener(Section):
     stream_idle_timeout: Duration = Field(
         default=300.0, description="a request that moves no byte for this long ends (a stream stalled mid-answer; also the wait for a non-streamed answer)"
     )
-    max_body_bytes: Annotated[Size, BeforeValidator(_body_size)] = Field(default=10 * 1024 * 1024, description="larger request bodies get 413; less than 1GiB")
+    max_body_bytes: Annotated[Size, AfterValidator(_body_size)] = Field(default=10 * 1024 * 1024, description="larger request bodies get 413; less than 1GiB")
     on_all_cooling: Annotated[Literal["reject", "try_anyway"], _one_of("reject", "try_anyway")] = "reject"
     access_log: bool = False
     allowed_paths: Annotated[list[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")]], BeforeValidator(_non_empty)] | None = None

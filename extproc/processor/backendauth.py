@@ -12,18 +12,12 @@ from ..config import Provider
 from ..config.model import CREDENTIAL_HEADERS
 from ..providers import kind_of
 from ..providers.kind import bearer
-
-
-def minted(provider: Provider) -> bool:
-    """Its attempts carry a credential minted at run time (`providers.tokens`), which changes while the config does not."""
-    return not provider.passthrough_auth and not provider.access_key and kind_of(provider).token_source is not None
+from ..providers.tokens import source_of
 
 
 def unavailable(provider: Provider) -> str | None:
     """Why a provider whose credential is minted at run time cannot be called now (it has no token); None when it can."""
-    if not minted(provider):
-        return None
-    source = kind_of(provider).token_source(provider)  # type: ignore[misc]
+    source = source_of(provider)
     if source is None or source.problem is None:
         return None
     return f"Provider '{provider.name}' has no credentials ({source.problem}): nothing is sent to it without them."

@@ -16,8 +16,9 @@ from typing import NamedTuple
 from .. import providers, translator
 from ..config import Config, Listener, Provider
 from ..contract import unhedged_route
+from ..providers.tokens import minted
 from . import errors, multipart
-from .backendauth import minted, unavailable
+from .backendauth import unavailable
 from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from . import kind_of
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, Provider
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ class TokenSource(Protocol):
 
     def refresh(self) -> None:
         """Mint a token when none is held or the held one is due (blocking: run off the event loop)."""
+
+
+def minted(provider: Provider) -> bool:
+    """Its attempts carry a credential minted at run time (this module's), which changes while the config does not."""
+    return not provider.passthrough_auth and not provider.access_key and kind_of(provider).token_source is not None
+
+
+def source_of(provider: Provider) -> TokenSource | None:
+    """The source of its minted credential; None when its attempts carry a key of the config's or the client's own."""
+    make = kind_of(provider).token_source
+    return make(provider) if make is not None and minted(provider) else None
 
 
 def sources(configs: Iterable[Config]) -> set[TokenSource]:
@@ -68,8 +79,7 @@ def problems(configs: Iterable[Config]) -> dict[str, str]:
     found = {}
     for config in configs:
         for provider in config.providers.values():
-            make = kind_of(provider).token_source
-            source = make(provider) if make is not None and not provider.access_key and not provider.passthrough_auth else None
+            source = source_of(provider)
             if source is not None and source.problem is not None:
                 found[f"credential of provider {provider.name}"] = f"none ({source.problem}): its requests are refused with 503"
     return found

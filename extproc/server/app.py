@@ -88,7 +88,7 @@ async def start_server(runtime: Runtime, listen: str, tls: ServerTls | None = No
     Unix socket, the bulk lane's server (`contract.bulk_address`).
     """
     logging.getLogger("grpc._cython.cygrpc").addFilter(quiet_peer_gone)
-    limit = message_limit(max(listener.max_body_bytes for listener in runtime.store.current.listeners))
+    limit = message_limit(runtime.store.current.body_limit)
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     server = grpc.aio.server(options=options)
     processor = ExternalProcessor(runtime)

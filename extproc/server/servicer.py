@@ -156,8 +156,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             metrics.translated.labels(provider, stream.attempt.translation.label).inc()
             for name in stream.dropped:
                 metrics.dropped_fields.labels(provider, name).inc()
-        refused = stream.refused_answer
-        if refused is not None and kind in ("response_headers", "response_body"):
+        refused = stream.refused_answer  # set by a response message, and the stream ends with it
+        if refused is not None:
             self.runtime.observer.invalid_answer(provider, refused)
         if kind == "response_body" and stream.malformed_events:
             self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)

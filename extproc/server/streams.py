@@ -295,8 +295,7 @@ class UpstreamStream:
         pair = self.attempt.translation
         assert pair is not None
         if pair.answer is not None:
-            limit = max(listener.max_body_bytes for listener in self.live.current.listeners)
-            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage, self.client_path, limit)
+            self._answer_translation = _AnswerTranslation(pair.answer, self.attempt.provider, translated.include_usage, self.client_path, self.live.current.body_limit)
         else:
             self.done = True  # the answer is in the client's API already
         # msgspec: a request with a few MiB of base64 image is read and written 3x faster than with json (~5 ms for 5 MiB).
