@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke image-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke e2e-claude-code image-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ e2e: $(STAMP)
 ## Opt-in: the full stack against real providers (OPENAI_API_KEY, ANTHROPIC_API_KEY, AWS credentials, Vertex AI credentials; each test skipped, saying why, without its own).
 e2e-smoke: $(STAMP)
 	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
+
+## Opt-in: Claude Code's CLI (npm, pinned) as the client, offline against mock providers: a tool round trip per provider API.
+CLAUDE_CODE_VERSION := 2.1.197
+CLAUDE_CODE := .cache/claude-code/node_modules/.bin/claude
+$(CLAUDE_CODE):
+	npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+
+e2e-claude-code: $(STAMP) $(CLAUDE_CODE)
+	$(BIN)/python -m pytest -m claude_code -p no:cacheprovider tests/e2e/test_claude_code.py
 
 ## The image built with podman (on a debootstrapped Debian base) and run: check, up --mock-providers, the compose topology (CI runs it after `make test`; installs podman, runc and debootstrap with apt-get when missing).
 image-test: $(STAMP)

@@ -88,6 +88,8 @@ class MockProvider:
     vertex: mock_vertex.VertexState | None = None
     #: `api="bedrock"`: the credentials its signature check accepts (`mock_bedrock.BedrockState`).
     bedrock: mock_bedrock.BedrockState | None = None
+    #: The tool it calls (name, arguments) when that tool is offered; otherwise the first one offered, with `{"echo": …}`.
+    use_tool: tuple[str, dict] | None = None
     _server: asyncio.AbstractServer | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -197,7 +199,7 @@ class MockProvider:
             return
         if payload.get("stream") is True:
             _write_head(writer, headers)
-            events = mock_anthropic.events(self.name, payload, self.served)
+            events = mock_anthropic.events(self.name, payload, self.served, self.use_tool)
             if self.sse_odd_event is not None:
                 events.insert(1, self.sse_odd_event)
             line_end = self.sse_line_end.encode()
@@ -206,7 +208,7 @@ class MockProvider:
                 raise ConnectionResetError("the gateway left this stream before its first token")
             await self._send(writer, [piece for event in events[1:] for piece in _pieces(event, line_end)])
             return
-        whole = mock_anthropic.answer(self.name, payload, self.served)
+        whole = mock_anthropic.answer(self.name, payload, self.served, self.use_tool)
         if self.padding:
             whole["padding"] = "x" * self.padding
         _write_response(writer, 200, headers, json.dumps(whole).encode() if self.answer_body is None else self.answer_body)
@@ -232,10 +234,10 @@ class MockProvider:
             _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         elif payload.get("stream") is True:
             _write_head(writer, headers)
-            await self._send(writer, mock_vertex.claude_events(self.name, model, payload, self.served))
+            await self._send(writer, mock_vertex.claude_events(self.name, model, payload, self.served, self.use_tool))
             return
         else:
-            _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served)).encode())
+            _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served, self.use_tool)).encode())
         await writer.drain()
 
     async def _answer_bedrock(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
@@ -250,16 +252,16 @@ class MockProvider:
         payload = json.loads(request.body)
         model_id, operation = mock_bedrock.operation(request.path)
         if operation in ("converse", "invoke"):
-            whole = mock_bedrock.answer(self.name, payload, self.served) if operation == "converse" else mock_bedrock.invoke_answer(self.name, model_id, payload, self.served)
+            whole = mock_bedrock.answer(self.name, payload, self.served) if operation == "converse" else mock_bedrock.invoke_answer(self.name, model_id, payload, self.served, self.use_tool)
             _write_response(writer, 200, headers, json.dumps(whole).encode())
             await writer.drain()
             return
         _write_head(writer, headers, content_type=mock_bedrock.EVENT_STREAM)
-        frames = mock_bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else mock_bedrock.invoke_frames(self.name, model_id, payload, self.served)
+        frames = mock_bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else mock_bedrock.invoke_frames(self.name, model_id, payload, self.served, self.use_tool)
         await self._send(writer, frames)
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
-        calls = mock_openai.tool_calls(self.name, payload, self.served)
+        calls = mock_openai.tool_calls(self.name, payload, self.served, self.use_tool)
         message = {"role": "assistant", "content": None, "tool_calls": calls} if calls else {"role": "assistant", "content": _reply_text(self.name, payload)}
         return {
             "id": f"chatcmpl-{self.name}-{self.served}",
@@ -290,7 +292,7 @@ class MockProvider:
             if not await self._wait(reader, self.first_token_delay_s):
                 raise ConnectionResetError("the gateway left this stream before its first token")
         words = _reply_text(self.name, payload).split(" ")
-        calls = mock_openai.tool_calls(self.name, payload, self.served)
+        calls = mock_openai.tool_calls(self.name, payload, self.served, self.use_tool)
         if calls:  # the call's name first, then its arguments in two pieces
             arguments = calls[0]["function"]["arguments"]
             first = {"index": 0, "id": calls[0]["id"], "type": "function", "function": {"name": calls[0]["function"]["name"], "arguments": ""}}

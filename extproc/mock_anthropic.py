@@ -3,9 +3,11 @@
 It refuses what Anthropic refuses, so a test through the gateway proves the
 translation, not just the plumbing: the wrong auth header, no
 `anthropic-version`, no `max_tokens`, a `system` role inside `messages`, a
-field the Messages API does not know. It answers text, or a `tool_use` of the
-first tool when tools are offered and the last turn is not a tool result; as
-JSON, or as Anthropic's event stream when `stream: true`.
+field the Messages API does not know, a beta's field or turn without that
+beta in `anthropic-beta` (Claude Code sends several). It answers text, or a
+`tool_use` (of the first tool offered, or the one it is told to use) when the
+last turn is not a tool result; as JSON, or as Anthropic's event stream when
+`stream: true`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from .translator.tables import anthropic_error
 #: Top-level request fields of the Messages API; anything else is refused (as Anthropic does).
 KNOWN_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences", "stream",
-    "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+    "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers", "output_config",
+    "context_management",
 })  # fmt: skip
+#: What the Messages API takes only under a beta, by the beta's name: a request field, or a turn of role `system`.
+BETAS = {"context_management": "context-management-2025-06-27", "system turn": "mid-conversation-system-2026-04-07"}
 
 
 def error_body(status: int, message: str) -> bytes:
@@ -50,7 +55,22 @@ def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] 
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         return 400, "messages: Field required"
-    for index, message in enumerate(messages):
+    return beta_refusal(payload, header_betas(headers))
+
+
+def header_betas(headers: dict[str, str]) -> list[str]:
+    """The betas an `anthropic-beta` header names (Anthropic's API, Claude on Vertex)."""
+    return headers.get("anthropic-beta", "").replace(" ", "").split(",")
+
+
+def beta_refusal(payload: dict[str, Any], betas: list[str]) -> tuple[int, str] | None:
+    """A beta's field or turn in a request whose `betas` do not name that beta (Anthropic: the header; Bedrock: the body)."""
+    if "context_management" in payload and BETAS["context_management"] not in betas:
+        return 400, "context_management: Extra inputs are not permitted"
+    system_turns = BETAS["system turn"] in betas
+    for index, message in enumerate(payload["messages"]):
+        if system_turns and isinstance(message, dict) and message.get("role") == "system":
+            continue
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             role = message.get("role") if isinstance(message, dict) else None
             return 400, f'messages.{index}.role: Unexpected role "{role}". The Messages API accepts a top-level `system` parameter, not "system" as an input message role.'
@@ -62,9 +82,9 @@ def count_tokens(payload: dict[str, Any]) -> dict[str, Any]:
     return {"input_tokens": _prompt_words(payload)}
 
 
-def answer(name: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
-    """A Messages response to a well-formed request."""
-    blocks = _reply_blocks(name, payload, number)
+def answer(name: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A Messages response to a well-formed request; a call of `use_tool` (name, input) when it is offered, else of the first tool."""
+    blocks = _reply_blocks(name, payload, number, use_tool)
     stop_reason = "tool_use" if any(block["type"] == "tool_use" for block in blocks) else "end_turn"
     return {
         "id": f"msg_{name}_{number}",
@@ -78,9 +98,9 @@ def answer(name: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
     }
 
 
-def events(name: str, payload: dict[str, Any], number: int) -> list[bytes]:
+def events(name: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[bytes]:
     """The same answer as Anthropic's event stream, one event per item (text word by word, tool input in pieces)."""
-    message = answer(name, payload, number)
+    message = answer(name, payload, number, use_tool)
     start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 1}}
     out = [_event("message_start", {"type": "message_start", "message": start}), _event("ping", {"type": "ping"})]
     for index, block in enumerate(message["content"]):
@@ -117,14 +137,15 @@ def _texts(content: Any) -> list[str]:
     return texts
 
 
-def _reply_blocks(name: str, payload: dict[str, Any], number: int) -> list[dict[str, Any]]:
+def _reply_blocks(name: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
     last = payload["messages"][-1]
     content = last.get("content")
     said = " ".join(_texts(content))
     tool_results = isinstance(content, list) and any(isinstance(block, dict) and block.get("type") == "tool_result" for block in content)
     tools = payload.get("tools")
     if isinstance(tools, list) and tools and not tool_results and payload.get("tool_choice", {}).get("type") != "none":
-        return [{"type": "tool_use", "id": f"toolu_{name}_{number}", "name": tools[0].get("name", "tool"), "input": {"echo": said}}]
+        tool, arguments = use_tool if use_tool and any(offered.get("name") == use_tool[0] for offered in tools) else (tools[0].get("name", "tool"), {"echo": said})
+        return [{"type": "tool_use", "id": f"toolu_{name}_{number}", "name": tool, "input": arguments}]
     return [{"type": "text", "text": f"[{name}] you said: {said}"}]
 
 

@@ -27,6 +27,12 @@ KNOWN_FIELDS = frozenset({
     "messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
     "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig",
 })  # fmt: skip
+#: The betas InvokeModel takes for Claude (in the body's `anthropic_beta`), per AWS's Claude Messages API page; others are refused.
+INVOKE_BETAS = frozenset({
+    "computer-use-2024-10-22", "computer-use-2025-01-24", "token-efficient-tools-2025-02-19", "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19", "dev-full-thinking-2025-05-14", "context-1m-2025-08-07", "context-management-2025-06-27",
+    "effort-2025-11-24", "tool-search-tool-2025-10-19", "tool-examples-2025-10-29",
+})  # fmt: skip
 _ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException", 429: "ThrottlingException", 503: "ServiceUnavailableException"}
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -105,12 +111,16 @@ def _invoke_refusal(model_id: str, payload: Any) -> tuple[int, str, str] | None:
         return 400, f"The mock serves InvokeModel for Claude only, not {model_id}", "ValidationException"
     if not isinstance(payload, dict) or payload.get("anthropic_version") != "bedrock-2023-05-31":
         return 400, "Malformed input request: anthropic_version bedrock-2023-05-31 is required", "ValidationException"
-    unknown = sorted(set(payload) - mock_anthropic.KNOWN_FIELDS - {"anthropic_version"} | ({"model", "stream"} & set(payload)))
+    unknown = sorted(set(payload) - mock_anthropic.KNOWN_FIELDS - {"anthropic_version", "anthropic_beta"} | ({"model", "stream"} & set(payload)))
     if unknown:
         return 400, f"Malformed input request: extraneous key [{unknown[0]}] is not permitted", "ValidationException"
     if not isinstance(payload.get("max_tokens"), int) or not isinstance(payload.get("messages"), list):
         return 400, "Malformed input request: max_tokens and messages are required", "ValidationException"
-    return None
+    betas = payload.get("anthropic_beta", [])
+    if not isinstance(betas, list) or any(beta not in INVOKE_BETAS for beta in betas):
+        return 400, "The model returned the following errors: invalid beta flag", "ValidationException"
+    refused = mock_anthropic.beta_refusal(payload, betas)
+    return None if refused is None else (refused[0], f"The model returned the following errors: {refused[1]}", "ValidationException")
 
 
 def operation(path: str) -> tuple[str, str]:
@@ -120,13 +130,13 @@ def operation(path: str) -> tuple[str, str]:
     return unquote(match.group(1)), match.group(2)
 
 
-def invoke_answer(name: str, model_id: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
-    return mock_anthropic.answer(name, {**payload, "model": model_id}, number)
+def invoke_answer(name: str, model_id: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    return mock_anthropic.answer(name, {**payload, "model": model_id}, number, use_tool)
 
 
-def invoke_frames(name: str, model_id: str, payload: dict[str, Any], number: int) -> list[bytes]:
+def invoke_frames(name: str, model_id: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[bytes]:
     """Anthropic's events for the same answer, each in a `chunk` frame (base64 in `bytes`), as invoke-with-response-stream sends them."""
-    events = mock_anthropic.events(name, {**payload, "model": model_id}, number)
+    events = mock_anthropic.events(name, {**payload, "model": model_id}, number, use_tool)
     data = [line[len(b"data: ") :] for event in events for line in event.split(b"\n") if line.startswith(b"data: ")]
     return [frame("chunk", {"bytes": base64.b64encode(item).decode()}) for item in data]
 

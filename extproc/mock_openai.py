@@ -62,8 +62,8 @@ def refusal(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str] 
     return None
 
 
-def tool_calls(name: str, payload: dict[str, Any], number: int) -> list[dict[str, Any]]:
-    """A call of the first offered function tool, unless tool results follow the last assistant turn (or tool_choice is "none")."""
+def tool_calls(name: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A call of `use_tool` (name, arguments) when offered, else of the first function tool, unless tool results follow the last assistant turn (or tool_choice is "none")."""
     tools = payload.get("tools")
     messages = payload.get("messages")
     first = tools[0] if isinstance(tools, list) and tools and isinstance(tools[0], dict) else {}
@@ -75,6 +75,9 @@ def tool_calls(name: str, payload: dict[str, Any], number: int) -> list[dict[str
     last_assistant = max((index for index, role in enumerate(roles) if role == "assistant"), default=-1)
     if "tool" in roles[last_assistant + 1 :]:
         return []
+    offered = [tool["function"].get("name") for tool in tools if isinstance(tool, dict) and isinstance(tool.get("function"), dict)] if isinstance(tools, list) else []
+    if use_tool and use_tool[0] in offered:
+        return [{"id": f"call_{name}_{number}", "type": "function", "function": {"name": use_tool[0], "arguments": json.dumps(use_tool[1])}}]
     said = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
     arguments = json.dumps({"echo": said if isinstance(said, str) else ""})
     return [{"id": f"call_{name}_{number}", "type": "function", "function": {"name": function["name"], "arguments": arguments}}]

@@ -75,7 +75,7 @@ class VertexState:
                 return 400, "max_tokens and messages are required"
             if (payload.get("stream") is True) != route.endswith(":streamRawPredict"):
                 return 400, "a stream must be asked for at :streamRawPredict, with stream: true"
-            return None
+            return mock_anthropic.beta_refusal(payload, mock_anthropic.header_betas(headers))
         if _OPENAI.match(route):
             if "/" not in str(payload.get("model", "")):
                 return 400, "model must name its publisher, as google/gemini-2.5-flash"
@@ -97,9 +97,9 @@ def public_key_of(service_account_file: str) -> str:
     return private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def claude_answer(name: str, model: str, payload: dict[str, Any], number: int) -> dict[str, Any]:
-    return mock_anthropic.answer(name, {**payload, "model": model}, number)
+def claude_answer(name: str, model: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    return mock_anthropic.answer(name, {**payload, "model": model}, number, use_tool)
 
 
-def claude_events(name: str, model: str, payload: dict[str, Any], number: int) -> list[bytes]:
-    return mock_anthropic.events(name, {**payload, "model": model}, number)
+def claude_events(name: str, model: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[bytes]:
+    return mock_anthropic.events(name, {**payload, "model": model}, number, use_tool)

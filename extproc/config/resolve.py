@@ -82,8 +82,10 @@ class Resolver:
                     members = tuple(dict.fromkeys([member, *group, *later, *tail]))
                     chains[member] = Chain.of(members, policy, owns_keys=not any(by_name[name].passthrough_auth for name in members))
         owned = set(CREDENTIAL_HEADERS)
-        if len({translator.provider_api(provider) for provider in by_name.values()}) > 1:
+        apis = frozenset(translator.provider_api(provider) for provider in by_name.values())
+        if len(apis) > 1:
             owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
+        owned.update(translator.read_for(apis))
         for provider in by_name.values():
             owned.update(name for name, _ in provider.headers)
             owned.update(kind_of(provider).sets_headers)  # a signature's: restored (dropped) on the next attempt

@@ -52,7 +52,7 @@ class Attempt:
         """The attempt's body in the provider's API, or the client's error when it has no translation."""
         assert self.translation is not None
         try:
-            return self.translation.translate(msgspec.json.decode(sent), self.provider)
+            return self.translation.translate(msgspec.json.decode(sent), self.provider, self.context.originals)
         except translator.InvalidField as exc:
             return errors.error_reply(400, str(exc), "invalid_request_error", "invalid_type", param=exc.param)
         except (ValueError, translator.TranslationError) as exc:

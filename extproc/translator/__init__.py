@@ -50,21 +50,23 @@ class Pair:
     label: str  # client API -> provider API, for metrics
     path: str | None  # the provider's path for the request; None: the client's, laid out by the provider's kind
     headers: Mapping[str, str | None]  # what the attempt sets (None: removes) beyond its credentials
-    request: Callable[[Any, Provider], Request]
+    request: Callable[[Any, Provider, Mapping[str, str]], Request]  # (body, provider, the client's values of headers the config owns)
     #: How the answer comes back in the client's API; None: it is in the client's API already.
     answer: Answer | None = None
     #: The provider kind's own rewrite of the translated body, and the path it decides (`providers.Kind.body_dialect`).
     dialect: Callable[[Provider, dict[str, Any]], tuple[dict[str, Any], str]] | None = None
     #: The request is in the provider's wire format already (path included): the kind's dialect does not apply.
     wire_format: bool = False
+    #: Client headers the translation reads (into the body): kept with the originals wherever such a provider is configured.
+    reads: frozenset[str] = frozenset()
 
     @property
     def translates_answer(self) -> bool:
         return self.answer is not None
 
-    def translate(self, payload: Any, provider: Provider) -> Request:
+    def translate(self, payload: Any, provider: Provider, originals: Mapping[str, str]) -> Request:
         """The request for `provider`: translated, then rewritten for its kind's dialect."""
-        request = self.request(payload, provider)
+        request = self.request(payload, provider, originals)
         if self.dialect is None:
             return request
         body, path = self.dialect(provider, request.body)
@@ -75,28 +77,28 @@ OPENAI_TO_ANTHROPIC = Pair(
     label=f"{OPENAI_CHAT}->{ANTHROPIC_MESSAGES}",
     path=openai_anthropic.PATH,
     headers=openai_anthropic.REQUEST_HEADERS,
-    request=lambda payload, provider: openai_anthropic.request(payload, provider.model_name, provider.default_max_tokens),
+    request=lambda payload, provider, _: openai_anthropic.request(payload, provider.model_name, provider.default_max_tokens),
     answer=Answer(lambda payload, _: openai_anthropic.response(payload), openai_anthropic.error, lambda usage, _: openai_anthropic.StreamTranslator(usage)),
 )
 ANTHROPIC_TO_OPENAI = Pair(
     label=f"{ANTHROPIC_MESSAGES}->{OPENAI_CHAT}",
     path=anthropic_openai.PATH,
     headers=anthropic_openai.REQUEST_HEADERS,
-    request=lambda payload, provider: anthropic_openai.request(payload, provider.model_name, kind_of(provider).max_tokens_field),
+    request=lambda payload, provider, _: anthropic_openai.request(payload, provider.model_name, kind_of(provider).max_tokens_field),
     answer=Answer(lambda payload, _: anthropic_openai.response(payload), anthropic_openai.error, lambda usage, _: anthropic_openai.StreamTranslator(usage)),
 )
 OPENAI_TO_BEDROCK = Pair(
     label=f"{OPENAI_CHAT}->{BEDROCK_CONVERSE}",
     path=None,  # the kind's: /model/<id>/converse(-stream)
     headers={"accept-encoding": "identity"},
-    request=lambda payload, provider: openai_bedrock.request(payload, provider.model_name, provider.default_max_tokens),
+    request=lambda payload, provider, _: openai_bedrock.request(payload, provider.model_name, provider.default_max_tokens),
     answer=Answer(openai_bedrock.response, openai_bedrock.error, lambda usage, model: openai_bedrock.StreamTranslator(usage, model), stream_type=EVENT_STREAM),
 )
 
 
-def _invoke(payload: Any, provider: Provider) -> Request:
+def _invoke(payload: Any, provider: Provider, originals: Mapping[str, str]) -> Request:
     stream = isinstance(payload, dict) and payload.get("stream") is True
-    return anthropic_bedrock.request(payload, provider.model_name, bedrock.invoke_path(provider, stream))
+    return anthropic_bedrock.request(payload, provider.model_name, bedrock.invoke_path(provider, stream), originals.get("anthropic-beta"))
 
 
 #: (client API, provider API) -> the translation between them.
@@ -108,8 +110,9 @@ PAIRS = {
     (ANTHROPIC_MESSAGES, BEDROCK_CONVERSE): Pair(
         label=f"{ANTHROPIC_MESSAGES}->bedrock_invoke",
         path=None,
-        headers={"accept-encoding": "identity"},
+        headers={"accept-encoding": "identity", "anthropic-beta": None},  # InvokeModel takes betas in the body
         request=_invoke,
+        reads=frozenset({"anthropic-beta"}),
         answer=Answer(anthropic_bedrock.response, anthropic_bedrock.error, lambda usage, model: anthropic_bedrock.StreamTranslator(usage, model), stream_type=EVENT_STREAM),
         wire_format=True,
     ),
@@ -118,7 +121,12 @@ PAIRS = {
 HEADERS = frozenset(name for pair in PAIRS.values() for name in pair.headers)
 
 
-def _as_sent(payload: Any, provider: Provider) -> Request:
+def read_for(provider_apis: frozenset[str]) -> frozenset[str]:
+    """The client headers translations to these provider APIs read: the config owns them (an attempt needs the client's value)."""
+    return frozenset(name for (_, api), pair in PAIRS.items() if api in provider_apis for name in pair.reads)
+
+
+def _as_sent(payload: Any, provider: Provider, originals: Mapping[str, str]) -> Request:
     if not isinstance(payload, dict):
         raise TranslationError("the request body must be a JSON object")
     return Request(body=payload, dropped=(), stream=payload.get("stream") is True, include_usage=False)

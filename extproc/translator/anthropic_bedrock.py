@@ -21,6 +21,13 @@ from .base import Request, TranslationError, anthropic_blocks, body_field
 from .eventstream import FrameReader
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
+#: The betas InvokeModel takes for Claude, per AWS's "Anthropic Claude Messages API" page; it refuses the request
+#: ("invalid beta flag") for any other, and Anthropic's clients send several (Claude Code: `claude-code-20250219`, …).
+BETAS = frozenset({
+    "computer-use-2024-10-22", "computer-use-2025-01-24", "token-efficient-tools-2025-02-19", "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19", "dev-full-thinking-2025-05-14", "context-1m-2025-08-07", "context-management-2025-06-27",
+    "effort-2025-11-24", "tool-search-tool-2025-10-19", "tool-examples-2025-10-29",
+})  # fmt: skip
 
 
 def is_claude(model_id: str) -> bool:
@@ -28,8 +35,12 @@ def is_claude(model_id: str) -> bool:
     return "anthropic.claude" in model_id
 
 
-def request(payload: Any, model_id: str, path: str) -> Request:
-    """The client's Messages body as InvokeModel takes it, for `path` (`invoke` or `invoke-with-response-stream`)."""
+def request(payload: Any, model_id: str, path: str, betas: str | None = None) -> Request:
+    """The client's Messages body as InvokeModel takes it, for `path` (`invoke` or `invoke-with-response-stream`).
+
+    `betas`, the client's `anthropic-beta` header, goes in the body as `anthropic_beta`, those Bedrock takes only
+    (the others are reported dropped, as "anthropic_beta").
+    """
     if not is_claude(model_id):
         raise TranslationError(f"{model_id} is not a Claude model: only Claude on Bedrock serves Anthropic-format requests")
     if not isinstance(payload, dict):
@@ -37,7 +48,12 @@ def request(payload: Any, model_id: str, path: str) -> Request:
     stream = payload.get("stream") is True
     body = {key: value for key, value in payload.items() if key not in ("model", "stream")}
     body["anthropic_version"] = ANTHROPIC_VERSION
-    return Request(body=body, dropped=(), stream=stream, include_usage=stream, path=path)
+    asked = [name.strip() for name in (betas or "").split(",") if name.strip()]
+    kept = [name for name in asked if name in BETAS]
+    if kept:
+        body["anthropic_beta"] = kept
+    dropped = ("anthropic_beta",) if len(kept) < len(asked) else ()
+    return Request(body=body, dropped=dropped, stream=stream, include_usage=stream, path=path)
 
 
 def response(payload: Any, model: str) -> dict[str, Any]:

@@ -66,12 +66,15 @@ def request(payload: Any, model: str, max_tokens_field: str = "max_tokens") -> R
     _check_fields(payload)
     dropped = {key if key in DROPPED else "other" for key in payload if key not in MAPPED}
     messages: list[dict[str, Any]] = []
-    system = _system(payload.get("system"))
+    system = _system(payload.get("system"), "system")
     if system:
         messages.append({"role": "system", "content": system})
     for index, turn in enumerate(payload["messages"]):
-        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
-            raise TranslationError(f"messages[{index}] must be an object with role 'user' or 'assistant'")
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant", "system"):
+            raise TranslationError(f"messages[{index}] must be an object with role 'user', 'assistant' or 'system'")
+        if turn["role"] == "system":  # a mid-conversation system turn (a beta of Anthropic's; Claude Code sends them)
+            messages.append({"role": "system", "content": _system(turn.get("content"), f"messages[{index}].content")})
+            continue
         blocks = _blocks(turn.get("content"), index)
         if any(block.get("type") in _THINKING_BLOCKS for block in blocks):
             dropped.add("thinking")
@@ -100,13 +103,15 @@ def request(payload: Any, model: str, max_tokens_field: str = "max_tokens") -> R
     return Request(body=body, dropped=tuple(sorted(dropped)), stream=stream, include_usage=stream)
 
 
-def _system(system: Any) -> str:
+def _system(system: Any, where: str) -> str:
     if system is None or isinstance(system, str):
         return system or ""
+    if not isinstance(system, list):
+        raise TranslationError(f"{where} must be a string or an array of text blocks")
     texts = []
     for index, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise TranslationError(f"system[{index}] is not a text block")
+            raise TranslationError(f"{where}[{index}] is not a text block")
         texts.append(block["text"])
     return "\n\n".join(texts)
 

@@ -107,6 +107,18 @@ def test_anthropic_clients_on_bedrock_get_claudes_events_back_from_invoke_frames
     assert b"ended before its message_stop" in cut.feed(frames[: len(frames) // 2], end=True)
 
 
+def test_anthropic_betas_go_to_bedrock_in_the_body_those_bedrock_takes_only():
+    from extproc.translator import anthropic_bedrock
+
+    payload = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "context_management": {"edits": []}}
+    asked = "claude-code-20250219, context-management-2025-06-27,interleaved-thinking-2025-05-14"
+    request = anthropic_bedrock.request(payload, "anthropic.claude-sonnet-4", "/model/x/invoke", asked)
+    assert request.body["anthropic_beta"] == ["context-management-2025-06-27", "interleaved-thinking-2025-05-14"]
+    assert request.body["context_management"] == {"edits": []} and request.dropped == ("anthropic_beta",)
+    plain = anthropic_bedrock.request(payload, "anthropic.claude-sonnet-4", "/model/x/invoke")
+    assert "anthropic_beta" not in plain.body and plain.dropped == ()
+
+
 GROUPED = config(
     "  - {name: a, model: openai/gpt-4o, base_url: 'http://a', priority: 0, weight: 3}\n"
     "  - {name: c, model: openai/gpt-4o, base_url: 'http://c', priority: 1}\n"

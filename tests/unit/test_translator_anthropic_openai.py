@@ -110,6 +110,21 @@ def test_a_block_chat_completions_cannot_carry_is_refused_not_sent_raw(block):
         t.request({"model": "m", "messages": [{"role": "user", "content": [block]}]}, "m")
 
 
+def test_a_mid_conversation_system_turn_stays_a_system_message_in_its_place():
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Tools: Read."}, {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "now in French"},
+    ]
+    body = t.request({"model": "m", "system": "You are terse.", "messages": turns}, "m").body
+    assert [(m["role"], m["content"]) for m in body["messages"]] == [
+        ("system", "You are terse."), ("user", "hi"), ("system", "Tools: Read.\n\nBe brief."), ("assistant", "hello"), ("system", "now in French"),
+    ]  # fmt: skip
+    with pytest.raises(translator.TranslationError, match=r"messages\[0\]\.content\[0\] is not a text block"):
+        t.request({"model": "m", "messages": [{"role": "system", "content": [{"type": "image", "source": {}}]}]}, "m")
+
+
 def test_a_stream_asks_for_usage():
     request = t.request({"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, "m")
     assert request.stream and request.body["stream"] is True and request.body["stream_options"] == {"include_usage": True}
@@ -232,8 +247,8 @@ def test_the_registry_picks_a_pair_by_client_api_and_provider_api(path, kind, pa
 
 def test_openais_own_api_gets_max_completion_tokens_and_compatible_servers_max_tokens():
     payload = {"model": "m", "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}
-    assert translator.ANTHROPIC_TO_OPENAI.request(payload, _provider("openai")).body["max_completion_tokens"] == 7
-    assert translator.ANTHROPIC_TO_OPENAI.request(payload, _provider("groq")).body["max_tokens"] == 7
+    assert translator.ANTHROPIC_TO_OPENAI.translate(payload, _provider("openai"), {}).body["max_completion_tokens"] == 7
+    assert translator.ANTHROPIC_TO_OPENAI.translate(payload, _provider("groq"), {}).body["max_tokens"] == 7
 
 
 def test_a_block_whose_type_is_not_a_string_is_the_clients_error_not_a_crash():
