@@ -272,8 +272,8 @@ class StreamTranslator:
     arguments are sent whole when its block closes, read as a JSON answer's
     are (`_arguments`: what is not a JSON object is kept under "value"), so a
     client's parser never meets arguments it cannot read. An unreadable
-    event, a stream that ends before `[DONE]`, or one with no content at all,
-    becomes an `error` event for the client, never silence or an empty
+    event, a stream that ends before `[DONE]`, or one where no choice came
+    (no content, no finish reason), becomes an `error` event for the client, never silence or an empty
     success; `malformed` counts the unreadable events.
     """
 
@@ -370,7 +370,7 @@ class StreamTranslator:
         return sse.named_event("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": delta})
 
     def _finish(self, out: list[bytes]) -> None:
-        if not self._started or self._block < 0:
+        if not self._started or (self._block < 0 and self._stop_reason is None):  # no content is an answer only when a choice finished
             out.append(sse.anthropic_error("the provider's event stream ended before any message" if not self._started else "the provider's answer had no choices"))
             self._done = True
             return
