@@ -109,6 +109,8 @@ _NO_ADDRESS = {"address_prefix": "255.255.255.255", "prefix_len": 32}
 
 #: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
 #: silently turn failovers into errors under load.
+#: `x-envoy-attempt-count` of a retry (2 and above): the attempts the upstream ext_proc rebuilds.
+RETRY_ATTEMPT = r"[2-9]|[1-9][0-9]+"
 CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}]}
 
 
@@ -792,7 +794,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                 "http_filters": [
                     *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
-                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE"), chain),
+                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE")),
                     model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
@@ -861,22 +863,18 @@ def _answer_phase(phase: str, message_timeout_s: float, response_body: str = "NO
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
-def _retries_only(ext_proc: dict, chain: Chain) -> dict:
+def _retries_only(ext_proc: dict) -> dict:
     """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
 
     The router level already made the request right for the chain's first
     provider, so attempt 1 needs no second gRPC stream, unless that provider
     speaks another API than the client (any chain may: an OpenAI client and
     an Anthropic provider, or the reverse); a retry must be rebuilt for its own provider.
+    One predicate for every retry, so the ext_proc is rendered once per chain, however long.
     """
-    attempts = chain.num_retries + 1
-    retry = execute("rewrite_retry", ext_proc)
-    retries = {"matcher_tree": {"input": header_input("x-envoy-attempt-count"), "exact_match_map": {"map": {str(number): retry for number in range(2, max(attempts, 2) + 1)}}}}
-    marked = {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}
-    return composite(
-        "extproc.retries",
-        {"matcher_list": {"matchers": [{"predicate": {"single_predicate": marked}, "on_match": execute("translate", ext_proc)}]}, "on_no_match": {"matcher": retries}},
-    )
+    marked = {"single_predicate": {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}}
+    retry = {"single_predicate": {"input": header_input("x-envoy-attempt-count"), "value_match": {"safe_regex": {"google_re2": {}, "regex": RETRY_ATTEMPT}}}}
+    return only_when("extproc.retries", {"or_matcher": {"predicate": [marked, retry]}}, "rebuild", ext_proc)
 
 
 def _is_ip(host: str) -> bool:

@@ -60,13 +60,13 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert clusters[PROVIDER["hosted"]]["type"] == "LOGICAL_DNS"
     upstream_filters = clusters[CHAIN["primary"]]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
     assert [item["name"] for item in upstream_filters] == ["extproc.failed", "extproc.retries", "extproc.model_patch", "envoy.filters.http.upstream_codec"]
-    marked, retries = upstream_filters[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"], upstream_filters[1]["typed_config"]["xds_matcher"]["on_no_match"]
-    predicate = marked[0]["predicate"]["single_predicate"]
-    assert predicate["input"]["typed_config"]["header_name"] == "x-arch-translate", "an attempt 1 the router level marked is translated here"
-    matcher = retries["matcher"]["matcher_tree"]
-    assert matcher["input"]["typed_config"]["header_name"] == "x-envoy-attempt-count"
-    assert sorted(matcher["exact_match_map"]["map"]) == ["2"], "max_attempts 2: only attempt 2 is a retry"
-    delegated = matcher["exact_match_map"]["map"]["2"]["action"]["typed_config"]["typed_config"]
+    [rebuild] = upstream_filters[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    marked, retry = rebuild["predicate"]["or_matcher"]["predicate"]
+    assert marked["single_predicate"]["input"]["typed_config"]["header_name"] == "x-arch-translate", "an attempt 1 the router level marked is translated here"
+    assert retry["single_predicate"]["input"]["typed_config"]["header_name"] == "x-envoy-attempt-count"
+    pattern = retry["single_predicate"]["value_match"]["safe_regex"]["regex"]
+    assert [attempt for attempt in ("1", "2", "3", "9", "10", "17", "01") if re.fullmatch(pattern, attempt)] == ["2", "3", "9", "10", "17"], "every retry, never attempt 1"
+    delegated = rebuild["on_match"]["action"]["typed_config"]["typed_config"]
     assert delegated["name"] == "envoy.filters.http.ext_proc"
 
     watch = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
