@@ -8,7 +8,7 @@ CONFIG ?= config_failover.yaml
 COMPOSE_OTLP := http://jaeger:4318
 RENDER_ENV := env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_SERVICE_NAME -u OTEL_TRACES_SAMPLER_ARG
 
-.PHONY: install run lint test unit e2e e2e-smoke e2e-claude-code image-test bench bench-ab bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
+.PHONY: install run lint test unit e2e e2e-smoke e2e-claude-code image-test bench bench-ab bench-config bench-instructions bench-reload bench-bodies bench-bodies-floor bench-find-model bench-streams bench-telemetry soak envoy-config check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench: $(STAMP)
 ## This code against an earlier revision in the same run (REV=<commit>): c=1 and c=64, beside Envoy alone and the floor.
 bench-ab: $(STAMP)
 	$(BIN)/python bench/ab.py $(REV)
+
+## What a config's size costs (10 to 5,000 providers): rendered lines, ready time, Envoy and sidecar RSS, a one-provider reload, beside Envoy alone with as many clusters.
+bench-config: $(STAMP)
+	$(BIN)/python bench/config.py $(if $(SIZES),--sizes $(SIZES))
 
 ## Instructions per request (valgrind's callgrind) of Envoy and the sidecar, beside Envoy alone and the floor: a measure that does not drift with the machine.
 bench-instructions: $(STAMP)

@@ -270,7 +270,9 @@ def _otlp_value(value):
 class GatewayProcess:
     """`python -m extproc up CONFIG` in a subprocess, as a user runs it."""
 
-    def __init__(self, config: dict, directory: str, extra_args: tuple[str, ...] = (), extproc: tuple[str, ...] = (sys.executable, "-m", "extproc")):
+    def __init__(
+        self, config: dict, directory: str, extra_args: tuple[str, ...] = (), extproc: tuple[str, ...] = (sys.executable, "-m", "extproc"), listen_timeout: float = 30
+    ):
         """`extproc`: the command that runs it (another install's `bin/extproc`, say), started in `directory`."""
         self.config_path = os.path.join(directory, "config.yaml")
         self.write_config(config)
@@ -283,10 +285,10 @@ class GatewayProcess:
         self.metrics_port = 0
         self.admin_url = ""  # Envoy's admin API
         self.process_output = ""  # what `up` (and Envoy under it) printed after starting; read on stop
-        self._wait_listening(len(config["listeners"]))
+        self._wait_listening(len(config["listeners"]), listen_timeout)
 
-    def _wait_listening(self, listeners: int) -> None:
-        deadline = time.monotonic() + 30
+    def _wait_listening(self, listeners: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while len(self.ports) < listeners or not self.metrics_port or not self.admin_url:
             line = self.process.stdout.readline()
             if not line:
@@ -301,7 +303,7 @@ class GatewayProcess:
             if admin:
                 self.admin_url = admin.group(1)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"extproc up did not listen within 30s:\n{self.logs()}")
+                raise RuntimeError(f"extproc up did not listen within {timeout:.0f}s:\n{self.logs()}")
 
     @property
     def port(self) -> int:
