@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.e2e.harness import EnvoyProcess, GatewayProcess, MockServers, chat, gateway_config, provider  # noqa: E402
+from tests.e2e.harness import EnvoyProcess, GatewayProcess, MockServers, chat, gateway_config, provider
 
 PER_MODEL = 5
 HEAP_MB = 16384  # measure the config, not the overload manager: nothing is shed
