@@ -21,7 +21,7 @@ from .mock import for_provider as mock_for
 from .mock_bedrock import BedrockState
 from .mock_vertex import VertexState, public_key_of
 from .preflight import EXIT_DOWN, preflight
-from .render import RenderOptions, SidecarTls, render_yaml
+from .render import RenderOptions, SidecarTls, heap_budget_mb, render_yaml
 from .server.app import ListenError, ServerTls, check_listen
 from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--admin-address", default="127.0.0.1", help="Envoy's admin address, or unix:/path for a Unix socket")
     render.add_argument("--xds-dir", help="routes and clusters from files `extproc serve --xds-dir` keeps current (default: inline)")
     render.add_argument("--envoy-stats-port", type=int, default=9902, help="a listener serving only Envoy's /stats/prometheus, for scraping (0: none)")
-    render.add_argument("--max-heap-mb", type=int, default=200, help="Envoy's heap budget: near it Envoy sheds load instead of being OOM-killed (fit it under the container's memory limit)")
+    render.add_argument(
+        "--max-heap-mb", type=int, help="Envoy's heap budget: near it Envoy sheds load instead of being OOM-killed (default: 200 + 0.25 per provider; fit it under the container's memory limit)"
+    )
     render.add_argument("--sidecar-tls-cert", help="TCP sidecar with mutual TLS: Envoy's client certificate (PEM)")
     render.add_argument("--sidecar-tls-key", help="its private key (PEM)")
     render.add_argument("--sidecar-ca", help="the CA (PEM) the sidecar's server certificate must chain to")
@@ -135,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--drain-timeout", type=float, default=30.0, help="on stop, seconds to let open connections and in-flight requests finish")
     up.add_argument("--metrics-port", type=int, default=None, help="override the config's metrics port (0: any free port)")
     up.add_argument("--reload-token-file", help="a file holding a token: POST /reload then needs `Authorization: Bearer <token>` (default: loopback callers only)")
-    up.add_argument("--max-heap-mb", type=int, default=200, help="Envoy's heap budget: near it Envoy refuses requests (and /readyz says so) instead of being OOM-killed")
+    up.add_argument(
+        "--max-heap-mb", type=int, help="Envoy's heap budget: near it Envoy refuses requests (and /readyz says so) instead of being OOM-killed (default: 200 + 0.25 per provider)"
+    )
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
@@ -193,6 +197,7 @@ def _check(args) -> int:
         print("  warning: no providers: every request will be refused with model_not_found")
     for warning in config.warnings:
         print(f"  warning: {warning}")
+    print(f"  Envoy's heap budget: {heap_budget_mb(config)} MiB by default for {len(config.providers)} providers (--max-heap-mb)")
     for listener in config.listeners:
         print(f"  listener {listener.name}: {listener.address}:{listener.port}")
     for model in config.models:
@@ -253,7 +258,7 @@ def _render(args) -> int:
         admin_port=args.admin_port,
         admin_address=args.admin_address,
         sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None,
-        max_heap_bytes=args.max_heap_mb * 1024 * 1024,
+        max_heap_bytes=(args.max_heap_mb or heap_budget_mb(config)) * 1024 * 1024,
         envoy_stats_port=args.envoy_stats_port or None,
     )
     text = render_yaml(config, options, args.xds_dir)
@@ -313,7 +318,7 @@ def _up(args) -> int:
             drain_time_s=args.drain_time,
             metrics_port=args.metrics_port,
             reload_token=_token(args.reload_token_file),
-            max_heap_bytes=args.max_heap_mb * 1024 * 1024,
+            max_heap_bytes=(args.max_heap_mb or heap_budget_mb(config)) * 1024 * 1024,
         )
         try:
             await gateway.start()

@@ -23,6 +23,7 @@ clusters and routes beside the old ones and never repoints one in place.
 from __future__ import annotations
 
 import ipaddress
+import math
 import json
 import os
 from collections.abc import Iterable
@@ -131,10 +132,22 @@ class RenderOptions:
     admin_port: int = 9901
     message_timeout_s: float = 5.0
     ca_file: str | None = None  # None: the first system CA bundle found
-    #: Envoy's heap budget for the overload manager: fit it under the container's memory limit.
+    #: Envoy's heap budget for the overload manager (`heap_budget_mb` of the config by default): fit it under the container's memory limit.
     max_heap_bytes: int = 200 * 1024 * 1024
     #: A listener that serves only Envoy's Prometheus stats (`/stats/prometheus`, read from the admin API) for scraping; None: none.
     envoy_stats_port: int | None = None
+
+
+#: What a config costs Envoy's heap, measured (`make bench-config`, docs/performance.md): about 0.15 MiB per provider
+#: (its cluster, its chain's cluster with the upstream filters, its routes). The default budget gives each 0.25 MiB,
+#: above a fixed 200 MiB for traffic, so a config of any size starts with room to serve.
+HEAP_BASE_MB = 200
+HEAP_PER_PROVIDER_MB = 0.25
+
+
+def heap_budget_mb(config: Config) -> int:
+    """The default heap budget (`--max-heap-mb`) for `config`: it grows with the providers, never shedding at start."""
+    return HEAP_BASE_MB + math.ceil(HEAP_PER_PROVIDER_MB * len(config.providers))
 
 
 def render(config: Config, options: RenderOptions = RenderOptions()) -> dict:

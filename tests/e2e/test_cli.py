@@ -245,3 +245,16 @@ def test_while_envoy_sheds_load_the_gateway_is_not_ready_and_says_why(mocks, gat
 
     assert b"envoy overload: shedding load" in ready.body and b"1 MiB" in ready.body, ready.body
     assert answer.status == 503 and not main.received, "Envoy refused it: the gateway said so before a client had to find out"
+
+
+def test_a_config_of_1500_providers_is_ready_and_serves_with_the_default_heap_budget(mocks, gateway):
+    """The budget follows the config: with the fixed 200 MiB of before, Envoy shed every request at this size while /readyz said 200."""
+    main = mocks.start("main", history=10)
+    entries = [provider(f"m{model}-p{number}", f"openai/model-{model}", main, access_key="sk-1") for model in range(500) for number in range(3)]
+    gw = gateway(gateway_config(*entries))
+
+    wait_for(lambda: gw.get("/readyz").status == 200, timeout=60)
+    answers = [chat(gw.port, {"model": f"openai/model-{model}", "messages": [{"role": "user", "content": "hi"}]}) for model in (0, 250, 499)]
+
+    assert [answer.status for answer in answers] == [200, 200, 200], [answer.body for answer in answers]
+    assert [answer.headers["x-arch-llm-provider"].split("-")[0] for answer in answers] == ["m0", "m250", "m499"]
