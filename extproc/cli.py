@@ -258,7 +258,7 @@ def _render(args) -> int:
         admin_port=args.admin_port,
         admin_address=args.admin_address,
         sidecar_tls=SidecarTls(*tls_files) if all(tls_files) else None,
-        max_heap_bytes=(args.max_heap_mb or heap_budget_mb(config)) * 1024 * 1024,
+        max_heap_bytes=args.max_heap_mb * 1024 * 1024 if args.max_heap_mb else None,
         envoy_stats_port=args.envoy_stats_port or None,
     )
     text = render_yaml(config, options, args.xds_dir)
@@ -318,7 +318,7 @@ def _up(args) -> int:
             drain_time_s=args.drain_time,
             metrics_port=args.metrics_port,
             reload_token=_token(args.reload_token_file),
-            max_heap_bytes=(args.max_heap_mb or heap_budget_mb(config)) * 1024 * 1024,
+            max_heap_bytes=args.max_heap_mb * 1024 * 1024 if args.max_heap_mb else None,
         )
         try:
             await gateway.start()

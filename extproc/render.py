@@ -23,8 +23,8 @@ clusters and routes beside the old ones and never repoints one in place.
 from __future__ import annotations
 
 import ipaddress
-import math
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -132,8 +132,8 @@ class RenderOptions:
     admin_port: int = 9901
     message_timeout_s: float = 5.0
     ca_file: str | None = None  # None: the first system CA bundle found
-    #: Envoy's heap budget for the overload manager (`heap_budget_mb` of the config by default): fit it under the container's memory limit.
-    max_heap_bytes: int = 200 * 1024 * 1024
+    #: Envoy's heap budget for the overload manager; None: the config's `heap_budget_mb`. Fit it under the container's memory limit.
+    max_heap_bytes: int | None = None
     #: A listener that serves only Envoy's Prometheus stats (`/stats/prometheus`, read from the admin API) for scraping; None: none.
     envoy_stats_port: int | None = None
 
@@ -286,7 +286,7 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
                     "name": "envoy.resource_monitors.global_downstream_max_connections",
                     "typed_config": {"@type": _DOWNSTREAM_CONNECTIONS, "max_active_downstream_connections": 50000},
                 },
-                {"name": _FIXED_HEAP, "typed_config": {"@type": _FIXED_HEAP_CONFIG, "max_heap_size_bytes": options.max_heap_bytes}},
+                {"name": _FIXED_HEAP, "typed_config": {"@type": _FIXED_HEAP_CONFIG, "max_heap_size_bytes": options.max_heap_bytes or heap_budget_mb(config) * 1024 * 1024}},
             ],
             # Near the heap budget Envoy returns memory to the system, then refuses new requests (503) rather than be OOM-killed.
             "actions": [

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import envoyadmin
 from .config import Config
-from .render import RenderOptions, render_dynamic, to_yaml
+from .render import RenderOptions, heap_budget_mb, render_dynamic, to_yaml
 from .sidecar import Sidecar
 from .xds import XdsFiles
 
@@ -59,7 +59,7 @@ class Gateway:
     listener_ports: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None  # None: the config's metrics port
     reload_token: str | None = None  # lets non-loopback callers POST /reload
-    max_heap_bytes: int = RenderOptions.max_heap_bytes  # Envoy's heap budget: past 98% of it, Envoy refuses every request
+    max_heap_bytes: int | None = None  # Envoy's heap budget (None: the config's default): past 98% of it, Envoy refuses every request
     sidecar: Sidecar | None = None
     #: Set when Envoy exits on its own; `failure` says how. `up` then stops and exits non-zero.
     envoy_exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,6 +72,7 @@ class Gateway:
             self.workdir = tempfile.mkdtemp(prefix="extproc-")
             self._owns_workdir = True
         socket_path = os.path.join(self.workdir, "sidecar.sock")
+        self.max_heap_bytes = self.max_heap_bytes or heap_budget_mb(self.config) * 1024 * 1024
         options = RenderOptions(sidecar=f"unix:{socket_path}", admin_port=0, max_heap_bytes=self.max_heap_bytes)
         xds_dir = os.path.join(self.workdir, "xds")
         xds = XdsFiles(xds_dir, options, admin_url=lambda: self.admin_url)
@@ -112,7 +113,7 @@ class Gateway:
         while True:
             active = await asyncio.to_thread(envoyadmin.stats, self.admin_url, _SHEDDING)
             if any(float(str(value or 0)) > 0 for value in active.values()):
-                budget = self.max_heap_bytes // (1024 * 1024)
+                budget = (self.max_heap_bytes or 0) // (1024 * 1024)
                 problems[_OVERLOAD] = f"shedding load: its heap is past 98% of its budget ({budget} MiB; up --max-heap-mb): every request is answered 503"
             else:
                 problems.pop(_OVERLOAD, None)
