@@ -789,6 +789,7 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
 
 
 def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
+    hedges = chain.policy.timing == HEDGE_TIMING
     return {
         "name": name,
         "connect_timeout": "5s",
@@ -808,12 +809,23 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                     *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE")),
-                    model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.policy.timing == HEDGE_TIMING else ()),
+                    *([model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if hedges else ())] if hedges or _patches_retries(config, chain) else []),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
         },
     }
+
+
+def _patches_retries(config: Config, chain: Chain) -> bool:
+    """Whether a retry of `chain` can need its body changed by Envoy (the upstream Lua model patch, and its own `content-length`).
+
+    Not when every member is of one kind and one model name (the keys and deployments of one model, the
+    bulk of a large config): the router level's body already names that model for each of them, and
+    each attempt is translated, or not, alike. The patch's Lua costs Envoy ~0.2 MB per chain cluster
+    (a Lua state per filter instance), most of a provider's memory (docs/performance.md).
+    """
+    return len({(config.providers[name].kind, config.providers[name].model_name) for name in chain.providers}) > 1
 
 
 def _failed_answers(options: RenderOptions) -> dict:

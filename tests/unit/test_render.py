@@ -59,7 +59,7 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     assert tls["sni"] == "api.openai.com"
     assert clusters[PROVIDER["hosted"]]["type"] == "LOGICAL_DNS"
     upstream_filters = clusters[CHAIN["primary"]]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
-    assert [item["name"] for item in upstream_filters] == ["extproc.failed", "extproc.retries", "extproc.model_patch", "envoy.filters.http.upstream_codec"]
+    assert [item["name"] for item in upstream_filters] == ["extproc.failed", "extproc.retries", "envoy.filters.http.upstream_codec"], "one kind, one model name: no Lua"
     [rebuild] = upstream_filters[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
     marked, retry = rebuild["predicate"]["or_matcher"]["predicate"]
     assert marked["single_predicate"]["input"]["typed_config"]["header_name"] == "x-arch-translate", "an attempt 1 the router level marked is translated here"
@@ -123,6 +123,29 @@ model_providers:
     chain = next(item for item in bootstrap["static_resources"]["clusters"] if item["name"] == cluster)
     names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
     assert "extproc.failed" not in names, "Envoy 1.40 crashes releasing a held failed answer while another attempt is in flight"
+    assert "extproc.model_patch" in names, "its Lua strips the hedge's timeout header, whatever the members"
+
+
+@pytest.mark.parametrize(
+    ("second", "patched"),
+    [("openai/gpt-4o", False), ("openai/gpt-4o-mini", True), ("anthropic/gpt-4o", True), ("groq/gpt-4o", True)],
+    ids=["same kind and model", "another model", "another kind (translated or not)", "another OpenAI-compatible kind"],
+)
+def test_a_chains_retries_get_the_lua_model_patch_only_when_a_member_can_need_it(second, patched):
+    fallback = "" if second == "openai/gpt-4o" else f", retry_policy: {{fallback_models: [{second}]}}"  # the same model: one group
+    config = parse_config(
+        f"""
+listeners: [{{type: model, name: llm, port: 12000}}]
+model_providers:
+  - {{name: a, model: openai/gpt-4o, base_url: http://127.0.0.1:1{fallback}}}
+  - {{name: b, model: {second}, base_url: http://127.0.0.1:2}}
+""",
+        "patch.yaml",
+        {},
+    )
+    chain = next(item for item in render(config)["static_resources"]["clusters"] if item["name"] == config.chain_clusters["a"])
+    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+    assert ("extproc.model_patch" in names) is patched
 
 
 def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
