@@ -18,6 +18,8 @@ from ..providers import kind_of
 
 #: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+#: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
+CHAIN_CLUSTER_PREFIX = "chain."
 #: Headers meant for the gateway's own hop, never for a provider: the client's session cookies, its
 #: credentials for a proxy, and where it came from. Stripped on every attempt unless a provider's
 #: `headers:` sets them.
@@ -314,7 +316,7 @@ class Config:
         stay on the providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"chain.{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s), str(chain.owns_keys))}")
+            (start, f"{CHAIN_CLUSTER_PREFIX}{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s), str(chain.owns_keys))}")
             for start, chain in self.chains.items()
         )
 

@@ -150,6 +150,7 @@ def test_envoys_stats_are_served_for_scraping_and_nothing_else_of_its_admin(mock
     dump = request(stats_port, "GET", "/config_dump")
 
     assert stats.status == 200 and b"envoy_cluster_upstream_cx_total" in stats.body
+    assert b'envoy_cluster_name="provider"' in stats.body and b'envoy_cluster_name="chain"' not in stats.body, "no statistics of chain clusters"
     assert drain.status == 404 and dump.status == 404, "the admin API's other endpoints stay unreachable"
 
 
