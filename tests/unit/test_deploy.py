@@ -60,7 +60,7 @@ def sidecar_pipe(envoy_yaml: Path) -> str:
 
 def xds_dir(envoy_yaml: Path) -> str:
     bootstrap = yaml.safe_load(envoy_yaml.read_text())
-    return str(Path(bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"]).parent)
+    return str(Path(bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"]).parent.parent)
 
 
 def flag(args: list[str], name: str) -> str:

@@ -199,9 +199,9 @@ def test_the_shipped_envoy_configs_are_the_rendered_ones(config_path, rendered_p
 
 def test_the_dynamic_bootstrap_reads_routes_and_clusters_from_files(tmp_path):
     bootstrap = render_dynamic(CONFIG, str(tmp_path), RenderOptions(sidecar="unix:/tmp/s.sock"))
-    assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == str(tmp_path / "cds.json")
+    assert bootstrap["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == str(tmp_path / "cds" / "cds.json")
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["rds"]["config_source"]["path_config_source"]["path"] == str(tmp_path / "rds_llm.json")
+    assert hcm["rds"]["config_source"]["path_config_source"]["path"] == str(tmp_path / "rds" / "rds_llm.json")
     assert [cluster["name"] for cluster in bootstrap["static_resources"]["clusters"]] == ["extproc_sidecar", "extproc_sidecar_bulk"]
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(bootstrap))
