@@ -42,7 +42,6 @@ from .contract import (
     FAILED_STATUS,
     GROUP_METADATA_KEY,
     GROUP_TAG,
-    HEDGE_TIMING,
     HOST_METADATA_ATTRIBUTE,
     INPUT_TOKENS,
     LISTENER_METADATA,
@@ -109,10 +108,10 @@ HEADER_HEADROOM = 32
 #: included): every request gets Envoy's own request id, whatever x-request-id it sent.
 _NO_ADDRESS = {"address_prefix": "255.255.255.255", "prefix_len": 32}
 
-#: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
-#: silently turn failovers into errors under load.
 #: `x-envoy-attempt-count` of a retry (2 and above): the attempts the upstream ext_proc rebuilds.
 RETRY_ATTEMPT = r"[2-9]|[1-9][0-9]+"
+#: Generous limits: Envoy's defaults (3 concurrent retries per cluster) would
+#: silently turn failovers into errors under load.
 CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}]}
 
 
@@ -795,7 +794,6 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
 
 
 def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
-    hedges = chain.policy.timing == HEDGE_TIMING
     return {
         "name": name,
         "connect_timeout": "5s",
@@ -815,7 +813,7 @@ def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, opt
                     *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
                     *([_first_token_hold(options, config)] if chain.policy.timing else []),
                     _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE")),
-                    *([model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if hedges else ())] if hedges or _patches_retries(config, chain) else []),
+                    *([model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.hedges else ())] if chain.hedges or _patches_retries(config, chain) else []),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
                 ],
             }
