@@ -44,12 +44,7 @@ e2e-smoke: $(STAMP)
 	$(BIN)/python -m pytest -m real_provider -rs tests/e2e/test_real_provider.py
 
 ## Opt-in: Claude Code's CLI (npm, pinned) as the client, offline against mock providers: a tool round trip per provider API.
-CLAUDE_CODE_VERSION := 2.1.197
-CLAUDE_CODE := .cache/claude-code/node_modules/.bin/claude
-$(CLAUDE_CODE):
-	npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
-
-e2e-claude-code: $(STAMP) $(CLAUDE_CODE)
+e2e-claude-code: $(STAMP)
 	$(BIN)/python -m pytest -m claude_code -p no:cacheprovider tests/e2e/test_claude_code.py
 
 ## The image built with podman (on a debootstrapped Debian base) and run: check, up --mock-providers, the compose topology (CI runs it after `make test`; installs podman, runc and debootstrap with apt-get when missing).

@@ -9,6 +9,7 @@ proves the round trip in that provider's own API.
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from .harness import gateway_config, provider
 pytestmark = pytest.mark.claude_code
 
 ROOT = Path(__file__).resolve().parents[2]
-CLAUDE = Path(os.environ.get("CLAUDE_CODE_BIN", ROOT / ".cache" / "claude-code" / "node_modules" / ".bin" / "claude"))
+#: The CLI this lane is pinned to, installed by the fixture with npm (or `CLAUDE_CODE_BIN`: one already installed).
+VERSION = "2.1.197"
+PREFIX = ROOT / ".cache" / "claude-code"
 CLIENT_KEY = "sk-ant-client-not-forwarded"
 SECRET = "pelican"
 AWS_KEYS = {"aws_access_key_id": "AKIAMOCKMOCKMOCK0001", "aws_secret_access_key": "mock-secret-access-key", "aws_region_name": "us-east-1"}
@@ -29,9 +32,16 @@ AWS_KEYS = {"aws_access_key_id": "AKIAMOCKMOCKMOCK0001", "aws_secret_access_key"
 
 @pytest.fixture(scope="module")
 def claude_code() -> Path:
-    if not CLAUDE.exists():
-        pytest.skip(f"Claude Code is not installed at {CLAUDE}: `make e2e-claude-code` installs it with npm")
-    return CLAUDE
+    """Claude Code's CLI, installed here on first use (npm; the package carries its own native binary)."""
+    given = os.environ.get("CLAUDE_CODE_BIN")
+    binary = Path(given) if given else PREFIX / "node_modules" / ".bin" / "claude"
+    if not binary.exists() and not given:
+        npm = shutil.which("npm")
+        assert npm, "this lane needs Node.js and npm to install Claude Code's CLI"
+        command = [npm, "install", "--prefix", str(PREFIX), "--no-audit", "--no-fund", "--loglevel=error", f"@anthropic-ai/claude-code@{VERSION}"]
+        subprocess.run(command, check=True, timeout=600)
+    assert binary.exists(), f"no Claude Code CLI at {binary}"
+    return binary
 
 
 def ask(binary: Path, port: int, model: str, workdir: Path, prompt: str) -> dict:
