@@ -227,11 +227,12 @@ def upstream_clusters(configs: Iterable[Config], options: RenderOptions = Render
     clusters: dict[str, dict] = {}
     for config in configs:
         body_limit = config.body_limit
+        shared = shared_upstream_filters(options, body_limit)
         for provider in config.providers.values():
             clusters.setdefault(provider.cluster, _provider_cluster(provider, body_limit, options, config.connect_timeout_s))
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
-            clusters.setdefault(name, _chain_cluster(name, config, chain, body_limit, options))
+            clusters.setdefault(name, _chain_cluster(name, config, chain, options, shared))
     return list(clusters.values())
 
 
@@ -264,6 +265,10 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
                 # Where a chain hedges, a retry says whether a per-try timeout started it (then it races the attempt before it).
                 **({"include_is_timeout_retry_header": True} if any(chain.hedges for config in configs for chain in config.chains.values()) else {}),
                 "request_body_buffer_limit": listener.max_body_bytes,
+                # Routing is done: neither header goes to a provider (retries are rebuilt without them too).
+                "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
+                # Which provider answered (an answer no provider gave has none: an empty value is not added).
+                "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
                 "routes": ordered,
             }
         ],
@@ -461,7 +466,12 @@ def _listener(config: Config, listener: Listener, options: RenderOptions, routes
     tracing = config.tracing.endpoint is not None
     # Each answer's Retry-After and, when cooldowns read them, its rate-limit headers reach the sidecar in the log entries.
     logged = ("retry-after", "retry-after-ms", *(RATE_LIMIT_HEADERS if config.cooldown.rate_limit_headers else ()))
-    router = {"@type": _ROUTER, "suppress_envoy_headers": True, "upstream_log": [_failed_attempts_log(listener, logged)]}
+    router = {
+        "@type": _ROUTER,
+        "suppress_envoy_headers": True,
+        "upstream_log": [_failed_attempts_log(listener, logged)],
+        "upstream_http_filters": shared_upstream_filters(options, config.body_limit),
+    }
     hcm = {
         "@type": _HCM,
         "stat_prefix": listener.name,
@@ -528,9 +538,6 @@ def _chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mod
         "route": action,
         # The request's span is named for the model it asked for (Envoy's default name is "ingress").
         "decorator": {"operation": f"llm {model}"},
-        # Routing is done: neither header goes to a provider (retries are rebuilt without them too).
-        "request_headers_to_remove": [CHAIN_HEADER, ROUTE_HEADER],
-        "response_headers_to_add": [_set_header(ROUTE_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{PROVIDER_METADATA_KEY})%")],
     }
     if timing:  # read by the failed-attempts log: what a timed-out or unanswered attempt came to, and whether it was watched
         route["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {TIMING_METADATA_KEY: timing}}}
@@ -793,43 +800,57 @@ def _provider_cluster(provider: Provider, body_limit: int, options: RenderOption
     return cluster
 
 
-def _chain_cluster(name: str, config: Config, chain: Chain, body_limit: int, options: RenderOptions) -> dict:
-    return {
+def _chain_cluster(name: str, config: Config, chain: Chain, options: RenderOptions, shared: list[dict]) -> dict:
+    """The aggregate cluster of a chain: its members' clusters in order (retries move down the list); its own upstream
+    filters only where they are not the router's `shared` ones."""
+    cluster = {
         "name": name,
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
-        "per_connection_buffer_limit_bytes": body_limit + 65536,
+        "per_connection_buffer_limit_bytes": config.body_limit + 65536,
         "circuit_breakers": CIRCUIT_BREAKERS,
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
             "typed_config": {"@type": _AGGREGATE, "clusters": [config.providers[member].cluster for member in chain.providers]},
         },
-        # Upstream filters run from the route's cluster, i.e. here, once per attempt.
-        "typed_extension_protocol_options": {
-            _HTTP_OPTIONS_KEY: {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [
-                    *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
-                    *([_first_token_hold(options, config)] if chain.policy.timing else []),
-                    _retries_only(_ext_proc("upstream", options, body_limit, body_mode="NONE")),
-                    *([model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,) if chain.hedges else ())] if chain.hedges or _patches_retries(config, chain) else []),
-                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
-                ],
-            }
-        },
     }
+    filters = _upstream_filters(config, chain, options)
+    if filters != shared:
+        # Upstream filters run from the route's cluster, i.e. here, once per attempt; a cluster without its own runs the router's.
+        cluster["typed_extension_protocol_options"] = {
+            _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http_protocol_options": {}}, "http_filters": filters}
+        }
+    return cluster
 
 
-def _patches_retries(config: Config, chain: Chain) -> bool:
-    """Whether a retry of `chain` can need its body changed by Envoy (the upstream Lua model patch, and its own `content-length`).
+def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dict]:
+    """The upstream filters of a chain that neither hedges nor times its first token, with cooldowns on: the bulk of
+    a large config. Declared once, on the router; a chain that needs others declares its own on its cluster (Envoy
+    runs a cluster's own instead of the router's)."""
+    return [
+        _failed_answers(options),
+        _retries_only("extproc.retries", _ext_proc("upstream", options, body_limit, body_mode="NONE")),
+        _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE)),
+        _UPSTREAM_CODEC,
+    ]
 
-    Not when every member is of one kind and one model name (the keys and deployments of one model, the
-    bulk of a large config): the router level's body already names that model for each of them, and
-    each attempt is translated, or not, alike. The patch's Lua costs Envoy ~0.2 MB per chain cluster
-    (a Lua state per filter instance), most of a provider's memory (docs/performance.md).
-    """
-    return len({(config.providers[name].kind, config.providers[name].model_name) for name in chain.providers}) > 1
+
+def _upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
+    """What each attempt of `chain` passes through: the failed-answer watch, the first-token hold, the retry's rebuild, the model patch."""
+    if chain.hedges:  # Envoy marks every attempt, the first too: the patch's Lua strips the mark from each
+        patch = model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,))
+    else:
+        patch = _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE))
+    return [
+        *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
+        *([_first_token_hold(options, config)] if chain.policy.timing else []),
+        _retries_only("extproc.retries", _ext_proc("upstream", options, config.body_limit, body_mode="NONE")),
+        patch,
+        _UPSTREAM_CODEC,
+    ]
+
+
+_UPSTREAM_CODEC = {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}}
 
 
 def _failed_answers(options: RenderOptions) -> dict:
@@ -892,18 +913,18 @@ def _answer_phase(phase: str, message_timeout_s: float, response_body: str = "NO
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
-def _retries_only(ext_proc: dict) -> dict:
-    """Run the upstream ext_proc on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
+def _retries_only(name: str, http_filter: dict) -> dict:
+    """Run `http_filter` on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
 
     The router level already made the request right for the chain's first
-    provider, so attempt 1 needs no second gRPC stream, unless that provider
-    speaks another API than the client (any chain may: an OpenAI client and
-    an Anthropic provider, or the reverse); a retry must be rebuilt for its own provider.
-    One predicate for every retry, so the ext_proc is rendered once per chain, however long.
+    provider, so attempt 1 needs no second gRPC stream (nor a patch), unless
+    that provider speaks another API than the client (any chain may: an OpenAI
+    client and an Anthropic provider, or the reverse); a retry must be rebuilt
+    for its own provider. One predicate for every retry, however long the chain.
     """
     marked = {"single_predicate": {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}}
     retry = {"single_predicate": {"input": header_input("x-envoy-attempt-count"), "value_match": {"safe_regex": {"google_re2": {}, "regex": RETRY_ATTEMPT}}}}
-    return only_when("extproc.retries", {"or_matcher": {"predicate": [marked, retry]}}, "rebuild", ext_proc)
+    return only_when(name, {"or_matcher": {"predicate": [marked, retry]}}, "rebuild", http_filter)
 
 
 def _is_ip(host: str) -> bool:

@@ -12,6 +12,8 @@ from extproc.processor.cooldown import FAILURE_KINDS, classify
 from extproc.processor.firsttoken import MAX_HELD_BYTES, FirstToken
 from extproc.render import render
 
+from .rendered import upstream_filters
+
 
 def config(policy: str):
     return parse_config(
@@ -26,19 +28,18 @@ model_providers:
     )
 
 
-def route_and_cluster(policy: str) -> tuple[dict, dict, dict]:
-    """The chain starting at `a`: its route, its cluster, and the virtual host."""
+def route_and_cluster(policy: str) -> tuple[dict, list[dict], dict]:
+    """The chain starting at `a`: its route, its attempts' upstream filters, and the virtual host."""
     loaded = config(policy)
     bootstrap = render(loaded)
     virtual_host = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
     name = loaded.chain_clusters["a"]
     route = next(route for route in virtual_host["routes"] if route["name"] == name)
-    cluster = next(cluster for cluster in bootstrap["static_resources"]["clusters"] if cluster["name"] == name)
-    return route, cluster, virtual_host
+    return route, upstream_filters(bootstrap, name), virtual_host
 
 
-def filter_names(cluster: dict) -> list[str]:
-    return [item["name"] for item in cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+def filter_names(filters: list[dict]) -> list[str]:
+    return [item["name"] for item in filters]
 
 
 def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_and_a_timeout_failing_over():
@@ -51,7 +52,7 @@ def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_a
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "first_token"
     assert filter_names(cluster)[:2] == ["extproc.failed", "extproc.first_token"]
     assert "include_is_timeout_retry_header" not in virtual_host
-    hold = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][1]
+    hold = cluster[1]
     ext_proc = hold["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot hold a stream lets it go on, never an error"
     assert ext_proc["message_timeout"] == "90.000s", "the hold is bounded by the attempt's timeouts, not by a message timeout"
@@ -66,7 +67,7 @@ def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
     assert filter_names(cluster)[0] == "extproc.first_token" and "extproc.failed" not in filter_names(cluster), "a hedging chain's failed answers: from its log entries"
     assert virtual_host["include_is_timeout_retry_header"] is True
-    patch = next(item for item in cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"] if item["name"] == "extproc.model_patch")
+    patch = next(item for item in cluster if item["name"] == "extproc.model_patch")
     assert 'remove("x-envoy-is-timeout-retry")' in patch["typed_config"]["default_source_code"]["inline_string"], "no provider is sent Envoy's mark"
 
 

@@ -14,6 +14,9 @@ from extproc.config import load_config, parse_config
 from extproc.render import RenderOptions, render, render_dynamic, render_yaml, to_yaml, upstream_clusters
 from extproc.xds import XdsFiles
 
+from .rendered import hcm as _hcm
+from .rendered import upstream_filter_names, upstream_filters
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = parse_config(
@@ -58,9 +61,13 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     tls = clusters[PROVIDER["hosted"]]["transport_socket"]["typed_config"]
     assert tls["sni"] == "api.openai.com"
     assert clusters[PROVIDER["hosted"]]["type"] == "LOGICAL_DNS"
-    upstream_filters = clusters[CHAIN["primary"]]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
-    assert [item["name"] for item in upstream_filters] == ["extproc.failed", "extproc.retries", "envoy.filters.http.upstream_codec"], "one kind, one model name: no Lua"
-    [rebuild] = upstream_filters[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    assert "typed_extension_protocol_options" not in clusters[CHAIN["primary"]], "a plain chain runs the router's upstream filters"
+    shared = upstream_filters(render(CONFIG), CHAIN["primary"])
+    assert [item["name"] for item in shared] == ["extproc.failed", "extproc.retries", "extproc.model_patch", "envoy.filters.http.upstream_codec"]
+    assert shared[2]["typed_config"]["xds_matcher"] == shared[1]["typed_config"]["xds_matcher"] | {
+        "matcher_list": {"matchers": [shared[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0] | {"on_match": shared[2]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]}]}
+    }, "the Lua patch runs only where the rebuild does: never on a plain first attempt"
+    [rebuild] = shared[1]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
     marked, retry = rebuild["predicate"]["or_matcher"]["predicate"]
     assert marked["single_predicate"]["input"]["typed_config"]["header_name"] == "x-arch-translate", "an attempt 1 the router level marked is translated here"
     assert retry["single_predicate"]["input"]["typed_config"]["header_name"] == "x-envoy-attempt-count"
@@ -69,16 +76,14 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     delegated = rebuild["on_match"]["action"]["typed_config"]["typed_config"]
     assert delegated["name"] == "envoy.filters.http.ext_proc"
 
-    watch = upstream_filters[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+    watch = shared[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
     status = watch["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
     assert [code for code in ("200", "400", "404", "429", "500", "503", "529") if re.fullmatch(status, code)] == ["429", "500", "503", "529"]
     ext_proc = watch["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
     assert ext_proc["response_attributes"] == ["xds.upstream_host_metadata"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot take note of a failed answer lets it go on unchanged"
     off = dataclasses.replace(CONFIG, cooldown=dataclasses.replace(CONFIG.cooldown, enabled=False))
-    chain = next(cluster for cluster in render(off)["static_resources"]["clusters"] if cluster["name"] == CHAIN["primary"])
-    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
-    assert "extproc.failed" not in names, "cooldowns off: nothing to know before Envoy acts"
+    assert "extproc.failed" not in upstream_filter_names(render(off), CHAIN["primary"]), "cooldowns off: nothing to know before Envoy acts"
 
 
 def test_a_refused_key_fails_over_only_where_every_key_is_the_gateways():
@@ -120,32 +125,9 @@ model_providers:
     assert unhedged["route"]["cluster"] == cluster and {"name": "x-arch-route", "string_match": {"exact": f"{cluster}.unhedged"}} in unhedged["match"]["headers"]
     assert hedged["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
     assert unhedged["metadata"]["filter_metadata"]["extproc"]["timing"] == "unhedged", "plain timeouts, recorded from the log"
-    chain = next(item for item in bootstrap["static_resources"]["clusters"] if item["name"] == cluster)
-    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
+    names = upstream_filter_names(bootstrap, cluster)
     assert "extproc.failed" not in names, "Envoy 1.40 crashes releasing a held failed answer while another attempt is in flight"
     assert "extproc.model_patch" in names, "its Lua strips the hedge's timeout header, whatever the members"
-
-
-@pytest.mark.parametrize(
-    ("second", "patched"),
-    [("openai/gpt-4o", False), ("openai/gpt-4o-mini", True), ("anthropic/gpt-4o", True), ("groq/gpt-4o", True)],
-    ids=["same kind and model", "another model", "another kind (translated or not)", "another OpenAI-compatible kind"],
-)
-def test_a_chains_retries_get_the_lua_model_patch_only_when_a_member_can_need_it(second, patched):
-    fallback = "" if second == "openai/gpt-4o" else f", retry_policy: {{fallback_models: [{second}]}}"  # the same model: one group
-    config = parse_config(
-        f"""
-listeners: [{{type: model, name: llm, port: 12000}}]
-model_providers:
-  - {{name: a, model: openai/gpt-4o, base_url: http://127.0.0.1:1{fallback}}}
-  - {{name: b, model: {second}, base_url: http://127.0.0.1:2}}
-""",
-        "patch.yaml",
-        {},
-    )
-    chain = next(item for item in render(config)["static_resources"]["clusters"] if item["name"] == config.chain_clusters["a"])
-    names = [item["name"] for item in chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]]
-    assert ("extproc.model_patch" in names) is patched
 
 
 def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
@@ -158,7 +140,7 @@ def test_routes_match_the_provider_header_and_retry_on_the_next_provider():
         {"name": "x-arch-route", "string_match": {"exact": CHAIN["primary"]}},
     ]
     assert route["route"]["cluster"] == CHAIN["primary"]
-    assert route["request_headers_to_remove"] == ["x-arch-route", "x-arch-llm-provider"], "the routing headers never reach a provider"
+    assert host["request_headers_to_remove"] == ["x-arch-route", "x-arch-llm-provider"], "the routing headers never reach a provider"
     retry = route["route"]["retry_policy"]
     assert retry["retry_on"] == "connect-failure,retriable-status-codes"
     assert retry["retriable_status_codes"] == [429, 503, 529, 401, 403], "529 (overloaded) fails over wherever 429 does; a refused key the gateway owns too"
@@ -226,10 +208,6 @@ def test_a_cluster_is_renamed_whenever_what_it_stands_for_changes():
         assert moved != provider and moved_chain != chain, f"{other}: another host is another cluster, and so another chain"
     grown = names(BASE.format(a="http://127.0.0.1:1", key="k1") + "  - {name: c, model: openai/gpt-4, base_url: 'http://127.0.0.1:3'}\n")
     assert grown[0] == provider and grown[1] != chain, "a chain with another member is another chain cluster"
-
-
-def _hcm(bootstrap: dict) -> dict:
-    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
 def test_no_tracing_without_an_endpoint_and_token_accounting_on_by_default():
