@@ -26,13 +26,14 @@ import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import yaml
 
 from .config import Chain, Config, Listener, Provider
-from .config.model import CHAIN_CLUSTER_PREFIX
+from .config.model import CHAIN_CLUSTER_PREFIX, FINGERPRINT_LENGTH, PROVIDER_CLUSTER_PREFIX
 from .contract import (
     ATTEMPT_NAMESPACE,
     ATTEMPT_TAG,
@@ -288,7 +289,7 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # A chain's aggregate cluster would keep ~150 statistics (~26 KB) that its providers' clusters and the
         # sidecar's metrics (failovers, attempts by outcome) already say: a third of Envoy's memory at 5,000 providers.
-        "stats_config": {"stats_matcher": {"exclusion_list": {"patterns": [{"prefix": f"cluster.{CHAIN_CLUSTER_PREFIX}"}]}}},
+        "stats_config": {"stats_matcher": {"exclusion_list": {"patterns": [{"prefix": f"cluster.{CHAIN_CLUSTER_PREFIX}"}, _provider_stats_dropped()]}}},
         "overload_manager": {
             "refresh_interval": "0.25s",
             "resource_monitors": [
@@ -308,6 +309,32 @@ def _bootstrap(listeners: list[dict], clusters: list[dict], options: RenderOptio
     if config.tracing.endpoint:
         bootstrap["layered_runtime"] = {"layers": [{"name": "tracing", "static_layer": TRACE_RUNTIME}]}
     return bootstrap
+
+
+#: Of a provider's cluster (one endpoint, no load balancing, generous circuit breakers) Envoy keeps its requests,
+#: connections, resets, bytes, connect times and TLS; these other ~80 statistics (load balancing, membership,
+#: updates, breakers, flow control, and what Envoy counts on the chain's cluster) would say nothing and cost
+#: ~16 KB a provider. By name, or (ending in `.`/`_`) by prefix; Envoy matches a pattern to the whole name.
+_PROVIDER_STATS_DROPPED = (
+    "assignment_", "circuit_breakers.", "lb_", "membership_", "update_", "upstream_flow_control_", "upstream_internal_redirect_", "upstream_rq_retry_",
+    "upstream_rq_retry", "bind_errors", "default.total_match_count", "max_host_weight", "original_dst_host_invalid", "retry_or_shadow_abandoned", "version",
+    "warming_state", "upstream_http3_broken", "upstream_queue_overloaded", "upstream_cx_close_notify", "upstream_cx_connect_attempts_exceeded",
+    "upstream_cx_connect_with_0_rtt", "upstream_cx_destroy", "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+    "upstream_cx_destroy_with_active_rq", "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_cx_http3_total",
+    "upstream_cx_idle_timeout", "upstream_cx_max_duration_reached", "upstream_cx_max_requests", "upstream_cx_none_healthy",
+    "upstream_cx_pool_overflow", "upstream_cx_preconnect_skipped", "upstream_cx_rx_bytes_buffered", "upstream_cx_tx_bytes_buffered",
+    "upstream_cx_length_ms", "upstream_rq_0rtt", "upstream_rq_active_overflow", "upstream_rq_maintenance_mode",
+    "upstream_rq_max_duration_reached", "upstream_rq_pending_failure_eject", "upstream_rq_pending_overflow", "upstream_rq_pending_total",
+    "upstream_rq_per_try_idle_timeout", "upstream_rq_rx_reset_no_error", "upstream_rq_per_cx",
+    # Counted on the route's cluster (the chain's), never on a provider's behind it.
+    "upstream_rq_completed", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+)
+
+
+def _provider_stats_dropped() -> dict:
+    names = "|".join(re.escape(name) + (".*" if name.endswith((".", "_")) else "") for name in _PROVIDER_STATS_DROPPED)
+    provider = re.escape(f"cluster.{PROVIDER_CLUSTER_PREFIX}")
+    return {"safe_regex": {"regex": rf"{provider}.+\.[0-9a-f]{{{FINGERPRINT_LENGTH}}}\.({names})"}}
 
 
 def render_yaml(config: Config, options: RenderOptions = RenderOptions(), xds_dir: str | None = None) -> str:

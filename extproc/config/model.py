@@ -20,6 +20,7 @@ from ..providers import kind_of
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 #: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
 CHAIN_CLUSTER_PREFIX = "chain."
+PROVIDER_CLUSTER_PREFIX = "provider."
 #: Headers meant for the gateway's own hop, never for a provider: the client's session cookies, its
 #: credentials for a proxy, and where it came from. Stripped on every attempt unless a provider's
 #: `headers:` sets them.
@@ -151,7 +152,7 @@ class Provider:
         in place: a request routed before a reload reaches exactly the host
         its credentials were chosen for.
         """
-        return f"provider.{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '', self.group)}"
+        return f"{PROVIDER_CLUSTER_PREFIX}{self.name}.{fingerprint(self.scheme, self.host, str(self.port), self.ca_file or '', file_digest(self.ca_file) or '', self.group)}"
 
     @property
     def authority(self) -> str:
@@ -342,9 +343,13 @@ def frozen_mapping(items) -> Mapping:
     return MappingProxyType(dict(items))
 
 
+#: Hex digits of a resource name's `fingerprint`.
+FINGERPRINT_LENGTH = 10
+
+
 def fingerprint(*parts: str) -> str:
     """A short, stable digest of `parts` for resource names."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
 def file_digest(path: str | None) -> str | None:

@@ -3,6 +3,7 @@
 import contextlib
 import http.client
 import json
+import re
 
 import pytest
 import yaml
@@ -151,6 +152,13 @@ def test_envoys_stats_are_served_for_scraping_and_nothing_else_of_its_admin(mock
 
     assert stats.status == 200 and b"envoy_cluster_upstream_cx_total" in stats.body
     assert b'envoy_cluster_name="provider"' in stats.body and b'envoy_cluster_name="chain"' not in stats.body, "no statistics of chain clusters"
+    # Envoy puts what follows the first dot of a cluster's name (`provider.main.<hash>`) into the metric's name.
+    named = (line.split("{")[0] for line in stats.body.decode().splitlines() if 'envoy_cluster_name="provider"' in line)
+    provider_stats = {re.sub(r"^envoy_cluster_main_[0-9a-f]{10}_", "envoy_cluster_", name) for name in named}
+    kept = {"upstream_rq_total", "upstream_rq_active", "upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_connect_ms_bucket"}
+    assert {f"envoy_cluster_{name}" for name in kept} <= provider_stats, "a provider's requests, connections and connect times"
+    assert not {name for name in provider_stats if name.startswith(("envoy_cluster_lb_", "envoy_cluster_membership_", "envoy_cluster_circuit_breakers_"))}, "nothing a one-endpoint cluster says"
+    assert len(provider_stats) < 30, sorted(provider_stats)
     assert drain.status == 404 and dump.status == 404, "the admin API's other endpoints stay unreachable"
 
 
