@@ -31,8 +31,9 @@ sys.path.insert(0, ROOT)
 from bench.bodies import large_body, large_posts
 from bench.run import Processes, ensure_wrk, free_port, static_proxy, wait_port, wrk
 from extproc.contract import BULK_CONTENT_LENGTH, message_limit
-from extproc.render import RenderOptions, _ext_proc, _sidecar_cluster
-from extproc.render_composite import composite, execute, header_input
+from extproc.render import RenderOptions
+from extproc.render.composite import composite, execute, header_input
+from extproc.render.sidecar import ext_proc, sidecar_cluster
 
 
 async def serve(socket_path: str, echo: bool) -> None:
@@ -69,13 +70,13 @@ def envoy_with_bare_ext_proc(port: int, upstream_port: int, socket_path: str) ->
     bootstrap = static_proxy(port, upstream_port)
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     options = RenderOptions(sidecar=f"unix:{socket_path}")
-    ext_proc = _ext_proc("router", options, 16 * 2**20, "bench", "bare")
-    ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["max_receive_message_length"] = message_limit(16 * 2**20)
+    router = ext_proc("router", options, 16 * 2**20, "bench", "bare")
+    router["typed_config"]["grpc_service"]["envoy_grpc"]["max_receive_message_length"] = message_limit(16 * 2**20)
     large = {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
-    hcm["http_filters"].insert(0, composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("bare", ext_proc)}]}}))
+    hcm["http_filters"].insert(0, composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("bare", router)}]}}))
     listener = bootstrap["static_resources"]["listeners"][0]
     listener["per_connection_buffer_limit_bytes"] = 17 * 2**20
-    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(options, 16 * 2**20, "bare"))
+    bootstrap["static_resources"]["clusters"].append(sidecar_cluster(options, 16 * 2**20, "bare"))
     bootstrap["static_resources"]["clusters"][0]["per_connection_buffer_limit_bytes"] = 17 * 2**20
     return bootstrap
 

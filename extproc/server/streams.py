@@ -89,7 +89,7 @@ def with_body(response: pb.ProcessingResponse, kind: str, body: bytes | memoryvi
 
 
 def set_patch(namespace: struct_pb2.Struct, patch: Patch | None, found: router.Found | None = None) -> None:
-    """The model patch Envoy's Lua filter applies to the body (`render_body.model_patch`); no patch is an empty value.
+    """The model patch Envoy's Lua filter applies to the body (`render.body.model_patch`); no patch is an empty value.
 
     A patch of the model where Envoy `found` it carries no place: the Lua filter takes Envoy's.
     """
@@ -197,7 +197,7 @@ class RouterStream:
 
 
 def _found(request: pb.ProcessingRequest) -> router.Found | None:
-    """The model Envoy found in the body (`render_body.find_model`), if it found one."""
+    """The model Envoy found in the body (`render.body.find_model`), if it found one."""
     namespace = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
     if namespace is None:
         return None

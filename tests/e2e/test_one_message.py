@@ -1,6 +1,6 @@
 """One gRPC message per ordinary request: Envoy finds the model, the sidecar never receives the body.
 
-Envoy's finding (`json_to_metadata` + the Lua scan in `render_body.find_model`) is
+Envoy's finding (`json_to_metadata` + the Lua scan in `render.body.find_model`) is
 checked against the sidecar's own parser on bodies chosen to trip a scanner:
 it must find exactly what `jsonbody.parse` finds, or find nothing (and the
 sidecar then reads the body itself). A wrong finding would route a request to
@@ -14,7 +14,7 @@ import pytest
 
 from extproc.contract import BODY_MODEL_END_KEY, BODY_MODEL_KEY, BODY_MODEL_START_KEY, BODY_NAMESPACE
 from extproc.processor.jsonbody import BodyError, parse
-from extproc.render_body import find_model
+from extproc.render.body import find_model
 
 from .harness import chunked, gateway_config, provider, request
 

@@ -56,7 +56,7 @@ def forward(body: bytes, headers=CLIENT) -> router.Forward:
 
 
 def patched(body: bytes, patch: Patch | None) -> bytes:
-    """What Envoy's Lua filter makes of `body` with `patch` (render_body.model_patch)."""
+    """What Envoy's Lua filter makes of `body` with `patch` (render.body.model_patch)."""
     return body if patch is None else body[: patch.start] + patch.value + body[patch.end :]
 
 

@@ -10,7 +10,7 @@ each piece rests on.
 
 from __future__ import annotations
 
-from .contract import (
+from ..contract import (
     BODY_JSON_KEY,
     BODY_MODEL_END_KEY,
     BODY_MODEL_KEY,
@@ -22,8 +22,8 @@ from .contract import (
     PATCH_VALUE_KEY,
     SMALL_CONTENT_LENGTH,
 )
-from .processor.jsonbody import MAX_TOP_LEVEL_KEYS
-from .render_composite import header_input, only_when
+from ..processor.jsonbody import MAX_TOP_LEVEL_KEYS
+from .composite import header_input, only_when
 
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _JSON_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
@@ -179,7 +179,7 @@ def find_model() -> list[dict]:
     }
     return [
         only_when("extproc.json_check", small_request(), "json_check", json_check),
-        {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA}}},
+        {"name": "extproc.find_model", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": _SCAN_LUA.lstrip()}}},
     ]
 
 
@@ -224,4 +224,4 @@ function envoy_on_request(handle)
   handle:headers():replace("content-length", tostring(length))
 end
 """
-    return {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": lua}}}
+    return {"name": "extproc.model_patch", "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": lua.lstrip()}}}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .config import Provider, Tracing
-from .contract import (
+from ..config import Provider, Tracing
+from ..contract import (
     INPUT_TOKENS,
     METADATA_NAMESPACE,
     MODEL_METADATA_KEY,
@@ -26,8 +26,8 @@ from .contract import (
     USAGE_NAMESPACE,
     USAGE_SKIPPED,
 )
-from .providers import kind_of
-from .render_composite import composite, execute, header_input
+from ..providers import kind_of
+from .composite import composite, execute, header_input
 
 TRACE_CLUSTER = "extproc_otlp_collector"
 #: Spans leave Envoy every second (Envoy's default is 5 s): a trace is in the collector by the time one looks.

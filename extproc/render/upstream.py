@@ -1,0 +1,108 @@
+"""What each attempt runs between the router and the provider: the failed-answer watch, the first-token hold, the retry's rebuild and model patch."""
+
+from __future__ import annotations
+
+from ..config import Chain, Config
+from ..contract import (
+    ATTEMPT_NAMESPACE,
+    FAILED_STATUS,
+    HOST_METADATA_ATTRIBUTE,
+    TIMEOUT_RETRY_HEADER,
+)
+from ..processor.headermutator import TRANSLATE_HEADER
+from .body import model_patch
+from .composite import header_input, only_when
+from .options import RenderOptions
+from .sidecar import answer_phase, ext_proc
+
+_CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+#: The upstream filter chain's last filter: it sends the attempt to the provider.
+UPSTREAM_CODEC = {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}}
+
+
+#: `x-envoy-attempt-count` of a retry (2 and above): the attempts the upstream ext_proc rebuilds.
+RETRY_ATTEMPT = r"[2-9]|[1-9][0-9]+"
+
+
+def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dict]:
+    """The upstream filters of a chain that neither hedges nor times its first token, with cooldowns on: the bulk of
+    a large config. Declared once, on the router; a chain that needs others declares its own on its cluster (Envoy
+    runs a cluster's own instead of the router's)."""
+    return [
+        _failed_answers(options),
+        _retries_only("extproc.retries", ext_proc("upstream", options, body_limit, body_mode="NONE")),
+        _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE)),
+        UPSTREAM_CODEC,
+    ]
+
+
+def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
+    """What each attempt of `chain` passes through: the failed-answer watch, the first-token hold, the retry's rebuild, the model patch."""
+    if chain.hedges:  # Envoy marks every attempt, the first too: the patch's Lua strips the mark from each
+        patch = model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,))
+    else:
+        patch = _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE))
+    return [
+        *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
+        *([_first_token_hold(options, config)] if chain.policy.timing else []),
+        _retries_only("extproc.retries", ext_proc("upstream", options, config.body_limit, body_mode="NONE")),
+        patch,
+        UPSTREAM_CODEC,
+    ]
+
+
+def _failed_answers(options: RenderOptions) -> dict:
+    """Shows the sidecar each attempt's answer that moves its provider's state (429, 529, 5xx) before Envoy acts on it.
+
+    The sidecar records the outcome before it answers, and Envoy neither
+    retries nor passes the answer on before that: when a client holds the
+    answer, or the next attempt starts, the cooldown is known, whichever
+    attempt of whichever chain it was. Chosen on the answer's `:status` (a
+    composite), so an answer that succeeds costs no message. Listed first: its
+    answer's headers come to it last, as the router will see them. With
+    cooldowns off nothing needs knowing sooner: not rendered (the access log counts).
+
+    Nor on a chain that hedges (docs/envoy-behaviour.md): Envoy 1.40 crashes
+    when an upstream filter releases a held failed answer while another
+    attempt is in flight, and an upstream filter sees the latest attempt's
+    host whichever attempt answered. Each attempt's log entry names its own
+    provider: those chains' failed answers are recorded from them.
+    """
+    watch = answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE])
+    failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": FAILED_STATUS}}}
+    return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
+
+
+def _first_token_hold(options: RenderOptions, config: Config) -> dict:
+    """Holds an event stream's response headers at the sidecar until its first token (the "hold" phase).
+
+    Until Envoy's router has the headers it has sent the client nothing, so
+    the per-try timeout can still abandon (or hedge) the attempt. Chosen on
+    the answer's headers (a composite on content-type), so a JSON answer or
+    an error passes untouched; the sidecar gets the headers and, without
+    waiting for its reply, the first chunks; it answers all of them once one
+    holds a token and ends the stream, so the rest flows past it.
+    """
+    hold = answer_phase(
+        "hold",
+        # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
+        max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s),
+        response_body="STREAMED",
+        send_body_without_waiting_for_header_response=True,
+    )
+    stream = {"input": header_input("content-type", response=True), "value_match": {"prefix": "text/event-stream"}}
+    return only_when("extproc.first_token", {"single_predicate": stream}, "hold", hold)
+
+
+def _retries_only(name: str, http_filter: dict) -> dict:
+    """Run `http_filter` on retries only (`x-envoy-attempt-count` 2, 3, …), and on an attempt 1 the router marked for translation.
+
+    The router level already made the request right for the chain's first
+    provider, so attempt 1 needs no second gRPC stream (nor a patch), unless
+    that provider speaks another API than the client (any chain may: an OpenAI
+    client and an Anthropic provider, or the reverse); a retry must be rebuilt
+    for its own provider. One predicate for every retry, however long the chain.
+    """
+    marked = {"single_predicate": {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}}
+    retry = {"single_predicate": {"input": header_input("x-envoy-attempt-count"), "value_match": {"safe_regex": {"google_re2": {}, "regex": RETRY_ATTEMPT}}}}
+    return only_when(name, {"or_matcher": {"predicate": [marked, retry]}}, "rebuild", http_filter)
