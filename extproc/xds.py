@@ -60,12 +60,16 @@ class XdsFiles:
         self.settle_s = settle_s
         self.timeout_s = timeout_s
         self.version = int(time.time() * 1000)  # monotonic across sidecar restarts sharing the directory
+        #: Envoy's counters as the last confirmed step left them: the next step's baseline, one stats query (~0.2 s at
+        #: 5,000 providers) fewer. None after a write nothing confirmed (a rejection counted then must not be the next step's).
+        self._confirmed: dict | None = None
         for path in (cds_path(directory), rds_path(directory, "")):
             os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def write(self, configs: Sequence[Config]) -> None:
         """Write the files for these snapshots (the first one's listeners) without waiting."""
         self.version += 1
+        self._confirmed = None
         self._write_clusters(configs)
         self._write_routes(configs)
 
@@ -90,7 +94,8 @@ class XdsFiles:
 
     async def _step(self, write: Callable[[], None], kind: str, config: Config) -> None:
         names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners]
-        before = await asyncio.to_thread(self._stats) if self.admin_url() else {}
+        before = self._confirmed if self._confirmed is not None else await asyncio.to_thread(self._stats) if self.admin_url() else {}
+        self._confirmed = None
         self.version += 1
         await asyncio.to_thread(write)
         if not self.admin_url():
@@ -103,6 +108,7 @@ class XdsFiles:
             if any(_number(stats, f"{name}.update_rejected") > _number(before, f"{name}.update_rejected") for name in names):
                 raise XdsRejected(f"Envoy rejected the new {kind.upper()} resources (its log says why)")
             if _number(stats, "cluster_manager.warming_clusters") == 0 and all(stats.get(f"{name}.version_text") == str(self.version) for name in names):
+                self._confirmed = stats
                 return
             # Envoy answers a stats query on the main thread that applies the update, walking every statistic
             # (~0.6 s at 5,000 providers): ask again only after twice that, leaving it two thirds of its time.

@@ -27,16 +27,19 @@ _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.Cluster
 
 
 def upstream_clusters(configs: Iterable[Config], options: RenderOptions = RenderOptions()) -> list[dict]:
-    """A cluster per provider and an aggregate cluster per chain start, of every snapshot given (once per name)."""
+    """A cluster per provider and an aggregate cluster per chain start, of every snapshot given (once per name: the
+    first snapshot's; a reload lists the new one first, and renders only what the live ones add)."""
     clusters: dict[str, dict] = {}
     for config in configs:
         body_limit = config.body_limit
         shared = shared_upstream_filters(options, body_limit)
         for provider in config.providers.values():
-            clusters.setdefault(provider.cluster, provider_cluster(provider, body_limit, options, config.connect_timeout_s))
+            if provider.cluster not in clusters:
+                clusters[provider.cluster] = provider_cluster(provider, body_limit, options, config.connect_timeout_s)
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
-            clusters.setdefault(name, chain_cluster(name, config, chain, options, shared))
+            if name not in clusters:
+                clusters[name] = chain_cluster(name, config, chain, options, shared)
     return list(clusters.values())
 
 

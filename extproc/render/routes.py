@@ -32,8 +32,10 @@ def route_config(listener: Listener, configs: Iterable[Config]) -> dict:
     for config in configs:
         for start, chain in config.chains.items():
             name = config.chain_clusters[start]
+            if name in routes:
+                continue
             model = config.providers[start].model
-            routes.setdefault(name, chain_route(start, name, chain, listener, model))
+            routes[name] = chain_route(start, name, chain, listener, model)
             if chain.hedges:
                 routes.setdefault(unhedged_route(name), chain_route(start, name, chain.unhedged, listener, model, unhedged_route(name), UNHEDGED_TIMING))
     ordered = list(routes.values())
