@@ -10,9 +10,7 @@ import yaml
 
 from ..config import Config
 from ..config.model import CHAIN_CLUSTER_PREFIX, FINGERPRINT_LENGTH, PROVIDER_CLUSTER_PREFIX
-from ..contract import (
-    bulk_address,
-)
+from ..contract import bulk_address
 from .clusters import system_ca_bundle, upstream_clusters
 from .listener import HCM, ROUTER, http_listener
 from .options import RenderOptions
@@ -22,23 +20,16 @@ from .telemetry import TRACE_RUNTIME, trace_cluster
 from .values import socket_address
 
 ADMIN_CLUSTER = "envoy_admin"
-
-
 _DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-
-
 _FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
-
-
 _FIXED_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
 
 
-#: What a config costs Envoy's heap, measured (`make bench-config`, docs/performance.md): about 0.15 MiB per provider
-#: (its cluster, its chain's cluster with the upstream filters, its routes). The default budget gives each 0.25 MiB,
-#: above a fixed 200 MiB for traffic, so a config of any size starts with room to serve.
+#: What a config costs Envoy's heap, measured (`make bench-config`, docs/performance.md): about 65 KB per provider
+#: (its cluster, its chain's cluster, its routes), up to ~0.25 MiB in a chain with upstream filters of its own (one
+#: that hedges or times its first token). The default budget gives each 0.25 MiB, above a fixed 200 MiB for traffic,
+#: so a config of any size starts with room to serve.
 HEAP_BASE_MB = 200
-
-
 HEAP_PER_PROVIDER_MB = 0.25
 
 

@@ -7,22 +7,13 @@ import os
 from collections.abc import Iterable
 
 from ..config import Chain, Config, Provider
-from ..contract import (
-    CLUSTER_METADATA_KEY,
-    GROUP_METADATA_KEY,
-    METADATA_NAMESPACE,
-    PROVIDER_METADATA_KEY,
-    PROVIDER_MODEL_METADATA_KEY,
-    SYSTEM_METADATA_KEY,
-)
+from ..contract import CLUSTER_METADATA_KEY, GROUP_METADATA_KEY, METADATA_NAMESPACE, PROVIDER_METADATA_KEY, PROVIDER_MODEL_METADATA_KEY, SYSTEM_METADATA_KEY
 from .options import RenderOptions
 from .telemetry import gen_ai_system
 from .upstream import chain_upstream_filters, shared_upstream_filters
 from .values import CIRCUIT_BREAKERS, HTTP_OPTIONS, HTTP_OPTIONS_KEY, TLS_CONTEXT, duration, socket_address
 
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
-
-
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config, Listener
-from ..contract import (
-    DOWNSTREAM_LOG,
-    METADATA_NAMESPACE,
-    bulk_address,
-)
+from ..contract import DOWNSTREAM_LOG, METADATA_NAMESPACE, bulk_address
 from ..processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from ..processor.router import CLIENT_HEADER_LIMIT
 from .body import find_model, large_request, model_patch, small_request
@@ -21,11 +17,7 @@ from .upstream import shared_upstream_filters
 from .values import duration, socket_address
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 
 

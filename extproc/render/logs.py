@@ -27,8 +27,6 @@ from ..contract import (
 from .sidecar import SIDECAR_CLUSTER
 
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
-
-
 _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 
 

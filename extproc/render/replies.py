@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from ..contract import (
-    METADATA_NAMESPACE,
-    PATH_METADATA_KEY,
-    SIDECAR_REPLY_DETAILS,
-)
+from ..contract import METADATA_NAMESPACE, PATH_METADATA_KEY, SIDECAR_REPLY_DETAILS
 from ..translator import MESSAGES
 
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"

@@ -5,20 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..config import Chain, Config, Listener
-from ..contract import (
-    METADATA_NAMESPACE,
-    PROVIDER_METADATA_KEY,
-    TIMING_METADATA_KEY,
-    UNHEDGED_TIMING,
-    unhedged_route,
-)
+from ..contract import METADATA_NAMESPACE, PROVIDER_METADATA_KEY, TIMING_METADATA_KEY, UNHEDGED_TIMING, unhedged_route
 from ..processor.cooldown import AUTH_STATUSES, OVERLOADED
 from ..processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
 from .values import duration, error_json, set_header
 
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
-
-
 _PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
 
 

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from ..contract import (
-    ATTEMPT_NAMESPACE,
-    BODY_NAMESPACE,
-    HOST_METADATA_ATTRIBUTE,
-    LISTENER_METADATA,
-    METADATA_NAMESPACE,
-    PHASE_METADATA,
-    message_limit,
-)
+from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HOST_METADATA_ATTRIBUTE, LISTENER_METADATA, METADATA_NAMESPACE, PHASE_METADATA, message_limit
 from .options import RenderOptions
 from .values import CIRCUIT_BREAKERS, HTTP_OPTIONS, HTTP_OPTIONS_KEY, TLS_CONTEXT, duration, socket_address
 
 SIDECAR_CLUSTER = "extproc_sidecar"
-
-
 BULK_CLUSTER = "extproc_sidecar_bulk"
-
-
 EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from ..config import Chain, Config
-from ..contract import (
-    ATTEMPT_NAMESPACE,
-    FAILED_STATUS,
-    HOST_METADATA_ATTRIBUTE,
-    TIMEOUT_RETRY_HEADER,
-)
+from ..contract import ATTEMPT_NAMESPACE, FAILED_STATUS, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER
 from ..processor.headermutator import TRANSLATE_HEADER
 from .body import model_patch
 from .composite import header_input, only_when
