@@ -10,16 +10,13 @@ import logging
 import os
 import sys
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
 
 from . import __version__, envoyadmin
 from .apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE
 from .config import Chain, Config, ConfigError, json_schema, load_config
-from .mock import MockProvider, serve_forever
-from .mock import for_provider as mock_for
-from .mock_bedrock import BedrockState
-from .mock_vertex import VertexState, public_key_of
 from .preflight import EXIT_DOWN, preflight
 from .render import RenderOptions, SidecarTls, heap_budget_mb, render_yaml
 from .server.app import ListenError, ServerTls, check_listen
@@ -27,6 +24,9 @@ from .sidecar import Sidecar
 from .supervisor import Gateway, GatewayError, install_signal_handlers, print_line
 from .translator import OPENAI_CHAT, provider_api
 from .xds import XdsFiles
+
+if TYPE_CHECKING:  # the mock providers load only for `mock` and `up --mock-providers`: never in a sidecar
+    from .mock import MockProvider
 
 log = logging.getLogger("extproc")
 
@@ -158,9 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--api", choices=("openai", "anthropic", "bedrock", "vertex"), default="openai", help="the API it answers (and checks requests) as: OpenAI's, Anthropic's, Bedrock's, Vertex AI's"
     )
-    mock.add_argument("--aws-access-key-id", default=BedrockState.access_key_id, help="bedrock: the key id signatures must use")
-    mock.add_argument("--aws-secret-access-key", default=BedrockState.secret_access_key, help="bedrock: the secret it checks signatures with")
-    mock.add_argument("--aws-region", default=BedrockState.region, help="bedrock: the region signatures must be scoped to")
+    mock.add_argument("--aws-access-key-id", help="bedrock: the key id signatures must use (default: the mock's own test key)")
+    mock.add_argument("--aws-secret-access-key", help="bedrock: the secret it checks signatures with (default: the mock's own)")
+    mock.add_argument("--aws-region", help="bedrock: the region signatures must be scoped to (default: the mock's own)")
     mock.add_argument("--service-account", help="vertex: a service-account key file; its token endpoint grants tokens for JWTs this key signed")
     mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
     mock.set_defaults(run=_mock)
@@ -356,6 +356,8 @@ async def _first(*waits) -> None:
 
 async def _start_mocks(config: Config) -> list[MockProvider]:
     """A mock per loopback provider; the first of a chain with somewhere to fail over to answers 429, to show failover."""
+    from .mock import for_provider as mock_for
+
     mocks = []
     for model, names in config.models.items():
         for index, name in enumerate(names):
@@ -390,7 +392,12 @@ _MOCK_APIS = {
 
 
 def _mock(args) -> int:
-    bedrock = BedrockState(args.aws_access_key_id, args.aws_secret_access_key, args.aws_region) if args.api == "bedrock" else None
+    from .mock import MockProvider, serve_forever
+    from .mock.bedrock import BedrockState
+    from .mock.vertex import VertexState, public_key_of
+
+    signing = {"access_key_id": args.aws_access_key_id, "secret_access_key": args.aws_secret_access_key, "region": args.aws_region}
+    bedrock = BedrockState(**{key: value for key, value in signing.items() if value is not None}) if args.api == "bedrock" else None
     if args.api == "vertex" and not args.service_account:
         print("error: --api vertex needs --service-account FILE (the key whose JWTs its token endpoint accepts)", file=sys.stderr)
         return 2

@@ -7,8 +7,6 @@ and protobuf, so rendering a config never loads the servers.
 
 from __future__ import annotations
 
-import re
-
 #: Envoy dynamic metadata and endpoint metadata, namespace `extproc`.
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
@@ -48,15 +46,6 @@ LISTENER_METADATA = "x-extproc-listener"
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-#: The answers whose outcome moves a provider's state (a refused key, a 429, Anthropic's 529, any 5xx): each is shown to the
-#: sidecar (phase "failed") before Envoy retries it or passes it on, on chains that do not hedge. Keep in step with `cooldown.classify`.
-FAILED_STATUS = r"401|403|429|529|5[0-9][0-9]"
-_FAILED_STATUS = re.compile(FAILED_STATUS)
-
-
-def watched_status(status: int) -> bool:
-    """An answer status `FAILED_STATUS` shows to the sidecar (where cooldowns are on)."""
-    return _FAILED_STATUS.fullmatch(str(status)) is not None
 
 #: Access-log names (`log_name`) and the custom tags on their entries.
 UPSTREAM_LOG = "upstream"  # failed attempts, unbatched

@@ -32,9 +32,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from ..contract import UNWATCHED_TIMINGS, watched_status
-from ..processor.cooldown import RATE_LIMIT_STATUSES, Outcome, ProviderHealth, classify
+from ..contract import UNWATCHED_TIMINGS
+from ..processor.cooldown import Outcome, ProviderHealth, classify
 from ..processor.ratelimit import Budget
+from ..statuses import RATE_LIMIT_STATUSES, succeeded, watched
 from .metrics import GatewayMetrics, Labelled
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ class LogEntry(NamedTuple):
     attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
     timing: str = ""  # upstream: how the chain times its attempts (`contract.TIMING_TAG`)
     group: str = ""  # upstream: the provider's priority group
-
-
-def succeeded(status: int) -> bool:
-    """An attempt the failed-attempts log leaves out (the same rule as its filter in `render/logs.py`)."""
-    return 0 < status < 400
 
 
 class CooldownSink(Protocol):
@@ -157,8 +153,8 @@ class Observer:
         if kind in _TIMED_OUT:
             # (No attempt number: a hedged attempt's entry carries the number of the attempt started last.)
             log.info("request %s: an attempt to provider %s (group %s) ended: %s", entry.request_id, entry.provider, entry.group or "-", kind, extra={"request_id": entry.request_id})
-        watched = self.health.policy.enabled and watched_status(entry.status) and entry.timing not in UNWATCHED_TIMINGS
-        if not watched:
+        shown = self.health.policy.enabled and watched(entry.status) and entry.timing not in UNWATCHED_TIMINGS
+        if not shown:
             self._record(Outcome(entry.provider, entry.status, kind, entry.retry_after_s, entry.started), duration_s=entry.attempt_s)
         elif entry.attempt_s is not None:  # recorded from its response headers (`answered`); its duration is known only now
             self.metrics.attempt_seconds.labels(entry.provider).observe(entry.attempt_s)
@@ -186,7 +182,7 @@ class Observer:
                 self.shared.publish(outcome.provider, self.health.clock() + seconds, outcome.kind)
 
     def answered(self, provider: str, status: int, retry_after_s: float | None) -> None:
-        """An attempt's failed answer (`contract.watched_status`), seen as Envoy shows it: record its outcome, its only record.
+        """An attempt's failed answer (`statuses.watched`), seen as Envoy shows it: record its outcome, its only record.
 
         On a chain that does not hedge Envoy waits for this before it retries
         or passes the answer on; on one that hedges it is shown without waiting.

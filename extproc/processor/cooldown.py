@@ -17,12 +17,12 @@ from typing import NamedTuple
 
 from ..config import Cooldown
 from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
+from ..statuses import AUTH_STATUSES, FAILED_MIN, RATE_LIMIT_STATUSES, SERVER_ERROR_MIN
 
 #: Outcome kinds that count towards `failure_threshold`.
 FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error", "invalid_answer"})
 #: A key the gateway owns was refused (401, 403): it will not work again by itself, so its provider cools at once for `max_cooldown`.
 AUTH_FAILED = "auth_failed"
-AUTH_STATUSES = (401, 403)
 #: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
@@ -39,11 +39,6 @@ class Outcome(NamedTuple):
     retry_after_s: float | None = None
     #: When the attempt started (the clock's time base); None: just now.
     started: float | None = None
-
-
-#: Anthropic's "overloaded" status: treated as a 429 for failover and cooldowns.
-OVERLOADED = 529
-RATE_LIMIT_STATUSES = (429, OVERLOADED)
 
 
 def classify(status: int, response_flags: Iterable[str] = (), timing: str = "", owns_key: bool = True) -> str:
@@ -76,9 +71,9 @@ def classify(status: int, response_flags: Iterable[str] = (), timing: str = "", 
         return "reset"
     if status == 0:
         return "cancelled"
-    if status >= 500:
+    if status >= SERVER_ERROR_MIN:
         return "server_error"
-    if status >= 400:
+    if status >= FAILED_MIN:
         return "client_error"
     return "ok"
 

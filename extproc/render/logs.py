@@ -24,6 +24,7 @@ from ..contract import (
     UPSTREAM_LOG,
     USAGE_NAMESPACE,
 )
+from ..statuses import FAILED_MIN
 from .sidecar import SIDECAR_CLUSTER
 
 _STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -31,17 +32,17 @@ _GRPC_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.
 
 
 def failed_attempts_log(listener: Listener, response_headers: Iterable[str]) -> dict:
-    """Every attempt that did not succeed (status >= 400, or no response), one entry each, unbatched.
+    """Every attempt that did not succeed (`statuses.succeeded`: a status from 400 up, or no response), one entry each, unbatched.
 
     Envoy sends it as the attempt ends, before it retries: a 429 is known to
     the sidecar before the retry's own stream starts (see `Observer`).
     Succeeding attempts are left out (the request's entry covers them), so the
-    plain path costs no entry here. Keep the filter in step with `observer.succeeded`.
+    plain path costs no entry here.
     """
     failed = {
         "or_filter": {
             "filters": [
-                {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "extproc.failed_attempt.min_status"}}}},
+                {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": FAILED_MIN, "runtime_key": "extproc.failed_attempt.min_status"}}}},
                 {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 0, "runtime_key": "extproc.failed_attempt.no_response"}}}},
             ]
         }

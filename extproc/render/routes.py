@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from ..config import Chain, Config, Listener
 from ..contract import METADATA_NAMESPACE, PROVIDER_METADATA_KEY, TIMING_METADATA_KEY, UNHEDGED_TIMING, unhedged_route
-from ..processor.cooldown import AUTH_STATUSES, OVERLOADED
 from ..processor.headermutator import CHAIN_HEADER, ROUTE_HEADER
+from ..statuses import retried
 from .values import duration, error_json, set_header
 
 MISSING_ROUTE_MESSAGE = "x-arch-llm-provider header not set, llm gateway cannot perform routing"
@@ -100,11 +100,7 @@ def _retry_policy(chain: Chain) -> dict | None:
     """
     policy = chain.policy
     conditions = list(policy.conditions)
-    # Anthropic's 529 (overloaded) is its 429: wherever 429 fails over, so does 529. A key the gateway owns that is
-    # refused (401, 403) fails over too; a client's own credential refused does not move to the gateway's keys.
-    statuses = [*policy.status_codes]
-    statuses += [OVERLOADED] if 429 in statuses and OVERLOADED not in statuses else []
-    statuses += [status for status in AUTH_STATUSES if status not in statuses] if chain.owns_keys else []
+    statuses = retried(policy.status_codes, chain.owns_keys)
     if statuses:
         conditions.append("retriable-status-codes")
     if policy.first_token_timeout_s is not None and "reset" not in conditions:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..config import Chain, Config
-from ..contract import ATTEMPT_NAMESPACE, FAILED_STATUS, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER
+from ..contract import ATTEMPT_NAMESPACE, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER
 from ..processor.headermutator import TRANSLATE_HEADER
+from ..statuses import WATCHED_REGEX
 from .body import model_patch
 from .composite import header_input, only_when
 from .options import RenderOptions
@@ -64,7 +65,7 @@ def _failed_answers(options: RenderOptions) -> dict:
     provider: those chains' failed answers are recorded from them.
     """
     watch = answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE])
-    failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": FAILED_STATUS}}}
+    failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": WATCHED_REGEX}}}
     return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.mock_bedrock import BedrockState
+from extproc.mock.bedrock import BedrockState
 
 from .harness import gateway_config, provider
 

@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from extproc.mock_bedrock import BedrockState
-from extproc.mock_vertex import VertexState
+from extproc.mock.bedrock import BedrockState
+from extproc.mock.vertex import VertexState
 
 from .harness import chat, gateway_config, http_stream, provider, wait_for
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from extproc.mock_bedrock import BedrockState
+from extproc.mock.bedrock import BedrockState
 
 from .harness import chat, http_stream, provider, wait_for
 from .harness import gateway_config as config_of

@@ -19,7 +19,7 @@ from anthropic.lib.streaming._messages import accumulate_event
 from botocore.eventstream import EventStreamBuffer
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from extproc.mock_bedrock import frame
+from extproc.mock.bedrock import frame
 from extproc.translator import anthropic_bedrock, anthropic_openai, openai_anthropic, sse
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

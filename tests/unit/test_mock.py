@@ -35,7 +35,7 @@ def test_the_mock_keeps_a_bounded_history_of_the_latest_requests():
 
 
 def test_the_anthropic_mock_takes_a_betas_field_or_system_turn_only_under_that_beta():
-    from extproc.mock_anthropic import refusal
+    from extproc.mock.anthropic import refusal
 
     headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
     managed = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "context_management": {"edits": []}}).encode()
@@ -47,7 +47,7 @@ def test_the_anthropic_mock_takes_a_betas_field_or_system_turn_only_under_that_b
 
 
 def test_the_bedrock_mock_refuses_a_beta_invokemodel_does_not_take():
-    from extproc.mock_bedrock import _invoke_refusal
+    from extproc.mock.bedrock import _invoke_refusal
 
     body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     assert _invoke_refusal("anthropic.claude-sonnet-4", {**body, "anthropic_beta": ["claude-code-20250219"]})[1].endswith("invalid beta flag")

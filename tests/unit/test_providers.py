@@ -9,7 +9,7 @@ import pytest
 
 from extproc import providers, translator
 from extproc.config import ConfigError, parse_config
-from extproc.mock_bedrock import BedrockState
+from extproc.mock.bedrock import BedrockState
 from extproc.providers import bedrock, vertex
 
 
@@ -93,8 +93,8 @@ def test_bedrocks_region_comes_from_the_entry_else_the_environment(monkeypatch):
 
 
 def test_anthropic_clients_on_bedrock_get_claudes_events_back_from_invoke_frames():
-    from extproc.mock_anthropic import events
-    from extproc.mock_bedrock import frame
+    from extproc.mock.anthropic import events
+    from extproc.mock.bedrock import frame
     from extproc.translator import anthropic_bedrock
 
     sent = [line[6:] for event in events("b", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, 1) for line in event.split(b"\n") if line.startswith(b"data: ")]

@@ -274,7 +274,7 @@ AUTH = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
 )
 def test_the_anthropic_mock_refuses_what_anthropic_refuses(headers, payload, status, says):
     """The end-to-end tests lean on this mock: it must fail a request Anthropic would fail."""
-    from extproc import mock_anthropic
+    from extproc.mock import anthropic as mock_anthropic
 
     assert mock_anthropic.refusal("/v1/messages", AUTH, json.dumps(GOOD).encode()) is None
     refused = mock_anthropic.refusal("/v1/messages", headers, json.dumps(payload).encode())

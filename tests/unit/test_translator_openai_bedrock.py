@@ -2,7 +2,7 @@
 
 import json
 
-from extproc.mock_bedrock import frame
+from extproc.mock.bedrock import frame
 from extproc.translator import openai_bedrock as t
 
 

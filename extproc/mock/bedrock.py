@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from . import mock_anthropic
+from . import anthropic
 
 _PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
 _AUTHORIZATION = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
@@ -111,7 +111,7 @@ def _invoke_refusal(model_id: str, payload: Any) -> tuple[int, str, str] | None:
         return 400, f"The mock serves InvokeModel for Claude only, not {model_id}", "ValidationException"
     if not isinstance(payload, dict) or payload.get("anthropic_version") != "bedrock-2023-05-31":
         return 400, "Malformed input request: anthropic_version bedrock-2023-05-31 is required", "ValidationException"
-    unknown = sorted(set(payload) - mock_anthropic.KNOWN_FIELDS - {"anthropic_version", "anthropic_beta"} | ({"model", "stream"} & set(payload)))
+    unknown = sorted(set(payload) - anthropic.KNOWN_FIELDS - {"anthropic_version", "anthropic_beta"} | ({"model", "stream"} & set(payload)))
     if unknown:
         return 400, f"Malformed input request: extraneous key [{unknown[0]}] is not permitted", "ValidationException"
     if not isinstance(payload.get("max_tokens"), int) or not isinstance(payload.get("messages"), list):
@@ -119,7 +119,7 @@ def _invoke_refusal(model_id: str, payload: Any) -> tuple[int, str, str] | None:
     betas = payload.get("anthropic_beta", [])
     if not isinstance(betas, list) or any(beta not in INVOKE_BETAS for beta in betas):
         return 400, "The model returned the following errors: invalid beta flag", "ValidationException"
-    refused = mock_anthropic.beta_refusal(payload, betas)
+    refused = anthropic.beta_refusal(payload, betas)
     return None if refused is None else (refused[0], f"The model returned the following errors: {refused[1]}", "ValidationException")
 
 
@@ -131,12 +131,12 @@ def operation(path: str) -> tuple[str, str]:
 
 
 def invoke_answer(name: str, model_id: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    return mock_anthropic.answer(name, {**payload, "model": model_id}, number, use_tool)
+    return anthropic.answer(name, {**payload, "model": model_id}, number, use_tool)
 
 
 def invoke_frames(name: str, model_id: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[bytes]:
     """Anthropic's events for the same answer, each in a `chunk` frame (base64 in `bytes`), as invoke-with-response-stream sends them."""
-    events = mock_anthropic.events(name, {**payload, "model": model_id}, number, use_tool)
+    events = anthropic.events(name, {**payload, "model": model_id}, number, use_tool)
     data = [line[len(b"data: ") :] for event in events for line in event.split(b"\n") if line.startswith(b"data: ")]
     return [frame("chunk", {"bytes": base64.b64encode(item).decode()}) for item in data]
 

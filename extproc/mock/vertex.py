@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from . import mock_anthropic
+from . import anthropic
 
 TOKEN_PATH = "/token"
 _GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -75,7 +75,7 @@ class VertexState:
                 return 400, "max_tokens and messages are required"
             if (payload.get("stream") is True) != route.endswith(":streamRawPredict"):
                 return 400, "a stream must be asked for at :streamRawPredict, with stream: true"
-            return mock_anthropic.beta_refusal(payload, mock_anthropic.header_betas(headers))
+            return anthropic.beta_refusal(payload, anthropic.header_betas(headers))
         if _OPENAI.match(route):
             if "/" not in str(payload.get("model", "")):
                 return 400, "model must name its publisher, as google/gemini-2.5-flash"
@@ -98,8 +98,8 @@ def public_key_of(service_account_file: str) -> str:
 
 
 def claude_answer(name: str, model: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    return mock_anthropic.answer(name, {**payload, "model": model}, number, use_tool)
+    return anthropic.answer(name, {**payload, "model": model}, number, use_tool)
 
 
 def claude_events(name: str, model: str, payload: dict[str, Any], number: int, use_tool: tuple[str, dict[str, Any]] | None = None) -> list[bytes]:
-    return mock_anthropic.events(name, {**payload, "model": model}, number, use_tool)
+    return anthropic.events(name, {**payload, "model": model}, number, use_tool)

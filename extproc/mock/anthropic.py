@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .providers.anthropic import COUNT_TOKENS
-from .translator.tables import anthropic_error
+from ..providers.anthropic import COUNT_TOKENS
+from ..translator.tables import anthropic_error
 
 #: Top-level request fields of the Messages API; anything else is refused (as Anthropic does).
 KNOWN_FIELDS = frozenset({

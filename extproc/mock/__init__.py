@@ -4,7 +4,7 @@ In its default mode it answers a chat.completion that echoes what it received
 (path, headers with credentials masked, model), or an SSE stream when the
 request asks for `stream: true`. With another status it answers an
 OpenAI-style error (429 with Retry-After, say). With `api="anthropic"` it
-speaks the Messages API instead (see `mock_anthropic`). The latest `history`
+speaks the Messages API instead (see `anthropic`). The latest `history`
 requests are recorded so a test can assert exactly what a provider saw, and a
 long-running demo (`make run`, compose) does not grow without bound.
 """
@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import mock_anthropic, mock_bedrock, mock_openai, mock_vertex
-from .apis import ANTHROPIC_MESSAGES
-from .config import Provider
-from .providers import kind_of
+from ..apis import ANTHROPIC_MESSAGES
+from ..config import Provider
+from ..providers import kind_of
+from . import anthropic, bedrock, openai, vertex
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -82,12 +82,12 @@ class MockProvider:
     sse_odd_event: bytes | None = None
     #: A successful JSON answer's body as it is (a provider's malformed answer; b"" for an empty one).
     answer_body: bytes | None = None
-    #: Refuse what OpenAI's chat.completions refuses (`mock_openai.refusal`), not only its 404s.
+    #: Refuse what OpenAI's chat.completions refuses (`openai.refusal`), not only its 404s.
     strict: bool = False
-    #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`mock_vertex.VertexState`).
-    vertex: mock_vertex.VertexState | None = None
-    #: `api="bedrock"`: the credentials its signature check accepts (`mock_bedrock.BedrockState`).
-    bedrock: mock_bedrock.BedrockState | None = None
+    #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`vertex.VertexState`).
+    vertex: vertex.VertexState | None = None
+    #: `api="bedrock"`: the credentials its signature check accepts (`bedrock.BedrockState`).
+    bedrock: bedrock.BedrockState | None = None
     #: The tool it calls (name, arguments) when that tool is offered; otherwise the first one offered, with `{"echo": …}`.
     use_tool: tuple[str, dict] | None = None
     _server: asyncio.AbstractServer | None = None
@@ -157,7 +157,7 @@ class MockProvider:
         if self.api == "bedrock":
             await self._answer_bedrock(request, headers, writer)
             return
-        refused = mock_openai.refusal(request.path, dict(request.headers), request.body) if self.strict else mock_openai.not_found(request.path)
+        refused = openai.refusal(request.path, dict(request.headers), request.body) if self.strict else openai.not_found(request.path)
         if await self._refused(refused, headers, writer, _openai_error):
             return
         try:
@@ -190,16 +190,16 @@ class MockProvider:
         return True
 
     async def _answer_anthropic(self, request: ReceivedRequest, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if await self._refused(mock_anthropic.refusal(request.path, dict(request.headers), request.body), headers, writer, mock_anthropic.error_body):
+        if await self._refused(anthropic.refusal(request.path, dict(request.headers), request.body), headers, writer, anthropic.error_body):
             return
         payload = json.loads(request.body)
-        if request.path.split("?", 1)[0].endswith(mock_anthropic.COUNT_TOKENS):
-            _write_response(writer, 200, headers, json.dumps(mock_anthropic.count_tokens(payload)).encode())
+        if request.path.split("?", 1)[0].endswith(anthropic.COUNT_TOKENS):
+            _write_response(writer, 200, headers, json.dumps(anthropic.count_tokens(payload)).encode())
             await writer.drain()
             return
         if payload.get("stream") is True:
             _write_head(writer, headers)
-            events = mock_anthropic.events(self.name, payload, self.served, self.use_tool)
+            events = anthropic.events(self.name, payload, self.served, self.use_tool)
             if self.sse_odd_event is not None:
                 events.insert(1, self.sse_odd_event)
             line_end = self.sse_line_end.encode()
@@ -208,7 +208,7 @@ class MockProvider:
                 raise ConnectionResetError("the gateway left this stream before its first token")
             await self._send(writer, [piece for event in events[1:] for piece in _pieces(event, line_end)])
             return
-        whole = mock_anthropic.answer(self.name, payload, self.served, self.use_tool)
+        whole = anthropic.answer(self.name, payload, self.served, self.use_tool)
         if self.padding:
             whole["padding"] = "x" * self.padding
         _write_response(writer, 200, headers, json.dumps(whole).encode() if self.answer_body is None else self.answer_body)
@@ -216,14 +216,14 @@ class MockProvider:
 
     async def _answer_vertex(self, request: ReceivedRequest, headers: list[tuple[str, str]], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.vertex is not None, "a vertex mock needs its VertexState"
-        if request.path == mock_vertex.TOKEN_PATH:
+        if request.path == vertex.TOKEN_PATH:
             self.served -= 1  # the token endpoint is not a model call
             self.received.pop()
             status, grant = self.vertex.grant(request.body)
             _write_response(writer, status, headers, json.dumps(grant).encode())
             await writer.drain()
             return
-        if await self._refused(self.vertex.refusal(request.path, dict(request.headers), request.body), headers, writer, mock_vertex.error_body):
+        if await self._refused(self.vertex.refusal(request.path, dict(request.headers), request.body), headers, writer, vertex.error_body):
             return
         payload = json.loads(request.body)
         model = self.vertex.claude_model(request.path)
@@ -234,34 +234,34 @@ class MockProvider:
             _write_response(writer, 200, headers, json.dumps(self._completion(request, payload)).encode())
         elif payload.get("stream") is True:
             _write_head(writer, headers)
-            await self._send(writer, mock_vertex.claude_events(self.name, model, payload, self.served, self.use_tool))
+            await self._send(writer, vertex.claude_events(self.name, model, payload, self.served, self.use_tool))
             return
         else:
-            _write_response(writer, 200, headers, json.dumps(mock_vertex.claude_answer(self.name, model, payload, self.served, self.use_tool)).encode())
+            _write_response(writer, 200, headers, json.dumps(vertex.claude_answer(self.name, model, payload, self.served, self.use_tool)).encode())
         await writer.drain()
 
     async def _answer_bedrock(self, request: ReceivedRequest, headers: list[tuple[str, str]], writer: asyncio.StreamWriter) -> None:
-        state = self.bedrock or mock_bedrock.BedrockState()
+        state = self.bedrock or bedrock.BedrockState()
         refused = state.refusal(request.method, request.path, dict(request.headers), request.body)
         if self.status != 200 or refused is not None:
             status, message, kind = refused or (self.status, f"{self.name}: mock status {self.status}", None)
-            body, error_type = mock_bedrock.error(status, message, kind)
+            body, error_type = bedrock.error(status, message, kind)
             _write_response(writer, status, [*headers, error_type], body)
             await writer.drain()
             return
         payload = json.loads(request.body)
-        model_id, operation = mock_bedrock.operation(request.path)
+        model_id, operation = bedrock.operation(request.path)
         if operation in ("converse", "invoke"):
-            whole = mock_bedrock.answer(self.name, payload, self.served) if operation == "converse" else mock_bedrock.invoke_answer(self.name, model_id, payload, self.served, self.use_tool)
+            whole = bedrock.answer(self.name, payload, self.served) if operation == "converse" else bedrock.invoke_answer(self.name, model_id, payload, self.served, self.use_tool)
             _write_response(writer, 200, headers, json.dumps(whole).encode())
             await writer.drain()
             return
-        _write_head(writer, headers, content_type=mock_bedrock.EVENT_STREAM)
-        frames = mock_bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else mock_bedrock.invoke_frames(self.name, model_id, payload, self.served, self.use_tool)
+        _write_head(writer, headers, content_type=bedrock.EVENT_STREAM)
+        frames = bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else bedrock.invoke_frames(self.name, model_id, payload, self.served, self.use_tool)
         await self._send(writer, frames)
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
-        calls = mock_openai.tool_calls(self.name, payload, self.served, self.use_tool)
+        calls = openai.tool_calls(self.name, payload, self.served, self.use_tool)
         message = {"role": "assistant", "content": None, "tool_calls": calls} if calls else {"role": "assistant", "content": _reply_text(self.name, payload)}
         return {
             "id": f"chatcmpl-{self.name}-{self.served}",
@@ -292,7 +292,7 @@ class MockProvider:
             if not await self._wait(reader, self.first_token_delay_s):
                 raise ConnectionResetError("the gateway left this stream before its first token")
         words = _reply_text(self.name, payload).split(" ")
-        calls = mock_openai.tool_calls(self.name, payload, self.served, self.use_tool)
+        calls = openai.tool_calls(self.name, payload, self.served, self.use_tool)
         if calls:  # the call's name first, then its arguments in two pieces
             arguments = calls[0]["function"]["arguments"]
             first = {"index": 0, "id": calls[0]["id"], "type": "function", "function": {"name": calls[0]["function"]["name"], "arguments": ""}}
@@ -401,10 +401,10 @@ def for_provider(provider: Provider, status: int = 200, retry_after: str | None 
     kind = kind_of(provider).name
     if kind == "bedrock":
         keys = {"access_key_id": provider.aws_access_key_id, "secret_access_key": provider.aws_secret_access_key, "region": provider.aws_region_name}
-        signing = mock_bedrock.BedrockState(**{name: value for name, value in keys.items() if value}, api_key=provider.access_key)
+        signing = bedrock.BedrockState(**{name: value for name, value in keys.items() if value}, api_key=provider.access_key)
         return MockProvider(name=provider.name, status=status, retry_after=retry_after, api="bedrock", bedrock=signing)
     if kind == "vertex_ai" and provider.vertex_credentials:
-        tokens = mock_vertex.VertexState(public_key=mock_vertex.public_key_of(provider.vertex_credentials))
+        tokens = vertex.VertexState(public_key=vertex.public_key_of(provider.vertex_credentials))
         return MockProvider(name=provider.name, status=status, retry_after=retry_after, api="vertex", vertex=tokens)
     api = "anthropic" if kind_of(provider).api_for(provider) == ANTHROPIC_MESSAGES else "openai"
     return MockProvider(name=provider.name, status=status, retry_after=retry_after, api=api)
