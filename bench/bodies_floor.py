@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from bench.bodies import large_body, large_posts
 from bench.run import Processes, ensure_wrk, free_port, static_proxy, wait_port, wrk
-from extproc.contract import BULK_CONTENT_LENGTH, message_limit
+from extproc.contract import BULK_CONTENT_LENGTH, Phase, message_limit
 from extproc.render import RenderOptions
 from extproc.render.composite import composite, execute, header_input
 from extproc.render.sidecar import ext_proc, sidecar_cluster
@@ -70,7 +70,7 @@ def envoy_with_bare_ext_proc(port: int, upstream_port: int, socket_path: str) ->
     bootstrap = static_proxy(port, upstream_port)
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     options = RenderOptions(sidecar=f"unix:{socket_path}")
-    router = ext_proc("router", options, 16 * 2**20, "bench", "bare")
+    router = ext_proc(Phase.ROUTER, options, 16 * 2**20, "bench", "bare")
     router["typed_config"]["grpc_service"]["envoy_grpc"]["max_receive_message_length"] = message_limit(16 * 2**20)
     large = {"input": header_input("content-length"), "value_match": {"safe_regex": {"google_re2": {}, "regex": BULK_CONTENT_LENGTH}}}
     hcm["http_filters"].insert(0, composite("bare", {"matcher_list": {"matchers": [{"predicate": {"single_predicate": large}, "on_match": execute("bare", router)}]}}))

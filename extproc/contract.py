@@ -7,6 +7,8 @@ and protobuf, so rendering a config never loads the servers.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 #: Envoy dynamic metadata and endpoint metadata, namespace `extproc`.
 METADATA_NAMESPACE = "extproc"
 METADATA_KEY = "ctx"  # the request's context (`RequestContext`), set by the router level for later attempts
@@ -41,8 +43,19 @@ USAGE_SKIPPED = "skipped_bytes"
 
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-PHASE_METADATA = "x-extproc-phase"  # "router", "upstream", "hold" or "failed"
+PHASE_METADATA = "x-extproc-phase"  # its value: a `Phase`
 LISTENER_METADATA = "x-extproc-listener"
+
+
+class Phase(StrEnum):
+    """Which ext_proc filter of the rendered config a stream comes from (`PHASE_METADATA`)."""
+
+    ROUTER = "router"  # before routing: picks the chain, once per request
+    UPSTREAM = "upstream"  # an attempt that must be rebuilt for its provider (a retry, a translated first attempt)
+    HOLD = "hold"  # an event stream's start, held until its first token
+    FAILED = "failed"  # an attempt's failed answer, before Envoy acts on it
+
+
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"

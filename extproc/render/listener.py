@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config, Listener
-from ..contract import DOWNSTREAM_LOG, METADATA_NAMESPACE, bulk_address
+from ..contract import DOWNSTREAM_LOG, METADATA_NAMESPACE, Phase, bulk_address
 from ..processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from ..processor.router import CLIENT_HEADER_LIMIT
 from .body import find_model, large_request, model_patch, small_request
@@ -59,11 +59,11 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     - the rest: the body with the headers, as Envoy's JSON parser would cost
       its worker more than the sidecar's message (bench/find_model.py).
     """
-    found = ext_proc("router", options, listener.max_body_bytes, listener.name, body_mode="NONE")
-    main = ext_proc("router", options, listener.max_body_bytes, listener.name)
+    found = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name, body_mode="NONE")
+    main = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name)
     lanes = [{"predicate": small_request(), "on_match": execute("found", found)}]
     if bulk_address(options.sidecar) is not None:
-        bulk = ext_proc("router", options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
+        bulk = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name, BULK_CLUSTER)
         lanes.append({"predicate": large_request(), "on_match": execute("bulk", bulk)})
     return composite("extproc.router", {"matcher_list": {"matchers": lanes}, "on_no_match": execute("main", main)})
 

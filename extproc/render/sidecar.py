@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HOST_METADATA_ATTRIBUTE, LISTENER_METADATA, METADATA_NAMESPACE, PHASE_METADATA, message_limit
+from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HOST_METADATA_ATTRIBUTE, LISTENER_METADATA, METADATA_NAMESPACE, PHASE_METADATA, Phase, message_limit
 from .options import RenderOptions
 from .values import CIRCUIT_BREAKERS, HTTP_OPTIONS, HTTP_OPTIONS_KEY, TLS_CONTEXT, duration, socket_address
 
@@ -48,9 +48,9 @@ def sidecar_cluster(options: RenderOptions, body_limit: int, name: str = SIDECAR
 
 
 def ext_proc(
-    phase: str, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER, body_mode: str = "BUFFERED"
+    phase: Phase, options: RenderOptions, body_limit: int, listener: str | None = None, cluster: str = SIDECAR_CLUSTER, body_mode: str = "BUFFERED"
 ) -> dict:
-    metadata = [{"key": PHASE_METADATA, "value": phase}]
+    metadata = [{"key": PHASE_METADATA, "value": phase.value}]
     if listener is not None:
         metadata.append({"key": LISTENER_METADATA, "value": listener})
     config = {
@@ -64,7 +64,7 @@ def ext_proc(
         "message_timeout": duration(options.message_timeout_s),
         "processing_mode": processing_mode(request_body=body_mode),
     }
-    if phase == "router":
+    if phase == Phase.ROUTER:
         namespaces: dict = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
         config["metadata_options"] = namespaces
         # The router level drops a client's own x-envoy-* headers (x-envoy-original-path, …).
@@ -95,7 +95,7 @@ def processing_mode(request_headers: str = "SEND", request_body: str = "NONE", r
     }
 
 
-def answer_phase(phase: str, message_timeout_s: float, response_body: str = "NONE", **fields) -> dict:
+def answer_phase(phase: Phase, message_timeout_s: float, response_body: str = "NONE", **fields) -> dict:
     """An upstream ext_proc that starts at an attempt's answer (a composite delegates it on the answer's headers).
 
     The provider has answered: a sidecar that cannot take part lets the
@@ -103,7 +103,7 @@ def answer_phase(phase: str, message_timeout_s: float, response_body: str = "NON
     """
     config = {
         "@type": EXT_PROC,
-        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": phase}]},
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}, "initial_metadata": [{"key": PHASE_METADATA, "value": phase.value}]},
         "failure_mode_allow": True,
         "message_timeout": duration(message_timeout_s),
         "processing_mode": processing_mode(request_headers="SKIP", response_headers="SEND", response_body=response_body),

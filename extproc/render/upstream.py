@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Chain, Config
-from ..contract import ATTEMPT_NAMESPACE, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER
+from ..contract import ATTEMPT_NAMESPACE, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER, Phase
 from ..processor.headermutator import TRANSLATE_HEADER
 from ..statuses import WATCHED_REGEX
 from .body import model_patch
@@ -26,7 +26,7 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
     runs a cluster's own instead of the router's)."""
     return [
         _failed_answers(options),
-        _retries_only("extproc.retries", ext_proc("upstream", options, body_limit, body_mode="NONE")),
+        _retries_only("extproc.retries", ext_proc(Phase.UPSTREAM, options, body_limit, body_mode="NONE")),
         _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE)),
         UPSTREAM_CODEC,
     ]
@@ -41,7 +41,7 @@ def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions)
     return [
         *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
         *([_first_token_hold(options, config)] if chain.policy.timing else []),
-        _retries_only("extproc.retries", ext_proc("upstream", options, config.body_limit, body_mode="NONE")),
+        _retries_only("extproc.retries", ext_proc(Phase.UPSTREAM, options, config.body_limit, body_mode="NONE")),
         patch,
         UPSTREAM_CODEC,
     ]
@@ -64,7 +64,7 @@ def _failed_answers(options: RenderOptions) -> dict:
     host whichever attempt answered. Each attempt's log entry names its own
     provider: those chains' failed answers are recorded from them.
     """
-    watch = answer_phase("failed", options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE])
+    watch = answer_phase(Phase.FAILED, options.message_timeout_s, response_attributes=[HOST_METADATA_ATTRIBUTE])
     failed = {"input": header_input(":status", response=True), "value_match": {"safe_regex": {"google_re2": {}, "regex": WATCHED_REGEX}}}
     return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 
@@ -80,7 +80,7 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
     holds a token and ends the stream, so the rest flows past it.
     """
     hold = answer_phase(
-        "hold",
+        Phase.HOLD,
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
         max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s),
         response_body="STREAMED",

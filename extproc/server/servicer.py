@@ -11,7 +11,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ..contract import LISTENER_METADATA, PHASE_METADATA
+from ..contract import LISTENER_METADATA, PHASE_METADATA, Phase
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
@@ -41,14 +41,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
         phase = metadata.get(PHASE_METADATA)
-        if phase == "failed":
+        if phase == Phase.FAILED:
             return await self._failed(context)
-        if phase == "hold":
+        if phase == Phase.HOLD:
             return await self._hold(HoldStream(), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]
-        if phase == "upstream":
+        if phase == Phase.UPSTREAM:
             level, stream = "upstream", UpstreamStream(live)
             handle = functools.partial(self._upstream_message, stream)
         else:
