@@ -87,15 +87,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     after = _global_options(False)  # every command takes them too
+    _check_command(commands, after)
+    _schema_command(commands, after)
+    _render_command(commands, after)
+    _serve_command(commands, after)
+    _up_command(commands, after)
+    _preflight_command(commands, after)
+    _mock_command(commands, after)
+    return parser
 
+
+def _check_command(commands, after: argparse.ArgumentParser) -> None:
     check = commands.add_parser("check", parents=[after], help="validate a config file; exit 2 with every problem listed")
     check.add_argument("config")
     check.set_defaults(run=_check)
 
+
+def _schema_command(commands, after: argparse.ArgumentParser) -> None:
     schema = commands.add_parser("schema", parents=[after], help="print the config file's JSON Schema (for editors and CI validation)")
     schema.add_argument("-o", "--output", help="file to write (default: stdout)")
     schema.set_defaults(run=_schema)
 
+
+def _render_command(commands, after: argparse.ArgumentParser) -> None:
     render = commands.add_parser("render", parents=[after], help="write the Envoy bootstrap for a config")
     render.add_argument("config")
     render.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -112,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--sidecar-ca", help="the CA (PEM) the sidecar's server certificate must chain to")
     render.set_defaults(run=_render)
 
+
+def _serve_command(commands, after: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[after], help="run the sidecar alone (Envoy runs elsewhere, e.g. its own container)")
     serve.add_argument("config")
     serve.add_argument("--listen", default="unix:/run/extproc/sidecar.sock", help="unix:/path (mode 0600), or host:port with mutual TLS (or --insecure-tcp on loopback)")
@@ -129,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+
+def _up_command(commands, after: argparse.ArgumentParser) -> None:
     up = commands.add_parser("up", parents=[after], help="run Envoy and the sidecar together in the foreground")
     up.add_argument("config")
     up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: one per core)")
@@ -143,12 +161,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mock-providers", action="store_true", help="also start mock providers on the config's loopback base URLs (a demo without API keys)")
     up.set_defaults(run=_up)
 
+
+def _preflight_command(commands, after: argparse.ArgumentParser) -> None:
     preflight = commands.add_parser("preflight", parents=[after], help="probe each provider: UP (any status < 500) or DEP-DOWN; exit 70 if any is down")
     preflight.add_argument("config")
     preflight.add_argument("--timeout", type=float, default=5.0, help="seconds per provider")
     preflight.add_argument("--with-keys", action="store_true", help="send each provider its key (default: unauthenticated)")
     preflight.set_defaults(run=_preflight)
 
+
+def _mock_command(commands, after: argparse.ArgumentParser) -> None:
     mock = commands.add_parser("mock", parents=[after], help="a mock provider: OpenAI-compatible, or Anthropic's Messages API")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, required=True)
@@ -164,7 +186,6 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--service-account", help="vertex: a service-account key file; its token endpoint grants tokens for JWTs this key signed")
     mock.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between SSE chunks")
     mock.set_defaults(run=_mock)
-    return parser
 
 
 def _token(path: str | None) -> str | None:

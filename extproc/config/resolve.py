@@ -72,23 +72,6 @@ class Resolver:
         self.related_keys(file, listeners)
         if self.problems:
             return None
-        chains = {}
-        for name_of_model in models:
-            policy = policies.get(name_of_model, model.RetryPolicy())
-            tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
-            for index, group in enumerate(groups[name_of_model]):
-                later = [member for following in groups[name_of_model][index + 1 :] for member in following]
-                for member in group:  # itself, the rest of its group, the later groups, the fallbacks
-                    members = tuple(dict.fromkeys([member, *group, *later, *tail]))
-                    chains[member] = Chain.of(members, policy, owns_keys=not any(by_name[name].passthrough_auth for name in members))
-        owned = set(CREDENTIAL_HEADERS)
-        apis = frozenset(translator.provider_api(provider) for provider in by_name.values())
-        if len(apis) > 1:
-            owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
-        owned.update(translator.read_for(apis))
-        for provider in by_name.values():
-            owned.update(name for name, _ in provider.headers)
-            owned.update(kind_of(provider).sets_headers)  # a signature's: restored (dropped) on the next attempt
         cooldown = file.cooldown
         return Config(
             source=self.source,
@@ -100,9 +83,9 @@ class Resolver:
                 for name, model_groups in groups.items()
                 if any(len(group) > 1 for group in model_groups)
             ),
-            chains=frozen_mapping(chains),
+            chains=frozen_mapping(_chains(models, groups, policies, by_name)),
             default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
-            owned_headers=frozenset(owned),
+            owned_headers=_owned_headers(by_name),
             bare_models=frozen_mapping((name, full[0]) for name, full in bare.items() if len(full) == 1 and name not in models),
             cooldown=model.Cooldown(
                 enabled=cooldown.enabled,
@@ -183,15 +166,7 @@ class Resolver:
         kind, _, model_name = entry.model.partition("/")
         interface = schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None
         kind_rules = providers.kind_named(interface or kind)  # as `model.Provider.kind` will say
-        before_keys = len(self.problems)
-        for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
-            if getattr(entry, key) is not None:
-                owners = ", ".join(f"{name}/…" for name, known in providers.KINDS.items() if key in known.config_keys)
-                self.problem(f"{path}.{key}", f"is only for {owners} providers, not {kind_rules.name!r}")
-        for key in kind_rules.required_keys:
-            if getattr(entry, key) is None:
-                self.problem(f"{path}.{key}", f"is required for {kind_rules.name}/… providers")
-        if len(self.problems) > before_keys:
+        if not self.kind_keys(entry, path, kind_rules):
             return None
         keys = {key: getattr(entry, key) for key in kind_rules.config_keys}
         try:
@@ -216,7 +191,6 @@ class Resolver:
             self.problem(f"{path}.model", f"{name!r} cannot name a provider: give the entry a name: of letters, digits and . _ : / @ -")
         if len(self.problems) > before:
             return None
-        policy = entry.retry_policy
         return model.Provider(
             name=name,
             model=entry.model,
@@ -229,17 +203,7 @@ class Resolver:
             passthrough_auth=entry.passthrough_auth,
             headers=tuple(entry.headers.items()),
             default=entry.default,
-            retry_policy=model.RetryPolicy(
-                status_codes=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, int))),
-                conditions=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, str))),
-                max_attempts=policy.max_attempts,
-                per_try_timeout_s=policy.per_try_timeout,
-                fallback_models=tuple(dict.fromkeys(policy.fallback_models)),
-                first_token_timeout_s=policy.first_token_timeout,
-                hedge_after_s=policy.hedge_after,
-            )
-            if policy
-            else None,
+            retry_policy=_retry_policy(entry.retry_policy) if entry.retry_policy else None,
             ca_file=entry.ca_file or ca_default,
             interface=interface,
             http_host=entry.http_host,
@@ -249,6 +213,18 @@ class Resolver:
             group="",  # known once every provider of its model is: `config`
             **(dict.fromkeys(providers.KIND_KEYS) | (kind_rules.settle(keys) if kind_rules.settle else keys)),
         )
+
+    def kind_keys(self, entry: schema.Provider, path: str, kind_rules: providers.Kind) -> bool:
+        """Whether `entry` has the keys its kind requires and none that only other kinds take (each problem noted)."""
+        before = len(self.problems)
+        for key in sorted(providers.KIND_KEYS - kind_rules.config_keys):
+            if getattr(entry, key) is not None:
+                owners = ", ".join(f"{name}/…" for name, known in providers.KINDS.items() if key in known.config_keys)
+                self.problem(f"{path}.{key}", f"is only for {owners} providers, not {kind_rules.name!r}")
+        for key in kind_rules.required_keys:
+            if getattr(entry, key) is None:
+                self.problem(f"{path}.{key}", f"is required for {kind_rules.name}/… providers")
+        return len(self.problems) == before
 
     def unique_providers(self, providers: dict[int, model.Provider | None]) -> dict[str, model.Provider]:
         by_name: dict[str, model.Provider] = {}
@@ -335,3 +311,44 @@ def _groups(members: list[model.Provider]) -> list[list[str]]:
     for priority, _, name in keyed:
         groups.setdefault(priority, []).append(name)
     return list(groups.values())
+
+
+def _chains(
+    models: dict[str, list[str]], groups: dict[str, list[list[str]]], policies: dict[str, model.RetryPolicy], by_name: dict[str, model.Provider]
+) -> dict[str, Chain]:
+    """A chain per provider it can start at: itself, the rest of its group, the later groups, the fallback models' providers."""
+    chains = {}
+    for name_of_model in models:
+        policy = policies.get(name_of_model, model.RetryPolicy())
+        tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
+        for index, group in enumerate(groups[name_of_model]):
+            later = [member for following in groups[name_of_model][index + 1 :] for member in following]
+            for member in group:
+                members = tuple(dict.fromkeys([member, *group, *later, *tail]))
+                chains[member] = Chain.of(members, policy, owns_keys=not any(by_name[name].passthrough_auth for name in members))
+    return chains
+
+
+def _owned_headers(by_name: dict[str, model.Provider]) -> frozenset[str]:
+    """Headers some provider (or a translation) sets: every attempt restores or drops them."""
+    owned = set(CREDENTIAL_HEADERS)
+    apis = frozenset(translator.provider_api(provider) for provider in by_name.values())
+    if len(apis) > 1:
+        owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
+    owned.update(translator.read_for(apis))
+    for provider in by_name.values():
+        owned.update(name for name, _ in provider.headers)
+        owned.update(kind_of(provider).sets_headers)  # a signature's: restored (dropped) on the next attempt
+    return frozenset(owned)
+
+
+def _retry_policy(policy: schema.RetryPolicy) -> model.RetryPolicy:
+    return model.RetryPolicy(
+        status_codes=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, int))),
+        conditions=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, str))),
+        max_attempts=policy.max_attempts,
+        per_try_timeout_s=policy.per_try_timeout,
+        fallback_models=tuple(dict.fromkeys(policy.fallback_models)),
+        first_token_timeout_s=policy.first_token_timeout,
+        hedge_after_s=policy.hedge_after,
+    )

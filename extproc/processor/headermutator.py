@@ -25,6 +25,8 @@ ROUTE_HEADER = "x-arch-llm-provider"
 CHAIN_HEADER = "x-arch-route"
 #: Set by the router level when attempt 1 must be translated: Envoy then runs the upstream level on attempt 1 too.
 TRANSLATE_HEADER = "x-arch-translate"
+#: Set by the router level when the body's model must be rewritten: Envoy then runs its Lua patch, which removes it.
+PATCH_HEADER = "x-arch-model-patch"
 
 
 def client_values(config: Config, headers: Mapping[str, str]) -> dict[str, str]:

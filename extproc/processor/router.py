@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import providers, translator
-from ..config import Config, Listener, Provider
+from ..config import Chain, Config, Listener, Provider
 from ..contract import unhedged_route
 from ..providers.tokens import minted
 from . import errors, multipart
 from .backendauth import unavailable
 from .context import RequestContext
 from .cooldown import ProviderHealth
-from .headermutator import TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
+from .headermutator import PATCH_HEADER, TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ModelSpan, ParsedBody, Patch, is_blank, model_patch, parse
 
 MODELS_PATH = "/v1/models"
@@ -147,22 +147,41 @@ def resolve(
     name; a request without a model goes to the default provider. `token`:
     the body's model value as it stands (its JSON text), when it has one.
     """
+    found = _chain_for(config, body)
+    if isinstance(found, errors.Reply):
+        return found
+    model, chain = found
+    path = headers.get(":path", "/")
+    eligible = _candidates(config, model, chain, path)
+    if isinstance(eligible, errors.Reply):
+        return eligible
+    candidates, only = eligible
+    picked = _start(config, listener, chain, model, candidates, health)
+    if isinstance(picked, errors.Reply):
+        return picked
+    start, reusable, passed_over = picked
+    return _forward(config, headers, body, token, path, model, start, only, reusable, passed_over)
+
+
+def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[str, Chain]:
+    """The model asked for (an alias resolved, a bare name matched) and its chain; the default provider's without one."""
     model = body.model if body is not None else None
     if model is None:
         if config.default_provider is None:
             return errors.invalid_request("You must provide a model parameter (this gateway has no default provider).", "missing_model")
-        chain = config.chains[config.default_provider]
-        model = config.providers[config.default_provider].model
-    elif not isinstance(model, str):
+        return config.providers[config.default_provider].model, config.chains[config.default_provider]
+    if not isinstance(model, str):
         return errors.invalid_request("The 'model' parameter must be a string.", "invalid_model")
-    else:
-        model = config.aliases.get(model, model)
-        model = model if model in config.models else config.bare_models.get(model, model)
-        found = config.chain_for_model(model)
-        if found is None:
-            return errors.model_not_found(model, list(config.models))
-        chain = found
-    path = headers.get(":path", "/")
+    model = config.aliases.get(model, model)
+    model = model if model in config.models else config.bare_models.get(model, model)
+    chain = config.chain_for_model(model)
+    if chain is None:
+        return errors.model_not_found(model, list(config.models))
+    return model, chain
+
+
+def _candidates(config: Config, model: str, chain: Chain, path: str) -> errors.Reply | tuple[tuple[str, ...], str | None]:
+    """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it)."""
     candidates = chain.providers
     groups = config.groups.get(model)
     if groups is not None:  # priority groups: each in an order drawn by weight, so the first available member is picked by weight
@@ -177,9 +196,15 @@ def resolve(
     callable_now = tuple(name for name in candidates if unavailable(config.providers[name]) is None)
     if not callable_now:  # a credential minted at run time is missing: nothing goes out without it
         return errors.credentials_missing(unavailable(config.providers[candidates[0]]) or "")
-    candidates = callable_now
+    return callable_now, only
+
+
+def _start(
+    config: Config, listener: Listener, chain: Chain, model: str, candidates: tuple[str, ...], health: ProviderHealth | None
+) -> errors.Reply | tuple[str, bool, tuple[str, ...]]:
+    """Where the chain starts: the first candidate not cooling down; whether a kept answer may serve it; who was passed over."""
     start = candidates[0]
-    reusable, passed_over = groups is None, candidates[:0]
+    reusable, passed_over = model not in config.groups, candidates[:0]
     if health is not None:
         trial_s = chain.policy.attempt_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
         available, soonest = health.pick_start(candidates, trial_s)
@@ -189,18 +214,35 @@ def resolve(
             return errors.all_cooling(model, math.ceil(soonest))
         passed_over = candidates[: candidates.index(start)]
         reusable = reusable and health.still_picks(start, passed_over)  # False for a trial: a kept answer never repeats one
+    return start, reusable and not minted(config.providers[start]), passed_over
+
+
+def _forward(
+    config: Config,
+    headers: Mapping[str, str],
+    body: ParsedBody | None,
+    token: bytes,
+    path: str,
+    model: str,
+    start: str,
+    only: str | None,
+    reusable: bool,
+    passed_over: tuple[str, ...],
+) -> Forward:
+    """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context."""
     provider = config.providers[start]
-    reusable = reusable and not minted(provider)
-    attempts = config.chains[start].num_retries + 1
+    started = config.chains[start]
+    attempts = started.num_retries + 1
     extra: dict[str, str] = {}
     if only is not None:  # retries stop where the chain's run of providers serving it ends
-        run = itertools.takewhile(lambda name: providers.serves(config.providers[name], only), config.chains[start].providers)
+        run = itertools.takewhile(lambda name: providers.serves(config.providers[name], only), started.providers)
         attempts = min(attempts, sum(1 for _ in run))
         extra[MAX_RETRIES_HEADER] = str(attempts - 1)
     span = body.span if body is not None else None
     patch = model_patch(token, span, provider.model_name) if span is not None else None
+    if patch is not None:  # Envoy runs its Lua patch only when told (it costs every request ~45k instructions otherwise)
+        extra[PATCH_HEADER] = "1"
     originals = client_values(config, headers)
-    started = config.chains[start]
     route = config.chain_clusters[start]
     hedged = started.hedges
     if hedged and any(_answer_translated(path, config.providers[name]) for name in started.providers):

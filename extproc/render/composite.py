@@ -34,3 +34,8 @@ def execute(name: str, http_filter: dict) -> dict:
 def header_input(header: str, response: bool = False) -> dict:
     """The value of a request (or response) header, as a matcher input."""
     return {"name": header, "typed_config": {"@type": _RESPONSE_HEADER_INPUT if response else _REQUEST_HEADER_INPUT, "header_name": header}}
+
+
+def header_is(header: str, value: str) -> dict:
+    """A matcher predicate: the request header `header` is exactly `value`."""
+    return {"single_predicate": {"input": header_input(header), "value_match": {"exact": value}}}

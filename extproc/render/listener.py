@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..config import Config, Listener
 from ..contract import DOWNSTREAM_LOG, METADATA_NAMESPACE, Phase, bulk_address
+from ..processor.headermutator import PATCH_HEADER
 from ..processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from ..processor.router import CLIENT_HEADER_LIMIT
 from .body import find_model, large_request, model_patch, small_request
-from .composite import composite, execute, header_input, only_when
+from .composite import composite, execute, header_input, header_is, only_when
 from .logs import REQUESTS_ONLY, access_log, failed_attempts_log, stdout_access_log
 from .options import RenderOptions
 from .replies import local_replies
@@ -101,7 +102,7 @@ def http_listener(config: Config, listener: Listener, options: RenderOptions, ro
             _whole_body(listener),
             *find_model(),
             _router_ext_proc(options, listener),
-            model_patch(METADATA_NAMESPACE),
+            only_when("extproc.model_patch", header_is(PATCH_HEADER, "1"), "patch", model_patch(METADATA_NAMESPACE, strip=(PATCH_HEADER,))),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
         "access_log": [access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=REQUESTS_ONLY)]

@@ -7,7 +7,7 @@ from ..contract import ATTEMPT_NAMESPACE, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY
 from ..processor.headermutator import TRANSLATE_HEADER
 from ..statuses import WATCHED_REGEX
 from .body import model_patch
-from .composite import header_input, only_when
+from .composite import header_input, header_is, only_when
 from .options import RenderOptions
 from .sidecar import answer_phase, ext_proc
 
@@ -99,6 +99,6 @@ def _retries_only(name: str, http_filter: dict) -> dict:
     client and an Anthropic provider, or the reverse); a retry must be rebuilt
     for its own provider. One predicate for every retry, however long the chain.
     """
-    marked = {"single_predicate": {"input": header_input(TRANSLATE_HEADER), "value_match": {"exact": "1"}}}
+    marked = header_is(TRANSLATE_HEADER, "1")
     retry = {"single_predicate": {"input": header_input("x-envoy-attempt-count"), "value_match": {"safe_regex": {"google_re2": {}, "regex": RETRY_ATTEMPT}}}}
     return only_when(name, {"or_matcher": {"predicate": [marked, retry]}}, "rebuild", http_filter)

@@ -58,3 +58,13 @@ def test_no_module_imports_its_way_back_to_itself():
 
     circles = sorted(name for name in graph if name in reaches(name))
     assert circles == [], f"modules in an import circle: {circles}"
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60
+    ]
+    assert long == [], "split these: " + "; ".join(long)

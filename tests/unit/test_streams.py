@@ -51,6 +51,14 @@ def route(client: dict, body: bytes) -> pb.ProcessingResponse:
     return message(stream.handle(body_message(body)))
 
 
+def test_envoys_lua_patch_is_told_to_run_only_when_the_bodys_model_changes():
+    client = {":method": "POST", ":path": "/v1/chat/completions"}
+    patched = route(client, b'{"model": "openai/gpt-4"}').request_body.response.header_mutation.set_headers
+    kept = route(client, b'{"model": "gpt-4"}').request_body.response.header_mutation.set_headers
+    assert "x-arch-model-patch" in {item.header.key for item in patched}
+    assert "x-arch-model-patch" not in {item.header.key for item in kept}, "the provider's name already: no Lua runs"
+
+
 def test_router_stream_sets_the_route_header_and_carries_the_context():
     client = {":method": "POST", ":path": "/v1/chat/completions", "x-arch-llm-provider": "b", "x-arch-other": "1"}
     response = route(client, b'{"model": "openai/gpt-4"}')
@@ -61,6 +69,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
         "x-arch-llm-provider": b"a",
         "x-arch-route": CONFIG.chain_clusters["a"].encode(),
         ":path": b"/v1/chat/completions",
+        "x-arch-model-patch": b"1",  # the body's "openai/gpt-4" becomes a's "gpt-4": Envoy's Lua patch runs (and removes this)
     }, "attempt 1 is made right for a here: no upstream-level stream for it"
     assert not common.HasField("body_mutation"), "the body never comes back over gRPC"
     patch = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in response.dynamic_metadata.fields["extproc"].struct_value.fields.items()}
