@@ -16,8 +16,6 @@ from types import MappingProxyType
 from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
 from ..providers import kind_of
 
-#: Headers that carry a caller's credentials: never forwarded unless a provider asks for them.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 #: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
 CHAIN_CLUSTER_PREFIX = "chain."
 PROVIDER_CLUSTER_PREFIX = "provider."

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 from pydantic_core import PydanticCustomError
 
 from .. import providers, translator
-from ..providers import kind_of
+from ..providers import CREDENTIAL_HEADERS, kind_of
 from . import model, schema
-from .model import CREDENTIAL_HEADERS, DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
+from .model import DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..apis import ANTHROPIC_MESSAGES
 from ..config import Provider
-from ..providers import kind_of
+from ..providers import CREDENTIAL_HEADERS, kind_of
 from . import anthropic, bedrock, openai, vertex
 
 _REASONS = {
@@ -336,7 +336,7 @@ def _usage(payload: dict, reply: str) -> dict:
 
 def _mask(name: str, value: str) -> str:
     """Echo credentials recognisably but not whole."""
-    if name in ("authorization", "x-api-key", "api-key") and len(value) > 12:
+    if name in CREDENTIAL_HEADERS and len(value) > 12:
         return value[:12] + "..."
     return value
 

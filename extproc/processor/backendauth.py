@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..config import Provider
-from ..config.model import CREDENTIAL_HEADERS
-from ..providers import kind_of
+from ..providers import CREDENTIAL_HEADERS, kind_of
 from ..providers.kind import bearer
 from ..providers.tokens import source_of
 

@@ -12,8 +12,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from ..config import Chain, Config, Provider
-from ..config.model import CLIENT_ONLY_HEADERS, CREDENTIAL_HEADERS
-from ..providers import kind_of
+from ..config.model import CLIENT_ONLY_HEADERS
+from ..providers import CREDENTIAL_HEADERS, kind_of
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"

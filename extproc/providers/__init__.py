@@ -4,8 +4,9 @@ A kind is the part of `model` before the slash (`openai/gpt-4o`), or what a
 Plano `provider_interface` names. Each kind's module declares its `Kind`s;
 `KINDS` registers them. A kind nobody declared is an OpenAI-compatible API
 that takes `Authorization: Bearer` (most are): adding a kind with its own
-rules is its module and one line here, and, for config keys of its own, their
-declaration in `config/schema.py` and `config/model.py` (pydantic validates them there).
+rules is its module and one line here (its credential header is then never
+forwarded from a client, `CREDENTIAL_HEADERS`), and, for config keys of its own,
+their declaration in `config/schema.py` and `config/model.py` (pydantic validates them there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from ..config import Provider
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS, *bedrock.KINDS)}
+#: Headers that carry a caller's credentials (each kind's own credential header, and those common to LLM APIs):
+#: a client's are never forwarded unless a provider asks for them (`passthrough_auth`), so a kind with a header of
+#: its own never leaks a client's value of it to another provider.
+CREDENTIAL_HEADERS = tuple(dict.fromkeys(("authorization", "x-api-key", "api-key", "x-goog-api-key", *(kind.credential("")[0] for kind in KINDS.values()))))
 #: Every provider entry key some kind owns.
 KIND_KEYS = frozenset().union(*(kind.config_keys for kind in KINDS.values()))
 #: Endpoints only some kinds serve (Anthropic's token counting).
@@ -60,4 +65,4 @@ def why_not(route: str) -> str:
     return "Bedrock and Claude on Vertex AI take chat requests only (/v1/chat/completions, /v1/messages)"
 
 
-__all__ = ["CHAT_ROUTES", "KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves", "why_not"]
+__all__ = ["CHAT_ROUTES", "CREDENTIAL_HEADERS", "KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves", "why_not"]

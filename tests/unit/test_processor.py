@@ -12,6 +12,7 @@ from extproc.processor import router, upstream
 from extproc.processor.context import RequestContext
 from extproc.processor.errors import Reply
 from extproc.processor.jsonbody import BodyError, Patch, model_patch, parse
+from extproc.providers import CREDENTIAL_HEADERS, KINDS
 
 CONFIG = parse_config(
     """
@@ -230,6 +231,14 @@ def test_client_credentials_are_dropped_unless_passthrough():
     assert "x-arch-forged" in plan.headers.remove
     passthrough = attempt(CONFIG, "c", context, [])
     assert dict(passthrough.headers.set)["x-api-key"] == "client-key"
+
+
+def test_every_kinds_credential_header_is_a_credential_a_client_never_passes_on():
+    assert {kind.credential("k")[0] for kind in KINDS.values()} <= set(CREDENTIAL_HEADERS), "a kind's own header is kept from other providers"
+    context = RequestContext(path="/", originals={"x-goog-api-key": "client-google-key", "api-key": "client-azure-key"})
+    plan = attempt(CONFIG, "mini", context, ["x-goog-api-key", "api-key"])
+    assert "x-goog-api-key" in plan.headers.remove and "api-key" in plan.headers.remove
+    assert not {name for name, _ in plan.headers.set} & {"x-goog-api-key", "api-key"}
 
 
 def test_unknown_provider_or_missing_context_is_an_error_not_a_guess():

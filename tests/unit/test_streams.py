@@ -74,7 +74,7 @@ def test_router_stream_sets_the_route_header_and_carries_the_context():
     assert not common.HasField("body_mutation"), "the body never comes back over gRPC"
     patch = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in response.dynamic_metadata.fields["extproc"].struct_value.fields.items()}
     assert (patch["patch_start"], patch["patch_end"], patch["patch_value"]) == (10, 24, '"gpt-4"'), "Envoy sets the start provider's model"
-    assert set(common.header_mutation.remove_headers) == {"x-arch-other", "x-api-key", "api-key"}
+    assert set(common.header_mutation.remove_headers) == {"x-arch-other", "x-api-key", "api-key", "x-goog-api-key"}
     assert "ctx" in response.dynamic_metadata.fields["extproc"].struct_value.fields
 
 
