@@ -42,7 +42,7 @@ async def serve(socket_path: str, echo: bool) -> None:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     from extproc.server import wire
-    from extproc.server.streams import with_body
+    from extproc.server.messages import with_body
 
     async def process(requests, context):
         async for message in requests:

@@ -56,7 +56,7 @@ def _cel(expression: str) -> dict:
     return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": _CEL_FILTER, "expression": expression}}}
 
 
-#: A local reply the sidecar did not make (its own, at either level, have these details: `streams.immediate`).
+#: A local reply the sidecar did not make (its own, at either level, have these details: `server.messages.immediate`).
 _NOT_THE_SIDECARS = _cel(f"response.code_details != '{SIDECAR_REPLY_DETAILS}'")
 
 

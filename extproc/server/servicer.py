@@ -16,8 +16,11 @@ from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
+from .answer_phases import HoldStream, failed_answer
 from .answers import Answers
-from .streams import HoldStream, Request, Response, RouterStream, UpstreamStream, failed_answer, immediate, unchanged
+from .messages import Request, Response, immediate, unchanged
+from .router_stream import RouterStream
+from .upstream_stream import UpstreamStream
 
 log = logging.getLogger(__name__)
 

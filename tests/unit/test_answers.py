@@ -10,7 +10,7 @@ from extproc.processor.context import RequestContext
 from extproc.processor.cooldown import Outcome, ProviderHealth
 from extproc.server import wire
 from extproc.server.answers import Answers
-from extproc.server.streams import RouterStream
+from extproc.server.router_stream import RouterStream
 
 from .test_streams import headers_message
 

@@ -8,7 +8,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.config import parse_config
 from extproc.config.store import Live
 from extproc.server import wire
-from extproc.server.streams import FailedAnswer, HoldStream, RouterStream, UpstreamStream, failed_answer
+from extproc.server.answer_phases import FailedAnswer, HoldStream, failed_answer
+from extproc.server.router_stream import RouterStream
+from extproc.server.upstream_stream import UpstreamStream
 
 CONFIG = parse_config(
     """

@@ -277,7 +277,7 @@ UNREADABLE = {
 
 def answer_translation(provider_api: str):
     from extproc.config import parse_config
-    from extproc.server.streams import _AnswerTranslation
+    from extproc.server.upstream_stream import _AnswerTranslation
 
     model = "openai/gpt-4o" if provider_api == "openai" else "anthropic/claude-sonnet-4"
     provider = next(iter(parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{model: {model}}}]", "t.yaml", {}).providers.values()))
