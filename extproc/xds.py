@@ -1,11 +1,13 @@
 """Envoy's routes and provider clusters as files Envoy watches (filesystem xDS).
 
-A reload must never leave Envoy with a route to a cluster it does not have, or
-the sidecar naming a route Envoy does not have. Cluster and route names are
-derived from what they stand for (see `Config.chain_clusters`), so a reload
-only ever adds resources beside the old ones:
+A reload must never let a request take a route to a cluster Envoy does not
+have, or the sidecar name a route Envoy does not have. Cluster and route names
+are derived from what they stand for (see `Config.chain_clusters`), so a
+reload only ever adds resources beside the old ones:
 
-1. clusters = live ∪ new, then routes = live ∪ new (both confirmed applied);
+1. clusters and routes = live ∪ new, written together, both confirmed applied
+   and the clusters warm (no request names a new route before step 2, so
+   Envoy may take the routes first);
 2. the sidecar swaps to the new snapshot: new requests name new routes only;
 3. the previous snapshot's routes and clusters stay until no request routed
    under it can still be running (`prune`, called by the reloader later).
@@ -77,8 +79,9 @@ class XdsFiles:
         """Add `new`'s resources beside the live ones, then swap; `XdsRejected` leaves Envoy and the sidecar on `live`."""
         configs = [new, *live]
         try:
-            await self._step(lambda: self._write_clusters(configs), "cds", new)
-            await self._step(lambda: self._write_routes(configs), "rds", new)
+            # Clusters and routes in one step: no request names a new route before `swap`, so Envoy may take the
+            # routes before the clusters they name are warm (the step waits for both, and for warming to end).
+            await self._step(lambda: self.write(configs), ("cds", "rds"), new)
         except XdsRejected:
             await asyncio.to_thread(self.write, live)
             raise
@@ -89,14 +92,18 @@ class XdsFiles:
 
     async def prune(self, remaining: Sequence[Config]) -> None:
         """Remove every route, then every cluster, that no remaining snapshot names."""
-        await self._step(lambda: self._write_routes(remaining), "rds", remaining[0])
-        await self._step(lambda: self._write_clusters(remaining), "cds", remaining[0])
+        await self._step(lambda: self._write_routes(remaining), ("rds",), remaining[0])
+        await self._step(lambda: self._write_clusters(remaining), ("cds",), remaining[0])
 
-    async def _step(self, write: Callable[[], None], kind: str, config: Config) -> None:
-        names = ["cluster_manager.cds"] if kind == "cds" else [f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners]
+    async def _step(self, write: Callable[[], None], kinds: tuple[str, ...], config: Config) -> None:
+        names = [
+            *(["cluster_manager.cds"] if "cds" in kinds else []),
+            *([f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners] if "rds" in kinds else []),
+        ]
         before = self._confirmed if self._confirmed is not None else await asyncio.to_thread(self._stats) if self.admin_url() else {}
         self._confirmed = None
-        self.version += 1
+        if len(kinds) == 1:  # `write` writes both files with a new version itself
+            self.version += 1
         await asyncio.to_thread(write)
         if not self.admin_url():
             await asyncio.sleep(self.settle_s)
@@ -105,15 +112,17 @@ class XdsFiles:
         while time.monotonic() < deadline:
             asked = time.monotonic()
             stats = await asyncio.to_thread(self._stats)
-            if any(_number(stats, f"{name}.update_rejected") > _number(before, f"{name}.update_rejected") for name in names):
-                raise XdsRejected(f"Envoy rejected the new {kind.upper()} resources (its log says why)")
+            rejected = [name for name in names if _number(stats, f"{name}.update_rejected") > _number(before, f"{name}.update_rejected")]
+            if rejected:
+                kind = "CDS" if any(name.startswith("cluster_manager") for name in rejected) else "RDS"
+                raise XdsRejected(f"Envoy rejected the new {kind} resources (its log says why)")
             if _number(stats, "cluster_manager.warming_clusters") == 0 and all(stats.get(f"{name}.version_text") == str(self.version) for name in names):
                 self._confirmed = stats
                 return
             # Envoy answers a stats query on the main thread that applies the update, walking every statistic
             # (~0.6 s at 5,000 providers): ask again only after twice that, leaving it two thirds of its time.
             await asyncio.sleep(max(0.01, 2 * (time.monotonic() - asked)))
-        log.warning("Envoy did not confirm %s version %s within %.0fs; going on", kind, self.version, self.timeout_s)
+        log.warning("Envoy did not confirm %s version %s within %.0fs; going on", "+".join(kinds), self.version, self.timeout_s)
 
     def _stats(self) -> dict:
         return envoyadmin.stats(self.admin_url(), "(version_text|warming_clusters|update_rejected)$")
