@@ -65,7 +65,7 @@ bench-config: $(STAMP)
 
 ## Instructions per request (valgrind's callgrind) of Envoy and the sidecar, beside Envoy alone and the floor: a measure that does not drift with the machine.
 bench-instructions: $(STAMP)
-	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/instructions.py $(if $(BARE),--bare-model)
 
 ## Time from a config file write to the first request routed by it.
 bench-reload: $(STAMP)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .config import Config, Provider
 from .processor.backendauth import credential_headers
+from .providers import upstream_path
 
 PROBE_PATH = "/v1/models"
 EXIT_DOWN = 70  # EX_SOFTWARE-adjacent: what deploy gates check for
@@ -31,7 +32,7 @@ class ProbeResult:
 
 
 def probe(provider: Provider, timeout_s: float, with_keys: bool = False) -> ProbeResult:
-    path = provider.upstream_path(PROBE_PATH)
+    path = upstream_path(provider, PROBE_PATH)
     headers = {"user-agent": "extproc-preflight", "host": provider.authority}
     if with_keys:
         headers.update((name, value) for name, value in credential_headers(provider, {}).items() if value is not None)

@@ -14,7 +14,6 @@ from functools import cached_property
 from types import MappingProxyType
 
 from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
-from ..providers import kind_of
 
 #: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
 CHAIN_CLUSTER_PREFIX = "chain."
@@ -109,11 +108,6 @@ class Provider:
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
-
-    def upstream_path(self, path: str) -> str:
-        """The client's path (and query) as this provider takes it: its kind's own layout, else under base_url's path."""
-        layout = kind_of(self).path
-        return layout(self, path) if layout is not None else self.prefixed_path(path)
 
     def prefixed_path(self, path: str) -> str:
         """The client's path (and query) under this provider's base_url path.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config import Chain, Config, Provider
 from ..config.model import CLIENT_ONLY_HEADERS
-from ..providers import CREDENTIAL_HEADERS, kind_of
+from ..providers import CREDENTIAL_HEADERS, kind_of, upstream_path
 from .backendauth import credential_headers
 
 INTERNAL_PREFIX = "x-arch-"
@@ -74,7 +74,7 @@ def plan(
     if extra:
         values.update(extra)
     values.update(provider.headers)
-    values[":path"] = provider.upstream_path(path)
+    values[":path"] = upstream_path(provider, path)
     if chain is not None:
         values[ROUTE_HEADER] = provider.name
         values[CHAIN_HEADER] = chain

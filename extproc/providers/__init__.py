@@ -18,7 +18,7 @@ from . import anthropic, azure, bedrock, openai, vertex
 from .kind import Kind
 
 if TYPE_CHECKING:
-    from ..config import Provider
+    from ..config.model import Provider
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS, *bedrock.KINDS)}
 #: Headers that carry a caller's credentials (each kind's own credential header, and those common to LLM APIs):
@@ -39,6 +39,12 @@ def kind_named(name: str) -> Kind:
 
 def kind_of(provider: Provider) -> Kind:
     return kind_named(provider.kind)
+
+
+def upstream_path(provider: Provider, path: str) -> str:
+    """The client's path (and query) as `provider` takes it: its kind's own layout, else under base_url's path."""
+    layout = kind_of(provider).path
+    return layout(provider, path) if layout is not None else provider.prefixed_path(path)
 
 
 #: The chat endpoints every kind serves (some, translated); a kind may serve nothing else (`Kind.chat_only`).
@@ -65,4 +71,4 @@ def why_not(route: str) -> str:
     return "Bedrock and Claude on Vertex AI take chat requests only (/v1/chat/completions, /v1/messages)"
 
 
-__all__ = ["CHAT_ROUTES", "CREDENTIAL_HEADERS", "KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves", "why_not"]
+__all__ = ["CHAT_ROUTES", "CREDENTIAL_HEADERS", "KINDS", "KIND_KEYS", "OWN_ENDPOINTS", "Kind", "kind_named", "kind_of", "restricted", "serves", "upstream_path", "why_not"]

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 from .kind import Kind, without_version
 
 if TYPE_CHECKING:
-    from ..config import Provider
+    from ..config.model import Provider
 
 
 def api_key(key: str) -> tuple[str, str]:

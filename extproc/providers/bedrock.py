@@ -25,7 +25,7 @@ from ..apis import BEDROCK_CONVERSE
 from .kind import CredentialsMissing, Kind
 
 if TYPE_CHECKING:
-    from ..config import Provider
+    from ..config.model import Provider
 
 log = logging.getLogger(__name__)
 

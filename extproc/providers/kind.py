@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..apis import OPENAI_CHAT
 
 if TYPE_CHECKING:
-    from ..config import Provider
-    from .tokens import TokenSource
+    from ..config.model import Provider
+
+
+class TokenSource(Protocol):
+    token: str | None  # a bearer token, for a kind that sends one
+    renew_at: float  # time.time() after which `refresh` mints a new one
+
+    @property
+    def problem(self) -> str | None:
+        """Why there is no credential to call the provider with, while there is none; None when there is one."""
+
+    def refresh(self) -> None:
+        """Mint a token when none is held or the held one is due (blocking: run off the event loop)."""
 
 
 class CredentialsMissing(Exception):

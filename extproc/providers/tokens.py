@@ -15,12 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from . import kind_of
+from .kind import TokenSource
 
 if TYPE_CHECKING:
-    from ..config import Config, Provider
+    from ..config.model import Config, Provider
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,6 @@ _MAX_SLEEP_S = 60.0
 
 #: How long a start or a reload waits for its tokens before it serves anyway.
 PREPARE_WAIT_S = 2.0
-
-
-class TokenSource(Protocol):
-    token: str | None  # a bearer token, for a kind that sends one
-    renew_at: float  # time.time() after which `refresh` mints a new one
-
-    @property
-    def problem(self) -> str | None:
-        """Why there is no credential to call the provider with, while there is none; None when there is one."""
-
-    def refresh(self) -> None:
-        """Mint a token when none is held or the held one is due (blocking: run off the event loop)."""
 
 
 def minted(provider: Provider) -> bool:

@@ -28,7 +28,7 @@ from ..apis import ANTHROPIC_MESSAGES, OPENAI_CHAT
 from .kind import Kind, without_version
 
 if TYPE_CHECKING:
-    from ..config import Provider
+    from ..config.model import Provider
 
 log = logging.getLogger(__name__)
 

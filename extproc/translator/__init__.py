@@ -17,7 +17,7 @@ from . import anthropic_bedrock, anthropic_openai, openai_anthropic, openai_bedr
 from .base import BadAnswer, InvalidField, Request, TranslationError
 
 if TYPE_CHECKING:  # the config imports this package's pairs (the headers a translation owns): no import back at run time
-    from ..config import Provider
+    from ..config.model import Provider
 
 #: The client paths whose requests are translated, by the API they speak.
 CHAT_COMPLETIONS = "/v1/chat/completions"

@@ -12,7 +12,7 @@ from extproc.processor import router, upstream
 from extproc.processor.context import RequestContext
 from extproc.processor.errors import Reply
 from extproc.processor.jsonbody import BodyError, Patch, model_patch, parse
-from extproc.providers import CREDENTIAL_HEADERS, KINDS
+from extproc.providers import CREDENTIAL_HEADERS, KINDS, upstream_path
 
 CONFIG = parse_config(
     """
@@ -113,9 +113,9 @@ def test_a_bare_model_name_resolves_when_it_is_unambiguous():
 def test_upstream_path_does_not_double_an_sdk_style_v1():
     sdk_style = parse_config("listeners: [{type: model, port: 0}]\nmodel_providers: [{model: x/y, base_url: 'https://h/coding/v1'}]", "t.yaml", {})
     provider = next(iter(sdk_style.providers.values()))
-    assert provider.upstream_path("/v1/chat/completions?a=1") == "/coding/v1/chat/completions?a=1"
-    assert provider.upstream_path("/healthz") == "/coding/v1/healthz"
-    assert CONFIG.providers["b"].upstream_path("/v1/chat/completions") == "/prefix/v1/chat/completions"
+    assert upstream_path(provider, "/v1/chat/completions?a=1") == "/coding/v1/chat/completions?a=1"
+    assert upstream_path(provider, "/healthz") == "/coding/v1/healthz"
+    assert upstream_path(CONFIG.providers["b"], "/v1/chat/completions") == "/prefix/v1/chat/completions"
 
 
 def test_an_azure_deployment_gets_its_deployments_path_with_the_api_version():
@@ -127,9 +127,9 @@ def test_an_azure_deployment_gets_its_deployments_path_with_the_api_version():
         {},
     )
     deployment, v1 = azure.providers.values()
-    assert deployment.upstream_path("/v1/chat/completions") == "/openai/deployments/my-gpt-4o/chat/completions?api-version=2024-10-21"
-    assert deployment.upstream_path("/v1/embeddings?user=u") == "/openai/deployments/my-gpt-4o/embeddings?user=u&api-version=2024-10-21"
-    assert v1.upstream_path("/v1/chat/completions") == "/openai/v1/chat/completions", "no api_version: Azure's v1 path, under base_url's"
+    assert upstream_path(deployment, "/v1/chat/completions") == "/openai/deployments/my-gpt-4o/chat/completions?api-version=2024-10-21"
+    assert upstream_path(deployment, "/v1/embeddings?user=u") == "/openai/deployments/my-gpt-4o/embeddings?user=u&api-version=2024-10-21"
+    assert upstream_path(v1, "/v1/chat/completions") == "/openai/v1/chat/completions", "no api_version: Azure's v1 path, under base_url's"
 
 
 def test_missing_model_goes_to_the_default_provider():

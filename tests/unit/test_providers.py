@@ -10,7 +10,7 @@ import pytest
 from extproc import providers, translator
 from extproc.config import ConfigError, parse_config
 from extproc.mock.bedrock import BedrockState
-from extproc.providers import bedrock, vertex
+from extproc.providers import bedrock, upstream_path, vertex
 
 
 def config(entries: str):
@@ -33,8 +33,8 @@ def test_vertex_defaults_its_base_url_from_the_location():
 def test_claude_on_vertex_speaks_anthropics_api_on_rawpredict_and_others_openais_endpoint():
     claude, gemini, llama = VERTEX.providers.values()
     assert translator.provider_api(claude) == translator.ANTHROPIC_MESSAGES and translator.provider_api(gemini) == translator.OPENAI_CHAT
-    assert claude.upstream_path("/v1/messages") == "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict"
-    assert gemini.upstream_path("/v1/chat/completions") == "/v1/projects/p1/locations/global/endpoints/openapi/chat/completions"
+    assert upstream_path(claude, "/v1/messages") == "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict"
+    assert upstream_path(gemini, "/v1/chat/completions") == "/v1/projects/p1/locations/global/endpoints/openapi/chat/completions"
     assert (gemini.model_name, llama.model_name, claude.model_name) == ("google/gemini-2.5-flash", "meta/llama-4", "claude-sonnet-4@20250514")
 
 
@@ -85,7 +85,7 @@ def test_bedrocks_region_comes_from_the_entry_else_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     provider = next(iter(config("  - {model: 'bedrock/amazon.nova-pro-v1:0'}").providers.values()))
     assert (provider.host, provider.aws_region_name) == ("bedrock-runtime.eu-west-3.amazonaws.com", "eu-west-3")
-    assert provider.upstream_path("/v1/chat/completions") == "/model/amazon.nova-pro-v1%3A0/converse"
+    assert upstream_path(provider, "/v1/chat/completions") == "/model/amazon.nova-pro-v1%3A0/converse"
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(ConfigError, match=r"model_providers\[0\]\.model: bedrock/… providers need a region"):
