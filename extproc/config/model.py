@@ -237,6 +237,8 @@ class Cooldown:
     #: An answer whose rate-limit headers say no requests (or at most `min_remaining_tokens` tokens) are left cools its provider until the reset.
     rate_limit_headers: bool = True
     min_remaining_tokens: int = 0
+    #: A group member whose trial passed after a cooldown takes its weight's share linearly over this long, from a tenth; None: at once.
+    slow_start_s: float | None = None
     #: Cooldowns shared with every replica on the same Redis (`redis://`, `rediss://`, `unix://`); None: this process only.
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
 

@@ -94,6 +94,7 @@ class Resolver:
                 failure_threshold=cooldown.failure_threshold,
                 rate_limit_headers=cooldown.rate_limit_headers,
                 min_remaining_tokens=cooldown.min_remaining_tokens,
+                slow_start_s=cooldown.slow_start,
                 redis_url=cooldown.redis_url or None,
             ),
             metrics=model.Metrics(address=file.metrics.address, port=file.metrics.port, token_usage=file.metrics.token_usage),
@@ -109,6 +110,8 @@ class Resolver:
             for index, listener in enumerate(listeners):
                 if listener.port == file.metrics.port:
                     self.problem("metrics.port", f"{file.metrics.port} is listener {listener.name}'s port (listeners[{index}].port): each needs its own")
+        if file.cooldown.slow_start is not None and not file.cooldown.enabled:
+            self.problem("cooldown.slow_start", "has nothing to ramp with cooldown.enabled false: no provider ever comes back from a cooldown")
         if file.cooldown.default_cooldown > file.cooldown.max_cooldown:
             self.problem(
                 "cooldown.default_cooldown",

@@ -401,6 +401,9 @@ class Cooldown(Section):
     failure_threshold: Annotated[int, integer(1, 1000)] = 3
     rate_limit_headers: bool = True
     min_remaining_tokens: Annotated[int, integer(0)] = 0
+    slow_start: Duration | None = Field(
+        default=None, description="a priority group's member back from a cooldown takes its weight's share gradually over this long, from a tenth"
+    )
     #: Never echoed in a message: it may hold a password.
     redis_url: Annotated[Text, BeforeValidator(_redis_url)] | None = None
 

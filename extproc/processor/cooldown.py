@@ -23,6 +23,8 @@ from ..statuses import AUTH_STATUSES, FAILED_MIN, RATE_LIMIT_STATUSES, SERVER_ER
 FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_timeout", "server_error", "invalid_answer"})
 #: A key the gateway owns was refused (401, 403): it will not work again by itself, so its provider cools at once for `max_cooldown`.
 AUTH_FAILED = "auth_failed"
+#: The share of its weight a member back from a cooldown starts its slow start with.
+SLOW_START_FLOOR = 0.1
 #: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
@@ -112,6 +114,7 @@ class _State:
     probation: bool = False
     cooled_at: float = 0.0  # when the latest cooldown started
     trial_until: float = 0.0  # a trial request is out until then; the others start elsewhere
+    back_at: float = 0.0  # when its latest trial succeeded: its slow start runs from then
 
 
 def _left(state: _State, now: float) -> float:
@@ -149,6 +152,8 @@ class ProviderHealth:
             if started > state.failing_since:
                 state.failing_until = 0.0
             if started > state.cooled_at:
+                if state.probation:
+                    state.back_at = now
                 state.probation, state.trial_until = False, 0.0
             return 0.0
         if not self.policy.enabled:
@@ -240,6 +245,25 @@ class ProviderHealth:
         if on_trial is not None:
             return on_trial, 0.0
         return None, soonest
+
+    def ramped(self, names: tuple[str, ...], weights: tuple[int, ...]) -> tuple[float, ...]:
+        """A priority group's `weights` as its members take traffic now (`cooldown.slow_start`).
+
+        A member whose trial passed after a cooldown takes its weight's share
+        gradually: a tenth of its weight at once, growing linearly to all of
+        it over the window (Envoy's `slow_start_config` is the model), so a
+        provider just back is not handed its whole share in one burst.
+        """
+        window = self.policy.slow_start_s
+        if not window:
+            return weights
+        now = self.clock()
+        ramped = []
+        for name, weight in zip(names, weights):
+            state = self._states.get(name)
+            progress = 1.0 if state is None or not state.back_at else (now - state.back_at) / window
+            ramped.append(weight if progress >= 1.0 else weight * max(SLOW_START_FLOOR, progress))
+        return tuple(ramped)
 
     def retain(self, providers: Iterable[str]) -> None:
         """Forget providers that the new config no longer has."""

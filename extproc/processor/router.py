@@ -152,7 +152,7 @@ def resolve(
         return found
     model, chain = found
     path = headers.get(":path", "/")
-    eligible = _candidates(config, model, chain, path)
+    eligible = _candidates(config, model, chain, path, health)
     if isinstance(eligible, errors.Reply):
         return eligible
     candidates, only = eligible
@@ -180,13 +180,16 @@ def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[
     return model, chain
 
 
-def _candidates(config: Config, model: str, chain: Chain, path: str) -> errors.Reply | tuple[tuple[str, ...], str | None]:
-    """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it)."""
+def _candidates(config: Config, model: str, chain: Chain, path: str, health: ProviderHealth | None) -> errors.Reply | tuple[tuple[str, ...], str | None]:
+    """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it).
+
+    A priority group's members come in an order drawn by weight (as `health` ramps them after a cooldown)."""
     candidates = chain.providers
     groups = config.groups.get(model)
     if groups is not None:  # priority groups: each in an order drawn by weight, so the first available member is picked by weight
         own = len(config.models[model])
-        candidates = (*(name for names, weights in groups for name in by_weight(names, weights)), *chain.providers[own:])
+        drawn = (by_weight(names, health.ramped(names, weights) if health is not None else weights) for names, weights in groups)
+        candidates = (*(name for order in drawn for name in order), *chain.providers[own:])
     only = providers.restricted(path)
     if only is not None:  # not a chat endpoint: only providers serving it may see it (Anthropic's count_tokens; not Bedrock's)
         candidates = tuple(name for name in candidates if providers.serves(config.providers[name], only))
@@ -267,7 +270,7 @@ def _answer_translated(path: str, provider: Provider) -> bool:
     return pair is not None and pair.translates_answer
 
 
-def by_weight(names: tuple[str, ...], weights: tuple[int, ...], draw: Callable[[], float] = random.random) -> list[str]:
+def by_weight(names: tuple[str, ...], weights: tuple[float, ...], draw: Callable[[], float] = random.random) -> list[str]:
     """`names` in an order drawn by weight (each next one with probability weight / weights left): the first is picked by weight."""
     left = list(zip(names, weights))
     order = []

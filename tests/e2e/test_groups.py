@@ -1,9 +1,10 @@
 """Priority groups with weights, through real Envoy: traffic shared by weight, a member's 429 served by its group, then the next group."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .harness import chat, gateway_config, provider
+from .harness import chat, gateway_config, provider, wait_for
 
 HELLO = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -93,3 +94,28 @@ def test_a_member_whose_key_is_revoked_fails_over_inside_its_group_and_cools_at_
     assert gw.metric("extproc_provider_cooldowns_total", provider="revoked", reason="auth_failed") >= 1
     assert gw.metric("extproc_provider_state", provider="revoked", model="openai/gpt-4o", state="cooling_down") == 1
     assert {request.header("authorization") for request in heavy.received} == {"Bearer k-heavy"}, "the failover carried heavy's own key"
+
+
+def test_a_member_back_from_a_cooldown_takes_its_share_gradually_with_slow_start(mocks, gateway):
+    back, steady = mocks.start("back", status=429, retry_after="1"), mocks.start("steady")
+    config = gateway_config(
+        provider("back", "openai/gpt-4o", back, access_key="k-back", priority=0, weight=1),
+        provider("steady", "openai/gpt-4o", steady, access_key="k-steady", priority=0, weight=1),
+    )
+    gw = gateway({**config, "cooldown": {"slow_start": "4s"}})
+
+    def wave(count: int) -> list[str]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda _: chat(gw.port, HELLO).headers["x-arch-llm-provider"], range(count)))
+
+    wait_for(lambda: chat(gw.port, HELLO).status == 200 and back.served, timeout=10)  # its 429 cools it for 1 s
+    back.status, back.retry_after = 200, None
+    wait_for(lambda: chat(gw.port, HELLO).headers["x-arch-llm-provider"] == "back", timeout=10)  # its trial, once the cooldown ends
+    ramping = wave(100)
+    time.sleep(4)  # the slow start's window: the behaviour under test is a matter of time
+    settled = wave(200)
+
+    # Equal weights share 50:50; back starts at a tenth of its weight (~9%) and reaches ~12% of it within a
+    # fast wave (~20% if the wave takes 2 s): 30 of 100 is far above either.
+    assert ramping.count("back") < 30, ramping.count("back")
+    assert 60 <= settled.count("back") <= 140, settled.count("back")

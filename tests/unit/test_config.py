@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from extproc.cli import main
 from extproc.config import ConfigError, load_config, parse_config
 
 BASE = """
@@ -425,3 +426,25 @@ def test_a_vertex_key_file_that_is_not_one_is_refused_by_check(tmp_path, content
     with pytest.raises(ConfigError) as error:
         parse_config(text, "gw.yaml", {})
     assert "model_providers[0].vertex_credentials" in str(error.value) and reason in str(error.value)
+
+
+def test_slow_start_is_a_duration_of_the_cooldowns_and_needs_them_on(tmp_path, capsys):
+    group = """
+listeners: [{type: model, port: 12000}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, access_key: a, priority: 0}
+  - {name: b, model: openai/gpt-4o, access_key: b, priority: 0}
+  - {name: solo, model: openai/gpt-4o-mini, access_key: s}
+"""
+    assert parse_config(group + "cooldown: {slow_start: 30s}", "gw.yaml", {}).cooldown.slow_start_s == 30.0
+    assert parse_config(group, "gw.yaml", {}).cooldown.slow_start_s is None, "unset: a member takes its share at once"
+    assert any("cooldown.slow_start: expected a duration" in problem for problem in problems(group + "cooldown: {slow_start: soon}"))
+    assert problems(group + "cooldown: {slow_start: 30s, enabled: false}") == [
+        "cooldown.slow_start: has nothing to ramp with cooldown.enabled false: no provider ever comes back from a cooldown"
+    ]
+    path = tmp_path / "gw.yaml"
+    path.write_text(group + "cooldown: {slow_start: 30s}")
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "model openai/gpt-4o: a×1 | b×1; slow start 30s" in out
+    assert "model openai/gpt-4o-mini: solo\n" in out, "no group: nothing to ramp"

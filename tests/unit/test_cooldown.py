@@ -171,3 +171,19 @@ def test_a_refused_key_the_gateway_owns_cools_its_provider_at_once_for_the_longe
     clock.now += 61
     assert states.pick_start(["a", "b"], 5) == ("a", 0.0), "then one trial finds out"
     assert states.record(Outcome("a", 401, "auth_failed")) == 60
+
+
+def test_slow_start_ramps_a_member_back_from_a_cooldown_from_a_tenth_of_its_weight_to_all_of_it(clock):
+    states = health(clock, slow_start_s=30)
+    assert states.ramped(("a", "b"), (3, 1)) == (3, 1), "never cooled: its whole weight"
+    states.record(Outcome("a", 429, "rate_limited", 10))
+    clock.now += 10
+    assert states.pick_start(["a", "b"]) == ("a", 0.0), "its trial"
+    assert states.ramped(("a", "b"), (3, 1)) == (3, 1), "on trial, not back yet: the trial decides, not the weights"
+    states.record(Outcome("a", 200, "ok", started=clock.now))
+    assert states.ramped(("a", "b"), (3, 1)) == pytest.approx((0.3, 1)), "back: a tenth of its weight"
+    clock.now += 15
+    assert states.ramped(("a", "b"), (3, 1)) == pytest.approx((1.5, 1)), "half the window: half its weight"
+    clock.now += 15
+    assert states.ramped(("a", "b"), (3, 1)) == (3, 1)
+    assert health(clock).ramped(("a",), (3,)) == (3,), "unset: as today"
