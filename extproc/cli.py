@@ -247,7 +247,11 @@ def _chain_line(config: Config, chain: Chain) -> str:
         line += f"; an attempt without its first token in {policy.first_token_timeout_s:g}s is left"
     if policy.hedge_after_s is not None:
         line += f"; hedged after {policy.hedge_after_s:g}s"
-    if config.cooldown.slow_start_s and any(sizes[config.providers[name].group] > 1 for name in chain.providers):
+    grouped = any(sizes[config.providers[name].group] > 1 for name in chain.providers)
+    affinity = config.affinity.get(config.providers[chain.providers[0]].model)
+    if affinity is not None and grouped:
+        line += f"; affinity {affinity}"
+    if config.cooldown.slow_start_s and grouped:
         line += f"; slow start {config.cooldown.slow_start_s:g}s"
     return line
 

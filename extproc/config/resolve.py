@@ -64,6 +64,7 @@ class Resolver:
                     by_name[member] = replace(by_name[member], group=f"{name}#{rank}")
         models = {name: [member for group in groups[name] for member in group] for name in models}
         policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
+        affinity = self.model_affinity(by_name, providers)
         bare: dict[str, list[str]] = {}
         for name in models:
             bare.setdefault(name.partition("/")[2], []).append(name)
@@ -100,8 +101,9 @@ class Resolver:
             metrics=model.Metrics(address=file.metrics.address, port=file.metrics.port, token_usage=file.metrics.token_usage),
             tracing=tracing,
             aliases=frozen_mapping(aliases),
+            affinity=frozen_mapping(affinity),
             connect_timeout_s=file.overrides.upstream_connect_timeout or 5.0,
-            warnings=tuple(self.warnings(entries, listeners, policies)),
+            warnings=(*self.warnings(entries, listeners, policies), *_affinity_warnings(affinity, groups)),
         )
 
     def related_keys(self, file: schema.ConfigFile, listeners: list[model.Listener]) -> None:
@@ -207,6 +209,7 @@ class Resolver:
             headers=tuple(entry.headers.items()),
             default=entry.default,
             retry_policy=_retry_policy(entry.retry_policy) if entry.retry_policy else None,
+            affinity_header=entry.routing.affinity.header if entry.routing and entry.routing.affinity else None,
             ca_file=entry.ca_file or ca_default,
             interface=interface,
             http_host=entry.http_host,
@@ -266,6 +269,20 @@ class Resolver:
                     self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
             policies[provider.model] = (provider.name, provider.retry_policy)
         return {name: policy for name, (_, policy) in policies.items()}
+
+    def model_affinity(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, str]:
+        """One affinity header per model: the first of its providers that declares one; another must not differ."""
+        indexes = {provider.name: index for index, provider in providers.items() if provider is not None}
+        found: dict[str, tuple[str, str]] = {}
+        for provider in by_name.values():
+            header = provider.affinity_header
+            if header is None:
+                continue
+            owner, known = found.setdefault(provider.model, (provider.name, header))
+            if known != header:
+                path = f"{self.providers_key}[{indexes[provider.name]}].routing.affinity.header"
+                self.problem(path, f"model {provider.model!r} already keeps sessions by {known!r} (provider {owner!r}); declare it once per model")
+        return {name: header for name, (_, header) in found.items()}
 
     def aliases(self, entries: Mapping[str, schema.Alias], models: dict[str, list[str]], bare: dict[str, list[str]]) -> dict[str, str]:
         """Plano's `model_aliases`: the target is a configured model, or a bare name only one model has."""
@@ -355,3 +372,11 @@ def _retry_policy(policy: schema.RetryPolicy) -> model.RetryPolicy:
         first_token_timeout_s=policy.first_token_timeout,
         hedge_after_s=policy.hedge_after,
     )
+
+
+def _affinity_warnings(affinity: Mapping[str, str], groups: Mapping[str, list[list[str]]]) -> list[str]:
+    return [
+        f"model {name}: routing.affinity has no effect: no priority group of it has more than one provider to keep a session on"
+        for name in affinity
+        if not any(len(group) > 1 for group in groups[name])
+    ]

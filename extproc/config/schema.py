@@ -209,6 +209,13 @@ def _header_name(value: Any) -> Any:
     return name
 
 
+def _session_header(value: Any) -> Any:
+    name = str(value).lower()
+    if not _HEADER_NAME.match(name) or name in _RESERVED_HEADERS or name.startswith("x-arch-"):
+        raise invalid(f"{value!r} is not a header a client can send (reserved or not a valid header name)")
+    return name
+
+
 def _retry_on(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         if not 400 <= value <= 599:
@@ -349,6 +356,18 @@ class RetryPolicy(Section):
         return self
 
 
+class Affinity(Section):
+    header: Annotated[str, BeforeValidator(_session_header)] = Field(
+        description="requests with the same value of this header go to the same member of a priority group while it is available"
+    )
+
+
+class Routing(Section):
+    """How a request picks among the members of its model's priority group (per model: on any one of its providers)."""
+
+    affinity: Affinity | None = None
+
+
 class Provider(Section):
     """One `model_providers` entry: a model served at a base_url, with its credentials."""
 
@@ -358,6 +377,7 @@ class Provider(Section):
     access_key: Text | None = Field(default=None, description="the provider's key, usually $ENV_VAR; never logged")
     default: bool = Field(default=False, description="serves requests whose model no provider serves")
     retry_policy: RetryPolicy | None = None
+    routing: Routing | None = None
     passthrough_auth: bool = Field(default=False, description="forward the client's own credential instead of access_key")
     headers: dict[Annotated[str, BeforeValidator(_header_name)], Text] = Field(default={}, description="extra headers sent to this provider only")
     ca_file: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(default=None, description="PEM bundle that verifies this provider's TLS certificate")

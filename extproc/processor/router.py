@@ -6,6 +6,7 @@ config snapshot and the request; the gRPC layer translates their results.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -152,7 +153,7 @@ def resolve(
         return found
     model, chain = found
     path = headers.get(":path", "/")
-    eligible = _candidates(config, model, chain, path, health)
+    eligible = _candidates(config, model, chain, headers, health)
     if isinstance(eligible, errors.Reply):
         return eligible
     candidates, only = eligible
@@ -180,15 +181,25 @@ def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[
     return model, chain
 
 
-def _candidates(config: Config, model: str, chain: Chain, path: str, health: ProviderHealth | None) -> errors.Reply | tuple[tuple[str, ...], str | None]:
+def _candidates(
+    config: Config, model: str, chain: Chain, headers: Mapping[str, str], health: ProviderHealth | None
+) -> errors.Reply | tuple[tuple[str, ...], str | None]:
     """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it).
 
-    A priority group's members come in an order drawn by weight (as `health` ramps them after a cooldown)."""
+    A priority group's members come in an order drawn by weight (as `health` ramps them after a cooldown), or, for a
+    request of a session (`routing.affinity`), in its session's own order.
+    """
+    path = headers.get(":path", "/")
     candidates = chain.providers
     groups = config.groups.get(model)
-    if groups is not None:  # priority groups: each in an order drawn by weight, so the first available member is picked by weight
+    if groups is not None:  # priority groups: the first available member is picked by weight, or by the session
         own = len(config.models[model])
-        drawn = (by_weight(names, health.ramped(names, weights) if health is not None else weights) for names, weights in groups)
+        header = config.affinity.get(model)
+        session = headers.get(header) if header is not None else None
+        if session:
+            drawn = (by_affinity(names, weights, session) for names, weights in groups)
+        else:
+            drawn = (by_weight(names, health.ramped(names, weights) if health is not None else weights) for names, weights in groups)
         candidates = (*(name for order in drawn for name in order), *chain.providers[own:])
     only = providers.restricted(path)
     if only is not None:  # not a chat endpoint: only providers serving it may see it (Anthropic's count_tokens; not Bedrock's)
@@ -282,6 +293,21 @@ def by_weight(names: tuple[str, ...], weights: tuple[float, ...], draw: Callable
             index += 1
         order.append(left.pop(index)[0])
     return order
+
+
+def by_affinity(names: tuple[str, ...], weights: tuple[int, ...], session: str) -> list[str]:
+    """`names` in the order of weighted rendezvous hashing on `session`: the same session, the same order.
+
+    A member's share of sessions follows its weight; while the first is
+    cooling, its sessions (only they) go to their second, and come back
+    when it returns, so a provider's prompt cache stays warm for them.
+    """
+
+    def score(name: str, weight: int) -> float:
+        digest = hashlib.blake2b(f"{session}\0{name}".encode(), digest_size=8).digest()
+        return -weight / math.log((int.from_bytes(digest, "big") + 0.5) / 2**64)
+
+    return [name for _, name in sorted(((score(name, weight), name) for name, weight in zip(names, weights)), reverse=True)]
 
 
 def models_reply(config: Config, model_id: str) -> errors.Reply:

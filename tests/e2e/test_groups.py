@@ -119,3 +119,35 @@ def test_a_member_back_from_a_cooldown_takes_its_share_gradually_with_slow_start
     # fast wave (~20% if the wave takes 2 s): 30 of 100 is far above either.
     assert ramping.count("back") < 30, ramping.count("back")
     assert 60 <= settled.count("back") <= 140, settled.count("back")
+
+
+def test_a_session_stays_on_its_member_and_only_a_cooling_members_sessions_move_and_come_back(mocks, gateway):
+    members = {name: mocks.start(name) for name in ("m1", "m2", "m3")}
+    config = gateway_config(
+        *(provider(name, "openai/gpt-4o", mock, access_key=f"k-{name}", priority=0) for name, mock in members.items()),
+    )
+    config["model_providers"][0]["routing"] = {"affinity": {"header": "x-session-id"}}
+    gw = gateway(config)
+    sessions = [f"user-{index}" for index in range(30)]
+
+    def served(session: str) -> str:
+        answer = chat(gw.port, HELLO, {"x-session-id": session})
+        assert answer.status == 200
+        return answer.headers["x-arch-llm-provider"]
+
+    home = {session: served(session) for session in sessions}
+    assert all(served(session) == home[session] for session in sessions for _ in range(2)), "every request of a session on one member"
+    assert len(set(home.values())) == 3, "sessions spread over the group"
+    request = members["m1"].received[-1]
+    assert request.header("x-session-id") is not None, "the session header reaches the provider as the client sent it"
+
+    members["m1"].status, members["m1"].retry_after = 429, "1"
+    on_m1 = [session for session in sessions if home[session] == "m1"]
+    chat(gw.port, HELLO, {"x-session-id": on_m1[0]})  # m1 answers 429: it cools, this request fails over inside the group
+    moved = {session: served(session) for session in sessions}
+    assert all(moved[session] == home[session] for session in sessions if home[session] != "m1"), "the other members' sessions stay"
+    assert all(moved[session] != "m1" for session in on_m1)
+
+    members["m1"].status, members["m1"].retry_after = 200, None
+    wait_for(lambda: served(on_m1[0]) == "m1", timeout=10)  # its cooldown ends and its trial passes
+    assert {session: served(session) for session in sessions} == home, "m1's sessions come back to it"

@@ -448,3 +448,25 @@ model_providers:
     out = capsys.readouterr().out
     assert "model openai/gpt-4o: a×1 | b×1; slow start 30s" in out
     assert "model openai/gpt-4o-mini: solo\n" in out, "no group: nothing to ramp"
+
+
+def test_routing_affinity_is_declared_once_per_model_and_check_prints_it(tmp_path, capsys):
+    group = """
+listeners: [{type: model, port: 12000}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, access_key: a, priority: 0, routing: {affinity: {header: x-session-id}}}
+  - {name: b, model: openai/gpt-4o, access_key: b, priority: 0%s}
+  - {name: solo, model: openai/gpt-4o-mini, access_key: s%s}
+"""
+    assert parse_config(group % ("", ""), "gw.yaml", {}).affinity == {"openai/gpt-4o": "x-session-id"}
+    assert problems(group % (", routing: {affinity: {header: x-user}}", "")) == [
+        "model_providers[1].routing.affinity.header: model 'openai/gpt-4o' already keeps sessions by 'x-session-id' (provider 'a'); declare it once per model"
+    ]
+    assert any("routing.affinity.header" in problem and "not a header a client can send" in problem for problem in problems(group.replace("x-session-id", "x-arch-route") % ("", "")))
+    assert any("routing: unknown key" in problem or "routing.strategy" in problem for problem in problems(group % ("", ", routing: {strategy: latency}")))
+    lonely = parse_config(group % ("", ", routing: {affinity: {header: x-session-id}}"), "gw.yaml", {})
+    assert "model openai/gpt-4o-mini: routing.affinity has no effect: no priority group of it has more than one provider to keep a session on" in lonely.warnings
+    path = tmp_path / "gw.yaml"
+    path.write_text(group % ("", ""))
+    assert main(["check", str(path)]) == 0
+    assert "model openai/gpt-4o: a×1 | b×1; affinity x-session-id" in capsys.readouterr().out

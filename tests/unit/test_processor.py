@@ -405,3 +405,38 @@ def test_msgspec_still_words_its_errors_as_the_fast_path_reads_them():
     with pytest.raises(msgspec.DecodeError) as trailing:
         msgspec.json.Decoder(msgspec.Raw).decode(b'"m" , "n"')
     assert jsonbody._TRAILING.fullmatch(str(trailing.value))
+
+
+def test_a_session_keeps_its_group_member_its_share_follows_the_weights_and_only_a_cooled_members_sessions_move():
+    names, weights = ("a", "b", "c"), (2, 1, 1)
+    sessions = [f"session-{index}" for index in range(4000)]
+    first = {session: router.by_affinity(names, weights, session)[0] for session in sessions}
+    assert all(router.by_affinity(names, weights, session)[0] == first[session] for session in sessions[:200]), "the same session, the same member"
+    shares = {name: sum(1 for member in first.values() if member == name) for name in names}
+    # 2:1:1 of 4,000 is 2,000:1,000:1,000; the binomial's standard deviation is ~32 and ~27.
+    assert 1850 <= shares["a"] <= 2150 and 900 <= shares["b"] <= 1100 and 900 <= shares["c"] <= 1100, shares
+    without_a = {session: next(name for name in router.by_affinity(names, weights, session) if name != "a") for session in sessions}
+    assert all(without_a[session] == member for session, member in first.items() if member != "a"), "b's and c's sessions stay while a cools"
+
+
+def test_a_session_header_picks_the_member_where_the_config_names_it():
+    config = parse_config(
+        """
+listeners: [{type: model, port: 0}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, base_url: 'http://a', priority: 0, routing: {affinity: {header: X-Session-Id}}}
+  - {name: b, model: openai/gpt-4o, base_url: 'http://b', priority: 0}
+  - {name: c, model: openai/gpt-4o, base_url: 'http://c', priority: 0}
+""",
+        "t.yaml",
+        {},
+    )
+    assert config.affinity == {"openai/gpt-4o": "x-session-id"}
+    listener = config.listeners[0]
+    body = parse(b'{"model": "openai/gpt-4o"}')
+    for session in ("s1", "s2", "s3", "s4"):
+        headers = {":method": "POST", ":path": "/v1/chat/completions", "x-session-id": session}
+        picked = {router.resolve(config, listener, headers, body).provider for _ in range(20)}
+        assert picked == {router.by_affinity(("a", "b", "c"), (1, 1, 1), session)[0]}
+    anonymous = {router.resolve(config, listener, {":method": "POST", ":path": "/v1/chat/completions"}, body).provider for _ in range(60)}
+    assert anonymous == {"a", "b", "c"}, "no session header: by weight, as without the key"
