@@ -149,5 +149,8 @@ def test_a_session_stays_on_its_member_and_only_a_cooling_members_sessions_move_
     assert all(moved[session] != "m1" for session in on_m1)
 
     members["m1"].status, members["m1"].retry_after = 200, None
-    wait_for(lambda: served(on_m1[0]) == "m1", timeout=10)  # its cooldown ends and its trial passes
-    assert {session: served(session) for session in sessions} == home, "m1's sessions come back to it"
+    wait_for(lambda: served(on_m1[0]) == "m1", timeout=10)  # its cooldown ends: this request is its trial
+    # The trial's success is known when its log entry arrives (batched, ~20 ms after its answer); until then
+    # m1's other sessions start elsewhere, as every request does while a provider is on trial (docs/config.md).
+    wait_for(lambda: all(served(session) == "m1" for session in on_m1), timeout=5)
+    assert {session: served(session) for session in sessions} == home, "m1's sessions come back to it, the others never moved"
