@@ -248,9 +248,10 @@ def _chain_line(config: Config, chain: Chain) -> str:
     if policy.hedge_after_s is not None:
         line += f"; hedged after {policy.hedge_after_s:g}s"
     grouped = any(sizes[config.providers[name].group] > 1 for name in chain.providers)
-    affinity = config.affinity.get(config.providers[chain.providers[0]].model)
-    if affinity is not None and grouped:
-        line += f"; affinity {affinity}"
+    routing = config.routing.get(config.providers[chain.providers[0]].model)
+    if routing is not None and grouped:
+        line += "; latency" if routing.strategy == "latency" else ""
+        line += f"; affinity {routing.affinity_header}" if routing.affinity_header else ""
     if config.cooldown.slow_start_s and grouped:
         line += f"; slow start {config.cooldown.slow_start_s:g}s"
     return line

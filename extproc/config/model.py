@@ -62,6 +62,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How a request picks among the members of its model's priority group."""
+
+    strategy: str = "weighted"  # or "latency": of two members drawn by weight, the one faster to answer lately
+    #: A session's requests (the same value of this header) stay on one member while it is available; None: no sessions.
+    affinity_header: str | None = None
+
+
+@dataclass(frozen=True)
 class Provider:
     """One `model_providers` entry: where a model is served and how to call it."""
 
@@ -77,8 +86,8 @@ class Provider:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
     default: bool = False
     retry_policy: RetryPolicy | None = None
-    #: `routing.affinity.header` (per model, declared on one of its providers): a session's requests stay on one group member.
-    affinity_header: str | None = None
+    #: `routing` (per model, declared on one of its providers): how a request picks among a priority group's members.
+    routing: Routing | None = None
     ca_file: str | None = None  # PEM bundle that verifies an https provider; None: the system's
     #: The API the provider speaks when its model's prefix does not say (Plano's `provider_interface`, mapped).
     interface: str | None = None
@@ -293,8 +302,8 @@ class Config:
     cooldown: Cooldown = Cooldown()
     metrics: Metrics = Metrics()
     tracing: Tracing = Tracing()
-    #: model -> the header whose value keeps a session on one member of its priority groups (`routing.affinity`).
-    affinity: Mapping[str, str] = field(default_factory=dict)
+    #: model -> how a request picks among the members of its priority groups (`routing`), where the config says.
+    routing: Mapping[str, Routing] = field(default_factory=dict)
     #: Plano's `model_aliases`: a name clients may ask for -> the model it stands for.
     aliases: Mapping[str, str] = field(default_factory=dict)
     connect_timeout_s: float = 5.0  # to providers (Plano's `overrides.upstream_connect_timeout`)

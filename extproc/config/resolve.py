@@ -64,7 +64,7 @@ class Resolver:
                     by_name[member] = replace(by_name[member], group=f"{name}#{rank}")
         models = {name: [member for group in groups[name] for member in group] for name in models}
         policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
-        affinity = self.model_affinity(by_name, providers)
+        routing = self.model_routing(by_name, providers)
         bare: dict[str, list[str]] = {}
         for name in models:
             bare.setdefault(name.partition("/")[2], []).append(name)
@@ -101,9 +101,9 @@ class Resolver:
             metrics=model.Metrics(address=file.metrics.address, port=file.metrics.port, token_usage=file.metrics.token_usage),
             tracing=tracing,
             aliases=frozen_mapping(aliases),
-            affinity=frozen_mapping(affinity),
+            routing=frozen_mapping(routing),
             connect_timeout_s=file.overrides.upstream_connect_timeout or 5.0,
-            warnings=(*self.warnings(entries, listeners, policies), *_affinity_warnings(affinity, groups)),
+            warnings=(*self.warnings(entries, listeners, policies), *_routing_warnings(routing, groups)),
         )
 
     def related_keys(self, file: schema.ConfigFile, listeners: list[model.Listener]) -> None:
@@ -209,7 +209,7 @@ class Resolver:
             headers=tuple(entry.headers.items()),
             default=entry.default,
             retry_policy=_retry_policy(entry.retry_policy) if entry.retry_policy else None,
-            affinity_header=entry.routing.affinity.header if entry.routing and entry.routing.affinity else None,
+            routing=_routing(entry.routing) if entry.routing else None,
             ca_file=entry.ca_file or ca_default,
             interface=interface,
             http_host=entry.http_host,
@@ -270,19 +270,18 @@ class Resolver:
             policies[provider.model] = (provider.name, provider.retry_policy)
         return {name: policy for name, (_, policy) in policies.items()}
 
-    def model_affinity(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, str]:
-        """One affinity header per model: the first of its providers that declares one; another must not differ."""
+    def model_routing(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, model.Routing]:
+        """One `routing` per model: the first of its providers that declares one; another must not differ."""
         indexes = {provider.name: index for index, provider in providers.items() if provider is not None}
-        found: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[str, model.Routing]] = {}
         for provider in by_name.values():
-            header = provider.affinity_header
-            if header is None:
+            if provider.routing is None:
                 continue
-            owner, known = found.setdefault(provider.model, (provider.name, header))
-            if known != header:
-                path = f"{self.providers_key}[{indexes[provider.name]}].routing.affinity.header"
-                self.problem(path, f"model {provider.model!r} already keeps sessions by {known!r} (provider {owner!r}); declare it once per model")
-        return {name: header for name, (_, header) in found.items()}
+            owner, known = found.setdefault(provider.model, (provider.name, provider.routing))
+            if known != provider.routing:
+                path = f"{self.providers_key}[{indexes[provider.name]}].routing"
+                self.problem(path, f"model {provider.model!r} already has a different routing on provider {owner!r}; declare it once per model")
+        return {name: routing for name, (_, routing) in found.items()}
 
     def aliases(self, entries: Mapping[str, schema.Alias], models: dict[str, list[str]], bare: dict[str, list[str]]) -> dict[str, str]:
         """Plano's `model_aliases`: the target is a configured model, or a bare name only one model has."""
@@ -374,9 +373,13 @@ def _retry_policy(policy: schema.RetryPolicy) -> model.RetryPolicy:
     )
 
 
-def _affinity_warnings(affinity: Mapping[str, str], groups: Mapping[str, list[list[str]]]) -> list[str]:
+def _routing(routing: schema.Routing) -> model.Routing:
+    return model.Routing(strategy=routing.strategy, affinity_header=routing.affinity.header if routing.affinity else None)
+
+
+def _routing_warnings(routing: Mapping[str, model.Routing], groups: Mapping[str, list[list[str]]]) -> list[str]:
     return [
-        f"model {name}: routing.affinity has no effect: no priority group of it has more than one provider to keep a session on"
-        for name in affinity
-        if not any(len(group) > 1 for group in groups[name])
+        f"model {name}: routing has no effect: no priority group of it has more than one provider to choose among"
+        for name, how in routing.items()
+        if how != model.Routing() and not any(len(group) > 1 for group in groups[name])
     ]

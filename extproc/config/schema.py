@@ -365,6 +365,9 @@ class Affinity(Section):
 class Routing(Section):
     """How a request picks among the members of its model's priority group (per model: on any one of its providers)."""
 
+    strategy: Annotated[Literal["weighted", "latency"], _one_of("weighted", "latency")] = Field(
+        default="weighted", description="weighted: drawn by weight; latency: of two members drawn by weight, the one faster to answer lately"
+    )
     affinity: Affinity | None = None
 
 

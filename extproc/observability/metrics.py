@@ -97,9 +97,17 @@ class _ProviderCollector:
             "extproc_provider_group_info", "Always 1: the priority group of each provider (its model and rank, \"openai/gpt-4o#1\") and its weight there; join on `provider`.",
             labels=["provider", "model", "group", "weight"],
         )
+        latency = GaugeMetricFamily(
+            "extproc_provider_latency_seconds",
+            "Each provider's time to its first byte lately (an exponentially weighted average of its answers' that decays while it has none): what routing.strategy latency compares.",
+            labels=["provider"],
+        )
         config = self.config()
         for provider in config.providers.values():
             groups.add_metric([provider.name, provider.model, provider.group, str(provider.weight)], 1)
+            seconds = self.health.expected_latency(provider.name)
+            if seconds is not None:
+                latency.add_metric([provider.name], seconds)
             left = self.health.remaining(provider.name)
             current = "cooling_down" if left > 0 else "enabled"
             for name in PROVIDER_STATES:
@@ -111,3 +119,4 @@ class _ProviderCollector:
         yield state
         yield remaining
         yield groups
+        yield latency

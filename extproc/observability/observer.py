@@ -69,6 +69,7 @@ class LogEntry(NamedTuple):
     usage_skipped: bool = False  # downstream: the answer was too large for Envoy to read its usage
     budget: Budget | None = None  # what the answer's rate-limit headers say is left
     attempt_s: float | None = None  # the (last) attempt: first byte sent to the provider to the last byte received
+    first_byte_s: float | None = None  # the (last) attempt: last byte sent to the provider to its first byte back
     timing: str = ""  # upstream: how the chain times its attempts (`contract.TIMING_TAG`)
     group: str = ""  # upstream: the provider's priority group
 
@@ -211,6 +212,8 @@ class Observer:
                 return
         if entry.provider and succeeded(entry.status):
             self._attempt(entry.provider, entry.status, "ok", entry.attempt_s)
+            if entry.first_byte_s is not None:
+                self.health.observe_latency(entry.provider, entry.first_byte_s)
             self.health.record(Outcome(entry.provider, entry.status, "ok", started=entry.started))
             if entry.usage_skipped:
                 self._count(self.metrics.usage_skipped, entry.provider, "answer_too_large")

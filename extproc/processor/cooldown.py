@@ -25,6 +25,10 @@ FAILURE_KINDS = frozenset({"connect_failure", "reset", "timeout", "first_token_t
 AUTH_FAILED = "auth_failed"
 #: The share of its weight a member back from a cooldown starts its slow start with.
 SLOW_START_FLOOR = 0.1
+#: A new time to first byte's share of a provider's average (`routing.strategy: latency`), and how fast the average
+#: decays while the provider answers nothing (a slow member left aside is tried again once it looks fast enough).
+LATENCY_SAMPLE_WEIGHT = 0.3
+LATENCY_DECAY_S = 10.0
 #: Outcome kinds whose cooldown only time ends: a 429, or an answer saying no budget is left.
 RATE_LIMIT_KINDS = frozenset({"rate_limited", "rate_limit_headers"})
 
@@ -115,6 +119,8 @@ class _State:
     cooled_at: float = 0.0  # when the latest cooldown started
     trial_until: float = 0.0  # a trial request is out until then; the others start elsewhere
     back_at: float = 0.0  # when its latest trial succeeded: its slow start runs from then
+    latency: float = 0.0  # its time to first byte, exponentially weighted (`observe_latency`)
+    latency_at: float = 0.0  # when that was last updated (0: never)
 
 
 def _left(state: _State, now: float) -> float:
@@ -264,6 +270,34 @@ class ProviderHealth:
             progress = 1.0 if state is None or not state.back_at else (now - state.back_at) / window
             ramped.append(weight if progress >= 1.0 else weight * max(SLOW_START_FLOOR, progress))
         return tuple(ramped)
+
+    def observe_latency(self, provider: str, seconds: float) -> None:
+        """A successful answer's time to first byte, into its provider's exponentially weighted average."""
+        state = self._states.setdefault(provider, _State())
+        now = self.clock()
+        latest = self._decayed(state, now)
+        state.latency = seconds if latest is None else LATENCY_SAMPLE_WEIGHT * seconds + (1 - LATENCY_SAMPLE_WEIGHT) * latest
+        state.latency_at = now
+
+    def expected_latency(self, provider: str) -> float | None:
+        """Its average time to first byte as of now (decayed while it answers nothing); None before its first answer."""
+        state = self._states.get(provider)
+        return None if state is None else self._decayed(state, self.clock())
+
+    @staticmethod
+    def _decayed(state: _State, now: float) -> float | None:
+        if not state.latency_at:
+            return None
+        return state.latency * math.exp(-max(now - state.latency_at, 0.0) / LATENCY_DECAY_S)
+
+    def faster_first(self, order: list[str]) -> list[str]:
+        """Power of two choices: of the first two members (drawn by weight), the one expected to answer sooner goes first.
+
+        A member never measured counts as instant, so it is tried and measured;
+        a slow one's average decays while it is left aside, so it is tried again.
+        """
+        first, second = (self.expected_latency(name) or 0.0 for name in order[:2])
+        return [order[1], order[0], *order[2:]] if second < first else order
 
     def retain(self, providers: Iterable[str]) -> None:
         """Forget providers that the new config no longer has."""

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from .. import providers, translator
 from ..config import Chain, Config, Listener, Provider
+from ..config.model import Routing
 from ..contract import unhedged_route
 from ..providers.tokens import minted
 from . import errors, multipart
@@ -186,20 +187,18 @@ def _candidates(
 ) -> errors.Reply | tuple[tuple[str, ...], str | None]:
     """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it).
 
-    A priority group's members come in an order drawn by weight (as `health` ramps them after a cooldown), or, for a
-    request of a session (`routing.affinity`), in its session's own order.
+    A priority group's members come in an order drawn by weight (as `health` ramps them after a cooldown), the
+    faster of the first two first (`routing.strategy: latency`), or, for a request of a session
+    (`routing.affinity`), in its session's own order.
     """
     path = headers.get(":path", "/")
     candidates = chain.providers
     groups = config.groups.get(model)
     if groups is not None:  # priority groups: the first available member is picked by weight, or by the session
         own = len(config.models[model])
-        header = config.affinity.get(model)
-        session = headers.get(header) if header is not None else None
-        if session:
-            drawn = (by_affinity(names, weights, session) for names, weights in groups)
-        else:
-            drawn = (by_weight(names, health.ramped(names, weights) if health is not None else weights) for names, weights in groups)
+        routing = config.routing.get(model, _WEIGHTED)
+        session = headers.get(routing.affinity_header) if routing.affinity_header is not None else None
+        drawn = (_group_order(names, weights, routing, session, health) for names, weights in groups)
         candidates = (*(name for order in drawn for name in order), *chain.providers[own:])
     only = providers.restricted(path)
     if only is not None:  # not a chat endpoint: only providers serving it may see it (Anthropic's count_tokens; not Bedrock's)
@@ -292,6 +291,20 @@ def by_weight(names: tuple[str, ...], weights: tuple[float, ...], draw: Callable
             point -= left[index][1]
             index += 1
         order.append(left.pop(index)[0])
+    return order
+
+
+_WEIGHTED = Routing()
+
+
+def _group_order(names: tuple[str, ...], weights: tuple[int, ...], routing: Routing, session: str | None, health: ProviderHealth | None) -> list[str]:
+    """A priority group's members in the order a request tries them: its session's, else drawn by weight (power of two
+    choices on their latency where the model says so)."""
+    if session:
+        return by_affinity(names, weights, session)
+    order = by_weight(names, health.ramped(names, weights) if health is not None else weights)
+    if routing.strategy == "latency" and health is not None and len(order) > 1:
+        return health.faster_first(order)
     return order
 
 

@@ -61,6 +61,7 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
         usage_skipped=_count(tags.get(USAGE_SKIPPED_TAG)) is not None,
         budget=budget(headers, time.time()) if headers else None,
         attempt_s=_attempt_seconds(common),
+        first_byte_s=_first_byte_seconds(common),
         timing=tags.get(TIMING_TAG, ""),
         group=tags.get(GROUP_TAG, ""),
     )
@@ -71,6 +72,14 @@ def _attempt_seconds(common) -> float | None:
     if not (common.HasField("time_to_first_upstream_tx_byte") and common.HasField("time_to_last_upstream_rx_byte")):
         return None
     sent, received = common.time_to_first_upstream_tx_byte, common.time_to_last_upstream_rx_byte
+    return max(received.seconds + received.nanos / 1e9 - sent.seconds - sent.nanos / 1e9, 0.0)
+
+
+def _first_byte_seconds(common) -> float | None:
+    """From the last byte sent upstream to the first byte received: the provider's time to answer (None without an answer)."""
+    if not (common.HasField("time_to_last_upstream_tx_byte") and common.HasField("time_to_first_upstream_rx_byte")):
+        return None
+    sent, received = common.time_to_last_upstream_tx_byte, common.time_to_first_upstream_rx_byte
     return max(received.seconds + received.nanos / 1e9 - sent.seconds - sent.nanos / 1e9, 0.0)
 
 

@@ -154,3 +154,27 @@ def test_a_session_stays_on_its_member_and_only_a_cooling_members_sessions_move_
     # m1's other sessions start elsewhere, as every request does while a provider is on trial (docs/config.md).
     wait_for(lambda: all(served(session) == "m1" for session in on_m1), timeout=5)
     assert {session: served(session) for session in sessions} == home, "m1's sessions come back to it, the others never moved"
+
+
+def test_latency_routing_sends_a_group_to_its_faster_member_and_follows_when_it_turns_slow(mocks, gateway):
+    quick, slow = mocks.start("quick"), mocks.start("slow")
+    slow.delay_s = 0.2
+    config = gateway_config(
+        provider("quick", "openai/gpt-4o", quick, access_key="k-quick", priority=0),
+        provider("slow", "openai/gpt-4o", slow, access_key="k-slow", priority=0),
+    )
+    config["model_providers"][1]["routing"] = {"strategy": "latency"}
+    gw = gateway(config)
+
+    def answered_by(count: int) -> list[str]:
+        return [chat(gw.port, HELLO).headers["x-arch-llm-provider"] for _ in range(count)]
+
+    answered_by(10)  # each member's first answers measure it
+    with ThreadPoolExecutor(8) as pool:
+        wave = list(pool.map(lambda _: chat(gw.port, HELLO).headers["x-arch-llm-provider"], range(100)))
+    assert wave.count("quick") >= 90, "weighted alike, yet the faster member takes nearly all (50:50 without the strategy)"
+    assert gw.metric("extproc_provider_latency_seconds", provider="slow") >= 0.1 > gw.metric("extproc_provider_latency_seconds", provider="quick")
+
+    quick.delay_s, slow.delay_s = 0.2, 0.0  # the fast one turns slow
+    answered_by(10)  # a few of its slow answers raise its average past the other's
+    assert answered_by(30).count("slow") >= 25, "the member that turned slow lost its traffic within seconds"

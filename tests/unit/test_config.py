@@ -458,15 +458,29 @@ model_providers:
   - {name: b, model: openai/gpt-4o, access_key: b, priority: 0%s}
   - {name: solo, model: openai/gpt-4o-mini, access_key: s%s}
 """
-    assert parse_config(group % ("", ""), "gw.yaml", {}).affinity == {"openai/gpt-4o": "x-session-id"}
+    assert parse_config(group % ("", ""), "gw.yaml", {}).routing["openai/gpt-4o"].affinity_header == "x-session-id"
     assert problems(group % (", routing: {affinity: {header: x-user}}", "")) == [
-        "model_providers[1].routing.affinity.header: model 'openai/gpt-4o' already keeps sessions by 'x-session-id' (provider 'a'); declare it once per model"
+        "model_providers[1].routing: model 'openai/gpt-4o' already has a different routing on provider 'a'; declare it once per model"
     ]
     assert any("routing.affinity.header" in problem and "not a header a client can send" in problem for problem in problems(group.replace("x-session-id", "x-arch-route") % ("", "")))
-    assert any("routing: unknown key" in problem or "routing.strategy" in problem for problem in problems(group % ("", ", routing: {strategy: latency}")))
+    assert any("routing.strategy" in problem for problem in problems(group % ("", ", routing: {strategy: fastest}")))
     lonely = parse_config(group % ("", ", routing: {affinity: {header: x-session-id}}"), "gw.yaml", {})
-    assert "model openai/gpt-4o-mini: routing.affinity has no effect: no priority group of it has more than one provider to keep a session on" in lonely.warnings
+    assert "model openai/gpt-4o-mini: routing has no effect: no priority group of it has more than one provider to choose among" in lonely.warnings
     path = tmp_path / "gw.yaml"
     path.write_text(group % ("", ""))
     assert main(["check", str(path)]) == 0
     assert "model openai/gpt-4o: a×1 | b×1; affinity x-session-id" in capsys.readouterr().out
+
+
+def test_routing_strategy_latency_is_printed_on_grouped_models(tmp_path, capsys):
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        """
+listeners: [{type: model, port: 12000}]
+model_providers:
+  - {name: a, model: openai/gpt-4o, access_key: a, priority: 0, routing: {strategy: latency}}
+  - {name: b, model: openai/gpt-4o, access_key: b, priority: 0}
+"""
+    )
+    assert main(["check", str(path)]) == 0
+    assert "model openai/gpt-4o: a×1 | b×1; latency" in capsys.readouterr().out

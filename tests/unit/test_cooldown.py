@@ -187,3 +187,22 @@ def test_slow_start_ramps_a_member_back_from_a_cooldown_from_a_tenth_of_its_weig
     clock.now += 15
     assert states.ramped(("a", "b"), (3, 1)) == (3, 1)
     assert health(clock).ramped(("a",), (3,)) == (3,), "unset: as today"
+
+
+def test_latency_is_an_average_of_first_bytes_that_decays_while_a_provider_answers_nothing(clock):
+    states = health(clock)
+    assert states.expected_latency("a") is None
+    assert states.faster_first(["a", "b"]) == ["a", "b"], "neither measured: the weighted draw stands"
+    states.observe_latency("a", 1.0)
+    assert states.expected_latency("a") == 1.0
+    assert states.faster_first(["a", "b"]) == ["b", "a"], "a member never measured is tried (and so measured)"
+    states.observe_latency("b", 0.1)
+    assert states.faster_first(["a", "b", "c"]) == ["b", "a", "c"], "of the first two, the faster first; the rest as drawn"
+    states.observe_latency("a", 0.0)
+    assert states.expected_latency("a") == pytest.approx(0.7), "each answer is 30% of the average"
+    clock.now += 10
+    assert states.expected_latency("a") == pytest.approx(0.7 / 2.718281828, rel=1e-6), "left aside, it decays (10 s to 1/e)"
+    for _ in range(20):  # b takes the traffic, answering in 0.1 s each second; a answers nothing
+        clock.now += 1
+        states.observe_latency("b", 0.1)
+    assert states.faster_first(["b", "a"]) == ["a", "b"], "a slow member left aside long enough (~20 s here) is tried again"

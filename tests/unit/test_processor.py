@@ -431,7 +431,7 @@ model_providers:
         "t.yaml",
         {},
     )
-    assert config.affinity == {"openai/gpt-4o": "x-session-id"}
+    assert config.routing["openai/gpt-4o"].affinity_header == "x-session-id"
     listener = config.listeners[0]
     body = parse(b'{"model": "openai/gpt-4o"}')
     for session in ("s1", "s2", "s3", "s4"):
