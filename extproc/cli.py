@@ -16,7 +16,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from . import __version__, envoyadmin
 from .apis import ANTHROPIC_MESSAGES, BEDROCK_CONVERSE
-from .config import Chain, Config, ConfigError, json_schema, load_config
+from .config import Chain, Config, ConfigError, Listener, json_schema, load_config
 from .preflight import EXIT_DOWN, preflight
 from .render import RenderOptions, SidecarTls, heap_budget_mb, render_yaml
 from .server.app import ListenError, ServerTls, check_listen
@@ -220,11 +220,17 @@ def _check(args) -> int:
         print(f"  warning: {warning}")
     print(f"  Envoy's heap budget: {heap_budget_mb(config)} MiB by default for {len(config.providers)} providers (--max-heap-mb)")
     for listener in config.listeners:
-        print(f"  listener {listener.name}: {listener.address}:{listener.port}")
+        print(f"  listener {listener.name}: {listener.address}:{listener.port}{_cooling_line(listener)}")
     for model in config.models:
         chain = config.chain_for_model(model)
         print(f"  model {model}: {_chain_line(config, chain) if chain else '(no provider)'}")
     return 0
+
+
+def _cooling_line(listener: Listener) -> str:
+    if listener.on_all_cooling == "wait":
+        return f"; on all cooling: wait {listener.max_wait_s:g}s (at most {listener.max_waiting} at once)"
+    return "; on all cooling: try anyway" if listener.on_all_cooling == "try_anyway" else ""
 
 
 def _chain_line(config: Config, chain: Chain) -> str:

@@ -227,7 +227,9 @@ class Listener:
     timeout_s: float
     max_body_bytes: int
     #: When every provider of a chain is cooling down: "reject" (429 at once) or "try_anyway".
-    on_all_cooling: str = "reject"
+    on_all_cooling: str = "reject"  # or "try_anyway", or "wait" (at most `max_wait_s`, at most `max_waiting` requests at once)
+    max_wait_s: float = 2.0
+    max_waiting: int = 1000
     access_log: bool = False  # one JSON line per request on Envoy's stdout
     #: What clients may call through this listener; anything else is answered by the gateway, with no key.
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS

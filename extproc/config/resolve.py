@@ -112,6 +112,12 @@ class Resolver:
             for index, listener in enumerate(listeners):
                 if listener.port == file.metrics.port:
                     self.problem("metrics.port", f"{file.metrics.port} is listener {listener.name}'s port (listeners[{index}].port): each needs its own")
+        for index, entry in enumerate(file.listeners):
+            for key in sorted({"max_wait", "max_waiting"} & entry.model_fields_set):
+                if entry.on_all_cooling != "wait":
+                    self.problem(f"listeners[{index}].{key}", f"only applies with listeners[{index}].on_all_cooling: wait (it is {entry.on_all_cooling!r})")
+            if entry.on_all_cooling == "wait" and entry.max_wait >= entry.timeout:
+                self.problem(f"listeners[{index}].max_wait", f"{entry.max_wait:g}s is not shorter than listeners[{index}].timeout ({entry.timeout:g}s)")
         if file.cooldown.slow_start is not None and not file.cooldown.enabled:
             self.problem("cooldown.slow_start", "has nothing to ramp with cooldown.enabled false: no provider ever comes back from a cooldown")
         if file.cooldown.default_cooldown > file.cooldown.max_cooldown:
@@ -157,6 +163,8 @@ class Resolver:
                     stream_idle_timeout_s=entry.stream_idle_timeout,
                     max_body_bytes=entry.max_body_bytes,
                     on_all_cooling=entry.on_all_cooling,
+                    max_wait_s=entry.max_wait,
+                    max_waiting=entry.max_waiting,
                     access_log=entry.access_log,
                     allowed_paths=tuple(item.rstrip("/") or "/" for item in entry.allowed_paths) if entry.allowed_paths is not None else DEFAULT_ALLOWED_PATHS,
                     allowed_methods=tuple(entry.allowed_methods) if entry.allowed_methods is not None else DEFAULT_ALLOWED_METHODS,

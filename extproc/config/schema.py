@@ -411,7 +411,9 @@ class Listener(Section):
         default=300.0, description="a request that moves no byte for this long ends (a stream stalled mid-answer; also the wait for a non-streamed answer)"
     )
     max_body_bytes: Annotated[Size, AfterValidator(_body_size)] = Field(default=10 * 1024 * 1024, description="larger request bodies get 413; less than 1GiB")
-    on_all_cooling: Annotated[Literal["reject", "try_anyway"], _one_of("reject", "try_anyway")] = "reject"
+    on_all_cooling: Annotated[Literal["reject", "try_anyway", "wait"], _one_of("reject", "try_anyway", "wait")] = "reject"
+    max_wait: Duration = Field(default=2.0, description="on_all_cooling: wait: the longest a request waits for a provider's cooldown to end")
+    max_waiting: Annotated[int, integer(1, 100000)] = Field(default=1000, description="on_all_cooling: wait: requests waiting at once; beyond them, an instant 429")
     access_log: bool = False
     allowed_paths: Annotated[list[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")]], BeforeValidator(_non_empty)] | None = None
     allowed_methods: Annotated[list[Annotated[str, _text(_METHOD, "an upper-case HTTP method")]], BeforeValidator(_non_empty)] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 from ..translator import speaks_anthropic, tables
@@ -16,6 +17,8 @@ class Reply:
     body: bytes
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
     reason: str = ""  # the error code, for metrics; "" for a normal answer
+    #: Every provider of the chain is cooling: seconds until the first is back (a listener that waits may ask again then).
+    cooling_s: float | None = None
 
 
 def error_reply(status: int, message: str, type_: str, code: str | None = None, headers: tuple[tuple[str, str], ...] = (), param: str | None = None) -> Reply:
@@ -72,9 +75,11 @@ def no_provider_for(endpoint: str, model: str, why: str) -> Reply:
     return error_reply(404, message, "invalid_request_error", "endpoint_not_served")
 
 
-def all_cooling(model: str, retry_after_s: int) -> Reply:
+def all_cooling(model: str, cooling_s: float) -> Reply:
+    retry_after_s = max(math.ceil(cooling_s), 1)
     message = f"Every provider of model '{model}' is rate limited or failing; retry after {retry_after_s}s."
-    return error_reply(429, message, "rate_limit_error", "all_providers_cooling_down", (("retry-after", str(max(retry_after_s, 1))),))
+    reply = error_reply(429, message, "rate_limit_error", "all_providers_cooling_down", (("retry-after", str(retry_after_s)),))
+    return replace(reply, cooling_s=cooling_s)
 
 
 def invalid_path(path: str) -> Reply:

@@ -223,8 +223,8 @@ def _start(
         available, soonest = health.pick_start(candidates, trial_s)
         if available is not None:
             start = available
-        elif listener.on_all_cooling == "reject":
-            return errors.all_cooling(model, math.ceil(soonest))
+        elif listener.on_all_cooling != "try_anyway":  # "wait" too: the servicer may wait and ask again (`RouterStream`)
+            return errors.all_cooling(model, soonest)
         passed_over = candidates[: candidates.index(start)]
         reusable = reusable and health.still_picks(start, passed_over)  # False for a trial: a kept answer never repeats one
     return start, reusable and not minted(config.providers[start]), passed_over

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import Config, Listener
 from ..contract import DOWNSTREAM_LOG, METADATA_NAMESPACE, Phase, bulk_address
 from ..processor.headermutator import PATCH_HEADER
@@ -60,6 +62,8 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
     - the rest: the body with the headers, as Envoy's JSON parser would cost
       its worker more than the sidecar's message (bench/find_model.py).
     """
+    if listener.on_all_cooling == "wait":  # the sidecar may hold a request that long before it answers
+        options = dataclasses.replace(options, message_timeout_s=max(options.message_timeout_s, listener.max_wait_s + 1))
     found = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name, body_mode="NONE")
     main = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name)
     lanes = [{"predicate": small_request(), "on_match": execute("found", found)}]

@@ -32,6 +32,9 @@ class RouterStream:
         self.reused = False  # answered with the answer kept for the request's shape
         self.reply: errors.Reply | None = None  # set when the sidecar answered the client itself
         self.done = False  # the request is routed (or answered): Envoy needs nothing more from this stream
+        #: Whether its servicer may hold it while every provider cools (`on_all_cooling: wait`; not the bulk lane's threads).
+        self.may_wait = False
+        self.wait_s: float | None = None  # set instead of an answer: wait this long, then handle the message again
 
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
@@ -75,6 +78,9 @@ class RouterStream:
         return self.headers.get(":path", "")
 
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
+        if isinstance(decision, errors.Reply) and self._waits_for(decision):
+            self.wait_s = decision.cooling_s
+            return pb.ProcessingResponse()  # never sent: the servicer waits, then asks this stream again
         if isinstance(decision, errors.Reply):
             self.reply = decision = errors.for_client(decision, self.client_path)
             self.done = True
@@ -97,6 +103,11 @@ class RouterStream:
         if decision.patch is not None:
             set_patch(namespace, decision.patch, found)
         return response
+
+    def _waits_for(self, reply: errors.Reply) -> bool:
+        """Every provider cools and the first is back within the listener's `max_wait`: worth waiting for, once."""
+        listener = self.listener
+        return self.may_wait and listener.on_all_cooling == "wait" and reply.cooling_s is not None and reply.cooling_s <= listener.max_wait_s
 
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
         """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import functools
 import logging
 import time
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: How long a retry waits for its previous attempt's failed-attempt entry (it is normally there already).
 RETRY_WAIT_S = 0.05
+#: Past a cooldown's end before a held request asks again: the provider is surely free by then.
+WAIT_MARGIN_S = 0.01
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
@@ -40,6 +44,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold", "failed")}
         self._seen_errors: set[tuple[type, str]] = set()  # each kind of unexpected error gets its traceback logged once (`_log_once`)
         self.answers = Answers()  # router answers for request shapes seen before (event loop only: not the bulk lane's)
+        self._waiting: collections.Counter[str] = collections.Counter()  # requests held per listener (`_wait`)
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -56,6 +61,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             handle = functools.partial(self._upstream_message, stream)
         else:
             level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers)
+            stream.may_wait = True
             handle = functools.partial(self._router_message, stream)
         in_flight = self.in_flight[level]
         in_flight.inc()
@@ -107,9 +113,29 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     async def _router_message(self, stream: RouterStream, request: Request, kind: str | None) -> Response:
         response = self.step(stream, "router", kind, lambda: stream.handle(request))
+        if stream.wait_s is not None:
+            await self._wait(stream)
+            response = self.step(stream, "router", kind, lambda: stream.handle(request))
         if stream.reused:
             self.runtime.metrics.reused_answers.inc()
         return response
+
+    async def _wait(self, stream: RouterStream) -> None:
+        """Hold a request while every provider of its chain cools, until the first is back (`on_all_cooling: wait`).
+
+        At most the listener's `max_waiting` requests wait at once: one more is
+        not held, and, asked again at once, gets the 429. Either way the stream
+        decides again only once (it may not wait twice).
+        """
+        seconds, stream.wait_s, stream.may_wait = stream.wait_s or 0.0, None, False
+        listener = stream.listener.name
+        if self._waiting[listener] >= stream.listener.max_waiting:
+            return
+        self._waiting[listener] += 1
+        try:
+            await asyncio.sleep(seconds + WAIT_MARGIN_S)
+        finally:
+            self._waiting[listener] -= 1
 
     async def _upstream_message(self, stream: UpstreamStream, request: Request, kind: str | None) -> Response:
         if kind == "request_headers":

@@ -7,6 +7,7 @@ waiting for a log to catch up before the next request).
 
 import email.utils
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -200,3 +201,36 @@ def test_after_a_cooldown_one_trial_request_waits_on_a_hanging_provider_not_ever
     slow = [seconds for seconds in times if seconds >= 0.9]
     assert len(slow) == 1, f"only the trial waits out the per-try timeout: {sorted(times)}"
     assert cooling_seconds(gw, "hanging") > 0, "the failed trial cooled it again at once"
+
+
+def test_a_waiting_listener_holds_a_request_until_its_provider_is_back_instead_of_a_429(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="1")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), on_all_cooling="wait", max_wait="2s", max_waiting=1))
+
+    assert chat(gw.port, HELLO).status == 429, "the provider's own 429 (a chain of one: nowhere to fail over)"
+    primary.status, primary.retry_after = 200, None
+    started = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: chat(gw.port, HELLO), range(3)))
+    waited = time.monotonic() - started
+
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [200, 429, 429], "max_waiting 1: one request waits, the others get the 429 at once"
+    served = next(answer for answer in answers if answer.status == 200)
+    assert served.headers["x-arch-llm-provider"] == "primary" and 0.5 <= waited <= 3, waited
+    refused = [answer for answer in answers if answer.status == 429]
+    assert all(answer.json()["error"]["code"] == "all_providers_cooling_down" and answer.headers["retry-after"] == "1" for answer in refused)
+    assert len(primary.received) == 2, "the waiting request reached the provider once it was back; the refused ones never"
+
+
+def test_a_waiting_listener_refuses_at_once_a_cooldown_longer_than_max_wait(mocks, gateway):
+    primary = mocks.start("primary", status=429, retry_after="30")
+    gw = gateway(gateway_config(provider("primary", GPT4, primary), on_all_cooling="wait", max_wait="2s"))
+
+    assert chat(gw.port, HELLO).status == 429
+    started = time.monotonic()
+    answer = chat(gw.port, HELLO)
+
+    assert answer.status == 429 and time.monotonic() - started < 0.5, "30 s is past max_wait: no point holding it"
+    assert 28 <= int(answer.headers["retry-after"]) <= 30
+    assert len(primary.received) == 1

@@ -335,7 +335,7 @@ def test_shipped_configs_name_the_schema_and_pass_it(name):
     ("change", "problem"),
     [
         (("port: 12000", "port: 70000"), "listeners[0].port: 70000 is out of range: must be between 0 and 65535"),
-        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key (allowed: access_log, address, allowed_methods, allowed_paths, max_body_bytes, name, on_all_cooling, port, stream_idle_timeout, timeout, type)"),
+        (("name: llm", "name: llm\n    colour: blue"), "listeners[0].colour: unknown key (allowed: access_log, address, allowed_methods, allowed_paths, max_body_bytes, max_wait, max_waiting, name, on_all_cooling, port, stream_idle_timeout, timeout, type)"),
         (("max_attempts: 3", "max_attempts: 11"), "model_providers[0].retry_policy.max_attempts: 11 is out of range: must be between 1 and 10"),
         (("per_try_timeout: 30s", "per_try_timeout: 30 parsecs"), "model_providers[0].retry_policy.per_try_timeout: expected a duration like 30s, 500ms or 5m, got '30 parsecs'"),
     ],
@@ -484,3 +484,18 @@ model_providers:
     )
     assert main(["check", str(path)]) == 0
     assert "model openai/gpt-4o: a×1 | b×1; latency" in capsys.readouterr().out
+
+
+def test_waiting_for_capacity_keys_go_with_on_all_cooling_wait_and_a_wait_shorter_than_the_timeout():
+    base = "model_providers: [{model: openai/gpt-4o, access_key: k}]\nlisteners: [{type: model, port: 12000, %s}]"
+    listener = parse_config(base % "on_all_cooling: wait, max_wait: 3s, max_waiting: 50", "gw.yaml", {}).listeners[0]
+    assert (listener.on_all_cooling, listener.max_wait_s, listener.max_waiting) == ("wait", 3.0, 50)
+    assert problems(base % "max_wait: 3s") == ["listeners[0].max_wait: only applies with listeners[0].on_all_cooling: wait (it is 'reject')"]
+    assert problems(base % "on_all_cooling: wait, max_wait: 60s, timeout: 30s") == ["listeners[0].max_wait: 60s is not shorter than listeners[0].timeout (30s)"]
+
+
+def test_check_prints_a_waiting_listener(tmp_path, capsys):
+    path = tmp_path / "gw.yaml"
+    path.write_text("model_providers: [{model: openai/gpt-4o, access_key: k}]\nlisteners: [{type: model, name: llm, port: 12000, on_all_cooling: wait}]")
+    assert main(["check", str(path)]) == 0
+    assert "listener llm: 0.0.0.0:12000; on all cooling: wait 2s (at most 1000 at once)" in capsys.readouterr().out
