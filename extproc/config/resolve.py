@@ -8,7 +8,7 @@ Problems are collected, never raised one by one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -258,38 +258,40 @@ class Resolver:
         return by_name
 
     def model_policies(self, by_name: dict[str, model.Provider], models: dict[str, list[str]], declared: set[str], providers: dict[int, model.Provider | None]) -> dict[str, model.RetryPolicy]:
-        """One retry policy per model: the first of its providers that declares one."""
-        indexes = {provider.name: index for index, provider in providers.items() if provider is not None}
-        policies: dict[str, tuple[str, model.RetryPolicy]] = {}
-        for provider in by_name.values():
-            if provider.retry_policy is None:
-                continue
-            path = f"{self.providers_key}[{indexes[provider.name]}].retry_policy"
-            if provider.model in policies:
-                owner, policy = policies[provider.model]
-                if policy != provider.retry_policy:
-                    self.problem(path, f"model {provider.model!r} already has a different retry_policy on provider {owner!r}; declare it once per model")
-                continue
+        """One retry policy per model: the first of its providers that declares one; its fallbacks must be other, served models."""
+
+        def fallbacks(path: str, provider: model.Provider) -> None:
+            assert provider.retry_policy is not None
             for index, fallback in enumerate(provider.retry_policy.fallback_models):
                 if fallback == provider.model:
                     self.problem(f"{path}.fallback_models[{index}]", "a model cannot fall back to itself")
                 elif fallback not in declared:
                     self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
-            policies[provider.model] = (provider.name, provider.retry_policy)
-        return {name: policy for name, (_, policy) in policies.items()}
+
+        return self.once_per_model(by_name, providers, "retry_policy", fallbacks)
 
     def model_routing(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, model.Routing]:
-        """One `routing` per model: the first of its providers that declares one; another must not differ."""
+        return self.once_per_model(by_name, providers, "routing")
+
+    def once_per_model(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None], key: str, check: Callable[[str, model.Provider], None] | None = None) -> dict:
+        """A per-model setting written on a provider (`retry_policy`, `routing`): the first of the model's providers that
+        declares it; another that declares a different one is a problem. `check` looks at the first one (its path, its provider)."""
         indexes = {provider.name: index for index, provider in providers.items() if provider is not None}
-        found: dict[str, tuple[str, model.Routing]] = {}
+        found: dict[str, tuple[str, object]] = {}
         for provider in by_name.values():
-            if provider.routing is None:
+            value = getattr(provider, key)
+            if value is None:
                 continue
-            owner, known = found.setdefault(provider.model, (provider.name, provider.routing))
-            if known != provider.routing:
-                path = f"{self.providers_key}[{indexes[provider.name]}].routing"
-                self.problem(path, f"model {provider.model!r} already has a different routing on provider {owner!r}; declare it once per model")
-        return {name: routing for name, (_, routing) in found.items()}
+            path = f"{self.providers_key}[{indexes[provider.name]}].{key}"
+            if provider.model in found:
+                owner, known = found[provider.model]
+                if known != value:
+                    self.problem(path, f"model {provider.model!r} already has a different {key} on provider {owner!r}; declare it once per model")
+                continue
+            if check is not None:
+                check(path, provider)
+            found[provider.model] = (provider.name, value)
+        return {name: value for name, (_, value) in found.items()}
 
     def aliases(self, entries: Mapping[str, schema.Alias], models: dict[str, list[str]], bare: dict[str, list[str]]) -> dict[str, str]:
         """Plano's `model_aliases`: the target is a configured model, or a bare name only one model has."""
