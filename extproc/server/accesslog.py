@@ -69,18 +69,20 @@ def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEnt
 
 def _attempt_seconds(common) -> float | None:
     """From the first byte sent upstream to the last byte received (None when the attempt got no answer)."""
-    if not (common.HasField("time_to_first_upstream_tx_byte") and common.HasField("time_to_last_upstream_rx_byte")):
-        return None
-    sent, received = common.time_to_first_upstream_tx_byte, common.time_to_last_upstream_rx_byte
-    return max(received.seconds + received.nanos / 1e9 - sent.seconds - sent.nanos / 1e9, 0.0)
+    return _between(common, "time_to_first_upstream_tx_byte", "time_to_last_upstream_rx_byte")
 
 
 def _first_byte_seconds(common) -> float | None:
     """From the last byte sent upstream to the first byte received: the provider's time to answer (None without an answer)."""
-    if not (common.HasField("time_to_last_upstream_tx_byte") and common.HasField("time_to_first_upstream_rx_byte")):
+    return _between(common, "time_to_last_upstream_tx_byte", "time_to_first_upstream_rx_byte")
+
+
+def _between(common, start: str, end: str) -> float | None:
+    """Seconds between two of an entry's times (durations since the request's start); None when either is missing."""
+    if not (common.HasField(start) and common.HasField(end)):
         return None
-    sent, received = common.time_to_last_upstream_tx_byte, common.time_to_first_upstream_rx_byte
-    return max(received.seconds + received.nanos / 1e9 - sent.seconds - sent.nanos / 1e9, 0.0)
+    first, last = getattr(common, start), getattr(common, end)
+    return max(last.seconds + last.nanos / 1e9 - first.seconds - first.nanos / 1e9, 0.0)
 
 
 def _count(value: str | None) -> int | None:
