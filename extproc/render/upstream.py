@@ -24,24 +24,23 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
     """The upstream filters of a chain that neither hedges nor times its first token, with cooldowns on: the bulk of
     a large config. Declared once, on the router; a chain that needs others declares its own on its cluster (Envoy
     runs a cluster's own instead of the router's)."""
-    return [
-        _failed_answers(options),
-        _retries_only("extproc.retries", ext_proc(Phase.UPSTREAM, options, body_limit, body_mode="NONE")),
-        _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE)),
-        UPSTREAM_CODEC,
-    ]
+    return _upstream_filters(options, body_limit, watch=True, hold=None, hedges=False)
 
 
 def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
-    """What each attempt of `chain` passes through: the failed-answer watch, the first-token hold, the retry's rebuild, the model patch."""
-    if chain.hedges:  # Envoy marks every attempt, the first too: the patch's Lua strips the mark from each
-        patch = model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,))
-    else:
-        patch = _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE))
+    """What each attempt of `chain` passes through (the shared filters, for a chain like most)."""
+    hold = _first_token_hold(options, config) if chain.policy.timing else None
+    return _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
+
+
+def _upstream_filters(options: RenderOptions, body_limit: int, watch: bool, hold: dict | None, hedges: bool) -> list[dict]:
+    """The failed-answer watch, the first-token hold, the retry's rebuild, the model patch, in that order."""
+    # Envoy marks every attempt of a hedging chain, the first too: its patch's Lua runs on each and strips the mark.
+    patch = model_patch(ATTEMPT_NAMESPACE, strip=(TIMEOUT_RETRY_HEADER,)) if hedges else _retries_only("extproc.model_patch", model_patch(ATTEMPT_NAMESPACE))
     return [
-        *([_failed_answers(options)] if config.cooldown.enabled and not chain.hedges else []),
-        *([_first_token_hold(options, config)] if chain.policy.timing else []),
-        _retries_only("extproc.retries", ext_proc(Phase.UPSTREAM, options, config.body_limit, body_mode="NONE")),
+        *([_failed_answers(options)] if watch else []),
+        *([hold] if hold is not None else []),
+        _retries_only("extproc.retries", ext_proc(Phase.UPSTREAM, options, body_limit, body_mode="NONE")),
         patch,
         UPSTREAM_CODEC,
     ]
