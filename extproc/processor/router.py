@@ -153,7 +153,6 @@ def resolve(
     if isinstance(found, errors.Reply):
         return found
     model, chain = found
-    path = headers.get(":path", "/")
     eligible = _candidates(config, model, chain, headers, health)
     if isinstance(eligible, errors.Reply):
         return eligible
@@ -162,7 +161,7 @@ def resolve(
     if isinstance(picked, errors.Reply):
         return picked
     start, reusable, passed_over = picked
-    return _forward(config, headers, body, token, path, model, start, only, reusable, passed_over)
+    return _forward(config, headers, body, token, model, start, only, reusable, passed_over)
 
 
 def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[str, Chain]:
@@ -235,7 +234,6 @@ def _forward(
     headers: Mapping[str, str],
     body: ParsedBody | None,
     token: bytes,
-    path: str,
     model: str,
     start: str,
     only: str | None,
@@ -243,6 +241,7 @@ def _forward(
     passed_over: tuple[str, ...],
 ) -> Forward:
     """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context."""
+    path = headers.get(":path", "/")
     provider = config.providers[start]
     started = config.chains[start]
     attempts = started.num_retries + 1
