@@ -72,8 +72,7 @@ class XdsFiles:
         """Write the files for these snapshots (the first one's listeners) without waiting."""
         self.version += 1
         self._confirmed = None
-        self._write_clusters(configs)
-        self._write_routes(configs)
+        self._write(configs, ("cds", "rds"))
 
     async def transition(self, live: Sequence[Config], new: Config, swap: Callable[[], None]) -> None:
         """Add `new`'s resources beside the live ones, then swap; `XdsRejected` leaves Envoy and the sidecar on `live`."""
@@ -81,7 +80,7 @@ class XdsFiles:
         try:
             # Clusters and routes in one step: no request names a new route before `swap`, so Envoy may take the
             # routes before the clusters they name are warm (the step waits for both, and for warming to end).
-            await self._step(lambda: self.write(configs), ("cds", "rds"), new)
+            await self._step(configs, ("cds", "rds"))
         except XdsRejected:
             await asyncio.to_thread(self.write, live)
             raise
@@ -92,19 +91,19 @@ class XdsFiles:
 
     async def prune(self, remaining: Sequence[Config]) -> None:
         """Remove every route, then every cluster, that no remaining snapshot names."""
-        await self._step(lambda: self._write_routes(remaining), ("rds",), remaining[0])
-        await self._step(lambda: self._write_clusters(remaining), ("cds",), remaining[0])
+        await self._step(remaining, ("rds",))
+        await self._step(remaining, ("cds",))
 
-    async def _step(self, write: Callable[[], None], kinds: tuple[str, ...], config: Config) -> None:
+    async def _step(self, configs: Sequence[Config], kinds: tuple[str, ...]) -> None:
+        """Write `kinds` ("cds", "rds") of these snapshots (the first one's listeners) as a new version and wait until Envoy has it."""
         names = [
             *(["cluster_manager.cds"] if "cds" in kinds else []),
-            *([f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in config.listeners] if "rds" in kinds else []),
+            *([f"http.{listener.name}.rds.{route_config_name(listener)}" for listener in configs[0].listeners] if "rds" in kinds else []),
         ]
         before = self._confirmed if self._confirmed is not None else await asyncio.to_thread(self._stats) if self.admin_url() else {}
         self._confirmed = None
-        if len(kinds) == 1:  # `write` writes both files with a new version itself
-            self.version += 1
-        await asyncio.to_thread(write)
+        self.version += 1
+        await asyncio.to_thread(self._write, configs, kinds)
         if not self.admin_url():
             await asyncio.sleep(self.settle_s)
             return
@@ -126,6 +125,12 @@ class XdsFiles:
 
     def _stats(self) -> dict:
         return envoyadmin.stats(self.admin_url(), "(version_text|warming_clusters|update_rejected)$")
+
+    def _write(self, configs: Sequence[Config], kinds: tuple[str, ...]) -> None:
+        if "cds" in kinds:
+            self._write_clusters(configs)
+        if "rds" in kinds:
+            self._write_routes(configs)
 
     def _write_clusters(self, configs: Sequence[Config]) -> None:
         self._publish(cds_path(self.directory), _CLUSTER_TYPE, upstream_clusters(configs, self.options))
