@@ -226,8 +226,9 @@ class Listener:
     port: int
     timeout_s: float
     max_body_bytes: int
-    #: When every provider of a chain is cooling down: "reject" (429 at once) or "try_anyway".
-    on_all_cooling: str = "reject"  # or "try_anyway", or "wait" (at most `max_wait_s`, at most `max_waiting` requests at once)
+    #: When every provider of a chain is cooling down: "reject" (429 at once), "try_anyway", or "wait" (the sidecar holds
+    #: a request until the first is back, if that is within `max_wait_s`, at most `max_waiting` requests at once).
+    on_all_cooling: str = "reject"
     max_wait_s: float = 2.0
     max_waiting: int = 1000
     access_log: bool = False  # one JSON line per request on Envoy's stdout
