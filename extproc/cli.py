@@ -229,7 +229,7 @@ def _check(args) -> int:
 
 def _cooling_line(listener: Listener) -> str:
     if listener.on_all_cooling == "wait":
-        return f"; on all cooling: wait {listener.max_wait_s:g}s (at most {listener.max_waiting} at once)"
+        return f"; on all cooling: wait {listener.max_wait:g}s (at most {listener.max_waiting} at once)"
     return "; on all cooling: try anyway" if listener.on_all_cooling == "try_anyway" else ""
 
 
@@ -249,17 +249,17 @@ def _chain_line(config: Config, chain: Chain) -> str:
             steps.append((provider.group, [label]))
     line = " -> ".join(" | ".join(members) for _, members in steps)
     policy = chain.policy
-    if policy.first_token_timeout_s is not None:
-        line += f"; an attempt without its first token in {policy.first_token_timeout_s:g}s is left"
-    if policy.hedge_after_s is not None:
-        line += f"; hedged after {policy.hedge_after_s:g}s"
+    if policy.first_token_timeout is not None:
+        line += f"; an attempt without its first token in {policy.first_token_timeout:g}s is left"
+    if policy.hedge_after is not None:
+        line += f"; hedged after {policy.hedge_after:g}s"
     grouped = any(sizes[config.providers[name].group] > 1 for name in chain.providers)
     routing = config.routing.get(config.providers[chain.providers[0]].model)
     if routing is not None and grouped:
         line += "; latency" if routing.strategy == "latency" else ""
         line += f"; affinity {routing.affinity_header}" if routing.affinity_header else ""
-    if config.cooldown.slow_start_s and grouped:
-        line += f"; slow start {config.cooldown.slow_start_s:g}s"
+    if config.cooldown.slow_start and grouped:
+        line += f"; slow start {config.cooldown.slow_start:g}s"
     return line
 
 

@@ -81,7 +81,7 @@ class Reloader:
             metrics.last_reload_success.set_to_current_time()
             return True, "unchanged"
         await tokens.prepare(new)  # a new provider's token is minted before the config serves it
-        retire_until = time.monotonic() + max(listener.timeout_s for listener in (*old.listeners, *new.listeners)) + RETIRE_MARGIN_S
+        retire_until = time.monotonic() + max(listener.timeout for listener in (*old.listeners, *new.listeners)) + RETIRE_MARGIN_S
         if self.xds is not None:
             try:
                 await self.xds.transition(self.runtime.store.live.configs, new, lambda: self._swap(new, retire_until))

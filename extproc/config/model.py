@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 
-from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
+from ..contract import HEDGE_TIMING
+from .schema import Cooldown, Listener, Metrics, RetryPolicy, Routing
 
 #: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
 CHAIN_CLUSTER_PREFIX = "chain."
@@ -22,52 +23,6 @@ PROVIDER_CLUSTER_PREFIX = "provider."
 #: credentials for a proxy, and where it came from. Stripped on every attempt unless a provider's
 #: `headers:` sets them.
 CLIENT_ONLY_HEADERS = frozenset({"cookie", "proxy-authorization", "forwarded"})
-
-
-#: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.
-RETRY_CONDITIONS = frozenset(
-    {"connect-failure", "reset", "reset-before-request", "refused-stream", "5xx", "gateway-error", "retriable-4xx"}
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When a chain moves on to its next provider."""
-
-    status_codes: tuple[int, ...] = (429,)
-    conditions: tuple[str, ...] = ()
-    max_attempts: int | None = None  # None: one attempt per provider of the chain
-    per_try_timeout_s: float | None = None
-    fallback_models: tuple[str, ...] = ()
-    #: An attempt without its first content by then (a stream: its first token) is abandoned for the next provider.
-    first_token_timeout_s: float | None = None
-    #: An attempt without its first content by then gets a parallel attempt on the next provider; the first to answer wins.
-    hedge_after_s: float | None = None
-
-    @property
-    def timing(self) -> str:
-        """How its attempts are timed (`contract.TIMING_TAG` carries it): hedged, left at the first token, or "" (plain failover).
-
-        With either timing a stream's response headers wait for its first token, so an attempt can still be left (or lose a race).
-        """
-        if self.hedge_after_s is not None:
-            return HEDGE_TIMING
-        return FIRST_TOKEN_TIMING if self.first_token_timeout_s is not None else ""
-
-    @property
-    def attempt_timeout_s(self) -> float | None:
-        """Envoy's per-try timeout: it ends (or hedges) an attempt that has sent the client nothing yet."""
-        limits = [limit for limit in (self.per_try_timeout_s, self.first_token_timeout_s, self.hedge_after_s) if limit is not None]
-        return min(limits) if limits else None
-
-
-@dataclass(frozen=True)
-class Routing:
-    """How a request picks among the members of its model's priority group."""
-
-    strategy: str = "weighted"  # or "latency": of two members drawn by weight, the one faster to answer lately
-    #: A session's requests (the same value of this header) stay on one member while it is available; None: no sessions.
-    affinity_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +135,7 @@ class Chain:
     def of(cls, providers: tuple[str, ...], policy: RetryPolicy, owns_keys: bool = True) -> Chain:
         """A chain; without a second attempt to hedge on, `hedge_after` is dropped (it would only time the one attempt out)."""
         chain = cls(providers, policy, owns_keys)
-        return chain.unhedged if policy.hedge_after_s is not None and not chain.hedges else chain
+        return chain.unhedged if policy.hedge_after is not None and not chain.hedges else chain
 
     @property
     def num_retries(self) -> int:
@@ -201,71 +156,7 @@ class Chain:
         upstream level holds every answer it translates: a request whose
         answer may be translated takes this chain's route (`contract.unhedged_route`).
         """
-        return replace(self, policy=replace(self.policy, hedge_after_s=None))
-
-
-#: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).
-DEFAULT_ALLOWED_PATHS = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/models",
-    "/v1/moderations",
-    "/v1/audio",
-    "/v1/images",
-)
-DEFAULT_ALLOWED_METHODS = ("GET", "POST")
-
-
-@dataclass(frozen=True)
-class Listener:
-    name: str
-    address: str
-    port: int
-    timeout_s: float
-    max_body_bytes: int
-    #: When every provider of a chain is cooling down: "reject" (429 at once), "try_anyway", or "wait" (the sidecar holds
-    #: a request until the first is back, if that is within `max_wait_s`, at most `max_waiting` requests at once).
-    on_all_cooling: str = "reject"
-    max_wait_s: float = 2.0
-    max_waiting: int = 1000
-    access_log: bool = False  # one JSON line per request on Envoy's stdout
-    #: What clients may call through this listener; anything else is answered by the gateway, with no key.
-    allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
-    allowed_methods: tuple[str, ...] = DEFAULT_ALLOWED_METHODS
-    #: A request whose stream (either way) moves no byte for this long is ended: a stream stalled after its first
-    #: token, and also the wait for a non-streamed answer's first byte (Envoy's `stream_idle_timeout`).
-    stream_idle_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Cooldown:
-    """How long a failing provider is skipped when a chain picks where to start."""
-
-    enabled: bool = True
-    default_s: float = 5.0  # a 429 without Retry-After
-    max_s: float = 60.0  # cap on Retry-After
-    failure_threshold: int = 3  # consecutive connect failures, resets or 5xx before cooling
-    #: An answer whose rate-limit headers say no requests (or at most `min_remaining_tokens` tokens) are left cools its provider until the reset.
-    rate_limit_headers: bool = True
-    min_remaining_tokens: int = 0
-    #: A group member whose trial passed after a cooldown takes its weight's share linearly over this long, from a tenth; None: at once.
-    slow_start_s: float | None = None
-    #: Cooldowns shared with every replica on the same Redis (`redis://`, `rediss://`, `unix://`); None: this process only.
-    redis_url: str | None = field(default=None, repr=False)  # may hold a password
-
-
-@dataclass(frozen=True)
-class Metrics:
-    address: str = "0.0.0.0"
-    port: int = 9092
-    #: Envoy reads each answer's `usage` (JSON and event streams) into the access log and `extproc_tokens_total`.
-    token_usage: bool = True
-
-
-TRACE_PROTOCOLS = ("http/protobuf", "grpc")
+        return replace(self, policy=self.policy.model_copy(update={"hedge_after": None}))
 
 
 @dataclass(frozen=True)
@@ -327,7 +218,7 @@ class Config:
         stay on the providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"{CHAIN_CLUSTER_PREFIX}{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout_s), str(chain.owns_keys))}")
+            (start, f"{CHAIN_CLUSTER_PREFIX}{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout), str(chain.owns_keys))}")
             for start, chain in self.chains.items()
         )
 

@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 from .. import providers, translator
 from ..providers import CREDENTIAL_HEADERS, kind_of
 from . import model, schema
-from .model import DEFAULT_ALLOWED_METHODS, DEFAULT_ALLOWED_PATHS, Chain, Config, frozen_mapping
+from .model import Chain, Config, frozen_mapping
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ class Resolver:
         self.related_keys(file, listeners)
         if self.problems:
             return None
-        cooldown = file.cooldown
         return Config(
             source=self.source,
             listeners=tuple(listeners),
@@ -88,17 +87,8 @@ class Resolver:
             default_provider=next((provider.name for provider in by_name.values() if provider.default), None),
             owned_headers=_owned_headers(by_name),
             bare_models=frozen_mapping((name, full[0]) for name, full in bare.items() if len(full) == 1 and name not in models),
-            cooldown=model.Cooldown(
-                enabled=cooldown.enabled,
-                default_s=cooldown.default_cooldown,
-                max_s=cooldown.max_cooldown,
-                failure_threshold=cooldown.failure_threshold,
-                rate_limit_headers=cooldown.rate_limit_headers,
-                min_remaining_tokens=cooldown.min_remaining_tokens,
-                slow_start_s=cooldown.slow_start,
-                redis_url=cooldown.redis_url or None,
-            ),
-            metrics=model.Metrics(address=file.metrics.address, port=file.metrics.port, token_usage=file.metrics.token_usage),
+            cooldown=file.cooldown,
+            metrics=file.metrics,
             tracing=tracing,
             aliases=frozen_mapping(aliases),
             routing=frozen_mapping(routing),
@@ -106,7 +96,7 @@ class Resolver:
             warnings=(*self.warnings(entries, listeners, policies), *_routing_warnings(routing, groups)),
         )
 
-    def related_keys(self, file: schema.ConfigFile, listeners: list[model.Listener]) -> None:
+    def related_keys(self, file: schema.ConfigFile, listeners: list[schema.Listener]) -> None:
         """Keys that are each valid but cannot go together."""
         if file.metrics.port:
             for index, listener in enumerate(listeners):
@@ -126,7 +116,7 @@ class Resolver:
                 f"{file.cooldown.default_cooldown:g}s is longer than cooldown.max_cooldown ({file.cooldown.max_cooldown:g}s), which caps every cooldown",
             )
 
-    def warnings(self, entries: list[tuple[int, schema.Provider]], listeners: list[model.Listener], policies: Mapping[str, model.RetryPolicy]) -> list[str]:
+    def warnings(self, entries: list[tuple[int, schema.Provider]], listeners: list[schema.Listener], policies: Mapping[str, schema.RetryPolicy]) -> list[str]:
         """What loads but probably does not do what was meant: `extproc check` prints these, the sidecar logs them."""
         found = []
         for index, entry in entries:
@@ -135,15 +125,15 @@ class Resolver:
                     f"{self.providers_key}[{index}].weight: {entry.weight} has no effect without a priority "
                     "(providers of a model are tried in file order; give those that share traffic the same priority)"
                 )
-        longest = max((listener.timeout_s for listener in listeners), default=0.0)
+        longest = max((listener.timeout for listener in listeners), default=0.0)
         for name, policy in policies.items():
-            for key, seconds in (("per_try_timeout", policy.per_try_timeout_s), ("first_token_timeout", policy.first_token_timeout_s), ("hedge_after", policy.hedge_after_s)):
+            for key, seconds in (("per_try_timeout", policy.per_try_timeout), ("first_token_timeout", policy.first_token_timeout), ("hedge_after", policy.hedge_after)):
                 if seconds is not None and seconds >= longest:
                     found.append(f"model {name}: retry_policy.{key} ({seconds:g}s) is not shorter than the listener's timeout ({longest:g}s): it never ends an attempt")
         return found
 
-    def listeners(self, entries: list[schema.Listener]) -> list[model.Listener]:
-        result: list[model.Listener] = []
+    def listeners(self, entries: list[schema.Listener]) -> list[schema.Listener]:
+        result: list[schema.Listener] = []
         names: set[str] = set()
         ports: set[int] = set()
         for index, entry in enumerate(entries):
@@ -154,22 +144,7 @@ class Resolver:
                 self.problem(f"listeners[{index}].port", f"port {entry.port} is used by another listener")
             names.add(name)
             ports.add(entry.port)
-            result.append(
-                model.Listener(
-                    name=name,
-                    address=entry.address,
-                    port=entry.port,
-                    timeout_s=entry.timeout,
-                    stream_idle_timeout_s=entry.stream_idle_timeout,
-                    max_body_bytes=entry.max_body_bytes,
-                    on_all_cooling=entry.on_all_cooling,
-                    max_wait_s=entry.max_wait,
-                    max_waiting=entry.max_waiting,
-                    access_log=entry.access_log,
-                    allowed_paths=tuple(item.rstrip("/") or "/" for item in entry.allowed_paths) if entry.allowed_paths is not None else DEFAULT_ALLOWED_PATHS,
-                    allowed_methods=tuple(entry.allowed_methods) if entry.allowed_methods is not None else DEFAULT_ALLOWED_METHODS,
-                )
-            )
+            result.append(entry.model_copy(update={"name": name}))
         if not entries:
             self.problem("listeners", "at least one listener is required")
         return result
@@ -216,8 +191,8 @@ class Resolver:
             passthrough_auth=entry.passthrough_auth,
             headers=tuple(entry.headers.items()),
             default=entry.default,
-            retry_policy=_retry_policy(entry.retry_policy) if entry.retry_policy else None,
-            routing=_routing(entry.routing) if entry.routing else None,
+            retry_policy=entry.retry_policy,
+            routing=entry.routing,
             ca_file=entry.ca_file or ca_default,
             interface=interface,
             http_host=entry.http_host,
@@ -257,7 +232,7 @@ class Resolver:
                 default = path
         return by_name
 
-    def model_policies(self, by_name: dict[str, model.Provider], models: dict[str, list[str]], declared: set[str], providers: dict[int, model.Provider | None]) -> dict[str, model.RetryPolicy]:
+    def model_policies(self, by_name: dict[str, model.Provider], models: dict[str, list[str]], declared: set[str], providers: dict[int, model.Provider | None]) -> dict[str, schema.RetryPolicy]:
         """One retry policy per model: the first of its providers that declares one; its fallbacks must be other, served models."""
 
         def fallbacks(path: str, provider: model.Provider) -> None:
@@ -270,7 +245,7 @@ class Resolver:
 
         return self.once_per_model(by_name, providers, "retry_policy", fallbacks)
 
-    def model_routing(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, model.Routing]:
+    def model_routing(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None]) -> dict[str, schema.Routing]:
         return self.once_per_model(by_name, providers, "routing")
 
     def once_per_model(self, by_name: dict[str, model.Provider], providers: dict[int, model.Provider | None], key: str, check: Callable[[str, model.Provider], None] | None = None) -> dict:
@@ -317,8 +292,8 @@ class Resolver:
         if endpoint and where != "tracing.endpoint" and (reason := schema.check_endpoint(endpoint)):
             self.problem(where, reason)
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or block.protocol
-        if protocol and protocol not in model.TRACE_PROTOCOLS:
-            self.problem("OTEL_EXPORTER_OTLP_PROTOCOL", f"{protocol!r} is not supported (use {' or '.join(model.TRACE_PROTOCOLS)})")
+        if protocol and protocol not in schema.TRACE_PROTOCOLS:
+            self.problem("OTEL_EXPORTER_OTLP_PROTOCOL", f"{protocol!r} is not supported (use {' or '.join(schema.TRACE_PROTOCOLS)})")
         percent = block.sampling if block.sampling is not None else block.random_sampling
         if env.get("OTEL_TRACES_SAMPLER_ARG"):
             try:
@@ -327,10 +302,14 @@ class Resolver:
                 self.problem("OTEL_TRACES_SAMPLER_ARG", error.message())
         return model.Tracing(
             endpoint=endpoint or None,
-            protocol=protocol if protocol in model.TRACE_PROTOCOLS else model.Tracing.protocol,
+            protocol=protocol if protocol in schema.TRACE_PROTOCOLS else model.Tracing.protocol,
             service_name=env.get("OTEL_SERVICE_NAME") or block.service_name or model.Tracing.service_name,
             sampling_percent=percent if percent is not None else model.Tracing.sampling_percent,
         )
+
+
+_NO_POLICY = schema.RetryPolicy()
+_NO_ROUTING = schema.Routing()
 
 
 def _groups(members: list[model.Provider]) -> list[list[str]]:
@@ -343,12 +322,12 @@ def _groups(members: list[model.Provider]) -> list[list[str]]:
 
 
 def _chains(
-    models: dict[str, list[str]], groups: dict[str, list[list[str]]], policies: dict[str, model.RetryPolicy], by_name: dict[str, model.Provider]
+    models: dict[str, list[str]], groups: dict[str, list[list[str]]], policies: dict[str, schema.RetryPolicy], by_name: dict[str, model.Provider]
 ) -> dict[str, Chain]:
     """A chain per provider it can start at: itself, the rest of its group, the later groups, the fallback models' providers."""
     chains = {}
     for name_of_model in models:
-        policy = policies.get(name_of_model, model.RetryPolicy())
+        policy = policies.get(name_of_model, _NO_POLICY)
         tail = [name for fallback in policy.fallback_models for name in models.get(fallback, ())]
         for index, group in enumerate(groups[name_of_model]):
             later = [member for following in groups[name_of_model][index + 1 :] for member in following]
@@ -371,25 +350,9 @@ def _owned_headers(by_name: dict[str, model.Provider]) -> frozenset[str]:
     return frozenset(owned)
 
 
-def _retry_policy(policy: schema.RetryPolicy) -> model.RetryPolicy:
-    return model.RetryPolicy(
-        status_codes=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, int))),
-        conditions=tuple(dict.fromkeys(item for item in policy.retry_on if isinstance(item, str))),
-        max_attempts=policy.max_attempts,
-        per_try_timeout_s=policy.per_try_timeout,
-        fallback_models=tuple(dict.fromkeys(policy.fallback_models)),
-        first_token_timeout_s=policy.first_token_timeout,
-        hedge_after_s=policy.hedge_after,
-    )
-
-
-def _routing(routing: schema.Routing) -> model.Routing:
-    return model.Routing(strategy=routing.strategy, affinity_header=routing.affinity.header if routing.affinity else None)
-
-
-def _routing_warnings(routing: Mapping[str, model.Routing], groups: Mapping[str, list[list[str]]]) -> list[str]:
+def _routing_warnings(routing: Mapping[str, schema.Routing], groups: Mapping[str, list[list[str]]]) -> list[str]:
     return [
         f"model {name}: routing has no effect: no priority group of it has more than one provider to choose among"
         for name, how in routing.items()
-        if how != model.Routing() and not any(len(group) > 1 for group in groups[name])
+        if how != _NO_ROUTING and not any(len(group) > 1 for group in groups[name])
     ]

@@ -18,13 +18,31 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
 from pydantic_core import PydanticCustomError, core_schema
 
-from .model import RETRY_CONDITIONS, TRACE_PROTOCOLS
+from ..contract import FIRST_TOKEN_TIMING, HEDGE_TIMING
+
+#: Envoy retry conditions a `retry_on` list may name besides HTTP status codes.
+RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "reset-before-request", "refused-stream", "5xx", "gateway-error", "retriable-4xx"})
+TRACE_PROTOCOLS = ("http/protobuf", "grpc")
+#: The API paths a listener forwards by default: OpenAI's and Anthropic's (a prefix matches itself and what is under it).
+DEFAULT_ALLOWED_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/moderations",
+    "/v1/audio",
+    "/v1/images",
+)
+DEFAULT_ALLOWED_METHODS = ("GET", "POST")
 
 #: Plano's `provider_interface` values -> the API kind they speak here (credentials, telemetry names).
 #: Most are OpenAI-compatible APIs; `plano` (Plano's own routing model) has no meaning here.
@@ -226,16 +244,23 @@ def _retry_on(value: Any) -> Any:
     raise invalid(f"{value!r} is neither a status code nor one of: {', '.join(sorted(RETRY_CONDITIONS))}")
 
 
-def _retry_list(value: Any) -> Any:
-    if value == []:
-        raise invalid("an empty list would turn failover off; list at least one status or condition (the default is [429])")
-    return value
+def _listed(empty: str | None = None) -> BeforeValidator:
+    """A YAML list, kept as a tuple (the running config is frozen and hashable); `empty`: why an empty one is refused."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple):
+            raise invalid(f"expected a list, got {kind(value)}")
+        if not value and empty is not None:
+            raise invalid(empty)
+        return value
+
+    return BeforeValidator(check)
 
 
-def _non_empty(value: Any) -> Any:
-    if value == []:
-        raise invalid("is empty: nothing could be called")
-    return value
+def _paths(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(item.rstrip("/") or "/" for item in value)
 
 
 def _one_of(*choices: str, what: str = "") -> Any:
@@ -273,7 +298,7 @@ def _url(schemes: tuple[str, ...], message: str) -> Any:
 def _redis_url(value: Any) -> Any:
     """A URL redis-py can connect with, checked by redis-py's own parser (never echoed: it may hold a password)."""
     if not isinstance(value, str) or not value:
-        return value
+        return value or None
     from redis.connection import parse_url  # only configs that share cooldowns pay for importing redis
 
     parts = urlsplit(value)
@@ -336,12 +361,12 @@ class Section(BaseModel):
 class RetryPolicy(Section):
     """When a request moves on to the next provider of its chain."""
 
-    retry_on: Annotated[list[RetryOn], BeforeValidator(_retry_list)] = Field(
-        default=[429], min_length=1, description="HTTP statuses (400-599) and Envoy retry conditions that fail over"
+    retry_on: Annotated[tuple[RetryOn, ...], _listed("an empty list would turn failover off; list at least one status or condition (the default is [429])")] = Field(
+        default=(429,), description="HTTP statuses (400-599) and Envoy retry conditions that fail over"
     )
     max_attempts: Annotated[int, integer(1, 10)] | None = Field(default=None, description="attempts in all, the first included (default: one per provider of the chain)")
     per_try_timeout: Duration | None = None
-    fallback_models: list[Text] = Field(default=[], description="models whose providers are tried after this model's own, in order")
+    fallback_models: Annotated[tuple[Text, ...], _listed()] = Field(default=(), description="models whose providers are tried after this model's own, in order")
     first_token_timeout: Duration | None = Field(
         default=None, description="an attempt that sent no answer (a stream: no first token) by then is left for the next provider; nothing of it reaches the client"
     )
@@ -354,6 +379,30 @@ class RetryPolicy(Section):
         if self.first_token_timeout is not None and self.hedge_after is not None:
             raise invalid("first_token_timeout and hedge_after exclude each other: a hedged attempt is never abandoned (it races the next one); set one")
         return self
+
+    @cached_property
+    def status_codes(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(item for item in self.retry_on if isinstance(item, int)))
+
+    @cached_property
+    def conditions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(item for item in self.retry_on if isinstance(item, str)))
+
+    @property
+    def timing(self) -> str:
+        """How its attempts are timed (`contract.TIMING_TAG` carries it): hedged, left at the first token, or "" (plain failover).
+
+        With either timing a stream's response headers wait for its first token, so an attempt can still be left (or lose a race).
+        """
+        if self.hedge_after is not None:
+            return HEDGE_TIMING
+        return FIRST_TOKEN_TIMING if self.first_token_timeout is not None else ""
+
+    @property
+    def attempt_timeout(self) -> float | None:
+        """Envoy's per-try timeout: it ends (or hedges) an attempt that has sent the client nothing yet."""
+        limits = [limit for limit in (self.per_try_timeout, self.first_token_timeout, self.hedge_after) if limit is not None]
+        return min(limits) if limits else None
 
 
 class Affinity(Section):
@@ -369,6 +418,11 @@ class Routing(Section):
         default="weighted", description="weighted: drawn by weight; latency: of two members drawn by weight, the one faster to answer lately"
     )
     affinity: Affinity | None = None
+
+    @property
+    def affinity_header(self) -> str | None:
+        """A session's requests (the same value of this header) stay on one member while it is available; None: no sessions."""
+        return self.affinity.header if self.affinity is not None else None
 
 
 class Provider(Section):
@@ -404,39 +458,44 @@ class Provider(Section):
 class Listener(Section):
     type: Annotated[Literal["model"], _one_of("model", what="listener type {value!r} is not supported: only 'model' listeners are")]
     port: Port
-    name: Text | None = None
+    name: Text = Field(default="", description="default: listener_<its index>")
     address: Text = "0.0.0.0"
     timeout: Duration = Field(default=300.0, description="the whole request, every attempt included")
     stream_idle_timeout: Duration = Field(
         default=300.0, description="a request that moves no byte for this long ends (a stream stalled mid-answer; also the wait for a non-streamed answer)"
     )
     max_body_bytes: Annotated[Size, AfterValidator(_body_size)] = Field(default=10 * 1024 * 1024, description="larger request bodies get 413; less than 1GiB")
-    on_all_cooling: Annotated[Literal["reject", "try_anyway", "wait"], _one_of("reject", "try_anyway", "wait")] = "reject"
+    on_all_cooling: Annotated[Literal["reject", "try_anyway", "wait"], _one_of("reject", "try_anyway", "wait")] = Field(
+        default="reject", description="when every provider of a chain is cooling: a 429 at once, a try anyway, or a wait for the first back (max_wait)"
+    )
     max_wait: Duration = Field(default=2.0, description="on_all_cooling: wait: the longest a request waits for a provider's cooldown to end")
     max_waiting: Annotated[int, integer(1, 100000)] = Field(default=1000, description="on_all_cooling: wait: requests waiting at once; beyond them, an instant 429")
-    access_log: bool = False
-    allowed_paths: Annotated[list[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")]], BeforeValidator(_non_empty)] | None = None
-    allowed_methods: Annotated[list[Annotated[str, _text(_METHOD, "an upper-case HTTP method")]], BeforeValidator(_non_empty)] | None = None
+    access_log: bool = Field(default=False, description="one JSON line per request on Envoy's stdout")
+    allowed_paths: Annotated[
+        tuple[Annotated[str, _text(_PATH_PREFIX, "a path starting with / (no dot-segments, no query)")], ...], _listed("is empty: nothing could be called"), AfterValidator(_paths)
+    ] = Field(default=DEFAULT_ALLOWED_PATHS, description="what clients may call (a prefix matches itself and what is under it); anything else is answered by the gateway")
+    allowed_methods: Annotated[tuple[Annotated[str, _text(_METHOD, "an upper-case HTTP method")], ...], _listed("is empty: nothing could be called")] = DEFAULT_ALLOWED_METHODS
 
 
 class Cooldown(Section):
     enabled: bool = True
     default_cooldown: Duration = Field(default=5.0, description="after a 429 without Retry-After")
     max_cooldown: Duration = Field(default=60.0, description="cap on Retry-After and rate-limit resets")
-    failure_threshold: Annotated[int, integer(1, 1000)] = 3
-    rate_limit_headers: bool = True
-    min_remaining_tokens: Annotated[int, integer(0)] = 0
+    failure_threshold: Annotated[int, integer(1, 1000)] = Field(default=3, description="consecutive connect failures, resets or 5xx before a provider cools")
+    rate_limit_headers: bool = Field(default=True, description="an answer whose rate-limit headers say nothing is left cools its provider until their reset")
+    min_remaining_tokens: Annotated[int, integer(0)] = Field(default=0, description="with rate_limit_headers: tokens left at or under which a provider counts as spent")
     slow_start: Duration | None = Field(
         default=None, description="a priority group's member back from a cooldown takes its weight's share gradually over this long, from a tenth"
     )
-    #: Never echoed in a message: it may hold a password.
-    redis_url: Annotated[Text, BeforeValidator(_redis_url)] | None = None
+    redis_url: Annotated[Text | None, BeforeValidator(_redis_url)] = Field(
+        default=None, repr=False, description="cooldowns shared with every replica on the same Redis (redis://, rediss://, unix://); never echoed: it may hold a password"
+    )
 
 
 class Metrics(Section):
     address: Text = "0.0.0.0"
     port: Port = 9092
-    token_usage: bool = True
+    token_usage: bool = Field(default=True, description="Envoy reads each answer's usage (JSON and event streams) into the access log and extproc_tokens_total")
 
 
 class Tracing(Section):

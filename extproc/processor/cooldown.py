@@ -165,7 +165,7 @@ class ProviderHealth:
         if not self.policy.enabled:
             return 0.0
         if outcome.kind == AUTH_FAILED:
-            seconds = self.policy.max_s
+            seconds = self.policy.max_cooldown
             state.failing_until = max(state.failing_until, now + seconds)
             state.failing_since = now
             self._cooled(state, now)
@@ -192,8 +192,8 @@ class ProviderHealth:
         state.probation, state.cooled_at, state.trial_until = True, now, 0.0
 
     def _seconds(self, retry_after_s: float | None) -> float:
-        seconds = self.policy.default_s if retry_after_s is None else retry_after_s
-        return max(min(seconds, self.policy.max_s), 0.0)
+        seconds = self.policy.default_cooldown if retry_after_s is None else retry_after_s
+        return max(min(seconds, self.policy.max_cooldown), 0.0)
 
     def share(self, provider: str, until: float) -> bool:
         """A cooldown another replica started (wall clock `until`); True if it extends this one's."""
@@ -201,7 +201,7 @@ class ProviderHealth:
             return False
         state = self._states.setdefault(provider, _State())
         now = self.clock()
-        until = min(until, now + self.policy.max_s)
+        until = min(until, now + self.policy.max_cooldown)
         if until <= state.rate_limited_until:
             return False
         state.rate_limited_until = until
@@ -260,7 +260,7 @@ class ProviderHealth:
         it over the window (Envoy's `slow_start_config` is the model), so a
         provider just back is not handed its whole share in one burst.
         """
-        window = self.policy.slow_start_s
+        window = self.policy.slow_start
         if not window:
             return weights
         now = self.clock()

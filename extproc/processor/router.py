@@ -218,7 +218,7 @@ def _start(
     start = candidates[0]
     reusable, passed_over = model not in config.groups, candidates[:0]
     if health is not None:
-        trial_s = chain.policy.attempt_timeout_s or listener.timeout_s  # how long a half-open provider's trial may take
+        trial_s = chain.policy.attempt_timeout or listener.timeout  # how long a half-open provider's trial may take
         available, soonest = health.pick_start(candidates, trial_s)
         if available is not None:
             start = available

@@ -63,7 +63,7 @@ def _router_ext_proc(options: RenderOptions, listener: Listener) -> dict:
       its worker more than the sidecar's message (bench/find_model.py).
     """
     if listener.on_all_cooling == "wait":  # the sidecar may hold a request that long before it answers
-        options = dataclasses.replace(options, message_timeout_s=max(options.message_timeout_s, listener.max_wait_s + 1))
+        options = dataclasses.replace(options, message_timeout_s=max(options.message_timeout_s, listener.max_wait + 1))
     found = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name, body_mode="NONE")
     main = ext_proc(Phase.ROUTER, options, listener.max_body_bytes, listener.name)
     lanes = [{"predicate": small_request(), "on_match": execute("found", found)}]
@@ -99,7 +99,7 @@ def http_listener(config: Config, listener: Listener, options: RenderOptions, ro
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "request_headers_timeout": "10s",
         # A stream stalled mid-answer ends here (counted against its provider as a timeout), not at the route's timeout.
-        "stream_idle_timeout": duration(listener.stream_idle_timeout_s),
+        "stream_idle_timeout": duration(listener.stream_idle_timeout),
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST", "max_headers_count": CLIENT_HEADER_LIMIT + HEADER_HEADROOM},
         "http_filters": [
             *(usage_filters(listener.max_body_bytes) if token_usage else ()),

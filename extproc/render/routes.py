@@ -68,7 +68,7 @@ def chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mode
     timing = chain.policy.timing if timing is None else timing
     action: dict = {
         "cluster": cluster,
-        "timeout": duration(listener.timeout_s),
+        "timeout": duration(listener.timeout),
         "auto_host_rewrite": True,
     }
     retry = _retry_policy(chain)
@@ -103,9 +103,9 @@ def _retry_policy(chain: Chain) -> dict | None:
     statuses = retried(policy.status_codes, chain.owns_keys)
     if statuses:
         conditions.append("retriable-status-codes")
-    if policy.first_token_timeout_s is not None and "reset" not in conditions:
+    if policy.first_token_timeout is not None and "reset" not in conditions:
         conditions.append("reset")  # Envoy retries a per-try timeout (an abandoned attempt) only on a reset condition
-    timeout = policy.attempt_timeout_s
+    timeout = policy.attempt_timeout
     if not conditions or chain.num_retries == 0:
         return {"num_retries": 0, "per_try_timeout": duration(timeout)} if timeout else None
     retry: dict = {

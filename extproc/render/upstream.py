@@ -81,7 +81,7 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
     hold = answer_phase(
         Phase.HOLD,
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
-        max((listener.timeout_s for listener in config.listeners), default=options.message_timeout_s),
+        max((listener.timeout for listener in config.listeners), default=options.message_timeout_s),
         response_body="STREAMED",
         send_body_without_waiting_for_header_response=True,
     )

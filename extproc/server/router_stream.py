@@ -107,7 +107,7 @@ class RouterStream:
     def _waits_for(self, reply: errors.Reply) -> bool:
         """Every provider cools and the first is back within the listener's `max_wait`: worth waiting for, once."""
         listener = self.listener
-        return self.may_wait and listener.on_all_cooling == "wait" and reply.cooling_s is not None and reply.cooling_s <= listener.max_wait_s
+        return self.may_wait and listener.on_all_cooling == "wait" and reply.cooling_s is not None and reply.cooling_s <= listener.max_wait
 
     def _log_path(self, response: pb.ProcessingResponse) -> struct_pb2.Struct:
         """The client's path, for the access log (by then `:path` is the provider's); returns the metadata namespace."""

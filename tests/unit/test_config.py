@@ -51,7 +51,7 @@ def test_a_valid_config_resolves_chains_and_providers():
     assert config.default_provider == "primary"
     policy = config.chains["primary"].policy
     assert policy.status_codes == (429, 503) and policy.conditions == ("connect-failure",)
-    assert policy.per_try_timeout_s == 30.0
+    assert policy.per_try_timeout == 30.0
 
 
 def test_a_password_in_a_url_is_not_repeated_in_the_error():
@@ -408,7 +408,7 @@ def test_a_duration_without_a_unit_and_a_quoted_number_are_read_as_meant_with_a_
         "gw.yaml",
         {"T": "20s"},
     )
-    assert config.listeners[0].timeout_s == 300 and next(iter(config.providers.values())).weight == 3
+    assert config.listeners[0].timeout == 300 and next(iter(config.providers.values())).weight == 3
     assert config.warnings == (
         "listeners[0].timeout: 300 has no unit: read as 300 seconds (write 300s)",
         "model_providers[0].weight: '3' is a string: read as a number (write it unquoted)",
@@ -436,8 +436,8 @@ model_providers:
   - {name: b, model: openai/gpt-4o, access_key: b, priority: 0}
   - {name: solo, model: openai/gpt-4o-mini, access_key: s}
 """
-    assert parse_config(group + "cooldown: {slow_start: 30s}", "gw.yaml", {}).cooldown.slow_start_s == 30.0
-    assert parse_config(group, "gw.yaml", {}).cooldown.slow_start_s is None, "unset: a member takes its share at once"
+    assert parse_config(group + "cooldown: {slow_start: 30s}", "gw.yaml", {}).cooldown.slow_start == 30.0
+    assert parse_config(group, "gw.yaml", {}).cooldown.slow_start is None, "unset: a member takes its share at once"
     assert any("cooldown.slow_start: expected a duration" in problem for problem in problems(group + "cooldown: {slow_start: soon}"))
     assert problems(group + "cooldown: {slow_start: 30s, enabled: false}") == [
         "cooldown.slow_start: has nothing to ramp with cooldown.enabled false: no provider ever comes back from a cooldown"
@@ -489,7 +489,7 @@ model_providers:
 def test_waiting_for_capacity_keys_go_with_on_all_cooling_wait_and_a_wait_shorter_than_the_timeout():
     base = "model_providers: [{model: openai/gpt-4o, access_key: k}]\nlisteners: [{type: model, port: 12000, %s}]"
     listener = parse_config(base % "on_all_cooling: wait, max_wait: 3s, max_waiting: 50", "gw.yaml", {}).listeners[0]
-    assert (listener.on_all_cooling, listener.max_wait_s, listener.max_waiting) == ("wait", 3.0, 50)
+    assert (listener.on_all_cooling, listener.max_wait, listener.max_waiting) == ("wait", 3.0, 50)
     assert problems(base % "max_wait: 3s") == ["listeners[0].max_wait: only applies with listeners[0].on_all_cooling: wait (it is 'reject')"]
     assert problems(base % "on_all_cooling: wait, max_wait: 60s, timeout: 30s") == ["listeners[0].max_wait: 60s is not shorter than listeners[0].timeout (30s)"]
 

@@ -37,7 +37,7 @@ def test_a_429_cools_for_retry_after_and_ends_by_itself(clock):
 
 
 def test_after_a_cooldown_one_trial_request_finds_out_and_the_others_go_on(clock):
-    states = health(clock, failure_threshold=3, default_s=10)
+    states = health(clock, failure_threshold=3, default_cooldown=10)
     for _ in range(3):
         states.record(Outcome("a", 0, "timeout"))
     clock.now += 10.5
@@ -50,7 +50,7 @@ def test_after_a_cooldown_one_trial_request_finds_out_and_the_others_go_on(clock
 
 
 def test_a_failed_trial_cools_at_once_and_an_unanswered_one_gives_way_to_the_next_trial(clock):
-    states = health(clock, failure_threshold=3, default_s=10)
+    states = health(clock, failure_threshold=3, default_cooldown=10)
     states.record(Outcome("a", 429, "rate_limited", 2))
     clock.now += 2.5
     assert states.pick_start(["a", "b"], trial_s=5) == ("a", 0.0)
@@ -65,7 +65,7 @@ def test_a_failed_trial_cools_at_once_and_an_unanswered_one_gives_way_to_the_nex
 
 
 def test_default_and_cap(clock):
-    states = health(clock, default_s=5, max_s=60)
+    states = health(clock, default_cooldown=5, max_cooldown=60)
     assert states.record(Outcome("a", 429, "rate_limited", None)) == 5
     assert states.record(Outcome("b", 429, "rate_limited", 3600)) == 60
 
@@ -79,7 +79,7 @@ def test_all_cooling_reports_the_soonest(clock):
 
 
 def test_failures_cool_only_after_the_threshold_and_success_resets_the_count(clock):
-    states = health(clock, failure_threshold=3, default_s=10)
+    states = health(clock, failure_threshold=3, default_cooldown=10)
     for _ in range(2):
         assert states.record(Outcome("a", 0, "connect_failure")) == 0
     states.record(Outcome("a", 200, "ok"))
@@ -100,7 +100,7 @@ def test_only_time_ends_a_rate_limit_cooldown(clock):
 
 
 def test_a_success_ends_a_failure_cooldown_only_if_it_started_after_it(clock):
-    states = health(clock, failure_threshold=2, default_s=30)
+    states = health(clock, failure_threshold=2, default_cooldown=30)
     states.record(Outcome("a", 0, "reset"))
     clock.now += 1
     states.record(Outcome("a", 200, "ok", started=clock.now - 2))
@@ -165,7 +165,7 @@ def test_classify(status, flags, kind):
 def test_a_refused_key_the_gateway_owns_cools_its_provider_at_once_for_the_longest_cooldown(clock):
     assert classify(401) == classify(403) == "auth_failed"
     assert classify(401, owns_key=False) == "client_error", "a client's own credential refused says nothing about the provider"
-    states = health(clock, failure_threshold=3, max_s=60)
+    states = health(clock, failure_threshold=3, max_cooldown=60)
     assert states.record(Outcome("a", 401, "auth_failed")) == 60, "a revoked key does not recover in seconds, nor needs three tries to be known"
     assert states.pick_start(["a", "b"]) == ("b", 0.0)
     clock.now += 61
@@ -174,7 +174,7 @@ def test_a_refused_key_the_gateway_owns_cools_its_provider_at_once_for_the_longe
 
 
 def test_slow_start_ramps_a_member_back_from_a_cooldown_from_a_tenth_of_its_weight_to_all_of_it(clock):
-    states = health(clock, slow_start_s=30)
+    states = health(clock, slow_start=30)
     assert states.ramped(("a", "b"), (3, 1)) == (3, 1), "never cooled: its whole weight"
     states.record(Outcome("a", 429, "rate_limited", 10))
     clock.now += 10

@@ -73,7 +73,7 @@ def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
 
 def test_a_chain_of_one_attempt_does_not_hedge_and_is_not_timed_out_at_hedge_after():
     chain = config("{retry_on: [429], hedge_after: 1s, max_attempts: 1}").chains["a"]
-    assert chain.policy.hedge_after_s is None and chain.policy.attempt_timeout_s is None and not chain.hedges
+    assert chain.policy.hedge_after is None and chain.policy.attempt_timeout is None and not chain.hedges
 
 
 def test_a_plain_chain_has_no_hold_and_no_timing():
@@ -168,7 +168,7 @@ def test_the_config_references_worked_example_is_a_valid_config_with_the_chain_i
     assert loaded.chains["key-a"].providers == ("key-a", "key-b", "azure", "bedrock")
     assert loaded.chains["key-b"].providers == ("key-b", "key-a", "azure", "bedrock")
     assert [loaded.providers[name].group for name in ("key-a", "key-b", "azure")] == ["openai/gpt-4o#1", "openai/gpt-4o#1", "openai/gpt-4o#2"]
-    assert loaded.chains["key-a"].policy.timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout_s == 2.0
+    assert loaded.chains["key-a"].policy.timing == "first_token" and loaded.chains["key-a"].policy.attempt_timeout == 2.0
 
 
 def test_check_shows_the_groups_their_weights_and_the_timing(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """The decisions, without gRPC: model -> chain, attempt -> mutations, body rewrite."""
 
-import dataclasses
 import json
 import re
 
@@ -184,7 +183,7 @@ def test_bad_bodies_are_refused(body, status, code):
 
 
 def test_declared_length_over_the_limit_is_refused_before_the_body():
-    small = dataclasses.replace(LISTENER, max_body_bytes=1024)
+    small = LISTENER.model_copy(update={"max_body_bytes": 1024})
     decision = router.screen(CONFIG, small, {**CLIENT, "content-length": "2000"})
     assert isinstance(decision, Reply) and decision.status == 413
     assert router.screen(CONFIG, small, {**CLIENT, "content-length": "100"}) is None

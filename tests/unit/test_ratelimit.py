@@ -97,7 +97,7 @@ def test_an_exhausted_answer_cools_its_provider_and_is_shared():
 
 
 def test_a_shared_cooldown_extends_never_shortens_and_is_capped():
-    health = ProviderHealth(Cooldown(max_s=60.0), clock=lambda: NOW)
+    health = ProviderHealth(Cooldown(max_cooldown=60.0), clock=lambda: NOW)
     assert health.share("a", NOW + 30)
     assert not health.share("a", NOW + 10)
     assert health.share("a", NOW + 600) and health.remaining("a") == 60.0

@@ -82,7 +82,7 @@ def test_one_cluster_per_provider_name_even_on_one_host():
     ext_proc = watch["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
     assert ext_proc["response_attributes"] == ["xds.upstream_host_metadata"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot take note of a failed answer lets it go on unchanged"
-    off = dataclasses.replace(CONFIG, cooldown=dataclasses.replace(CONFIG.cooldown, enabled=False))
+    off = dataclasses.replace(CONFIG, cooldown=CONFIG.cooldown.model_copy(update={"enabled": False}))
     assert "extproc.failed" not in upstream_filter_names(render(off), CHAIN["primary"]), "cooldowns off: nothing to know before Envoy acts"
 
 
