@@ -14,6 +14,7 @@ from functools import cached_property
 from types import MappingProxyType
 
 from ..contract import HEDGE_TIMING
+from . import schema
 from .schema import Cooldown, Listener, Metrics, RetryPolicy, Routing
 
 #: The start of every chain's (aggregate) cluster name: Envoy keeps no statistics of its own for these (render's `stats_config`).
@@ -25,51 +26,20 @@ PROVIDER_CLUSTER_PREFIX = "provider."
 CLIENT_ONLY_HEADERS = frozenset({"cookie", "proxy-authorization", "forwarded"})
 
 
-@dataclass(frozen=True)
-class Provider:
-    """One `model_providers` entry: where a model is served and how to call it."""
+class Provider(schema.Provider):
+    """One `model_providers` entry as it runs: its keys as written (`schema.Provider`), and what they resolve to.
+
+    Built by `resolve` without validating again (`model_construct`): the entry was, and what is added is derived from it.
+    """
 
     name: str
-    model: str  # as clients ask for it: "openai/gpt-4"
-    model_name: str  # as the provider is sent it: "gpt-4"
+    model_name: str  # as the provider is sent it: "gpt-4" (the entry's `model` is as clients ask for it: "openai/gpt-4")
     scheme: str
     host: str
     port: int
     path_prefix: str  # base_url's path without a trailing slash, "" if none
-    access_key: str | None = field(default=None, repr=False)
-    passthrough_auth: bool = False
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
-    default: bool = False
-    retry_policy: RetryPolicy | None = None
-    #: `routing` (per model, declared on one of its providers): how a request picks among a priority group's members.
-    routing: Routing | None = None
-    ca_file: str | None = None  # PEM bundle that verifies an https provider; None: the system's
-    #: The API the provider speaks when its model's prefix does not say (Plano's `provider_interface`, mapped).
-    interface: str | None = None
-    http_host: str | None = None  # the Host header to send, when not the base_url's (Plano's `http_host`)
-    #: `max_tokens` sent to an Anthropic provider when a translated request gives none (the Messages API requires one).
-    default_max_tokens: int = 4096
-    #: Its model's providers are tried by priority, lowest first (None: its position among them); equal priorities share by `weight`.
-    priority: int | None = None
-    weight: int = 1
     #: Its priority group's name, set when the config is resolved: its model and the group's rank, "openai/gpt-4o#1".
     group: str = ""
-    #: Azure OpenAI: the `api-version` of the deployments path; None: Azure's v1 path (base_url's).
-    api_version: str | None = None
-    #: Vertex AI: the project and region of its paths, and the service-account key file (None: Application Default Credentials).
-    vertex_project: str | None = None
-    vertex_location: str | None = None
-    vertex_credentials: str | None = None
-    #: AWS Bedrock: the region (the entry's, or the environment's), and fixed keys (None: the standard AWS chain).
-    aws_region_name: str | None = None
-    aws_access_key_id: str | None = field(default=None, repr=False)
-    aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_session_token: str | None = field(default=None, repr=False)
-
-    @property
-    def kind(self) -> str:
-        """The provider kind: "openai" for "openai/gpt-4", or the API its `provider_interface` names."""
-        return self.interface or self.model.partition("/")[0]
 
     @property
     def tls(self) -> bool:

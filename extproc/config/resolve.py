@@ -9,7 +9,7 @@ Problems are collected, never raised one by one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
@@ -61,7 +61,7 @@ class Resolver:
         for name, model_groups in groups.items():
             for rank, group in enumerate(model_groups, 1):
                 for member in group:
-                    by_name[member] = replace(by_name[member], group=f"{name}#{rank}")
+                    by_name[member] = by_name[member].model_copy(update={"group": f"{name}#{rank}"})
         models = {name: [member for group in groups[name] for member in group] for name in models}
         policies = self.model_policies(by_name, models, declared | set(models) | self.dropped_models, providers)
         routing = self.model_routing(by_name, providers)
@@ -151,9 +151,8 @@ class Resolver:
 
     def provider(self, entry: schema.Provider, path: str, ca_default: str | None) -> model.Provider | None:
         before = len(self.problems)
-        kind, _, model_name = entry.model.partition("/")
-        interface = schema.PLANO_INTERFACES[entry.provider_interface] if entry.provider_interface else None
-        kind_rules = providers.kind_named(interface or kind)  # as `model.Provider.kind` will say
+        model_name = entry.model.partition("/")[2]
+        kind_rules = providers.kind_named(entry.kind)
         if not self.kind_keys(entry, path, kind_rules):
             return None
         keys = {key: getattr(entry, key) for key in kind_rules.config_keys}
@@ -164,7 +163,7 @@ class Resolver:
             return None
         if base_url is None:
             defaults = sorted(name for name, known in providers.KINDS.items() if known.base_url)
-            self.problem(f"{path}.base_url", f"required for provider kind {kind!r} (known kinds with a default: {', '.join(defaults)})")
+            self.problem(f"{path}.base_url", f"required for provider kind {entry.kind!r} (known kinds with a default: {', '.join(defaults)})")
             return None
         parts = urlsplit(base_url)
         if not parts.hostname:
@@ -179,29 +178,17 @@ class Resolver:
             self.problem(f"{path}.model", f"{name!r} cannot name a provider: give the entry a name: of letters, digits and . _ : / @ -")
         if len(self.problems) > before:
             return None
-        return model.Provider(
-            name=name,
-            model=entry.model,
-            model_name=kind_rules.wire_model(model_name) if kind_rules.wire_model else model_name,
-            scheme=parts.scheme,
-            host=parts.hostname,
-            port=port,
-            path_prefix=parts.path.rstrip("/"),
-            access_key=entry.access_key,
-            passthrough_auth=entry.passthrough_auth,
-            headers=tuple(entry.headers.items()),
-            default=entry.default,
-            retry_policy=entry.retry_policy,
-            routing=entry.routing,
-            ca_file=entry.ca_file or ca_default,
-            interface=interface,
-            http_host=entry.http_host,
-            default_max_tokens=entry.default_max_tokens,
-            priority=entry.priority,
-            weight=entry.weight,
-            group="",  # known once every provider of its model is: `config`
-            **(dict.fromkeys(providers.KIND_KEYS) | (kind_rules.settle(keys) if kind_rules.settle else keys)),
-        )
+        resolved = {
+            "name": name,
+            "model_name": kind_rules.wire_model(model_name) if kind_rules.wire_model else model_name,
+            "scheme": parts.scheme,
+            "host": parts.hostname,
+            "port": port,
+            "path_prefix": parts.path.rstrip("/"),
+            "ca_file": entry.ca_file or ca_default,
+            **(kind_rules.settle(keys) if kind_rules.settle else {}),
+        }
+        return model.Provider.model_construct(entry.model_fields_set | resolved.keys(), **(entry.__dict__ | resolved))
 
     def kind_keys(self, entry: schema.Provider, path: str, kind_rules: providers.Kind) -> bool:
         """Whether `entry` has the keys its kind requires and none that only other kinds take (each problem noted)."""
@@ -345,7 +332,7 @@ def _owned_headers(by_name: dict[str, model.Provider]) -> frozenset[str]:
         owned.update(translator.HEADERS)  # set on translated attempts only: restored or dropped on the others
     owned.update(translator.read_for(apis))
     for provider in by_name.values():
-        owned.update(name for name, _ in provider.headers)
+        owned.update(provider.headers)
         owned.update(kind_of(provider).sets_headers)  # a signature's: restored (dropped) on the next attempt
     return frozenset(owned)
 

@@ -431,12 +431,12 @@ class Provider(Section):
     model: Annotated[Text, BeforeValidator(_model)] = Field(description="provider/model, as clients ask for it: openai/gpt-4o")
     name: Annotated[str, _text(NAME, "a name of letters, digits and . _ : / @ - (not starting with a symbol)")] | None = None
     base_url: Annotated[Text, BeforeValidator(_base_url)] | None = Field(default=None, description="http(s)://host[:port][/path]; known kinds have a default")
-    access_key: Text | None = Field(default=None, description="the provider's key, usually $ENV_VAR; never logged")
+    access_key: Text | None = Field(default=None, repr=False, description="the provider's key, usually $ENV_VAR; never logged")
     default: bool = Field(default=False, description="serves requests whose model no provider serves")
     retry_policy: RetryPolicy | None = None
     routing: Routing | None = None
     passthrough_auth: bool = Field(default=False, description="forward the client's own credential instead of access_key")
-    headers: dict[Annotated[str, BeforeValidator(_header_name)], Text] = Field(default={}, description="extra headers sent to this provider only")
+    headers: dict[Annotated[str, BeforeValidator(_header_name)], Text] = Field(default={}, repr=False, description="extra headers sent to this provider only (values may be secrets)")
     ca_file: Annotated[Text, BeforeValidator(_readable_file)] | None = Field(default=None, description="PEM bundle that verifies this provider's TLS certificate")
     provider_interface: Annotated[Text, BeforeValidator(_interface)] | None = Field(default=None, description="the API it speaks, for proxies named otherwise (Plano)")
     http_host: Annotated[str, _text(_HOST, "a host[:port]")] | None = Field(default=None, description="the Host header to send, when not base_url's (Plano)")
@@ -449,10 +449,15 @@ class Provider(Section):
         default=None, description="vertex_ai/<model>: a service-account key file; without it, Application Default Credentials"
     )
     aws_region_name: Text | None = Field(default=None, description="bedrock/<model>: the AWS region; default AWS_REGION, then AWS_DEFAULT_REGION")
-    aws_access_key_id: Text | None = Field(default=None, description="bedrock/<model>: with aws_secret_access_key; default: the standard AWS chain")
-    aws_secret_access_key: Text | None = Field(default=None, description="bedrock/<model>: never logged")
-    aws_session_token: Text | None = Field(default=None, description="bedrock/<model>: temporary credentials' token")
+    aws_access_key_id: Text | None = Field(default=None, repr=False, description="bedrock/<model>: with aws_secret_access_key; default: the standard AWS chain")
+    aws_secret_access_key: Text | None = Field(default=None, repr=False, description="bedrock/<model>: never logged")
+    aws_session_token: Text | None = Field(default=None, repr=False, description="bedrock/<model>: temporary credentials' token")
     api_version: Annotated[Text, BeforeValidator(_date_text)] | None = Field(default=None, description="azure/<deployment>: the api-version of /openai/deployments/<deployment>/…; without it, Azure's v1 path")
+
+    @property
+    def kind(self) -> str:
+        """The provider kind: "openai" for "openai/gpt-4", or the API its `provider_interface` names (mapped, Plano's)."""
+        return PLANO_INTERFACES[self.provider_interface] if self.provider_interface else self.model.partition("/")[0]
 
 
 class Listener(Section):

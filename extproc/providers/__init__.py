@@ -6,7 +6,7 @@ Plano `provider_interface` names. Each kind's module declares its `Kind`s;
 that takes `Authorization: Bearer` (most are): adding a kind with its own
 rules is its module and one line here (its credential header is then never
 forwarded from a client, `CREDENTIAL_HEADERS`), and, for config keys of its own,
-their declaration in `config/schema.py` and `config/model.py` (pydantic validates them there).
+their declaration in `config/schema.py` (`schema.Provider`: pydantic validates them, and the running provider is that entry).
 """
 
 from __future__ import annotations
