@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from . import anthropic, azure, bedrock, openai, vertex
+from . import anthropic, azure, bedrock, openai, portkey, vertex
 from .kind import Kind
 
 if TYPE_CHECKING:
     from ..config.model import Provider
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS, *bedrock.KINDS)}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (*openai.KINDS, *anthropic.KINDS, *azure.KINDS, *vertex.KINDS, *bedrock.KINDS, *portkey.KINDS)}
 #: Headers that carry a caller's credentials (each kind's own credential header, and those common to LLM APIs):
 #: a client's are never forwarded unless a provider asks for them (`passthrough_auth`), so a kind with a header of
 #: its own never leaks a client's value of it to another provider.

@@ -275,13 +275,15 @@ def test_parse_reports_where_json_breaks():
     assert parse(b'{"model": "m", "stream": true}').model == "m"
 
 
-@pytest.mark.parametrize(("model", "header", "value"), [("openai/gpt-4", "authorization", "Bearer k"), ("anthropic/claude", "x-api-key", "k"), ("azure_openai/gpt-4", "api-key", "k")])
+@pytest.mark.parametrize(("model", "header", "value"), [("openai/gpt-4", "authorization", "Bearer k"), ("anthropic/claude", "x-api-key", "k"), ("azure_openai/gpt-4", "api-key", "k"), ("portkey/gpt-4o", "x-portkey-api-key", "k")])
 def test_each_provider_kind_gets_its_key_in_its_own_header(model, header, value):
     config = parse_config(f"listeners: [{{type: model, port: 0}}]\nmodel_providers: [{{name: p, model: {model}, base_url: 'http://h', access_key: k}}]", "t.yaml", {})
-    context = RequestContext(path="/", originals={"authorization": "Bearer client"})
-    headers = dict(attempt(config, "p", context, []).headers.set)
+    context = RequestContext(path="/", originals={"authorization": "Bearer client", "x-portkey-api-key": "client"})
+    plan = attempt(config, "p", context, ["authorization", "x-portkey-api-key"])
+    headers = dict(plan.headers.set)
     assert headers[header] == value
-    assert [name for name in ("authorization", "x-api-key", "api-key") if name in headers] == [header], "one credential header, no client key"
+    assert [name for name in ("authorization", "x-api-key", "api-key", "x-portkey-api-key") if name in headers] == [header], "one credential header, no client key"
+    assert {"authorization", "x-portkey-api-key"} - {header} <= set(plan.headers.remove), "the client's credentials are dropped"
 
 
 @pytest.mark.parametrize(

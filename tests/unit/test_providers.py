@@ -65,6 +65,15 @@ def test_an_undeclared_kind_is_openai_compatible_with_a_bearer_key():
     assert kind.api == translator.OPENAI_CHAT and kind.credential("k") == ("authorization", "Bearer k") and kind.base_url is None
 
 
+
+def test_a_kind_with_its_own_header_is_its_module_portkey():
+    """providers/portkey.py and its line in KINDS: its default base_url, and its header is a credential no client's value of reaches any provider."""
+    (provider,) = config("  - {name: pk, model: portkey/gpt-4o, access_key: k, headers: {x-portkey-virtual-key: openai-prod}}").providers.values()
+    assert (provider.scheme, provider.host, provider.port, provider.path_prefix) == ("https", "api.portkey.ai", 443, "")
+    assert upstream_path(provider, "/v1/chat/completions") == "/v1/chat/completions"
+    assert "x-portkey-api-key" in providers.CREDENTIAL_HEADERS
+
+
 BEDROCK = "  - {name: b, model: 'bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0', aws_region_name: us-east-1, aws_access_key_id: AKIAMOCKMOCKMOCK0001, aws_secret_access_key: mock-secret-access-key}"
 
 
