@@ -52,7 +52,8 @@ class Phase(StrEnum):
 
     ROUTER = "router"  # before routing: picks the chain, once per request
     UPSTREAM = "upstream"  # an attempt that must be rebuilt for its provider (a retry, a translated first attempt)
-    HOLD = "hold"  # an event stream's start, held until its first token
+    HOLD = "hold"  # an event stream's start, held until its first token (an error event first: the attempt's failure)
+    HEDGED_HOLD = "hedged_hold"  # the same on a chain that hedges, where an error event goes on as sent (no failed answer released)
     FAILED = "failed"  # an attempt's failed answer, before Envoy acts on it
 
 

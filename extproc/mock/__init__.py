@@ -67,6 +67,12 @@ class MockProvider:
     #: A streamed answer stops after this many content chunks and sends nothing more until the gateway goes away.
     stall_after_chunks: int | None = None
     chunk_interval_s: float = 0.05
+    #: A streamed answer sends this many content chunks, then an in-band error of `stream_error_type` (Anthropic's
+    #: `event: error`, an OpenAI chunk of `error`), and ends: 0 is an error before any content.
+    stream_error_after: int | None = None
+    stream_error_type: str = "overloaded_error"
+    #: A streamed answer's connection closes after this many content chunks, its stream unended (a cut mid-answer).
+    cut_after_chunks: int | None = None
     received: list[ReceivedRequest] = field(default_factory=list)  # the latest `history` requests, oldest first
     history: int = 1000
     served: int = 0  # requests received in all
@@ -136,6 +142,16 @@ class MockProvider:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
 
+    async def _broken(self, writer: asyncio.StreamWriter, opening: list[bytes], content: list[bytes], error: bytes) -> bool:
+        """A stream that fails (`stream_error_after`) or is cut (`cut_after_chunks`) after some content; True when this one was."""
+        if self.stream_error_after is not None:
+            await self._send(writer, [*opening, *content[: self.stream_error_after], error])
+            return True
+        if self.cut_after_chunks is not None:
+            await self._send(writer, [*opening, *content[: self.cut_after_chunks]], end=False)
+            raise ConnectionResetError("the mock cut this stream")
+        return False
+
     async def _wait(self, reader: asyncio.StreamReader, seconds: float) -> bool:
         """Wait `seconds`; False (and the request counted as cancelled) if the peer closed the connection meanwhile."""
         try:
@@ -203,6 +219,8 @@ class MockProvider:
             if self.sse_odd_event is not None:
                 events.insert(1, self.sse_odd_event)
             line_end = self.sse_line_end.encode()
+            if await self._broken(writer, events[:2], events[3:], anthropic.stream_error(self.stream_error_type, self.name)):
+                return
             await self._send(writer, _pieces(events[0], line_end), end=False)
             if self.first_token_delay_s and not await self._wait(reader, self.first_token_delay_s):  # after message_start
                 raise ConnectionResetError("the gateway left this stream before its first token")
@@ -301,6 +319,11 @@ class MockProvider:
         else:
             deltas = [{"content": f"{words[index % len(words)]} "} for index in range(max(self.chunks, len(words)))]
         finish = "tool_calls" if calls else "stop"
+        opening = event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        content = [event([{"index": 0, "delta": delta, "finish_reason": None}]) for delta in deltas]
+        error = {"error": {"message": f"{self.name}: mock in-band {self.stream_error_type}", "type": self.stream_error_type, "param": None, "code": self.stream_error_type}}
+        if await self._broken(writer, [opening], content, f"data: {json.dumps(error)}\n\n".encode()):
+            return
         if self.stall_after_chunks is not None:
             await self._send(writer, (event([{"index": 0, "delta": delta, "finish_reason": None}]) for delta in deltas[: self.stall_after_chunks]), end=False)
             await self._wait(reader, 3600)

@@ -119,6 +119,11 @@ def events(name: str, payload: dict[str, Any], number: int, use_tool: tuple[str,
     return out
 
 
+def stream_error(error_type: str, name: str) -> bytes:
+    """Anthropic's in-band error event (`overloaded_error` when it is overloaded mid-request)."""
+    return _event("error", {"type": "error", "error": {"type": error_type, "message": f"{name}: mock in-band {error_type}"}})
+
+
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 

@@ -29,7 +29,7 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
 
 def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
     """What each attempt of `chain` passes through (the shared filters, for a chain like most)."""
-    hold = _first_token_hold(options, config) if chain.policy.timing else None
+    hold = _first_token_hold(options, config, chain.hedges) if chain.policy.timing else None
     return _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
 
 
@@ -68,7 +68,7 @@ def _failed_answers(options: RenderOptions) -> dict:
     return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 
 
-def _first_token_hold(options: RenderOptions, config: Config) -> dict:
+def _first_token_hold(options: RenderOptions, config: Config, hedges: bool) -> dict:
     """Holds an event stream's response headers at the sidecar until its first token (the "hold" phase).
 
     Until Envoy's router has the headers it has sent the client nothing, so
@@ -76,10 +76,11 @@ def _first_token_hold(options: RenderOptions, config: Config) -> dict:
     the answer's headers (a composite on content-type), so a JSON answer or
     an error passes untouched; the sidecar gets the headers and, without
     waiting for its reply, the first chunks; it answers all of them once one
-    holds a token and ends the stream, so the rest flows past it.
+    holds a token and ends the stream, so the rest flows past it. A stream
+    that opens with an error fails over, except on a chain that hedges (`Phase.HEDGED_HOLD`).
     """
     hold = answer_phase(
-        Phase.HOLD,
+        Phase.HEDGED_HOLD if hedges else Phase.HOLD,
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
         max((listener.timeout for listener in config.listeners), default=options.message_timeout_s),
         response_body="STREAMED",

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ..processor.firsttoken import FirstToken
+from ..processor.firsttoken import FirstToken, StreamError
 from . import wire
-from .messages import Request, Response, endpoint, headers_of, status_of, unchanged
+from .messages import Request, Response, endpoint, headers_of, set_headers, status_of, unchanged
 
 
 class HoldStream:
@@ -18,10 +18,19 @@ class HoldStream:
     chunks; none is answered until one holds a token (`FirstToken`), then all
     are, unchanged and in order, and the stream ends so the rest flows past.
     Anything but a 200 goes on at once: a 429 must reach Envoy's retry now.
+
+    A stream that opens with an error event (`fails_over`) goes on as the
+    failed answer it is: its status becomes the error's (an overloaded
+    provider's 529), which Envoy's router retries on the next provider (or the
+    failed-answer watch cools), and its held chunks become the error's JSON
+    body, what the client gets when no retry follows. Not on a chain that
+    hedges: Envoy 1.40 crashes when an upstream filter releases a failed answer
+    while another attempt is in flight (docs/envoy-behaviour.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fails_over: bool = True) -> None:
         self.first = FirstToken()
+        self.fails_over = fails_over
         self.held: list[str] = []  # the kinds of the messages not answered yet, in order
         self.done = False
 
@@ -41,10 +50,25 @@ class HoldStream:
         return [unchanged(kind)]
 
     def release(self) -> list[Response]:
-        """Answer everything held, unchanged: the stream goes on to the client."""
+        """Answer everything held: unchanged (the stream goes on to the client), or as the error it opened with."""
         self.done = True
         held, self.held = self.held, []
-        return [unchanged(kind) for kind in held]
+        error = self.first.error if self.fails_over else None
+        if error is None:
+            return [unchanged(kind) for kind in held]
+        first_body = held.index("response_body")  # an error is only ever found in a chunk
+        return [_as_error(kind, error, first=index == first_body) for index, kind in enumerate(held)]
+
+
+def _as_error(kind: str, error: StreamError, first: bool) -> Response:
+    """A held message of a stream that opened with `error`: the headers take its status, the first chunk its body, the others nothing."""
+    response = unchanged(kind)
+    if kind == "response_headers":
+        set_headers(response.response_headers.response.header_mutation.set_headers, [(":status", str(error.status)), ("content-type", "application/json")])
+    elif kind == "response_body":
+        mutation = response.response_body.response.body_mutation
+        mutation.body = error.body if first else b""
+    return response
 
 
 class FailedAnswer(NamedTuple):

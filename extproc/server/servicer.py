@@ -51,8 +51,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         phase = metadata.get(PHASE_METADATA)
         if phase == Phase.FAILED:
             return await self._failed(context)
-        if phase == Phase.HOLD:
-            return await self._hold(HoldStream(), context)
+        if phase in (Phase.HOLD, Phase.HEDGED_HOLD):
+            return await self._hold(HoldStream(fails_over=phase == Phase.HOLD), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]

@@ -259,8 +259,8 @@ class StreamTranslator:
     """Anthropic's event stream -> chat.completion.chunk events, one input chunk at a time (nothing held back but a partial line).
 
     An event that cannot be read, or a stream that ends before `message_stop`,
-    becomes an error event for the client, never silence; `malformed` counts
-    the unreadable events.
+    becomes an error event for the client, never silence; a stream that ends
+    in an error has no `[DONE]` (a clean end). `malformed` counts the unreadable events.
     """
 
     include_usage: bool = False
@@ -277,7 +277,6 @@ class StreamTranslator:
         out = [translated for event in self._reader.feed(data, end) for translated in self._event(event.data)]
         if end and not self._done:
             out.append(sse.openai_error("the provider's event stream ended before its message_stop event", "incomplete_stream"))
-            out.append(sse.DONE)
             self._done = True
         return b"".join(out)
 
@@ -326,12 +325,12 @@ class StreamTranslator:
         if kind == "message_stop":
             self._done = True
             if not self._blocks:
-                return (sse.openai_error("the provider's answer had no content", "bad_provider_answer"), sse.DONE)
+                return (sse.openai_error("the provider's answer had no content", "bad_provider_answer"),)
             usage_chunk = (self._chunks.usage(usage(self._usage)),) if self.include_usage else ()
             return (*usage_chunk, sse.DONE)
         if kind == "error":
             detail = event.get("error") or {}
             kind = str(detail.get("type", "api_error"))
             self._done = True
-            return (sse.openai_error(str(detail.get("message", "")), kind, _ERROR_TYPES.get(kind, kind)), sse.DONE)
+            return (sse.openai_error(str(detail.get("message", "")), kind, _ERROR_TYPES.get(kind, kind)),)
         return ()  # ping, content_block_stop, and events this translation does not know

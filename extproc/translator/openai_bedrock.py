@@ -143,9 +143,8 @@ class StreamTranslator:
             self.malformed += 1
             out.append(sse.openai_error("the provider sent an event-stream frame the gateway could not read", "malformed_event"))
         if end and not self._done:
-            if not self._stopped:
-                out.append(sse.openai_error("the provider's event stream ended before its messageStop event", "incomplete_stream"))
-            out.append(sse.DONE)
+            # a stream that ends in an error has no [DONE]: a clean end
+            out.append(sse.DONE if self._stopped else sse.openai_error("the provider's event stream ended before its messageStop event", "incomplete_stream"))
             self._done = True
         return b"".join(out)
 
@@ -153,7 +152,7 @@ class StreamTranslator:
         if headers.get(":message-type") == "exception":
             kind = str(headers.get(":exception-type", "exception"))
             self._done = True
-            return [sse.openai_error(str(body_field(payload, "message") or ""), kind, "rate_limit_error" if kind == "throttlingException" else "server_error"), sse.DONE]
+            return [sse.openai_error(str(body_field(payload, "message") or ""), kind, "rate_limit_error" if kind == "throttlingException" else "server_error")]
         try:
             event = json.loads(payload)
             return self._event(str(headers.get(":event-type", "")), event)

@@ -18,6 +18,13 @@ ANTHROPIC_ERROR_TYPES = {
     413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error", 529: "overloaded_error",
 }  # fmt: skip
 
+#: An in-band error's type (Anthropic's, OpenAI's `type` or `code`) -> the HTTP status it stands for: Anthropic's
+#: documented one (overloaded: 529), and OpenAI's rate-limit and quota codes as 429.
+ERROR_TYPE_STATUSES = {
+    **{kind: status for status, kind in ANTHROPIC_ERROR_TYPES.items()}, "server_error": 500,
+    "rate_limit_exceeded": 429, "insufficient_quota": 429, "tokens": 429, "requests": 429,
+}  # fmt: skip
+
 
 def anthropic_error_type(status: int) -> str:
     return ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")

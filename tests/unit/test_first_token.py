@@ -9,7 +9,7 @@ from extproc.cli import main
 from extproc.config import ConfigError, parse_config
 from extproc.processor.context import RequestContext
 from extproc.processor.cooldown import FAILURE_KINDS, classify
-from extproc.processor.firsttoken import MAX_HELD_BYTES, FirstToken
+from extproc.processor.firsttoken import MAX_HELD_BYTES, FirstToken, StreamError
 from extproc.render import render
 
 from .rendered import upstream_filters
@@ -56,6 +56,7 @@ def test_first_token_timeout_is_the_per_try_timeout_with_the_stream_start_held_a
     ext_proc = hold["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
     assert ext_proc["failure_mode_allow"] is True, "a sidecar that cannot hold a stream lets it go on, never an error"
     assert ext_proc["message_timeout"] == "90.000s", "the hold is bounded by the attempt's timeouts, not by a message timeout"
+    assert ext_proc["grpc_service"]["initial_metadata"] == [{"key": "x-extproc-phase", "value": "hold"}], "an error event before the first token fails over"
 
 
 def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
@@ -66,6 +67,8 @@ def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
     assert route["route"]["hedge_policy"] == {"hedge_on_per_try_timeout": True}
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
     assert filter_names(cluster)[0] == "extproc.first_token" and "extproc.failed" not in filter_names(cluster), "a hedging chain's failed answers: from its log entries"
+    hold = cluster[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
+    assert hold["grpc_service"]["initial_metadata"][0]["value"] == "hedged_hold", "no failed answer released while a hedge may be in flight"
     assert virtual_host["include_is_timeout_retry_header"] is True
     patch = next(item for item in cluster if item["name"] == "extproc.model_patch")
     assert 'remove("x-envoy-is-timeout-retry")' in patch["typed_config"]["default_source_code"]["inline_string"], "no provider is sent Envoy's mark"
@@ -131,6 +134,28 @@ def test_a_stream_is_held_until_an_event_carries_content(chunks, held):
     first = FirstToken()
     seen = [first.feed(piece) for piece in chunks]
     assert seen[-1] is not held and not any(seen[:-1])
+
+
+ANTHROPIC_OVERLOADED = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+
+
+@pytest.mark.parametrize(
+    ("chunks", "error"),
+    [
+        ([b"event: message_start\ndata: {}\n\n", b"event: error\ndata: " + ANTHROPIC_OVERLOADED + b"\n\n"], StreamError(529, ANTHROPIC_OVERLOADED)),
+        ([b'event: error\ndata: {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}\n\n'], StreamError(429, b'{"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}')),
+        ([chunk({"role": "assistant", "content": ""}), b'data: {"error": {"message": "m", "type": "server_error", "code": null}}\n\n'], StreamError(500, b'{"error": {"message": "m", "type": "server_error", "code": null}}')),
+        ([b'data: {"error": {"message": "m", "type": "requests", "code": "rate_limit_exceeded"}}\n\n'], StreamError(429, b'{"error": {"message": "m", "type": "requests", "code": "rate_limit_exceeded"}}')),
+        ([b'event: error\ndata: {"type": "error", "code": "server_is_overloaded", "message": "m", "param": null}\n\n'], StreamError(500, b'{"error":{"message":"m","code":"server_is_overloaded","param":null}}')),
+        ([b'event: error\ndata: {"type": "error", "error": {"type": "novel_error"}}\n\n'], StreamError(500, b'{"type": "error", "error": {"type": "novel_error"}}')),
+        ([chunk({"content": "Hi"}), b"event: error\ndata: " + ANTHROPIC_OVERLOADED + b"\n\n"], None),  # content came first: the answer, not a failure
+        ([b"event: error\ndata: not json\n\n"], None),  # unreadable: released as it is
+    ],
+)
+def test_an_error_event_before_any_content_is_the_attempts_failure_with_its_status_and_body(chunks, error):
+    first = FirstToken()
+    assert any(first.feed(piece) for piece in chunks)
+    assert first.error == error
 
 
 def test_the_end_of_a_stream_or_too_much_without_a_token_lets_it_go():
