@@ -253,6 +253,8 @@ def _chain_line(config: Config, chain: Chain) -> str:
         line += f"; an attempt without its first token in {policy.first_token_timeout:g}s is left"
     if policy.hedge_after is not None:
         line += f"; hedged after {policy.hedge_after:g}s"
+    if policy.retry_budget is not None:
+        line += f"; retry budget {policy.retry_budget:g}%"
     grouped = any(sizes[config.providers[name].group] > 1 for name in chain.providers)
     routing = config.routing.get(config.providers[chain.providers[0]].model)
     if routing is not None and grouped:

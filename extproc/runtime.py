@@ -8,6 +8,7 @@ from .config import Config, ConfigStore
 from .observability.metrics import GatewayMetrics
 from .observability.observer import Observer
 from .processor.cooldown import ProviderHealth
+from .processor.retrybudget import RetryBudgets
 
 
 @dataclass
@@ -17,6 +18,8 @@ class Runtime:
     metrics: GatewayMetrics
     observer: Observer
     serving: bool = False
+    #: Each model's requests and retries lately (`retry_policy.retry_budget`).
+    budgets: RetryBudgets = field(default_factory=RetryBudgets)
     #: What keeps this sidecar from doing its job (a dead Envoy, a stopped task), by part.
     problems: dict[str, str] = field(default_factory=dict)
     #: What works less well than it could but does not stop it (shared state away), by part: shown by /readyz, still ready.

@@ -333,6 +333,18 @@ def check_ratio(value: Any, scale: float) -> float:
     return number * 100.0 / scale
 
 
+def _percent(value: Any) -> float:
+    """A share written `20%` or `20`, between 1 and 100."""
+    number = value.strip().removesuffix("%") if isinstance(value, str) else value
+    try:
+        percent = None if isinstance(number, bool) else float(number)
+    except (TypeError, ValueError):
+        percent = None
+    if percent is None or not 1 <= percent <= 100:
+        raise invalid(f"expected a percentage between 1% and 100%, like 20%, got {value!r}")
+    return percent
+
+
 def _ratio(scale: float) -> Checked:
     return Checked(lambda value: check_ratio(value, scale), {"type": "number", "minimum": 0, "maximum": scale})
 
@@ -373,11 +385,16 @@ class RetryPolicy(Section):
     hedge_after: Duration | None = Field(
         default=None, description="an attempt that sent no answer (a stream: no first token) by then gets a parallel attempt on the next provider; the first to answer wins"
     )
+    retry_budget: Annotated[float, Checked(_percent, {"anyOf": [{"type": "number", "minimum": 1, "maximum": 100}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"}]})] | None = Field(
+        default=None, description="the model's retries over the last 10s at most this share of its requests (at least 3 a second): past it, a request is not failed over"
+    )
 
     @model_validator(mode="after")
     def _one_timing(self) -> RetryPolicy:
         if self.first_token_timeout is not None and self.hedge_after is not None:
             raise invalid("first_token_timeout and hedge_after exclude each other: a hedged attempt is never abandoned (it races the next one); set one")
+        if self.retry_budget is not None and self.max_attempts == 1:
+            raise invalid("retry_budget has nothing to limit with max_attempts: 1 (no request is retried)")
         return self
 
     @cached_property

@@ -66,6 +66,9 @@ class GatewayMetrics:
         self.malformed_events = Labelled(Counter(
             "extproc_translation_malformed_events", "Events of a translated answer stream that could not be read: each reached the client as an error event.", ["provider"], registry=r
         ))
+        self.over_retry_budget = Labelled(Counter(
+            "extproc_retry_budget_exhausted", "Requests sent with no retries because their model's retries were over retry_policy.retry_budget, by model.", ["model"], registry=r
+        ))
         self.rejected = Labelled(Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r))
         self.reused_answers = Counter(
             "extproc_router_answers_reused", "Requests routed with the answer kept for their shape (no decision made): against extproc_requests_total, the share of steady clients.", registry=r

@@ -22,6 +22,7 @@ class RequestContext:
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
     body_model: str | None = None  # the model name the body already carries (set by the router level)
     hedged: bool = False  # the chain hedges (`hedge_after`): an attempt started by a per-try timeout races the one before
+    budget: str | None = None  # the model whose retry budget its retries count against (`retry_policy.retry_budget`)
 
     def encode(self, found_at: int | None = None) -> str:
         """`found_at`: where Envoy found the model in the body; a span starting there is written as its width only,
@@ -36,6 +37,8 @@ class RequestContext:
             data["m"] = self.body_model
         if self.hedged:
             data["g"] = 1
+        if self.budget is not None:
+            data["b"] = self.budget
         return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
 
     @classmethod
@@ -52,4 +55,5 @@ class RequestContext:
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
             body_model=data.get("m"),
             hedged=bool(data.get("g")),
+            budget=data.get("b"),
         )

@@ -25,6 +25,7 @@ from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import PATCH_HEADER, TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ModelSpan, ParsedBody, Patch, is_blank, model_patch, parse
+from .retrybudget import RetryBudgets
 
 MODELS_PATH = "/v1/models"
 #: Header entries a request may have when it reaches the sidecar: a client's 100
@@ -55,6 +56,8 @@ class Forward:
     reusable: bool = False
     #: The providers before `provider` in the chain, passed over because they were cooling down.
     passed_over: tuple[str, ...] = ()
+    #: Sent with no retries: its model's retries are over `retry_policy.retry_budget`.
+    over_budget: bool = False
 
 
 class Found(NamedTuple):
@@ -106,29 +109,35 @@ def _too_large(listener: Listener, headers: Mapping[str, str]) -> errors.Reply |
 
 
 def route(
-    config: Config, listener: Listener, headers: Mapping[str, str], end_of_stream: bool, health: ProviderHealth | None = None, found: Found | None = None
+    config: Config,
+    listener: Listener,
+    headers: Mapping[str, str],
+    end_of_stream: bool,
+    health: ProviderHealth | None = None,
+    found: Found | None = None,
+    budgets: RetryBudgets | None = None,
 ) -> errors.Reply | Forward | None:
     """A screened request's chain, from its headers and what Envoy found in its body; None means: wait for the body."""
     if end_of_stream:
-        return resolve(config, listener, headers, None, health)
+        return resolve(config, listener, headers, None, health, budgets=budgets)
     if found is not None:
         token = b'"' + found.model.encode() + b'"'  # Envoy found no escape in it: the model's JSON text
-        return resolve(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), health, token)
+        return resolve(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), health, token, budgets)
     return None
 
 
 def on_body(
-    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None
+    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None, budgets: RetryBudgets | None = None
 ) -> errors.Reply | Forward:
     """Decide from the body (Envoy found no model in it, or is not the kind to look)."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if is_blank(body):
-        return resolve(config, listener, headers, None, health)
+        return resolve(config, listener, headers, None, health, budgets=budgets)
     try:
         separator = multipart.boundary(headers.get("content-type", ""))
         if separator is not None:  # a form (audio uploads): routed by its `model` field, passed on untouched
-            return resolve(config, listener, headers, ParsedBody(multipart.form_field(body, separator, "model"), None), health)
+            return resolve(config, listener, headers, ParsedBody(multipart.form_field(body, separator, "model"), None), health, budgets=budgets)
     except multipart.MultipartError as exc:
         return errors.invalid_request(f"We could not read the multipart/form-data body of your request: {exc}.", "invalid_multipart")
     try:
@@ -136,11 +145,17 @@ def on_body(
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
     span = parsed.span
-    return resolve(config, listener, headers, parsed, health, b"" if span is None else bytes(body[span.start : span.end]))
+    return resolve(config, listener, headers, parsed, health, b"" if span is None else bytes(body[span.start : span.end]), budgets)
 
 
 def resolve(
-    config: Config, listener: Listener, headers: Mapping[str, str], body: ParsedBody | None, health: ProviderHealth | None = None, token: bytes = b""
+    config: Config,
+    listener: Listener,
+    headers: Mapping[str, str],
+    body: ParsedBody | None,
+    health: ProviderHealth | None = None,
+    token: bytes = b"",
+    budgets: RetryBudgets | None = None,
 ) -> errors.Reply | Forward:
     """model -> chain, started at its first provider not cooling down, and the patch that names its model in the body.
 
@@ -161,7 +176,9 @@ def resolve(
     if isinstance(picked, errors.Reply):
         return picked
     start, reusable, passed_over = picked
-    return _forward(config, headers, body, token, model, start, only, reusable, passed_over)
+    budget = chain.policy.retry_budget
+    over_budget = budget is not None and budgets is not None and not budgets.request(model, budget)
+    return _forward(config, headers, body, token, model, start, only, reusable and budget is None, passed_over, over_budget)
 
 
 def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[str, Chain]:
@@ -239,8 +256,13 @@ def _forward(
     only: str | None,
     reusable: bool,
     passed_over: tuple[str, ...],
+    over_budget: bool = False,
 ) -> Forward:
-    """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context."""
+    """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context.
+
+    `reusable`: a kept answer may serve the same request again (never for a model with a retry budget: each request counts).
+    `over_budget`: its model's retries are over budget, so it goes with none and its provider's failed answer reaches the client.
+    """
     path = headers.get(":path", "/")
     provider = config.providers[start]
     started = config.chains[start]
@@ -250,6 +272,8 @@ def _forward(
         run = itertools.takewhile(lambda name: providers.serves(config.providers[name], only), started.providers)
         attempts = min(attempts, sum(1 for _ in run))
         extra[MAX_RETRIES_HEADER] = str(attempts - 1)
+    if over_budget:
+        extra[MAX_RETRIES_HEADER] = "0"
     span = body.span if body is not None else None
     patch = model_patch(token, span, provider.model_name) if span is not None else None
     if patch is not None:  # Envoy runs its Lua patch only when told (it costs every request ~45k instructions otherwise)
@@ -265,12 +289,15 @@ def _forward(
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
         hedged=hedged,
+        budget=model if started.policy.retry_budget is not None else None,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
     if translator.for_attempt(path, provider):
         extra[TRANSLATE_HEADER] = "1"
     first_attempt = plan(config, provider, path, originals, headers, route, extra)
-    return Forward(provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable, passed_over=passed_over)
+    return Forward(
+        provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable, passed_over=passed_over, over_budget=over_budget
+    )
 
 
 def _answer_translated(path: str, provider: Provider) -> bool:

@@ -14,6 +14,7 @@ from ..contract import (
 )
 from ..processor import errors, router
 from ..processor.cooldown import ProviderHealth
+from ..processor.retrybudget import RetryBudgets
 from . import wire
 from .answers import Answers
 from .messages import BODY_ONLY, Request, Response, apply_headers, found_in, headers_of, immediate, set_patch, unchanged
@@ -22,9 +23,10 @@ from .messages import BODY_ONLY, Request, Response, apply_headers, found_in, hea
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, answers: Answers | None = None):
+    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, answers: Answers | None = None, budgets: RetryBudgets | None = None):
         config = self.config = live.current
         self.health = health
+        self.budgets = budgets
         self.answers = answers
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
@@ -35,6 +37,7 @@ class RouterStream:
         #: Whether its servicer may hold it while every provider cools (`on_all_cooling: wait`; not the bulk lane's threads).
         self.may_wait = False
         self.wait_s: float | None = None  # set instead of an answer: wait this long, then handle the message again
+        self.over_budget: str | None = None  # its model, when it was sent with no retries (`retry_policy.retry_budget`)
 
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
@@ -61,7 +64,7 @@ class RouterStream:
             refused = router.screen(self.config, self.listener, headers, count)
             if refused is not None:
                 return self._respond("request_headers", refused)
-            decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found)
+            decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found, self.budgets)
             response = self._respond("request_headers", decision)
             if shape is not None and answers is not None and isinstance(decision, router.Forward) and decision.reusable:
                 answer = response.SerializeToString()
@@ -69,7 +72,7 @@ class RouterStream:
                 return answer
             return response
         if kind == "request_body":
-            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health)
+            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health, self.budgets)
             return self._respond("request_body", decision)
         return unchanged(kind)
 
@@ -94,6 +97,7 @@ class RouterStream:
             response.mode_override.CopyFrom(BODY_ONLY)
             return response
         self.done = True
+        self.over_budget = decision.model if decision.over_budget else None
         apply_headers(common.header_mutation, decision.headers)
         common.clear_route_cache = True
         namespace = self._log_path(response)

@@ -60,7 +60,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             level, stream = "upstream", UpstreamStream(live)
             handle = functools.partial(self._upstream_message, stream)
         else:
-            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers)
+            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers, self.runtime.budgets)
             stream.may_wait = True
             handle = functools.partial(self._router_message, stream)
         in_flight = self.in_flight[level]
@@ -159,6 +159,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             timer.observe(time.perf_counter() - started)
         if stream.reply is not None and stream.reply.reason:
             self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
+        if isinstance(stream, RouterStream) and stream.over_budget is not None:
+            self.runtime.metrics.over_retry_budget.labels(stream.over_budget).inc()
         return response
 
     def _log_once(self, exc: Exception, where: str, message: str, *args, **extra) -> None:
@@ -192,6 +194,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)
         if kind == "request_headers" and stream.number >= 2:
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
+            if stream.attempt.context.budget is not None:
+                self.runtime.budgets.retried(stream.attempt.context.budget)
             if stream.timeout_retry and stream.attempt.context.hedged:
                 self.runtime.metrics.hedged.labels(provider).inc()
 
@@ -210,7 +214,8 @@ class BulkProcessor:
 
     def Process(self, request_iterator, context: grpc.ServicerContext) -> Iterator[Response]:
         metadata = dict(context.invocation_metadata() or ())
-        stream = RouterStream(self.processor.runtime.store.live, self.processor.runtime.health, metadata.get(LISTENER_METADATA, ""))
+        runtime = self.processor.runtime
+        stream = RouterStream(runtime.store.live, runtime.health, metadata.get(LISTENER_METADATA, ""), budgets=runtime.budgets)
         in_flight = self.processor.in_flight["bulk"]
         in_flight.inc()
         try:
