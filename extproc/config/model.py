@@ -193,6 +193,11 @@ class Config:
         )
 
     @cached_property
+    def windows(self) -> bool:
+        """Some provider declares `max_input_tokens`: requests are measured against it (otherwise nothing is)."""
+        return any(provider.max_input_tokens is not None for provider in self.providers.values())
+
+    @cached_property
     def body_limit(self) -> int:
         """The largest listener's `max_body_bytes`: what Envoy buffers of a body or an answer, and what sizes the sidecar's gRPC messages."""
         return max((listener.max_body_bytes for listener in self.listeners), default=0)

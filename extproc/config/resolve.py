@@ -224,11 +224,12 @@ class Resolver:
 
         def fallbacks(path: str, provider: model.Provider) -> None:
             assert provider.retry_policy is not None
-            for index, fallback in enumerate(provider.retry_policy.fallback_models):
-                if fallback == provider.model:
-                    self.problem(f"{path}.fallback_models[{index}]", "a model cannot fall back to itself")
-                elif fallback not in declared:
-                    self.problem(f"{path}.fallback_models[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
+            for key in ("fallback_models", "context_window_fallbacks"):
+                for index, fallback in enumerate(getattr(provider.retry_policy, key)):
+                    if fallback == provider.model:
+                        self.problem(f"{path}.{key}[{index}]", "a model cannot fall back to itself")
+                    elif fallback not in declared:
+                        self.problem(f"{path}.{key}[{index}]", f"model {fallback!r} is not served by any provider (known: {', '.join(models)})")
 
         return self.once_per_model(by_name, providers, "retry_policy", fallbacks)
 

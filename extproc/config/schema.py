@@ -379,6 +379,9 @@ class RetryPolicy(Section):
     max_attempts: Annotated[int, integer(1, 10)] | None = Field(default=None, description="attempts in all, the first included (default: one per provider of the chain)")
     per_try_timeout: Duration | None = None
     fallback_models: Annotated[tuple[Text, ...], _listed()] = Field(default=(), description="models whose providers are tried after this model's own, in order")
+    context_window_fallbacks: Annotated[tuple[Text, ...], _listed()] = Field(
+        default=(), description="models a request goes to, the first that takes it, when its estimated prompt is over every own provider's max_input_tokens"
+    )
     first_token_timeout: Duration | None = Field(
         default=None, description="an attempt that sent no answer (a stream: no first token) by then is left for the next provider; nothing of it reaches the client"
     )
@@ -460,6 +463,9 @@ class Provider(Section):
     default_max_tokens: Annotated[int, integer(1)] = Field(default=4096, description="Anthropic providers: max_tokens for a translated request that gives none")
     priority: Annotated[int, integer(0, 1000)] | None = Field(default=None, description="lower first; providers of a model with the same priority share its traffic by weight (default: file order)")
     weight: Annotated[int, integer(1, 1000)] = Field(default=1, description="this provider's share of its priority group's traffic")
+    max_input_tokens: Annotated[int, integer(1)] | None = Field(
+        default=None, description="the longest prompt it takes, in tokens: a request estimated longer (its body's bytes / 4) skips it uncalled"
+    )
     vertex_project: Text | None = Field(default=None, description="vertex_ai/<model>: the Google Cloud project")
     vertex_location: Text | None = Field(default=None, description="vertex_ai/<model>: the region (us-east5, europe-west1, global, …)")
     vertex_credentials: Annotated[Text, BeforeValidator(_google_key_file)] | None = Field(

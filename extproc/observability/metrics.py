@@ -69,6 +69,9 @@ class GatewayMetrics:
         self.over_retry_budget = Labelled(Counter(
             "extproc_retry_budget_exhausted", "Requests sent with no retries because their model's retries were over retry_policy.retry_budget, by model.", ["model"], registry=r
         ))
+        self.context_window_moves = Labelled(Counter(
+            "extproc_context_window_fallbacks", "Requests whose estimated prompt was over every provider's max_input_tokens of their model, sent to a context_window_fallbacks model.", ["model", "fallback"], registry=r
+        ))
         self.rejected = Labelled(Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r))
         self.reused_answers = Counter(
             "extproc_router_answers_reused", "Requests routed with the answer kept for their shape (no decision made): against extproc_requests_total, the share of steady clients.", registry=r

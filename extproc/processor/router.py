@@ -11,7 +11,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .. import providers, translator
@@ -58,6 +58,8 @@ class Forward:
     passed_over: tuple[str, ...] = ()
     #: Sent with no retries: its model's retries are over `retry_policy.retry_budget`.
     over_budget: bool = False
+    #: The model asked for, when its prompt was too long for it and went to `model`, a context-window fallback.
+    moved_from: str | None = None
 
 
 class Found(NamedTuple):
@@ -168,7 +170,15 @@ def resolve(
     if isinstance(found, errors.Reply):
         return found
     model, chain = found
-    eligible = _candidates(config, model, chain, headers, health)
+    # Measured against its chain's windows, when a provider of it declares one (its own model's providers are in it).
+    tokens = prompt_tokens(headers) if config.windows and any(config.providers[name].max_input_tokens is not None for name in chain.providers) else None
+    moved_from = None
+    if tokens is not None and not any(fits(config.providers[name], tokens) for name in config.models[model]):
+        found = _context_window_fallback(config, model, chain, tokens)
+        if isinstance(found, errors.Reply):
+            return found
+        moved_from, (model, chain) = model, found
+    eligible = _candidates(config, model, chain, headers, health, tokens)
     if isinstance(eligible, errors.Reply):
         return eligible
     candidates, only = eligible
@@ -178,7 +188,9 @@ def resolve(
     start, reusable, passed_over = picked
     budget = chain.policy.retry_budget
     over_budget = budget is not None and budgets is not None and not budgets.request(model, budget)
-    return _forward(config, headers, body, token, model, start, only, reusable and budget is None, passed_over, over_budget)
+    # A kept answer serves requests of the same shape, whatever their length: never one a window may have decided.
+    forward = _forward(config, headers, body, token, model, start, only, reusable and budget is None and tokens is None, passed_over, over_budget, tokens)
+    return replace(forward, moved_from=moved_from) if moved_from is not None else forward
 
 
 def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[str, Chain]:
@@ -198,8 +210,34 @@ def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[
     return model, chain
 
 
+def prompt_tokens(headers: Mapping[str, str]) -> int | None:
+    """The request's prompt in tokens, estimated as its body's bytes / 4 (English runs near 4 bytes a token; JSON adds its
+    keys, so the estimate is high rather than low); None without a `content-length` (Envoy's buffer sets one on every body)."""
+    length = headers.get("content-length")
+    return int(length) // 4 if length and length.isdigit() else None
+
+
+def fits(provider: Provider, tokens: int | None) -> bool:
+    """`provider` takes a prompt of `tokens` (its `max_input_tokens`, when it declares one)."""
+    return provider.max_input_tokens is None or tokens is None or tokens <= provider.max_input_tokens
+
+
+def _context_window_fallback(config: Config, model: str, chain: Chain, tokens: int) -> errors.Reply | tuple[str, Chain]:
+    """A prompt too long for every provider of `model`: the first of its `context_window_fallbacks` with a provider that takes it."""
+    for fallback in chain.policy.context_window_fallbacks:
+        names = config.models.get(fallback, ())  # a fallback left out of a lenient load is skipped
+        if any(fits(config.providers[name], tokens) for name in names):
+            return fallback, config.chains[names[0]]
+    largest = max(config.providers[name].max_input_tokens or 0 for name in config.models[model])
+    message = (
+        f"This request's prompt is about {tokens} tokens (its body's bytes / 4), more than any provider of model '{model}' takes "
+        f"(at most {largest}){' or of its context_window_fallbacks' if chain.policy.context_window_fallbacks else ''}."
+    )
+    return errors.invalid_request(message, "context_length_exceeded")
+
+
 def _candidates(
-    config: Config, model: str, chain: Chain, headers: Mapping[str, str], health: ProviderHealth | None
+    config: Config, model: str, chain: Chain, headers: Mapping[str, str], health: ProviderHealth | None, tokens: int | None = None
 ) -> errors.Reply | tuple[tuple[str, ...], str | None]:
     """The providers a request may start at, in order, and the endpoint only some serve (None: every one serves it).
 
@@ -222,6 +260,8 @@ def _candidates(
         if not candidates:
             return errors.no_provider_for(only, model, providers.why_not(only))
         only = only if len(candidates) < len(chain.providers) else None  # every provider serves it: nothing to cap
+    if tokens is not None:  # a prompt too long for some: they are skipped (`fits`), at the start and, by the retry cap, after it
+        candidates = tuple(name for name in candidates if fits(config.providers[name], tokens))
     callable_now = tuple(name for name in candidates if unavailable(config.providers[name]) is None)
     if not callable_now:  # a credential minted at run time is missing: nothing goes out without it
         return errors.credentials_missing(unavailable(config.providers[candidates[0]]) or "")
@@ -257,21 +297,27 @@ def _forward(
     reusable: bool,
     passed_over: tuple[str, ...],
     over_budget: bool = False,
+    tokens: int | None = None,
 ) -> Forward:
     """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context.
 
     `reusable`: a kept answer may serve the same request again (never for a model with a retry budget: each request counts).
     `over_budget`: its model's retries are over budget, so it goes with none and its provider's failed answer reaches the client.
+    `tokens`: its estimated prompt, when some provider declares a window: retries stop before the first provider it does not fit.
     """
     path = headers.get(":path", "/")
     provider = config.providers[start]
     started = config.chains[start]
     attempts = started.num_retries + 1
     extra: dict[str, str] = {}
-    if only is not None:  # retries stop where the chain's run of providers serving it ends
-        run = itertools.takewhile(lambda name: providers.serves(config.providers[name], only), started.providers)
-        attempts = min(attempts, sum(1 for _ in run))
-        extra[MAX_RETRIES_HEADER] = str(attempts - 1)
+    if only is not None or tokens is not None:  # retries stop where the chain's run of providers serving it (taking it) ends
+        run = itertools.takewhile(
+            lambda name: (only is None or providers.serves(config.providers[name], only)) and fits(config.providers[name], tokens), started.providers
+        )
+        capped = min(attempts, sum(1 for _ in run))
+        if capped < attempts or only is not None:
+            attempts = capped
+            extra[MAX_RETRIES_HEADER] = str(attempts - 1)
     if over_budget:
         extra[MAX_RETRIES_HEADER] = "0"
     span = body.span if body is not None else None

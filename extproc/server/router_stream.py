@@ -38,6 +38,7 @@ class RouterStream:
         self.may_wait = False
         self.wait_s: float | None = None  # set instead of an answer: wait this long, then handle the message again
         self.over_budget: str | None = None  # its model, when it was sent with no retries (`retry_policy.retry_budget`)
+        self.moved: tuple[str, str] | None = None  # (the model asked for, its context-window fallback), when its prompt went there
 
     def handle(self, request: Request) -> Response:
         kind = wire.kind(request)
@@ -98,6 +99,7 @@ class RouterStream:
             return response
         self.done = True
         self.over_budget = decision.model if decision.over_budget else None
+        self.moved = (decision.moved_from, decision.model) if decision.moved_from is not None else None
         apply_headers(common.header_mutation, decision.headers)
         common.clear_route_cache = True
         namespace = self._log_path(response)

@@ -159,9 +159,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             timer.observe(time.perf_counter() - started)
         if stream.reply is not None and stream.reply.reason:
             self.runtime.metrics.rejected.labels(stream.reply.reason).inc()
-        if isinstance(stream, RouterStream) and stream.over_budget is not None:
-            self.runtime.metrics.over_retry_budget.labels(stream.over_budget).inc()
+        if isinstance(stream, RouterStream) and stream.done:
+            self._count_routing(stream)
         return response
+
+    def _count_routing(self, stream: RouterStream) -> None:
+        """What a request's routing counts beyond its answer: sent with no retries (a retry budget), or to a context-window fallback."""
+        if stream.over_budget is not None:
+            self.runtime.metrics.over_retry_budget.labels(stream.over_budget).inc()
+        if stream.moved is not None:
+            self.runtime.metrics.context_window_moves.labels(*stream.moved).inc()
 
     def _log_once(self, exc: Exception, where: str, message: str, *args, **extra) -> None:
         """Log an unexpected error; its traceback only the first time this kind of error happens here."""
