@@ -68,7 +68,7 @@ class MockProvider:
     stall_after_chunks: int | None = None
     chunk_interval_s: float = 0.05
     #: A streamed answer sends this many content chunks, then an in-band error of `stream_error_type` (Anthropic's
-    #: `event: error`, an OpenAI chunk of `error`), and ends: 0 is an error before any content.
+    #: `event: error`, an OpenAI chunk of `error`, Bedrock's exception frame: `throttlingException`), and ends: 0 is an error before any content.
     stream_error_after: int | None = None
     stream_error_type: str = "overloaded_error"
     #: A streamed answer's connection closes after this many content chunks, its stream unended (a cut mid-answer).
@@ -276,7 +276,9 @@ class MockProvider:
             return
         _write_head(writer, headers, content_type=bedrock.EVENT_STREAM)
         frames = bedrock.frames(self.name, payload, self.served) if operation == "converse-stream" else bedrock.invoke_frames(self.name, model_id, payload, self.served, self.use_tool)
-        await self._send(writer, frames)
+        exception = bedrock.frame(self.stream_error_type, {"message": f"{self.name}: mock in-band {self.stream_error_type}"}, exception=True)
+        if not await self._broken(writer, frames[:1], frames[1:], exception):
+            await self._send(writer, frames)
 
     def _completion(self, request: ReceivedRequest, payload: dict) -> dict:
         calls = openai.tool_calls(self.name, payload, self.served, self.use_tool)

@@ -16,6 +16,8 @@ import anthropic
 import openai
 import pytest
 
+from extproc.mock.bedrock import BedrockState
+
 from .harness import gateway_config, provider, wait_for
 
 GPT, CLAUDE = "openai/gpt-4o", "anthropic/claude-sonnet-4"
@@ -87,6 +89,27 @@ def test_an_error_event_before_the_first_token_fails_over_and_the_client_sees_on
         assert stream(gw.port, payload, path)[1]["x-arch-llm-provider"] == "good"
         assert failing.served == 1
         wait_for(lambda: gw.metric("extproc_upstream_attempts_total", provider="failing", code="529", outcome="rate_limited") == 1)
+
+
+def test_a_bedrock_exception_frame_before_the_first_token_fails_over_too(mocks, gateway):
+    """Bedrock's stream is translated for an OpenAI client before the hold reads it: its exception frame is an OpenAI error chunk there."""
+    model = "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"
+    keys = {"aws_region_name": "us-east-1", "aws_access_key_id": "AKIAMOCKMOCKMOCK0001", "aws_secret_access_key": "mock-secret-access-key"}
+    throttled = mocks.start("throttled", api="bedrock", bedrock=BedrockState(), stream_error_after=0, stream_error_type="throttlingException")
+    good = mocks.start("good")
+    gw = gateway(
+        gateway_config(
+            provider("throttled", model, throttled, retry_policy={"fallback_models": [GPT], **HOLDS}, **keys),
+            provider("good", GPT, good, access_key="sk-good-0002"),
+        )
+    )
+    payload, path = request_for("openai", model)
+
+    status, headers, body, clean = stream(gw.port, payload, path)
+
+    assert (status, headers["x-arch-llm-provider"], clean) == (200, "good", True)
+    assert events(body)[-1] == "[DONE]" and "mock in-band" not in body.decode()
+    assert throttled.served == 1 and good.served == 1
 
 
 @pytest.mark.parametrize(
