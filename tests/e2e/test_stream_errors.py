@@ -53,6 +53,16 @@ def events(body: bytes) -> list[dict | str]:
     return out
 
 
+def sdk_stream(client: str, port: int, model: str, messages: list[dict]) -> None:
+    """Read a whole stream with the client's official SDK (its error, if it meets one, is raised)."""
+    if client == "openai":
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as sdk:
+            list(sdk.chat.completions.create(model=model, stream=True, messages=messages))
+    else:
+        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="unused", max_retries=0) as sdk:
+            list(sdk.messages.create(model=model, max_tokens=64, stream=True, messages=messages))
+
+
 def request_for(client: str, model: str) -> tuple[dict, str]:
     payload = {"model": model, "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi there"}]}
     return payload, "/v1/messages" if client == "anthropic" else "/v1/chat/completions"
@@ -128,12 +138,10 @@ def test_the_last_providers_error_event_before_content_reaches_the_client_as_tha
     error = json.loads(body)
     if api == "anthropic":
         assert error == {"type": "error", "error": {"type": error_type, "message": f"only: mock in-band {error_type}"}}
-        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="unused", max_retries=0) as client, pytest.raises(anthropic.APIStatusError) as raised:
-            list(client.messages.create(model=model, max_tokens=64, stream=True, messages=payload["messages"]))
     else:
         assert error["error"]["type"] == error_type and error["error"]["message"] == f"only: mock in-band {error_type}"
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0) as client, pytest.raises(openai.APIStatusError) as raised:
-            list(client.chat.completions.create(model=model, stream=True, messages=payload["messages"]))
+    with pytest.raises(anthropic.APIStatusError if api == "anthropic" else openai.APIStatusError) as raised:
+        sdk_stream(api, gw.port, model, payload["messages"])
     assert raised.value.status_code == status and f"mock in-band {error_type}" in str(raised.value)
 
 
@@ -187,12 +195,8 @@ def test_an_error_after_content_is_an_error_event_in_the_clients_api_and_never_a
     assert not clean_end(client, received), received[-3:]
     last = received[-1]
     assert isinstance(last, dict) and "error" in last and (client == "openai" or last["type"] == "error"), f"the stream ends with an error in the client's API: {last}"
-    if client == "openai":
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0) as sdk, pytest.raises(openai.APIError, match="mock in-band"):
-            list(sdk.chat.completions.create(model=model, stream=True, messages=payload["messages"]))
-    else:
-        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="unused", max_retries=0) as sdk, pytest.raises(anthropic.APIError, match="mock in-band"):
-            list(sdk.messages.create(model=model, max_tokens=64, stream=True, messages=payload["messages"]))
+    with pytest.raises(openai.APIError if client == "openai" else anthropic.APIError, match="mock in-band"):
+        sdk_stream(client, gw.port, model, payload["messages"])
 
 
 @pytest.mark.parametrize(("client", "api", "model"), PAIRS.values(), ids=PAIRS.keys())
@@ -206,9 +210,5 @@ def test_a_stream_cut_mid_answer_never_ends_cleanly_and_the_clients_sdk_raises(m
     received = events(body)
     assert status == 200 and content_of(client, received).strip(), "the content before the cut reached the client"
     assert not clean and not clean_end(client, received), "the client's connection is cut too: no end of any kind"
-    if client == "openai":
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0) as sdk, pytest.raises(openai.APIConnectionError):
-            list(sdk.chat.completions.create(model=model, stream=True, messages=payload["messages"]))
-    else:
-        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="unused", max_retries=0) as sdk, pytest.raises(anthropic.APIConnectionError):
-            list(sdk.messages.create(model=model, max_tokens=64, stream=True, messages=payload["messages"]))
+    with pytest.raises(openai.APIConnectionError if client == "openai" else anthropic.APIConnectionError):
+        sdk_stream(client, gw.port, model, payload["messages"])
