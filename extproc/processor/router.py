@@ -211,8 +211,8 @@ def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[
 
 
 def prompt_tokens(headers: Mapping[str, str]) -> int | None:
-    """The request's prompt in tokens, estimated as its body's bytes / 4 (English runs near 4 bytes a token; JSON adds its
-    keys, so the estimate is high rather than low); None without a `content-length` (Envoy's buffer sets one on every body)."""
+    """The request's prompt in tokens, estimated as its body's bytes / 4, with no tokenizer (docs/config.md says how far
+    off that runs); None without a `content-length` (Envoy's buffer sets one on every body)."""
     length = headers.get("content-length")
     return int(length) // 4 if length and length.isdigit() else None
 
