@@ -55,6 +55,7 @@ class Phase(StrEnum):
     HOLD = "hold"  # an event stream's start, held until its first token (an error event first: the attempt's failure)
     HEDGED_HOLD = "hedged_hold"  # the same on a chain that hedges, where an error event goes on as sent (no failed answer released)
     FAILED = "failed"  # an attempt's failed answer, before Envoy acts on it
+    REFUSED = "refused"  # an attempt's 400, read whole: a refusal another model may answer (an internal redirect to it)
 
 
 #: ext_proc request attributes: the upstream host's metadata, as text-format proto.

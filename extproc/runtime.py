@@ -8,6 +8,7 @@ from .config import Config, ConfigStore
 from .observability.metrics import GatewayMetrics
 from .observability.observer import Observer
 from .processor.cooldown import ProviderHealth
+from .processor.refusals import Redirects
 from .processor.retrybudget import RetryBudgets
 
 
@@ -20,6 +21,8 @@ class Runtime:
     serving: bool = False
     #: Each model's requests and retries lately (`retry_policy.retry_budget`).
     budgets: RetryBudgets = field(default_factory=RetryBudgets)
+    #: Refusals the upstream level redirected, until the router level takes them up (`processor.refusals`).
+    redirects: Redirects = field(default_factory=Redirects)
     #: What keeps this sidecar from doing its job (a dead Envoy, a stopped task), by part.
     problems: dict[str, str] = field(default_factory=dict)
     #: What works less well than it could but does not stop it (shared state away), by part: shown by /readyz, still ready.

@@ -188,7 +188,7 @@ class Config:
         stay on the providers it was routed to.
         """
         return frozen_mapping(
-            (start, f"{CHAIN_CLUSTER_PREFIX}{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout), str(chain.owns_keys))}")
+            (start, f"{CHAIN_CLUSTER_PREFIX}{start}.{fingerprint(*(self.providers[name].cluster for name in chain.providers), str(chain.num_retries), chain.policy.timing, str(chain.policy.attempt_timeout), str(chain.owns_keys), *(('refusals',) if chain.policy.refusal_fallbacks else ()))}")
             for start, chain in self.chains.items()
         )
 

@@ -224,7 +224,7 @@ class Resolver:
 
         def fallbacks(path: str, provider: model.Provider) -> None:
             assert provider.retry_policy is not None
-            for key in ("fallback_models", "context_window_fallbacks"):
+            for key in ("fallback_models", "context_window_fallbacks", "content_policy_fallbacks"):
                 for index, fallback in enumerate(getattr(provider.retry_policy, key)):
                     if fallback == provider.model:
                         self.problem(f"{path}.{key}[{index}]", "a model cannot fall back to itself")

@@ -380,7 +380,10 @@ class RetryPolicy(Section):
     per_try_timeout: Duration | None = None
     fallback_models: Annotated[tuple[Text, ...], _listed()] = Field(default=(), description="models whose providers are tried after this model's own, in order")
     context_window_fallbacks: Annotated[tuple[Text, ...], _listed()] = Field(
-        default=(), description="models a request goes to, the first that takes it, when its estimated prompt is over every own provider's max_input_tokens"
+        default=(), description="models a prompt too long for this one goes to: estimated over every max_input_tokens, or refused by a provider as too long"
+    )
+    content_policy_fallbacks: Annotated[tuple[Text, ...], _listed()] = Field(
+        default=(), description="models a request a provider refused on content policy goes to (without them: the refusal as sent)"
     )
     first_token_timeout: Duration | None = Field(
         default=None, description="an attempt that sent no answer (a stream: no first token) by then is left for the next provider; nothing of it reaches the client"
@@ -417,6 +420,11 @@ class RetryPolicy(Section):
         if self.hedge_after is not None:
             return HEDGE_TIMING
         return FIRST_TOKEN_TIMING if self.first_token_timeout is not None else ""
+
+    @property
+    def refusal_fallbacks(self) -> bool:
+        """A provider's 400 may send the request to another model (its body is read: the "refused" phase)."""
+        return bool(self.context_window_fallbacks or self.content_policy_fallbacks)
 
     @property
     def attempt_timeout(self) -> float | None:

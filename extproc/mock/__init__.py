@@ -88,6 +88,8 @@ class MockProvider:
     sse_odd_event: bytes | None = None
     #: A successful JSON answer's body as it is (a provider's malformed answer; b"" for an empty one).
     answer_body: bytes | None = None
+    #: With `status`: the error answer's body as it is (a context-length or content-policy 400, as each API writes it).
+    error_answer: bytes | None = None
     #: Refuse what OpenAI's chat.completions refuses (`openai.refusal`), not only its 404s.
     strict: bool = False
     #: `api="vertex"`: the token endpoint's trusted key and the tokens issued (`vertex.VertexState`).
@@ -195,6 +197,10 @@ class MockProvider:
         status, message = refused or (self.status, f"{self.name}: mock status {self.status}")
         if self.retry_after is not None and refused is None:
             headers.append(("retry-after", self.retry_after))
+        if self.error_answer is not None and refused is None:
+            _write_response(writer, status, headers, self.error_answer)
+            await writer.drain()
+            return True
         if self.error_body_delay_s:
             _write_head(writer, headers, content_type="application/json", status=status)
             await writer.drain()

@@ -72,6 +72,9 @@ class GatewayMetrics:
         self.context_window_moves = Labelled(Counter(
             "extproc_context_window_fallbacks", "Requests whose estimated prompt was over every provider's max_input_tokens of their model, sent to a context_window_fallbacks model.", ["model", "fallback"], registry=r
         ))
+        self.refusal_fallbacks = Labelled(Counter(
+            "extproc_refusal_fallbacks", "Requests a provider refused (a prompt too long, a content policy) sent again to a fallback model, by model, fallback and reason.", ["model", "fallback", "reason"], registry=r
+        ))
         self.rejected = Labelled(Counter("extproc_rejected_requests", "Requests the sidecar answered itself, by reason (error code).", ["reason"], registry=r))
         self.reused_answers = Counter(
             "extproc_router_answers_reused", "Requests routed with the answer kept for their shape (no decision made): against extproc_requests_total, the share of steady clients.", registry=r

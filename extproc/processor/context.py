@@ -22,7 +22,8 @@ class RequestContext:
     span: ModelSpan | None = None  # where the body's model is; None when there is no body
     body_model: str | None = None  # the model name the body already carries (set by the router level)
     hedged: bool = False  # the chain hedges (`hedge_after`): an attempt started by a per-try timeout races the one before
-    budget: str | None = None  # the model whose retry budget its retries count against (`retry_policy.retry_budget`)
+    #: The model asked for, when its attempts need it: their retries count against its `retry_budget`, a refusal finds its fallbacks.
+    model: str | None = None
 
     def encode(self, found_at: int | None = None) -> str:
         """`found_at`: where Envoy found the model in the body; a span starting there is written as its width only,
@@ -37,8 +38,8 @@ class RequestContext:
             data["m"] = self.body_model
         if self.hedged:
             data["g"] = 1
-        if self.budget is not None:
-            data["b"] = self.budget
+        if self.model is not None:
+            data["b"] = self.model
         return msgspec.json.encode(data).decode()  # one per request: msgspec is ~10x cheaper than json.dumps here
 
     @classmethod
@@ -55,5 +56,5 @@ class RequestContext:
             span=ModelSpan(span[0], span[1], bool(span[2]), bool(span[3])) if span else None,
             body_model=data.get("m"),
             hedged=bool(data.get("g")),
-            budget=data.get("b"),
+            model=data.get("b"),
         )

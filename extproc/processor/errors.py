@@ -70,6 +70,11 @@ def credentials_missing(message: str) -> Reply:
     return error_reply(503, message, "api_error", "provider_credentials_missing")
 
 
+def redirect_refused() -> Reply:
+    """A request Envoy redirected that the gateway did not: a provider's own redirect, or one already taken up or expired."""
+    return error_reply(502, "The provider answered with a redirect, which this gateway does not follow.", "api_error", "provider_redirect")
+
+
 def no_provider_for(endpoint: str, model: str, why: str) -> Reply:
     message = f"No provider of model '{model}' serves {endpoint} ({why})."
     return error_reply(404, message, "invalid_request_error", "endpoint_not_served")

@@ -25,6 +25,7 @@ from .context import RequestContext
 from .cooldown import ProviderHealth
 from .headermutator import PATCH_HEADER, TRANSLATE_HEADER, HeaderPlan, carried, client_values, plan
 from .jsonbody import BodyError, ModelSpan, ParsedBody, Patch, is_blank, model_patch, parse
+from .refusals import Redirect
 from .retrybudget import RetryBudgets
 
 MODELS_PATH = "/v1/models"
@@ -118,28 +119,35 @@ def route(
     health: ProviderHealth | None = None,
     found: Found | None = None,
     budgets: RetryBudgets | None = None,
+    redirect: Redirect | None = None,
 ) -> errors.Reply | Forward | None:
     """A screened request's chain, from its headers and what Envoy found in its body; None means: wait for the body."""
     if end_of_stream:
-        return resolve(config, listener, headers, None, health, budgets=budgets)
+        return resolve(config, listener, headers, None, health, budgets=budgets, redirect=redirect)
     if found is not None:
         token = b'"' + found.model.encode() + b'"'  # Envoy found no escape in it: the model's JSON text
-        return resolve(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), health, token, budgets)
+        return resolve(config, listener, headers, ParsedBody(found.model, ModelSpan(found.start, found.end)), health, token, budgets, redirect)
     return None
 
 
 def on_body(
-    config: Config, listener: Listener, headers: Mapping[str, str], body: bytes | memoryview, health: ProviderHealth | None = None, budgets: RetryBudgets | None = None
+    config: Config,
+    listener: Listener,
+    headers: Mapping[str, str],
+    body: bytes | memoryview,
+    health: ProviderHealth | None = None,
+    budgets: RetryBudgets | None = None,
+    redirect: Redirect | None = None,
 ) -> errors.Reply | Forward:
     """Decide from the body (Envoy found no model in it, or is not the kind to look)."""
     if len(body) > listener.max_body_bytes:
         return errors.too_large(len(body), listener.max_body_bytes)
     if is_blank(body):
-        return resolve(config, listener, headers, None, health, budgets=budgets)
+        return resolve(config, listener, headers, None, health, budgets=budgets, redirect=redirect)
     try:
         separator = multipart.boundary(headers.get("content-type", ""))
         if separator is not None:  # a form (audio uploads): routed by its `model` field, passed on untouched
-            return resolve(config, listener, headers, ParsedBody(multipart.form_field(body, separator, "model"), None), health, budgets=budgets)
+            return resolve(config, listener, headers, ParsedBody(multipart.form_field(body, separator, "model"), None), health, budgets=budgets, redirect=redirect)
     except multipart.MultipartError as exc:
         return errors.invalid_request(f"We could not read the multipart/form-data body of your request: {exc}.", "invalid_multipart")
     try:
@@ -147,7 +155,7 @@ def on_body(
     except BodyError as exc:
         return errors.invalid_request(f"We could not parse the JSON body of your request: {exc}.", "invalid_json")
     span = parsed.span
-    return resolve(config, listener, headers, parsed, health, b"" if span is None else bytes(body[span.start : span.end]), budgets)
+    return resolve(config, listener, headers, parsed, health, b"" if span is None else bytes(body[span.start : span.end]), budgets, redirect)
 
 
 def resolve(
@@ -158,6 +166,7 @@ def resolve(
     health: ProviderHealth | None = None,
     token: bytes = b"",
     budgets: RetryBudgets | None = None,
+    redirect: Redirect | None = None,
 ) -> errors.Reply | Forward:
     """model -> chain, started at its first provider not cooling down, and the patch that names its model in the body.
 
@@ -166,7 +175,8 @@ def resolve(
     name; a request without a model goes to the default provider. `token`:
     the body's model value as it stands (its JSON text), when it has one.
     """
-    found = _chain_for(config, body)
+    # A request a provider refused, run again by Envoy for its fallback model (`processor.refusals`): that model's chain.
+    found = _chain_for(config, body) if redirect is None else _chain_of(config, redirect.model)
     if isinstance(found, errors.Reply):
         return found
     model, chain = found
@@ -189,7 +199,8 @@ def resolve(
     budget = chain.policy.retry_budget
     over_budget = budget is not None and budgets is not None and not budgets.request(model, budget)
     # A kept answer serves requests of the same shape, whatever their length: never one a window may have decided.
-    forward = _forward(config, headers, body, token, model, start, only, reusable and budget is None and tokens is None, passed_over, over_budget, tokens)
+    reusable = reusable and budget is None and tokens is None and redirect is None
+    forward = _forward(config, headers, body, token, model, start, only, reusable, passed_over, over_budget, tokens, redirect)
     return replace(forward, moved_from=moved_from) if moved_from is not None else forward
 
 
@@ -234,6 +245,11 @@ def _context_window_fallback(config: Config, model: str, chain: Chain, tokens: i
         f"(at most {largest}){' or of its context_window_fallbacks' if chain.policy.context_window_fallbacks else ''}."
     )
     return errors.invalid_request(message, "context_length_exceeded")
+
+
+def _chain_of(config: Config, model: str) -> errors.Reply | tuple[str, Chain]:
+    chain = config.chain_for_model(model)
+    return (model, chain) if chain is not None else errors.model_not_found(model, list(config.models))
 
 
 def _candidates(
@@ -298,33 +314,25 @@ def _forward(
     passed_over: tuple[str, ...],
     over_budget: bool = False,
     tokens: int | None = None,
+    redirect: Redirect | None = None,
 ) -> Forward:
     """The request as it goes to the chain starting at `start`: its route, its first attempt's headers, its body patch, its context.
 
     `reusable`: a kept answer may serve the same request again (never for a model with a retry budget: each request counts).
     `over_budget`: its model's retries are over budget, so it goes with none and its provider's failed answer reaches the client.
     `tokens`: its estimated prompt, when some provider declares a window: retries stop before the first provider it does not fit.
+    `redirect`: its first pass's knowledge: the client's path and header values (the headers seen now hold the first provider's).
     """
-    path = headers.get(":path", "/")
+    path = redirect.path if redirect is not None else headers.get(":path", "/")
     provider = config.providers[start]
     started = config.chains[start]
-    attempts = started.num_retries + 1
-    extra: dict[str, str] = {}
-    if only is not None or tokens is not None:  # retries stop where the chain's run of providers serving it (taking it) ends
-        run = itertools.takewhile(
-            lambda name: (only is None or providers.serves(config.providers[name], only)) and fits(config.providers[name], tokens), started.providers
-        )
-        capped = min(attempts, sum(1 for _ in run))
-        if capped < attempts or only is not None:
-            attempts = capped
-            extra[MAX_RETRIES_HEADER] = str(attempts - 1)
-    if over_budget:
-        extra[MAX_RETRIES_HEADER] = "0"
+    retries = "0" if over_budget else _retry_cap(config, started, only, tokens)
+    extra: dict[str, str] = {MAX_RETRIES_HEADER: retries} if retries is not None else {}
     span = body.span if body is not None else None
     patch = model_patch(token, span, provider.model_name) if span is not None else None
     if patch is not None:  # Envoy runs its Lua patch only when told (it costs every request ~45k instructions otherwise)
         extra[PATCH_HEADER] = "1"
-    originals = client_values(config, headers)
+    originals = dict(redirect.originals) if redirect is not None else client_values(config, headers)
     route = config.chain_clusters[start]
     hedged = started.hedges
     if hedged and any(_answer_translated(path, config.providers[name]) for name in started.providers):
@@ -335,7 +343,7 @@ def _forward(
         span=patch.span if patch is not None else span,
         body_model=provider.model_name if span is not None else None,
         hedged=hedged,
-        budget=model if started.policy.retry_budget is not None else None,
+        model=model if started.policy.retry_budget is not None or started.policy.refusal_fallbacks else None,
     )
     # Attempt 1 to a provider of another API is translated at the upstream level, which Envoy runs on it when told.
     if translator.for_attempt(path, provider):
@@ -344,6 +352,17 @@ def _forward(
     return Forward(
         provider=start, context=context, model=model, headers=first_attempt, patch=patch, reusable=reusable, passed_over=passed_over, over_budget=over_budget
     )
+
+
+def _retry_cap(config: Config, chain: Chain, only: str | None, tokens: int | None) -> str | None:
+    """`x-envoy-max-retries` for a request whose retries must stop where the chain's run of providers serving its
+    endpoint (`only`) or taking its prompt (`tokens`) ends; None when the chain's own count stands."""
+    if only is None and tokens is None:
+        return None
+    attempts = chain.num_retries + 1
+    run = itertools.takewhile(lambda name: (only is None or providers.serves(config.providers[name], only)) and fits(config.providers[name], tokens), chain.providers)
+    capped = min(attempts, sum(1 for _ in run))
+    return str(capped - 1) if capped < attempts or only is not None else None
 
 
 def _answer_translated(path: str, provider: Provider) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Chain, Config
-from ..contract import ATTEMPT_NAMESPACE, HOST_METADATA_ATTRIBUTE, TIMEOUT_RETRY_HEADER, Phase
+from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HOST_METADATA_ATTRIBUTE, METADATA_NAMESPACE, TIMEOUT_RETRY_HEADER, Phase
 from ..processor.headermutator import TRANSLATE_HEADER
 from ..statuses import WATCHED_REGEX
 from .body import model_patch
@@ -30,7 +30,22 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
 def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
     """What each attempt of `chain` passes through (the shared filters, for a chain like most)."""
     hold = _first_token_hold(options, config, chain.hedges) if chain.policy.timing else None
-    return _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
+    refusals = chain.policy.refusal_fallbacks and not chain.hedges  # no failed answer released beside a hedge (a crash)
+    filters = _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
+    return [_refusals(options), *filters] if refusals else filters
+
+
+def _refusals(options: RenderOptions) -> dict:
+    """Shows the sidecar an attempt's 400 whole, on a chain whose model has refusal fallbacks (`processor.refusals`).
+
+    Chosen on the answer's `:status` (a composite), so nothing else costs a message. The sidecar answers a
+    context-length or content-policy refusal with a 307 to a location Envoy follows internally (the route's
+    `internal_redirect_policy`): the request runs again from the router level, which sends it to the fallback.
+    """
+    phase = answer_phase(Phase.REFUSED, options.message_timeout_s, response_body="BUFFERED", response_attributes=[HOST_METADATA_ATTRIBUTE])
+    phase["typed_config"]["metadata_options"] = {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE, BODY_NAMESPACE]}}
+    refused = {"input": header_input(":status", response=True), "value_match": {"exact": "400"}}
+    return only_when("extproc.refused", {"single_predicate": refused}, "read", phase)
 
 
 def _upstream_filters(options: RenderOptions, body_limit: int, watch: bool, hold: dict | None, hedges: bool) -> list[dict]:

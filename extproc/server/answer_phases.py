@@ -6,9 +6,16 @@ from typing import NamedTuple
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from ..config.store import Live
+from ..processor import refusals
+from ..processor.context import RequestContext
 from ..processor.firsttoken import FirstToken, StreamError
+from ..processor.refusals import Redirects
 from . import wire
-from .messages import Request, Response, endpoint, headers_of, set_headers, status_of, unchanged
+from .messages import Request, Response, context_of, endpoint, headers_of, set_headers, status_of, unchanged
+
+#: The authority of a refusal's redirect: never a host, only a name the second pass's logs show.
+REDIRECT_AUTHORITY = "extproc.redirect"
 
 
 class HoldStream:
@@ -69,6 +76,53 @@ def _as_error(kind: str, error: StreamError, first: bool) -> Response:
         mutation = response.response_body.response.body_mutation
         mutation.body = error.body if first else b""
     return response
+
+
+class RefusalStream:
+    """An attempt's 400, read whole (the "refused" phase): a refusal another model may answer becomes an internal redirect.
+
+    Its headers are let through (Envoy then sends the whole body and holds the
+    headers); a body that says the prompt is too long, or refuses on content
+    policy, for a model with fallbacks for that reason, is answered with a 307
+    to a location Envoy follows at once (the route's `internal_redirect_policy`),
+    naming a `Redirect` the router level takes up on the request's second pass.
+    Anything else goes on as the provider sent it.
+    """
+
+    def __init__(self, live: Live, redirects: Redirects) -> None:
+        self.live = live
+        self.redirects = redirects
+        self.done = False
+        #: (provider, the model asked for, the fallback, why) once this stream redirected its request.
+        self.redirected: tuple[str, str, str, str] | None = None
+        self._context: RequestContext | None = None
+        self._provider = ""
+
+    def handle(self, request: Request) -> Response:
+        kind = wire.kind(request)
+        assert not isinstance(request, wire.RequestBody)  # this phase never sees the request
+        if kind == "response_headers":
+            self._context = context_of(request)
+            self._provider = endpoint(request).provider
+            if request.response_headers.end_of_stream:
+                self.done = True
+            return unchanged(kind)
+        if kind != "response_body":
+            return unchanged(kind)
+        self.done = True
+        context, why = self._context, refusals.reason(request.response_body.body)
+        if context is None or context.model is None or why is None:
+            return unchanged(kind)
+        target = refusals.fallback(self.live.current, context.model, why)
+        if target is None:
+            return unchanged(kind)
+        token = self.redirects.start(target, context.model, why, context.path, context.originals)
+        separator = "&" if "?" in context.path else "?"
+        location = f"http://{REDIRECT_AUTHORITY}{context.path}{separator}{refusals.REDIRECT_PARAMETER}={token}"
+        response = unchanged(kind)
+        set_headers(response.response_body.response.header_mutation.set_headers, [(":status", "307"), ("location", location)])
+        self.redirected = (self._provider, context.model, target, why)
+        return response
 
 
 class FailedAnswer(NamedTuple):

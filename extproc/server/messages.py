@@ -21,6 +21,7 @@ from ..contract import (
     CLUSTER_METADATA_KEY,
     EXT_PROC_ATTRIBUTES,
     HOST_METADATA_ATTRIBUTE,
+    METADATA_KEY,
     METADATA_NAMESPACE,
     PATCH_END_KEY,
     PATCH_START_KEY,
@@ -29,6 +30,7 @@ from ..contract import (
     SIDECAR_REPLY_DETAILS,
 )
 from ..processor import errors, router
+from ..processor.context import RequestContext
 from ..processor.headermutator import HeaderPlan
 from ..processor.jsonbody import Patch
 from . import wire
@@ -113,6 +115,15 @@ def found_in(request: pb.ProcessingRequest) -> router.Found | None:
     if BODY_MODEL_KEY not in fields or fields[BODY_JSON_KEY].string_value != "valid":
         return None
     return router.Found(fields[BODY_MODEL_KEY].string_value, int(fields[BODY_MODEL_START_KEY].number_value), int(fields[BODY_MODEL_END_KEY].number_value))
+
+
+def context_of(request: pb.ProcessingRequest) -> RequestContext | None:
+    """What the router level handed this request's attempts (`RequestContext`), when Envoy forwarded it."""
+    namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+    if namespace is None or METADATA_KEY not in namespace.fields:
+        return None
+    found = found_in(request)
+    return RequestContext.decode(namespace.fields[METADATA_KEY].string_value, found.start if found is not None else None)
 
 
 def status_of(headers: dict[str, str]) -> int:

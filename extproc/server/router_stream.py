@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
@@ -14,6 +16,7 @@ from ..contract import (
 )
 from ..processor import errors, router
 from ..processor.cooldown import ProviderHealth
+from ..processor.refusals import REDIRECT_PARAMETER, REDIRECTED_HEADER, Redirect, Redirects
 from ..processor.retrybudget import RetryBudgets
 from . import wire
 from .answers import Answers
@@ -23,10 +26,21 @@ from .messages import BODY_ONLY, Request, Response, apply_headers, found_in, hea
 class RouterStream:
     """One request at the router level: pick its chain before Envoy routes."""
 
-    def __init__(self, live: Live, health: ProviderHealth | None, listener: str, answers: Answers | None = None, budgets: RetryBudgets | None = None):
+    def __init__(
+        self,
+        live: Live,
+        health: ProviderHealth | None,
+        listener: str,
+        answers: Answers | None = None,
+        budgets: RetryBudgets | None = None,
+        redirects: Redirects | None = None,
+    ):
         config = self.config = live.current
         self.health = health
         self.budgets = budgets
+        self.redirects = redirects
+        #: A request a provider refused, back for its fallback model: what its first pass knew (`processor.refusals`).
+        self.redirect: Redirect | None = None
         self.answers = answers
         self.listener = next((item for item in config.listeners if item.name == listener), config.listeners[0])
         self.headers: dict[str, str] = {}
@@ -48,7 +62,11 @@ class RouterStream:
             message = request.request_headers
             count = len(message.headers.headers)
             found = self.found = found_in(request)
-            answers = self.answers
+            if REDIRECTED_HEADER in headers:  # Envoy runs it again after a redirect: only one the upstream level made goes on
+                self.redirect = self._redirect_of(headers)
+                if self.redirect is None:
+                    return self._respond("request_headers", errors.redirect_refused())
+            answers = self.answers if self.redirect is None else None
             shape = None
             if found is not None and answers is not None:
                 # Everything the decision reads of the request (router.route): the shape its answer is kept by. Not
@@ -65,7 +83,7 @@ class RouterStream:
             refused = router.screen(self.config, self.listener, headers, count)
             if refused is not None:
                 return self._respond("request_headers", refused)
-            decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found, self.budgets)
+            decision = router.route(self.config, self.listener, headers, message.end_of_stream, self.health, found, self.budgets, self.redirect)
             response = self._respond("request_headers", decision)
             if shape is not None and answers is not None and isinstance(decision, router.Forward) and decision.reusable:
                 answer = response.SerializeToString()
@@ -73,9 +91,15 @@ class RouterStream:
                 return answer
             return response
         if kind == "request_body":
-            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health, self.budgets)
+            decision = router.on_body(self.config, self.listener, self.headers, wire.request_body(request), self.health, self.budgets, self.redirect)
             return self._respond("request_body", decision)
         return unchanged(kind)
+
+    def _redirect_of(self, headers: dict[str, str]) -> Redirect | None:
+        """The redirect the location's token names, taken up once; None for any other (a provider's own 307, say)."""
+        query = urlsplit(headers.get(":path", "")).query
+        tokens = parse_qs(query).get(REDIRECT_PARAMETER) if query else None
+        return self.redirects.take(tokens[0]) if tokens and self.redirects is not None else None
 
     @property
     def client_path(self) -> str:

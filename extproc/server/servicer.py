@@ -18,7 +18,7 @@ from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
 from . import wire
-from .answer_phases import HoldStream, failed_answer
+from .answer_phases import HoldStream, RefusalStream, failed_answer
 from .answers import Answers
 from .messages import Request, Response, immediate, unchanged
 from .router_stream import RouterStream
@@ -41,7 +41,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             for level in ("router", "upstream", "bulk")
             for kind in ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
         }
-        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold", "failed")}
+        self.in_flight = {level: metrics.in_flight.labels(level) for level in ("router", "upstream", "bulk", "hold", "failed", "refused")}
         self._seen_errors: set[tuple[type, str]] = set()  # each kind of unexpected error gets its traceback logged once (`_log_once`)
         self.answers = Answers()  # router answers for request shapes seen before (event loop only: not the bulk lane's)
         self._waiting: collections.Counter[str] = collections.Counter()  # requests held per listener (`_wait`)
@@ -53,6 +53,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return await self._failed(context)
         if phase in (Phase.HOLD, Phase.HEDGED_HOLD):
             return await self._hold(HoldStream(fails_over=phase == Phase.HOLD), context)
+        if phase == Phase.REFUSED:
+            return await self._refused(RefusalStream(self.runtime.store.live, self.runtime.redirects), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]
@@ -60,7 +62,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             level, stream = "upstream", UpstreamStream(live)
             handle = functools.partial(self._upstream_message, stream)
         else:
-            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers, self.runtime.budgets)
+            level, stream = "router", RouterStream(live, self.runtime.health, metadata.get(LISTENER_METADATA, ""), self.answers, self.runtime.budgets, self.runtime.redirects)
             stream.may_wait = True
             handle = functools.partial(self._router_message, stream)
         in_flight = self.in_flight[level]
@@ -92,6 +94,27 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             await context.write(unchanged(wire.kind(request)))
         finally:
             in_flight.dec()
+
+    async def _refused(self, stream: RefusalStream, context: grpc.aio.ServicerContext) -> None:
+        """An attempt's 400: answered as sent, or redirected to a fallback model (counted here: Envoy logs it as the 307 it became)."""
+        in_flight = self.in_flight["refused"]
+        in_flight.inc()
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                try:
+                    response = stream.handle(request)
+                except Exception as exc:  # a refusal goes on as sent whatever happened here
+                    self._log_once(exc, "refused", "unexpected %s reading a refusal; passed on as sent", type(exc).__name__)
+                    stream.done, response = True, unchanged(wire.kind(request))
+                await context.write(response)
+                if stream.done:
+                    break
+        finally:
+            in_flight.dec()
+        if stream.redirected is not None:
+            provider, model, target, why = stream.redirected
+            self.runtime.metrics.attempts.labels(provider, "400", why).inc()
+            self.runtime.metrics.refusal_fallbacks.labels(model, target, why).inc()
 
     async def _hold(self, stream: HoldStream, context: grpc.aio.ServicerContext) -> None:
         """An event stream's start: answers come only when its first token has (several at once, in order)."""
@@ -201,8 +224,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             self.runtime.metrics.malformed_events.labels(provider).inc(stream.malformed_events)
         if kind == "request_headers" and stream.number >= 2:
             self.runtime.observer.retry_started(stream.request_id, stream.number, provider)
-            if stream.attempt.context.budget is not None:
-                self.runtime.budgets.retried(stream.attempt.context.budget)
+            model = stream.attempt.context.model
+            if model is not None and (chain := stream.live.current.chain_for_model(model)) is not None and chain.policy.retry_budget is not None:
+                self.runtime.budgets.retried(model)
             if stream.timeout_retry and stream.attempt.context.hedged:
                 self.runtime.metrics.hedged.labels(provider).inc()
 
@@ -222,7 +246,7 @@ class BulkProcessor:
     def Process(self, request_iterator, context: grpc.ServicerContext) -> Iterator[Response]:
         metadata = dict(context.invocation_metadata() or ())
         runtime = self.processor.runtime
-        stream = RouterStream(runtime.store.live, runtime.health, metadata.get(LISTENER_METADATA, ""), budgets=runtime.budgets)
+        stream = RouterStream(runtime.store.live, runtime.health, metadata.get(LISTENER_METADATA, ""), budgets=runtime.budgets, redirects=runtime.redirects)
         in_flight = self.processor.in_flight["bulk"]
         in_flight.inc()
         try:

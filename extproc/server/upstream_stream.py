@@ -10,8 +10,6 @@ from ..config import Provider
 from ..config.store import Live
 from ..contract import (
     ATTEMPT_NAMESPACE,
-    METADATA_KEY,
-    METADATA_NAMESPACE,
     TIMEOUT_RETRY_HEADER,
 )
 from ..processor import errors, upstream
@@ -25,8 +23,8 @@ from .messages import (
     Request,
     Response,
     apply_headers,
+    context_of,
     endpoint,
-    found_in,
     headers_of,
     immediate,
     set_headers,
@@ -142,11 +140,7 @@ class UpstreamStream:
 
     @staticmethod
     def _context(request: pb.ProcessingRequest) -> RequestContext | None:
-        namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
-        if namespace is None or METADATA_KEY not in namespace.fields:
-            return None
-        found = found_in(request)
-        return RequestContext.decode(namespace.fields[METADATA_KEY].string_value, found.start if found is not None else None)
+        return context_of(request)
 
 
 class _AnswerTranslation:

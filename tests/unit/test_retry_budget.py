@@ -72,8 +72,8 @@ def test_a_request_over_budget_goes_with_no_retries_and_is_never_answered_from_a
 
     assert isinstance(over, router.Forward) and over.over_budget and not over.reusable
     assert dict(over.headers.set)[router.MAX_RETRIES_HEADER] == "0"
-    assert over.context.budget == "openai/m", "its retries (none here) count against its model"
-    assert isinstance(plain, router.Forward) and not plain.over_budget and plain.context.budget is None
+    assert over.context.model == "openai/m", "its retries (none here) count against its model"
+    assert isinstance(plain, router.Forward) and not plain.over_budget and plain.context.model is None
     assert router.MAX_RETRIES_HEADER not in dict(plain.headers.set)
 
 
