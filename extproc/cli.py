@@ -257,6 +257,8 @@ def _chain_line(config: Config, chain: Chain) -> str:
         line += f"; retry budget {policy.retry_budget:g}%"
     if policy.context_window_fallbacks:
         line += f"; context window -> {', '.join(policy.context_window_fallbacks)}"
+    if policy.content_policy_fallbacks:
+        line += f"; content policy -> {', '.join(policy.content_policy_fallbacks)}"
     grouped = any(sizes[config.providers[name].group] > 1 for name in chain.providers)
     routing = config.routing.get(config.providers[chain.providers[0]].model)
     if routing is not None and grouped:

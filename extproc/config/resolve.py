@@ -127,6 +127,11 @@ class Resolver:
                 )
         longest = max((listener.timeout for listener in listeners), default=0.0)
         for name, policy in policies.items():
+            if policy.context_window_fallbacks and policy.hedge_after is not None:
+                found.append(
+                    f"model {name}: context_window_fallbacks take only prompts estimated too long (max_input_tokens) on a chain that hedges:"
+                    " a provider's own refusal is not read there (hedge_after)"
+                )
             for key, seconds in (("per_try_timeout", policy.per_try_timeout), ("first_token_timeout", policy.first_token_timeout), ("hedge_after", policy.hedge_after)):
                 if seconds is not None and seconds >= longest:
                     found.append(f"model {name}: retry_policy.{key} ({seconds:g}s) is not shorter than the listener's timeout ({longest:g}s): it never ends an attempt")

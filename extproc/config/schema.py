@@ -401,6 +401,11 @@ class RetryPolicy(Section):
             raise invalid("first_token_timeout and hedge_after exclude each other: a hedged attempt is never abandoned (it races the next one); set one")
         if self.retry_budget is not None and self.max_attempts == 1:
             raise invalid("retry_budget has nothing to limit with max_attempts: 1 (no request is retried)")
+        if self.content_policy_fallbacks and self.hedge_after is not None:
+            raise invalid(
+                "content_policy_fallbacks and hedge_after exclude each other: a refusal is read before Envoy acts on it, which"
+                " a chain that hedges cannot do (Envoy 1.40 crashes when a failed answer is released beside another attempt)"
+            )
         return self
 
     @cached_property

@@ -74,6 +74,7 @@ class Redirect:
     model: str  # the fallback model
     asked: str  # the model the request asked for
     reason: str
+    provider: str  # the provider that refused it
     path: str  # the client's path and query
     originals: Mapping[str, str]  # the client's values of the owned headers (its credentials among them)
     expires: float
@@ -87,13 +88,13 @@ class Redirects:
     _pending: dict[str, Redirect] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, model: str, asked: str, why: str, path: str, originals: Mapping[str, str]) -> str:
+    def start(self, model: str, asked: str, why: str, provider: str, path: str, originals: Mapping[str, str]) -> str:
         token = secrets.token_urlsafe(18)
         with self._lock:
             now = self.clock()
             for stale in [key for key, value in self._pending.items() if value.expires < now]:
                 del self._pending[stale]
-            self._pending[token] = Redirect(model, asked, why, path, dict(originals), now + REDIRECT_TTL_S)
+            self._pending[token] = Redirect(model, asked, why, provider, path, dict(originals), now + REDIRECT_TTL_S)
         return token
 
     def take(self, token: str) -> Redirect | None:

@@ -93,8 +93,6 @@ class RefusalStream:
         self.live = live
         self.redirects = redirects
         self.done = False
-        #: (provider, the model asked for, the fallback, why) once this stream redirected its request.
-        self.redirected: tuple[str, str, str, str] | None = None
         self._context: RequestContext | None = None
         self._provider = ""
 
@@ -116,12 +114,11 @@ class RefusalStream:
         target = refusals.fallback(self.live.current, context.model, why)
         if target is None:
             return unchanged(kind)
-        token = self.redirects.start(target, context.model, why, context.path, context.originals)
+        token = self.redirects.start(target, context.model, why, self._provider, context.path, context.originals)
         separator = "&" if "?" in context.path else "?"
         location = f"http://{REDIRECT_AUTHORITY}{context.path}{separator}{refusals.REDIRECT_PARAMETER}={token}"
         response = unchanged(kind)
         set_headers(response.response_body.response.header_mutation.set_headers, [(":status", "307"), ("location", location)])
-        self.redirected = (self._provider, context.model, target, why)
         return response
 
 

@@ -96,7 +96,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             in_flight.dec()
 
     async def _refused(self, stream: RefusalStream, context: grpc.aio.ServicerContext) -> None:
-        """An attempt's 400: answered as sent, or redirected to a fallback model (counted here: Envoy logs it as the 307 it became)."""
+        """An attempt's 400: answered as sent, or redirected to a fallback model (counted when the router level takes it up)."""
         in_flight = self.in_flight["refused"]
         in_flight.inc()
         try:
@@ -111,10 +111,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     break
         finally:
             in_flight.dec()
-        if stream.redirected is not None:
-            provider, model, target, why = stream.redirected
-            self.runtime.metrics.attempts.labels(provider, "400", why).inc()
-            self.runtime.metrics.refusal_fallbacks.labels(model, target, why).inc()
 
     async def _hold(self, stream: HoldStream, context: grpc.aio.ServicerContext) -> None:
         """An event stream's start: answers come only when its first token has (several at once, in order)."""
@@ -187,11 +183,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         return response
 
     def _count_routing(self, stream: RouterStream) -> None:
-        """What a request's routing counts beyond its answer: sent with no retries (a retry budget), or to a context-window fallback."""
+        """What a request's routing counts beyond its answer: sent with no retries (a retry budget), to a context-window fallback, or on after a refusal."""
         if stream.over_budget is not None:
             self.runtime.metrics.over_retry_budget.labels(stream.over_budget).inc()
         if stream.moved is not None:
             self.runtime.metrics.context_window_moves.labels(*stream.moved).inc()
+        redirect = stream.redirect
+        if redirect is not None:  # a refusal sent on: Envoy logs the refused attempt as the 307 it became, so it is counted here
+            self.runtime.metrics.attempts.labels(redirect.provider, "400", redirect.reason).inc()
+            self.runtime.metrics.refusal_fallbacks.labels(redirect.asked, redirect.model, redirect.reason).inc()
 
     def _log_once(self, exc: Exception, where: str, message: str, *args, **extra) -> None:
         """Log an unexpected error; its traceback only the first time this kind of error happens here."""

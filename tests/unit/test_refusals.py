@@ -42,11 +42,11 @@ class Clock:
 def test_a_redirect_is_taken_up_once_and_never_after_it_expires():
     clock = Clock()
     redirects = Redirects(clock)
-    token = redirects.start("openai/big", "openai/small", refusals.CONTEXT_WINDOW, "/v1/chat/completions", {"authorization": "Bearer client"})
+    token = redirects.start("openai/big", "openai/small", refusals.CONTEXT_WINDOW, "small", "/v1/chat/completions", {"authorization": "Bearer client"})
     taken = redirects.take(token)
     assert taken is not None and (taken.model, taken.asked, taken.originals) == ("openai/big", "openai/small", {"authorization": "Bearer client"})
     assert redirects.take(token) is None, "once"
-    late = redirects.start("openai/big", "openai/small", refusals.CONTEXT_WINDOW, "/v1/chat/completions", {})
+    late = redirects.start("openai/big", "openai/small", refusals.CONTEXT_WINDOW, "small", "/v1/chat/completions", {})
     clock.now += REDIRECT_TTL_S + 1
     assert redirects.take(late) is None and redirects.take("forged") is None
 
@@ -56,7 +56,7 @@ def test_a_redirect_is_taken_up_once_and_never_after_it_expires():
     [
         ("{context_window_fallbacks: [openai/big]}", True),
         ("{content_policy_fallbacks: [openai/big], first_token_timeout: 2s}", True),
-        ("{context_window_fallbacks: [openai/big], hedge_after: 1s}", False),  # no failed answer released beside a hedge: Envoy 1.40 crashes
+        ("{context_window_fallbacks: [openai/big], hedge_after: 1s}", False),  # no failed answer released beside a hedge: Envoy 1.40 crashes (a warning says so)
         ("{retry_on: [429]}", False),
     ],
 )
@@ -82,3 +82,18 @@ def _rendered(policy: str) -> tuple[dict, list[dict], dict]:
     virtual_host = hcm(bootstrap)["route_config"]["virtual_hosts"][0]
     name = loaded.chain_clusters["a"]
     return next(route for route in virtual_host["routes"] if route["name"] == name), upstream_filters(bootstrap, name), virtual_host
+
+
+def test_content_policy_fallbacks_on_a_chain_that_hedges_are_refused_naming_both_keys_and_check_prints_them(tmp_path, capsys):
+    from extproc.cli import main
+    from extproc.config import ConfigError
+
+    entries = "listeners: [{type: model, port: 0}]\nmodel_providers:\n  - {name: a, model: openai/a, base_url: 'http://a', retry_policy: POLICY}\n  - {name: b, model: openai/b, base_url: 'http://b'}\n"
+    with pytest.raises(ConfigError, match="content_policy_fallbacks and hedge_after exclude each other"):
+        parse_config(entries.replace("POLICY", "{content_policy_fallbacks: [openai/b], hedge_after: 1s}"), "t.yaml", {})
+    warned = parse_config(entries.replace("POLICY", "{context_window_fallbacks: [openai/b], hedge_after: 1s}"), "t.yaml", {})
+    assert any("a provider's own refusal is not read there (hedge_after)" in warning for warning in warned.warnings)
+    path = tmp_path / "gw.yaml"
+    path.write_text(entries.replace("POLICY", "{content_policy_fallbacks: [openai/b], context_window_fallbacks: [openai/b]}"))
+    assert main(["check", str(path)]) == 0
+    assert "a; context window -> openai/b; content policy -> openai/b" in capsys.readouterr().out
