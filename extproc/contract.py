@@ -44,6 +44,8 @@ USAGE_SKIPPED = "skipped_bytes"
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 PHASE_METADATA = "x-extproc-phase"  # its value: a `Phase`
+#: A hedged hold's gRPC metadata: the chain's `hedge_after` in seconds (how long a stream that opened with an error waits for the hedge).
+HEDGE_AFTER_METADATA = "x-extproc-hedge-after"
 LISTENER_METADATA = "x-extproc-listener"
 
 
@@ -53,7 +55,7 @@ class Phase(StrEnum):
     ROUTER = "router"  # before routing: picks the chain, once per request
     UPSTREAM = "upstream"  # an attempt that must be rebuilt for its provider (a retry, a translated first attempt)
     HOLD = "hold"  # an event stream's start, held until its first token (an error event first: the attempt's failure)
-    HEDGED_HOLD = "hedged_hold"  # the same on a chain that hedges, where an error event goes on as sent (no failed answer released)
+    HEDGED_HOLD = "hedged_hold"  # the same on a chain that hedges: an error event waits for the hedge to win, then goes on as sent
     FAILED = "failed"  # an attempt's failed answer, before Envoy acts on it
     REFUSED = "refused"  # an attempt's 400, read whole: a refusal another model may answer (an internal redirect to it)
 

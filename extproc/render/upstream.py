@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Chain, Config
-from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HOST_METADATA_ATTRIBUTE, METADATA_NAMESPACE, TIMEOUT_RETRY_HEADER, Phase
+from ..contract import ATTEMPT_NAMESPACE, BODY_NAMESPACE, HEDGE_AFTER_METADATA, HOST_METADATA_ATTRIBUTE, METADATA_NAMESPACE, TIMEOUT_RETRY_HEADER, Phase
 from ..processor.headermutator import TRANSLATE_HEADER
 from ..statuses import WATCHED_REGEX
 from .body import model_patch
@@ -29,7 +29,7 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
 
 def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
     """What each attempt of `chain` passes through (the shared filters, for a chain like most)."""
-    hold = _first_token_hold(options, config, chain.hedges) if chain.policy.timing else None
+    hold = _first_token_hold(options, config, chain.policy.hedge_after if chain.hedges else None) if chain.policy.timing else None
     refusals = chain.policy.refusal_fallbacks and not chain.hedges  # no failed answer released beside a hedge (a crash)
     filters = _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
     return [_refusals(options), *filters] if refusals else filters
@@ -83,7 +83,7 @@ def _failed_answers(options: RenderOptions) -> dict:
     return only_when("extproc.failed", {"single_predicate": failed}, "watch", watch)
 
 
-def _first_token_hold(options: RenderOptions, config: Config, hedges: bool) -> dict:
+def _first_token_hold(options: RenderOptions, config: Config, hedge_after_s: float | None) -> dict:
     """Holds an event stream's response headers at the sidecar until its first token (the "hold" phase).
 
     Until Envoy's router has the headers it has sent the client nothing, so
@@ -92,15 +92,18 @@ def _first_token_hold(options: RenderOptions, config: Config, hedges: bool) -> d
     an error passes untouched; the sidecar gets the headers and, without
     waiting for its reply, the first chunks; it answers all of them once one
     holds a token and ends the stream, so the rest flows past it. A stream
-    that opens with an error fails over, except on a chain that hedges (`Phase.HEDGED_HOLD`).
+    that opens with an error fails over; on a chain that hedges (`Phase.HEDGED_HOLD`,
+    told `hedge_after`) it waits for the hedge to win instead, then goes on as sent.
     """
     hold = answer_phase(
-        Phase.HEDGED_HOLD if hedges else Phase.HOLD,
+        Phase.HEDGED_HOLD if hedge_after_s is not None else Phase.HOLD,
         # The sidecar answers the headers only when the first token came: Envoy's per-try and route timeouts bound the wait.
         max((listener.timeout for listener in config.listeners), default=options.message_timeout_s),
         response_body="STREAMED",
         send_body_without_waiting_for_header_response=True,
     )
+    if hedge_after_s is not None:
+        hold["typed_config"]["grpc_service"]["initial_metadata"].append({"key": HEDGE_AFTER_METADATA, "value": f"{hedge_after_s:g}"})
     stream = {"input": header_input("content-type", response=True), "value_match": {"prefix": "text/event-stream"}}
     return only_when("extproc.first_token", {"single_predicate": stream}, "hold", hold)
 

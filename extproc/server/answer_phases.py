@@ -26,20 +26,25 @@ class HoldStream:
     are, unchanged and in order, and the stream ends so the rest flows past.
     Anything but a 200 goes on at once: a 429 must reach Envoy's retry now.
 
-    A stream that opens with an error event (`fails_over`) goes on as the
-    failed answer it is: its status becomes the error's (an overloaded
-    provider's 529), which Envoy's router retries on the next provider (or the
-    failed-answer watch cools), and its held chunks become the error's JSON
-    body, what the client gets when no retry follows. Not on a chain that
-    hedges: Envoy 1.40 crashes when an upstream filter releases a failed answer
-    while another attempt is in flight (docs/envoy-behaviour.md).
+    A stream that opens with an error event goes on as the failed answer it
+    is: its status becomes the error's (an overloaded provider's 529), which
+    Envoy's router retries on the next provider (or the failed-answer watch
+    cools), and its held chunks become the error's JSON body, what the client
+    gets when no retry follows. Not on a chain that hedges (`hedge_after_s`
+    given): Envoy 1.40 crashes when an upstream filter releases a failed answer
+    while another attempt is in flight (docs/envoy-behaviour.md). There the
+    stream stays held for twice `hedge_after` (`wait_s`), time for the hedge
+    to start and win (Envoy then resets this attempt); after that it goes on
+    as sent, a success status that crashes nothing.
     """
 
-    def __init__(self, fails_over: bool = True) -> None:
+    def __init__(self, hedge_after_s: float | None = None) -> None:
         self.first = FirstToken()
-        self.fails_over = fails_over
+        self.hedge_after_s = hedge_after_s
         self.held: list[str] = []  # the kinds of the messages not answered yet, in order
         self.done = False
+        #: Set while a hedged stream that opened with an error waits for its hedge: release it (as sent) after this long.
+        self.wait_s: float | None = None
 
     def handle(self, request: Request) -> list[Response]:
         kind = wire.kind(request)
@@ -53,14 +58,19 @@ class HoldStream:
         if kind == "response_body":
             self.held.append(kind)
             body = request.response_body
-            return self.release() if self.first.feed(body.body, body.end_of_stream) else []
+            if self.wait_s is not None or not self.first.feed(body.body, body.end_of_stream):
+                return []
+            if self.first.error is not None and self.hedge_after_s is not None:
+                self.wait_s = 2 * self.hedge_after_s
+                return []
+            return self.release()
         return [unchanged(kind)]
 
     def release(self) -> list[Response]:
         """Answer everything held: unchanged (the stream goes on to the client), or as the error it opened with."""
         self.done = True
         held, self.held = self.held, []
-        error = self.first.error if self.fails_over else None
+        error = self.first.error if self.hedge_after_s is None else None
         if error is None:
             return [unchanged(kind) for kind in held]
         first_body = held.index("response_body")  # an error is only ever found in a chunk

@@ -13,7 +13,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ..contract import LISTENER_METADATA, PHASE_METADATA, Phase
+from ..contract import HEDGE_AFTER_METADATA, LISTENER_METADATA, PHASE_METADATA, Phase
 from ..processor import errors
 from ..processor.cooldown import retry_after_seconds
 from ..runtime import Runtime
@@ -51,8 +51,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         phase = metadata.get(PHASE_METADATA)
         if phase == Phase.FAILED:
             return await self._failed(context)
-        if phase in (Phase.HOLD, Phase.HEDGED_HOLD):
-            return await self._hold(HoldStream(fails_over=phase == Phase.HOLD), context)
+        if phase == Phase.HOLD:
+            return await self._hold(HoldStream(), context)
+        if phase == Phase.HEDGED_HOLD:
+            return await self._hold(HoldStream(hedge_after_s=float(metadata.get(HEDGE_AFTER_METADATA) or 0)), context)
         if phase == Phase.REFUSED:
             return await self._refused(RefusalStream(self.runtime.store.live, self.runtime.redirects), context)
         live = self.runtime.store.live  # one view of the config for the whole stream
@@ -117,12 +119,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         in_flight = self.in_flight["hold"]
         in_flight.inc()
         try:
-            while (request := await context.read()) is not grpc.aio.EOF:
+            while True:
                 try:
-                    responses = stream.handle(request)
-                except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
-                    self._log_once(exc, "hold", "unexpected %s holding a stream's start; released unchanged", type(exc).__name__)
-                    responses = stream.release()
+                    request = await asyncio.wait_for(context.read(), stream.wait_s)
+                except TimeoutError:  # a hedged stream's error waited out its hedge: it goes on as sent
+                    request, responses = None, stream.release()
+                if request is grpc.aio.EOF:
+                    break
+                if request is not None:
+                    try:
+                        responses = stream.handle(request)
+                    except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
+                        self._log_once(exc, "hold", "unexpected %s holding a stream's start; released unchanged", type(exc).__name__)
+                        responses = stream.release()
                 for response in responses:
                     await context.write(response)
                 if stream.done:

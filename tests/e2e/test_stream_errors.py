@@ -11,6 +11,7 @@ the stream can only end as an error in the client's API (never `[DONE]` nor
 
 import http.client
 import json
+import time
 
 import anthropic
 import openai
@@ -145,22 +146,44 @@ def test_the_last_providers_error_event_before_content_reaches_the_client_as_tha
     assert raised.value.status_code == status and f"mock in-band {error_type}" in str(raised.value)
 
 
-def test_on_a_hedging_chain_an_error_event_goes_on_as_sent_and_envoy_survives(mocks, gateway):
-    """Envoy 1.40 crashes when an upstream filter releases a failed answer while a hedge is in flight: a hedging chain's error event is not turned into one."""
+def test_on_a_hedging_chain_an_error_event_waits_for_the_hedge_which_wins(mocks, gateway):
+    """Envoy 1.40 crashes when an upstream filter releases a failed answer while a hedge is in flight: the error waits instead."""
     failing = mocks.start("failing", api="anthropic", stream_error_after=0)
     good = mocks.start("good", api="anthropic")
     gw = gateway(
         gateway_config(
-            provider("failing", CLAUDE, failing, access_key="sk-failing-0001", retry_policy={"hedge_after": "2s"}),
+            provider("failing", CLAUDE, failing, access_key="sk-failing-0001", retry_policy={"hedge_after": "0.5s"}),
             provider("good", CLAUDE, good, access_key="sk-good-0002"),
         )
     )
     payload, path = request_for("anthropic", CLAUDE)
 
+    status, headers, body, clean = stream(gw.port, payload, path)
+
+    assert (status, headers["x-arch-llm-provider"], clean) == (200, "good", True)
+    assert [event["type"] for event in events(body)][-1] == "message_stop" and "mock in-band" not in body.decode()
+    assert [request.header("x-api-key") for request in good.received] == ["sk-good-0002"]
+
+
+def test_on_a_hedging_chain_whose_hedge_fails_too_the_first_error_goes_on_as_sent_after_twice_hedge_after(mocks, gateway):
+    first = mocks.start("first", api="anthropic", stream_error_after=0)
+    second = mocks.start("second", api="anthropic", stream_error_after=0)
+    gw = gateway(
+        gateway_config(
+            provider("first", CLAUDE, first, access_key="sk-first-0001", retry_policy={"hedge_after": "0.5s"}),
+            provider("second", CLAUDE, second, access_key="sk-second-0002"),
+        )
+    )
+    payload, path = request_for("anthropic", CLAUDE)
+
+    started = time.monotonic()
     status, _, body, clean = stream(gw.port, payload, path)
+    elapsed = time.monotonic() - started
 
     assert (status, clean) == (200, True)
-    assert [event["type"] for event in events(body)] == ["message_start", "ping", "error"]
+    assert [event["type"] for event in events(body)] == ["message_start", "ping", "error"], "an explicit error, never a clean end"
+    assert 1.0 <= elapsed < 3.0, f"held twice hedge_after for the hedge, then sent on: {elapsed:.2f}s"
+    assert first.served == 1 and second.served == 1
     assert stream(gw.port, payload, path)[0] == 200, "Envoy still answers"
 
 

@@ -68,7 +68,10 @@ def test_hedge_after_hedges_on_the_per_try_timeout_and_marks_timeout_retries():
     assert route["metadata"]["filter_metadata"]["extproc"]["timing"] == "hedge"
     assert filter_names(cluster)[0] == "extproc.first_token" and "extproc.failed" not in filter_names(cluster), "a hedging chain's failed answers: from its log entries"
     hold = cluster[0]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-    assert hold["grpc_service"]["initial_metadata"][0]["value"] == "hedged_hold", "no failed answer released while a hedge may be in flight"
+    assert hold["grpc_service"]["initial_metadata"] == [
+        {"key": "x-extproc-phase", "value": "hedged_hold"},
+        {"key": "x-extproc-hedge-after", "value": "1"},
+    ], "no failed answer released while a hedge may be in flight: an error waits for the hedge (twice hedge_after)"
     assert virtual_host["include_is_timeout_retry_header"] is True
     patch = next(item for item in cluster if item["name"] == "extproc.model_patch")
     assert 'remove("x-envoy-is-timeout-retry")' in patch["typed_config"]["default_source_code"]["inline_string"], "no provider is sent Envoy's mark"

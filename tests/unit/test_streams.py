@@ -294,21 +294,25 @@ def test_a_hold_stream_lets_an_error_or_an_empty_answer_go_at_once(headers):
     assert [message(response).WhichOneof("response") for response in stream.handle(headers)] == ["response_headers"] and stream.done
 
 
-@pytest.mark.parametrize("fails_over", [True, False], ids=["a chain that does not hedge", "a chain that hedges"])
-def test_a_stream_opening_with_an_error_event_is_released_as_that_failed_answer_except_when_hedged(fails_over):
-    stream = HoldStream(fails_over=fails_over)
+@pytest.mark.parametrize("hedge_after_s", [None, 1.5], ids=["a chain that does not hedge", "a chain that hedges"])
+def test_a_stream_opening_with_an_error_event_is_released_as_that_failed_answer_or_waits_for_the_hedge(hedge_after_s):
+    stream = HoldStream(hedge_after_s=hedge_after_s)
     error = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
     stream.handle(answer_headers("200"))
     assert stream.handle(answer_chunk(b'event: message_start\ndata: {"type": "message_start"}\n\n')) == []
     released = [message(response) for response in stream.handle(answer_chunk(b"event: error\ndata: " + error + b"\n\n"))]
+    if hedge_after_s is not None:
+        assert released == [] and stream.wait_s == 3.0 and not stream.done, "held for twice hedge_after: time for the hedge to win"
+        assert stream.handle(answer_chunk(b"", end_of_stream=True)) == [], "what comes meanwhile is held too"
+        released = [message(response) for response in stream.release()]  # the wait is over (the servicer's timer)
 
     headers = {item.header.key: item.header.raw_value for item in released[0].response_headers.response.header_mutation.set_headers}
     bodies = [response.response_body.response.body_mutation.body if response.response_body.response.HasField("body_mutation") else None for response in released[1:]]
-    if fails_over:
+    if hedge_after_s is None:
         assert headers == {":status": b"529", "content-type": b"application/json"}, "Envoy's router retries it as Anthropic's 529"
         assert bodies == [error, b""], "the held chunks become the error's JSON, the client's answer if no retry follows"
     else:
-        assert headers == {} and bodies == [None, None], "released as sent: no failed answer while a hedge may be in flight"
+        assert headers == {} and bodies == [None, None, None], "as sent: no failed answer while a hedge may be in flight"
     assert stream.done
 
 
