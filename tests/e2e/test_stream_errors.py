@@ -205,13 +205,17 @@ def content_of(client: str, received: list[dict | str]) -> str:
     return "".join(event["delta"].get("text", "") for event in received if isinstance(event, dict) and event.get("type") == "content_block_delta")
 
 
-@pytest.mark.parametrize(("client", "api", "model"), PAIRS.values(), ids=PAIRS.keys())
-def test_an_error_after_content_is_an_error_event_in_the_clients_api_and_never_a_clean_end(mocks, gateway, client, api, model):
-    mock = mocks.start("p", api=api, stream_error_after=2)
+def broken_stream(mocks, gateway, client: str, api: str, model: str, **behaviour):
+    """One provider of `api` whose stream breaks as `behaviour` says, on a chain that holds streams; (gateway, request, what `stream` got)."""
+    mock = mocks.start("p", api=api, **behaviour)
     gw = gateway(gateway_config(provider("p", model, mock, access_key="sk-p-0001", retry_policy=HOLDS)))
     payload, path = request_for(client, model)
+    return gw, payload, stream(gw.port, payload, path)
 
-    status, _, body, _ = stream(gw.port, payload, path)
+
+@pytest.mark.parametrize(("client", "api", "model"), PAIRS.values(), ids=PAIRS.keys())
+def test_an_error_after_content_is_an_error_event_in_the_clients_api_and_never_a_clean_end(mocks, gateway, client, api, model):
+    gw, payload, (status, _, body, _) = broken_stream(mocks, gateway, client, api, model, stream_error_after=2)
 
     received = events(body)
     assert status == 200 and content_of(client, received).strip(), "the content before the error reached the client"
@@ -224,11 +228,7 @@ def test_an_error_after_content_is_an_error_event_in_the_clients_api_and_never_a
 
 @pytest.mark.parametrize(("client", "api", "model"), PAIRS.values(), ids=PAIRS.keys())
 def test_a_stream_cut_mid_answer_never_ends_cleanly_and_the_clients_sdk_raises(mocks, gateway, client, api, model):
-    mock = mocks.start("p", api=api, cut_after_chunks=2)
-    gw = gateway(gateway_config(provider("p", model, mock, access_key="sk-p-0001", retry_policy=HOLDS)))
-    payload, path = request_for(client, model)
-
-    status, _, body, clean = stream(gw.port, payload, path)
+    gw, payload, (status, _, body, clean) = broken_stream(mocks, gateway, client, api, model, cut_after_chunks=2)
 
     received = events(body)
     assert status == 200 and content_of(client, received).strip(), "the content before the cut reached the client"
