@@ -44,6 +44,8 @@ USAGE_SKIPPED = "skipped_bytes"
 #: The ext_proc service, and the gRPC initial metadata Envoy sends on each of its streams.
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 PHASE_METADATA = "x-extproc-phase"  # its value: a `Phase`
+#: Envoy's response code details of a request it runs again after an internal redirect (a refusal sent to a fallback model).
+INTERNAL_REDIRECT_DETAILS = "internal_redirect"
 #: A hedged hold's gRPC metadata: the chain's `hedge_after` in seconds (how long a stream that opened with an error waits for the hedge).
 HEDGE_AFTER_METADATA = "x-extproc-hedge-after"
 LISTENER_METADATA = "x-extproc-listener"

@@ -11,7 +11,7 @@ from ..processor.ratelimit import HEADER_NAMES as RATE_LIMIT_HEADERS
 from ..processor.router import CLIENT_HEADER_LIMIT
 from .body import find_model, large_request, model_patch, small_request
 from .composite import composite, execute, header_input, header_is, only_when
-from .logs import REQUESTS_ONLY, access_log, failed_attempts_log, stdout_access_log
+from .logs import access_log, failed_attempts_log, requests_logged, stdout_access_log
 from .options import RenderOptions
 from .replies import local_replies
 from .sidecar import BULK_CLUSTER, ext_proc
@@ -78,6 +78,7 @@ def http_listener(config: Config, listener: Listener, options: RenderOptions, ro
     tracing = config.tracing.endpoint is not None
     # Each answer's Retry-After and, when cooldowns read them, its rate-limit headers reach the sidecar in the log entries.
     logged = ("retry-after", "retry-after-ms", *(RATE_LIMIT_HEADERS if config.cooldown.rate_limit_headers else ()))
+    requests = requests_logged(any(chain.policy.refusal_fallbacks and not chain.hedges for chain in config.chains.values()))
     router = {
         "@type": ROUTER,
         "suppress_envoy_headers": True,
@@ -109,8 +110,8 @@ def http_listener(config: Config, listener: Listener, options: RenderOptions, ro
             only_when("extproc.model_patch", header_is(PATCH_HEADER, "1"), "patch", model_patch(METADATA_NAMESPACE, strip=(PATCH_HEADER,))),
             {"name": "envoy.filters.http.router", "typed_config": router},
         ],
-        "access_log": [access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=REQUESTS_ONLY)]
-        + ([stdout_access_log(token_usage)] if listener.access_log else []),
+        "access_log": [access_log(DOWNSTREAM_LOG, listener, logged, extra_tags=usage_tags() if token_usage else (), log_filter=requests)]
+        + ([stdout_access_log(token_usage, requests)] if listener.access_log else []),
         "local_reply_config": local_replies(),
     }
     if tracing:

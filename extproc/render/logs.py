@@ -10,6 +10,7 @@ from ..contract import (
     GROUP_METADATA_KEY,
     GROUP_TAG,
     INPUT_TOKENS,
+    INTERNAL_REDIRECT_DETAILS,
     LISTENER_TAG,
     METADATA_NAMESPACE,
     MODEL_METADATA_KEY,
@@ -87,6 +88,22 @@ def access_log(
     return logger
 
 
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+
+
+def cel(expression: str) -> dict:
+    """An access-log filter on a CEL expression (the local-reply mappers' filters are access-log filters too)."""
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": _CEL_FILTER, "expression": expression}}}
+
+
+def requests_logged(redirects: bool) -> dict:
+    """Which request entries are written: `REQUESTS_ONLY`, and, where a refusal may be redirected, not the pass Envoy
+    ran again (its next pass's entry is the client's request). A config without redirects pays no CEL per request."""
+    if not redirects:
+        return REQUESTS_ONLY
+    return {"and_filter": {"filters": [REQUESTS_ONLY, cel(f"response.code_details != '{INTERNAL_REDIRECT_DETAILS}'")]}}
+
+
 #: Request entries only: not a connection that closed before a request (a port check, a half-sent head), which has neither.
 REQUESTS_ONLY = {
     "or_filter": {
@@ -98,7 +115,7 @@ REQUESTS_ONLY = {
 }
 
 
-def stdout_access_log(token_usage: bool) -> dict:
+def stdout_access_log(token_usage: bool, log_filter: dict) -> dict:
     """One JSON line per request for people: which model, which provider answered, after how many attempts.
 
     Written by Envoy itself; it never holds header values, so no key can leak into it.
@@ -123,6 +140,6 @@ def stdout_access_log(token_usage: bool) -> dict:
         fields[OUTPUT_TOKENS] = f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:{OUTPUT_TOKENS})%"
     return {
         "name": "envoy.access_loggers.stdout",
-        "filter": REQUESTS_ONLY,
+        "filter": log_filter,
         "typed_config": {"@type": _STDOUT_ACCESS_LOG, "log_format": {"json_format": fields}},
     }

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ..contract import METADATA_NAMESPACE, PATH_METADATA_KEY, SIDECAR_REPLY_DETAILS
 from ..translator import MESSAGES
-
-_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+from .logs import cel
 
 
 def local_replies() -> dict:
@@ -51,13 +50,8 @@ def local_replies() -> dict:
     }
 
 
-def _cel(expression: str) -> dict:
-    """An access-log filter on a CEL expression (the local-reply mappers' filters are access-log filters)."""
-    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": _CEL_FILTER, "expression": expression}}}
-
-
 #: A local reply the sidecar did not make (its own, at either level, have these details: `server.messages.immediate`).
-_NOT_THE_SIDECARS = _cel(f"response.code_details != '{SIDECAR_REPLY_DETAILS}'")
+_NOT_THE_SIDECARS = cel(f"response.code_details != '{SIDECAR_REPLY_DETAILS}'")
 
 
 def _anthropic_path(match_if_absent: bool) -> dict:

@@ -26,8 +26,6 @@ from ..processor.cooldown import retry_after_seconds
 from ..processor.ratelimit import budget
 
 log = logging.getLogger(__name__)
-#: Envoy's response code details of a request it ran again after an internal redirect.
-INTERNAL_REDIRECT = "internal_redirect"
 
 
 def translate(entry: accesslog_pb2.HTTPAccessLogEntry, upstream: bool) -> LogEntry:
@@ -107,8 +105,6 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
                 upstream = message.identifier.log_name == UPSTREAM_LOG
             with self.observer.batch():
                 for entry in message.http_logs.log_entry:
-                    if entry.response.response_code_details == INTERNAL_REDIRECT:
-                        continue  # a pass Envoy ran again (a refusal sent to a fallback model): the next pass's entry is the client's
                     try:
                         self.observer.observe(translate(entry, upstream))
                     except Exception:  # one odd entry must not end the stream

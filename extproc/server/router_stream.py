@@ -103,7 +103,8 @@ class RouterStream:
 
     @property
     def client_path(self) -> str:
-        return self.headers.get(":path", "")
+        """The path the client sent (a redirected request's second pass sees the redirect's, token and all)."""
+        return self.redirect.path if self.redirect is not None else self.headers.get(":path", "")
 
     def _respond(self, kind: str, decision: errors.Reply | router.Forward | None) -> pb.ProcessingResponse:
         if isinstance(decision, errors.Reply) and self._waits_for(decision):

@@ -37,6 +37,7 @@ def refusing(mocks, gateway, body: dict, policy: dict, api: str = "openai", mode
         gateway_config(
             provider("small", model, small, access_key="sk-small-0001", retry_policy=policy),
             provider("large", LARGE, large, access_key="sk-large-0002"),
+            access_log=True,
         )
     )
     return small, large, gw
@@ -63,6 +64,9 @@ def test_a_context_length_400_goes_to_the_fallback_model_with_the_clients_reques
     with openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0) as client:
         completion = client.chat.completions.create(model=SMALL, messages=HELLO["messages"])
     assert "[large]" in completion.choices[0].message.content and small.served == 2 and large.served == 2
+    gw.stop()
+    lines = [json.loads(line) for line in gw.process_output.splitlines() if line.startswith("{")]
+    assert [(line["status"], line["provider"], line["path"]) for line in lines] == [(200, "large", "/v1/chat/completions")] * 2, "a line per request: the final pass's"
 
 
 def test_an_anthropic_prompt_too_long_goes_to_an_openai_fallback_and_the_anthropic_client_gets_its_own_format(mocks, gateway):
