@@ -118,6 +118,12 @@ class Chain:
         return self.policy.timing == HEDGE_TIMING and self.num_retries > 0
 
     @property
+    def reads_refusals(self) -> bool:
+        """Its attempts' 400s are read, and a refusal another model may answer is redirected there (refusal fallbacks);
+        never where it hedges: Envoy 1.40 crashes when an upstream filter releases a failed answer beside another attempt."""
+        return self.policy.refusal_fallbacks and not self.hedges
+
+    @property
     def unhedged(self) -> Chain:
         """The same chain without `hedge_after`: plain failover (its own `per_try_timeout` only).
 

@@ -214,11 +214,7 @@ def _chain_for(config: Config, body: ParsedBody | None) -> errors.Reply | tuple[
     if not isinstance(model, str):
         return errors.invalid_request("The 'model' parameter must be a string.", "invalid_model")
     model = config.aliases.get(model, model)
-    model = model if model in config.models else config.bare_models.get(model, model)
-    chain = config.chain_for_model(model)
-    if chain is None:
-        return errors.model_not_found(model, list(config.models))
-    return model, chain
+    return _chain_of(config, model if model in config.models else config.bare_models.get(model, model))
 
 
 def prompt_tokens(headers: Mapping[str, str]) -> int | None:
@@ -248,6 +244,7 @@ def _context_window_fallback(config: Config, model: str, chain: Chain, tokens: i
 
 
 def _chain_of(config: Config, model: str) -> errors.Reply | tuple[str, Chain]:
+    """`model` and its chain, or the client's 404 naming the models there are."""
     chain = config.chain_for_model(model)
     return (model, chain) if chain is not None else errors.model_not_found(model, list(config.models))
 

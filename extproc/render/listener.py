@@ -78,7 +78,7 @@ def http_listener(config: Config, listener: Listener, options: RenderOptions, ro
     tracing = config.tracing.endpoint is not None
     # Each answer's Retry-After and, when cooldowns read them, its rate-limit headers reach the sidecar in the log entries.
     logged = ("retry-after", "retry-after-ms", *(RATE_LIMIT_HEADERS if config.cooldown.rate_limit_headers else ()))
-    requests = requests_logged(any(chain.policy.refusal_fallbacks and not chain.hedges for chain in config.chains.values()))
+    requests = requests_logged(any(chain.reads_refusals for chain in config.chains.values()))
     router = {
         "@type": ROUTER,
         "suppress_envoy_headers": True,

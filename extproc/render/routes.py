@@ -77,7 +77,7 @@ def chain_route(start: str, cluster: str, chain: Chain, listener: Listener, mode
     if chain.hedges:
         # An attempt past `hedge_after` is not reset: the next one starts beside it and the first answer wins.
         action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
-    elif chain.policy.refusal_fallbacks:
+    elif chain.reads_refusals:
         # A refusal the sidecar turns into a 307 runs the request again, once, from the router level (`processor.refusals`).
         action["internal_redirect_policy"] = {"max_internal_redirects": 1, "redirect_response_codes": [307]}
     route = {

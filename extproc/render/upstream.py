@@ -30,9 +30,8 @@ def shared_upstream_filters(options: RenderOptions, body_limit: int) -> list[dic
 def chain_upstream_filters(config: Config, chain: Chain, options: RenderOptions) -> list[dict]:
     """What each attempt of `chain` passes through (the shared filters, for a chain like most)."""
     hold = _first_token_hold(options, config, chain.policy.hedge_after if chain.hedges else None) if chain.policy.timing else None
-    refusals = chain.policy.refusal_fallbacks and not chain.hedges  # no failed answer released beside a hedge (a crash)
     filters = _upstream_filters(options, config.body_limit, watch=config.cooldown.enabled and not chain.hedges, hold=hold, hedges=chain.hedges)
-    return [_refusals(options), *filters] if refusals else filters
+    return [_refusals(options), *filters] if chain.reads_refusals else filters
 
 
 def _refusals(options: RenderOptions) -> dict:
