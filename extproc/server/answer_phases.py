@@ -99,35 +99,47 @@ class RefusalStream:
     Anything else goes on as the provider sent it.
     """
 
+    #: Never waits (the servicer's loop serves this stream and `HoldStream` alike).
+    wait_s: float | None = None
+
     def __init__(self, live: Live, redirects: Redirects) -> None:
         self.live = live
         self.redirects = redirects
         self.done = False
         self._context: RequestContext | None = None
         self._provider = ""
+        self._kind: str | None = None  # the message in hand
 
-    def handle(self, request: Request) -> Response:
-        kind = wire.kind(request)
+    def handle(self, request: Request) -> list[Response]:
+        kind = self._kind = wire.kind(request)
         assert not isinstance(request, wire.RequestBody)  # this phase never sees the request
         if kind == "response_headers":
             self._context = context_of(request)
             self._provider = endpoint(request).provider
-            if request.response_headers.end_of_stream:
-                self.done = True
-            return unchanged(kind)
+            self.done = request.response_headers.end_of_stream
+            return [unchanged(kind)]
         if kind != "response_body":
-            return unchanged(kind)
+            return [unchanged(kind)]
         self.done = True
-        context, why = self._context, refusals.reason(request.response_body.body)
+        return [self._redirect(request.response_body.body) or unchanged(kind)]
+
+    def release(self) -> list[Response]:
+        """Let the message in hand go on as sent (after an unexpected error: a refusal is never worth breaking an answer for)."""
+        self.done = True
+        return [unchanged(self._kind)]
+
+    def _redirect(self, body: bytes) -> Response | None:
+        """The 307 that sends a refusal another model may answer to that model; None for any other 400."""
+        context, why = self._context, refusals.reason(body)
         if context is None or context.model is None or why is None:
-            return unchanged(kind)
+            return None
         target = refusals.fallback(self.live.current, context.model, why)
         if target is None:
-            return unchanged(kind)
+            return None
         token = self.redirects.start(target, context.model, why, self._provider, context.path, context.originals)
         separator = "&" if "?" in context.path else "?"
         location = f"http://{REDIRECT_AUTHORITY}{context.path}{separator}{refusals.REDIRECT_PARAMETER}={token}"
-        response = unchanged(kind)
+        response = unchanged("response_body")
         set_headers(response.response_body.response.header_mutation.set_headers, [(":status", "307"), ("location", location)])
         return response
 

@@ -52,11 +52,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         if phase == Phase.FAILED:
             return await self._failed(context)
         if phase == Phase.HOLD:
-            return await self._hold(HoldStream(), context)
+            return await self._answer_phase(HoldStream(), "hold", context)
         if phase == Phase.HEDGED_HOLD:
-            return await self._hold(HoldStream(hedge_after_s=float(metadata.get(HEDGE_AFTER_METADATA) or 0)), context)
+            return await self._answer_phase(HoldStream(hedge_after_s=float(metadata.get(HEDGE_AFTER_METADATA) or 0)), "hold", context)
         if phase == Phase.REFUSED:
-            return await self._refused(RefusalStream(self.runtime.store.live, self.runtime.redirects), context)
+            return await self._answer_phase(RefusalStream(self.runtime.store.live, self.runtime.redirects), "refused", context)
         live = self.runtime.store.live  # one view of the config for the whole stream
         stream: RouterStream | UpstreamStream
         handle: Callable[[Request, str | None], Awaitable[Response]]
@@ -97,26 +97,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         finally:
             in_flight.dec()
 
-    async def _refused(self, stream: RefusalStream, context: grpc.aio.ServicerContext) -> None:
-        """An attempt's 400: answered as sent, or redirected to a fallback model (counted when the router level takes it up)."""
-        in_flight = self.in_flight["refused"]
-        in_flight.inc()
-        try:
-            while (request := await context.read()) is not grpc.aio.EOF:
-                try:
-                    response = stream.handle(request)
-                except Exception as exc:  # a refusal goes on as sent whatever happened here
-                    self._log_once(exc, "refused", "unexpected %s reading a refusal; passed on as sent", type(exc).__name__)
-                    stream.done, response = True, unchanged(wire.kind(request))
-                await context.write(response)
-                if stream.done:
-                    break
-        finally:
-            in_flight.dec()
-
-    async def _hold(self, stream: HoldStream, context: grpc.aio.ServicerContext) -> None:
-        """An event stream's start: answers come only when its first token has (several at once, in order)."""
-        in_flight = self.in_flight["hold"]
+    async def _answer_phase(self, stream: HoldStream | RefusalStream, level: str, context: grpc.aio.ServicerContext) -> None:
+        """A stream that starts at an attempt's answer: an event stream's start, held until its first token (answers come
+        several at once, in order), or a 400 read whole (answered as sent, or redirected to a fallback model, which is
+        counted when the router level takes it up). Whatever happens here, the answer goes on."""
+        in_flight = self.in_flight[level]
         in_flight.inc()
         try:
             while True:
@@ -129,8 +114,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 if request is not None:
                     try:
                         responses = stream.handle(request)
-                    except Exception as exc:  # holding is never worth breaking an answer for: let it all go on
-                        self._log_once(exc, "hold", "unexpected %s holding a stream's start; released unchanged", type(exc).__name__)
+                    except Exception as exc:  # never worth breaking an answer for: let it go on as sent
+                        self._log_once(exc, level, "unexpected %s in the %s phase; the answer goes on as sent", type(exc).__name__, level)
                         responses = stream.release()
                 for response in responses:
                     await context.write(response)
